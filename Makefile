@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The pinned CPU build of PyTorch; override (e.g. TORCH_SPEC='torch>=2.3') where another build is wanted.
+TORCH_SPEC ?= torch==2.13.0
+# Full datasets for the tests that need them (they skip, visibly, when absent).
+SHARED_DATA ?= $(abspath ../shared/data)
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/whetstone demo
+
+test: install
+	@data="$${WHETSTONE_DATA:-}"; if [ -z "$$data" ] && [ -d "$(SHARED_DATA)" ]; then data="$(SHARED_DATA)"; fi; \
+	echo "WHETSTONE_DATA=$${data:-<unset: full-dataset tests skip>}"; \
+	WHETSTONE_DATA="$$data" $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

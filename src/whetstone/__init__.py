@@ -1,0 +1,55 @@
+"""whetstone-snn: train ordinary deep networks into single-time-step binary spiking networks.
+
+Implements Whetstone (Severa et al., Nature Machine Intelligence 1, 86-94, 2019) natively in PyTorch:
+activations are sharpened during training, layer by layer from the input up, until every unit emits
+exactly 0 or 1.
+"""
+
+from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
+from .convert import fold_batchnorm, spikify
+from .data import DatasetError, TensorLoader, load_dataset
+from .decode import SoftmaxDecode, key_generator
+from .models import SpikingClassifier, create_model, list_models
+from .sharpen import (
+    AdaptiveSharpener,
+    ScheduledSharpener,
+    Sharpener,
+    SimpleSharpener,
+    model_sharpness,
+    set_model_sharpness,
+    sharpness_map,
+    spiking_layers,
+)
+from .train import Trainer, binary_report, evaluate, load_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveSharpener",
+    "DatasetError",
+    "ScheduledSharpener",
+    "Sharpener",
+    "SimpleSharpener",
+    "SoftmaxDecode",
+    "SpikingActivation",
+    "SpikingBReLU",
+    "SpikingClassifier",
+    "SpikingSigmoid",
+    "TensorLoader",
+    "Trainer",
+    "binary_report",
+    "create_model",
+    "evaluate",
+    "fold_batchnorm",
+    "key_generator",
+    "list_models",
+    "load_checkpoint",
+    "load_dataset",
+    "model_sharpness",
+    "set_model_sharpness",
+    "sharpness_map",
+    "spikify",
+    "spiking_brelu",
+    "spiking_layers",
+    "spiking_sigmoid",
+]

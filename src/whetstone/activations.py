@@ -1,0 +1,138 @@
+"""Spiking activations: a pure functional core and thin ``nn.Module`` wrappers.
+
+Each activation has a *sharpness* ``s`` in [0, 1]. At ``s = 0`` it is an ordinary differentiable
+activation; as ``s`` grows its transition narrows around the spike threshold, and at ``s = 1`` it is
+exactly the Heaviside step ``1[x >= threshold]`` (values 0.0 or 1.0 only), i.e. an integrate-and-fire
+neuron evaluated in a single time step. Formulas: ``../shared/DESIGN.md`` section 1.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "SHARPNESS_EPSILON",
+    "SpikingActivation",
+    "SpikingBReLU",
+    "SpikingSigmoid",
+    "check_sharpness",
+    "spiking_brelu",
+    "spiking_sigmoid",
+]
+
+#: Keeps the slope finite just below sharpness 1 (``lam`` in DESIGN.md).
+SHARPNESS_EPSILON = 1e-3
+# 4 ln(2 + sqrt 3): the sigmoid's 5%-95% transition is 1 unit wide at sharpness 0.
+_SIGMOID_BASE_GAIN = 4.0 * math.log(2.0 + math.sqrt(3.0))
+
+
+def check_sharpness(value: float, name: str = "sharpness") -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` unless it is a real number in [0, 1]."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single number in [0, 1], got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def _heaviside(x: Tensor, threshold: float) -> Tensor:
+    return (x >= threshold).to(x.dtype)
+
+
+def spiking_brelu(x: Tensor, sharpness: float) -> Tensor:
+    """Spiking bounded ReLU, threshold 0.5.
+
+    ``s < 1``: ``clamp((x - 0.5) / (1 - s + lam) + 0.5, 0, 1)``; ``s == 1``: ``1[x >= 0.5]``.
+    """
+    if sharpness >= 1.0:
+        return _heaviside(x, 0.5)
+    return torch.clamp((x - 0.5) / (1.0 - sharpness + SHARPNESS_EPSILON) + 0.5, 0.0, 1.0)
+
+
+def spiking_sigmoid(x: Tensor, sharpness: float) -> Tensor:
+    """Spiking sigmoid, threshold 0.
+
+    ``s < 1``: ``1 / (1 + exp(clamp(-k x, -40, 40)))`` with ``k = 4 ln(2 + sqrt 3) / (1 - s + lam)``;
+    ``s == 1``: ``1[x >= 0]``.
+    """
+    if sharpness >= 1.0:
+        return _heaviside(x, 0.0)
+    gain = _SIGMOID_BASE_GAIN / (1.0 - sharpness + SHARPNESS_EPSILON)
+    # sigmoid(clamp(k x)) == 1 / (1 + exp(clamp(-k x))), computed by PyTorch's stable kernel.
+    return torch.sigmoid(torch.clamp(gain * x, -40.0, 40.0))
+
+
+class SpikingActivation(nn.Module):
+    """Base class of the sharpenable activations.
+
+    The sharpness lives in a 0-dim float buffer named ``sharpness`` so that ``state_dict`` carries it.
+    Change it with :meth:`set_sharpness` (which validates); a Python copy is kept so ``forward`` can
+    branch on it without reading the buffer (a device sync on GPU) at every call.
+    """
+
+    #: Pre-activation value at and above which the binary neuron fires.
+    spike_threshold: float = 0.0
+
+    def __init__(self, sharpness: float = 0.0) -> None:
+        super().__init__()
+        value = check_sharpness(sharpness)
+        self.register_buffer("sharpness", torch.tensor(value, dtype=torch.float32))
+        self._sharpness = value
+        self.register_load_state_dict_post_hook(_refresh_sharpness_after_load)
+
+    def set_sharpness(self, value: float) -> None:
+        """Set the sharpness; ``ValueError`` unless ``value`` is in [0, 1]."""
+        value = check_sharpness(value)
+        self.sharpness.fill_(value)
+        self._sharpness = value
+
+    def get_sharpness(self) -> float:
+        """The current sharpness as a Python float."""
+        return self._sharpness
+
+    @property
+    def is_binary(self) -> bool:
+        """True when the activation is exactly the Heaviside step (sharpness 1)."""
+        return self._sharpness >= 1.0
+
+    def extra_repr(self) -> str:
+        return f"sharpness={self._sharpness:.4g}"
+
+
+def _refresh_sharpness_after_load(module: nn.Module, incompatible_keys: object) -> None:
+    value = float(module.sharpness)
+    module._sharpness = check_sharpness(value, name=f"loaded sharpness of {type(module).__name__}")
+
+
+class SpikingBReLU(SpikingActivation):
+    """Bounded ReLU that sharpens into a spiking neuron firing on ``x >= 0.5``.
+
+    Example::
+
+        >>> act = SpikingBReLU(sharpness=1.0)
+        >>> act(torch.tensor([0.2, 0.5, 0.9]))
+        tensor([0., 1., 1.])
+    """
+
+    spike_threshold = 0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        return spiking_brelu(x, self._sharpness)
+
+
+class SpikingSigmoid(SpikingActivation):
+    """Sigmoid that sharpens into a spiking neuron firing on ``x >= 0``."""
+
+    spike_threshold = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return spiking_sigmoid(x, self._sharpness)

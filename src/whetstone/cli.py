@@ -1,0 +1,276 @@
+"""Command line: ``whetstone train | eval | demo | models``.
+
+Errors in what the user gave (a bad name, a missing file, a value out of range) print one line and
+exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data import DATASETS, DatasetError, TensorLoader, load_dataset
+from .models import create_model, list_models, recipe
+from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness
+from .train import EpochRecord, TrainResult, Trainer, binary_report, evaluate, load_checkpoint
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adadelta": torch.optim.Adadelta,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+
+
+def build_optimizer(name: str, parameters: Any, lr: float, options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """An optimizer by name (``adam``, ``adamw``, ``adadelta``, ``rmsprop``, ``sgd``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    return OPTIMIZERS[name](parameters, lr=lr, **(options or {}))
+
+
+def parse_schedule(text: str) -> list[tuple[int, int]]:
+    """``"0:2,2:4,4:6"`` -> ``[(0, 2), (2, 4), (4, 6)]`` (one start:stop window per spiking layer)."""
+    try:
+        return [tuple(int(part) for part in window.split(":")) for window in text.split(",")]  # type: ignore[misc]
+    except ValueError:
+        raise ValueError(f"--schedule must look like '0:2,2:4' (start:stop epochs per layer), got {text!r}") from None
+
+
+def build_sharpener(args: argparse.Namespace) -> Sharpener | None:
+    if args.sharpener == "none":
+        return None
+    if args.sharpener == "simple":
+        return SimpleSharpener(args.start_epoch, steps=args.steps, per=args.per, bottom_up=not args.uniform)
+    if args.sharpener == "scheduled":
+        if not args.schedule:
+            raise ValueError("--sharpener scheduled needs --schedule, e.g. '0:2,2:4,4:6'")
+        return ScheduledSharpener(parse_schedule(args.schedule))
+    return AdaptiveSharpener(min_init_epochs=args.min_init_epochs, bottom_up=not args.uniform)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data root (default: $WHETSTONE_DATA, else ~/.cache/whetstone/data)")
+    parser.add_argument("--download", action="store_true", help="download missing MNIST/Fashion-MNIST files")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whetstone", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model and sharpen it to fully binary")
+    train.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    train.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default: the model's)")
+    train.add_argument("--sharpener", choices=["simple", "scheduled", "adaptive", "none"], default=None)
+    train.add_argument("--epochs", type=int, help="maximum epochs (training stops once fully binary)")
+    train.add_argument("--out", required=True, help="run directory: checkpoint, history.json, history.png")
+    train.add_argument("--optimizer", choices=list(OPTIMIZERS))
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--start-epoch", type=int, help="simple sharpener: first sharpening epoch")
+    train.add_argument("--steps", type=int, help="simple sharpener: steps per layer")
+    train.add_argument("--per", choices=["epoch", "batch"], help="simple sharpener: step per epoch or batch")
+    train.add_argument("--uniform", action="store_true", help="sharpen all layers together, not bottom-up")
+    train.add_argument("--schedule", help="scheduled sharpener: start:stop epochs per layer, e.g. 0:2,2:4")
+    train.add_argument("--min-init-epochs", type=int, default=10, help="adaptive sharpener")
+    train.add_argument("--activation", choices=["brelu", "sigmoid"], default="brelu")
+    train.add_argument("--key-width", type=int, help="output units of the N-hot code (default 10 per class)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--limit", type=int, help="use only the first N training samples (quick trials)")
+    train.add_argument("--no-progress", action="store_true")
+    _add_data_options(train)
+
+    evaluate_cmd = commands.add_parser("eval", help="evaluate a checkpoint and check it is fully binary")
+    evaluate_cmd.add_argument("checkpoint", help="checkpoint.pt or its run directory")
+    evaluate_cmd.add_argument("--dataset", help="default: the dataset it was trained on")
+    evaluate_cmd.add_argument("--batch-size", type=int, default=1000)
+    _add_data_options(evaluate_cmd)
+
+    demo = commands.add_parser("demo", help="sharpen mnist-dense on the bundled MNIST subset (offline, ~1 min)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--epochs", type=int, default=21)
+    demo.add_argument("--no-progress", action="store_true")
+
+    commands.add_parser("models", help="list the model names")
+    return parser
+
+
+def _fill_recipe_defaults(args: argparse.Namespace) -> None:
+    defaults = recipe(args.model)
+    for name in ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(defaults, name))
+    args.optimizer_options = defaults.optimizer_options if args.optimizer == defaults.optimizer else {}
+
+
+def run_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[TrainResult, Trainer]:
+    """The ``train`` command as a function: data, model, optimizer, sharpener, trainer."""
+    _fill_recipe_defaults(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
+    test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
+    if args.limit:
+        train_set.images, train_set.labels = train_set.images[: args.limit], train_set.labels[: args.limit]
+    torch.manual_seed(args.seed)
+    model_options = {"num_classes": len(train_set.classes), "activation": args.activation,
+                     "key_width": args.key_width, "key_seed": args.seed}  # fmt: skip
+    model = create_model(args.model, **model_options)
+    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.optimizer_options)
+    sharpener = build_sharpener(args)
+    run_info = {
+        "model": args.model,
+        "model_options": model_options,
+        "dataset": args.dataset,
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
+    trainer = Trainer(model, optimizer, sharpener, out_dir=args.out, run_info=run_info,
+                      callbacks=callbacks, progress=not args.no_progress)  # fmt: skip
+    train_loader = TensorLoader.from_dataset(train_set, args.batch_size, shuffle=True, seed=args.seed)
+    test_loader = TensorLoader.from_dataset(test_set, 1000)
+    return trainer.fit(train_loader, args.epochs, test_loader), trainer
+
+
+def _print_epoch(record: EpochRecord) -> None:
+    sharpness = " ".join(f"{value:.2f}" for value in record.sharpness)
+    print(
+        f"epoch {record.epoch + 1:3d}  loss {record.train_loss:.4f}  train {100 * record.train_accuracy:6.2f}%  "
+        f"test {100 * (record.eval_accuracy or 0):6.2f}%  sharpness [{sharpness}]  {record.seconds:.1f}s",
+        flush=True,
+    )
+
+
+def _print_result(result: TrainResult) -> None:
+    final = result.history[-1]
+    print(f"final test accuracy: {100 * final.eval_accuracy:.2f}% after {len(result.history)} epochs")
+    for layer in result.layers:
+        print(
+            f"  {layer.name:>14}: {layer.units:6d} units  binary={'yes' if layer.binary else 'NO'}  "
+            f"firing rate {layer.firing_rate:.3f}  never fired {layer.never_fired}"
+        )
+    if result.fully_binary:
+        print("fully binary: every spiking unit emitted only 0 or 1 on the test set (one time step)")
+    else:
+        print("NOT fully binary: some layers are below sharpness 1; train longer or sharpen sooner")
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    result, _ = run_training(args, callbacks=[_print_epoch])
+    _print_result(result)
+    return 0 if result.fully_binary or args.sharpener == "none" else 1
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a registry model from a checkpoint written by the trainer."""
+    run = checkpoint.get("run") or {}
+    if "model" not in run:
+        raise ValueError("checkpoint has no model name in its run info; load its 'model' state_dict yourself")
+    model = create_model(run["model"], **run.get("model_options", {}))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint)
+    dataset = args.dataset or checkpoint["run"]["dataset"]
+    test_set = load_dataset(dataset, "test", args.data_dir, args.download)
+    loader = TensorLoader.from_dataset(test_set, args.batch_size)
+    loss, accuracy = evaluate(model, loader)
+    layers = binary_report(model, loader)
+    report = {
+        "dataset": dataset,
+        "samples": len(test_set),
+        "accuracy": accuracy,
+        "loss": loss,
+        "fully_binary": all(layer.binary for layer in layers),
+        "layers": [vars(layer) for layer in layers],
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    args = argparse.Namespace(
+        model="mnist-dense", dataset="mnist-mini", sharpener=None, epochs=args.epochs, out=args.out,
+        optimizer=None, lr=None, batch_size=None, start_epoch=None, steps=None, per=None, uniform=False,
+        schedule=None, min_init_epochs=10, activation="brelu", key_width=None, seed=0, threads=None,
+        limit=None, no_progress=args.no_progress, data_dir=None, download=False,
+    )  # fmt: skip
+    print("whetstone demo: mnist-dense (784-256-64-100, 10x100 key) on 4,000 bundled MNIST digits,")
+    print("Adadelta lr 4.0, simple bottom-up sharpener from epoch 6, 5 steps per layer\n")
+    before: dict[str, float] = {}
+    holder: dict[str, Trainer] = {}
+
+    def remember_before(record: EpochRecord) -> None:
+        _print_epoch(record)
+        if all(value == 0.0 for value in record.sharpness):
+            before["accuracy"] = record.eval_accuracy
+            thresholded = copy.deepcopy(holder["trainer"].model)
+            set_model_sharpness(thresholded, 1.0)
+            before["thresholded"] = evaluate(thresholded, holder["loader"])[1]
+
+    _fill_recipe_defaults(args)
+    holder["loader"] = TensorLoader.from_dataset(load_dataset("mnist-mini", "test"), 1000)
+    original_init = Trainer.__init__
+
+    def capture(self: Trainer, *a: Any, **k: Any) -> None:  # keep a handle on the trainer for the callback
+        original_init(self, *a, **k)
+        holder["trainer"] = self
+
+    Trainer.__init__ = capture  # type: ignore[method-assign]
+    try:
+        result, _ = run_training(args, callbacks=[remember_before])
+    finally:
+        Trainer.__init__ = original_init  # type: ignore[method-assign]
+    print()
+    print(f"accuracy before sharpening (continuous activations): {100 * before['accuracy']:.2f}%")
+    print(f"  the same network simply thresholded, no sharpening:  {100 * before['thresholded']:.2f}%")
+    print(f"accuracy after sharpening (binary spikes, 1 step):     {100 * result.history[-1].eval_accuracy:.2f}%")
+    _print_result(result)
+    print(f"done in {time.perf_counter() - started:.0f}s; plot: {Path(args.out) / 'history.png'}")
+    return 0 if result.fully_binary else 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import _REGISTRY
+
+    for name in list_models():
+        print(f"{name:16s} {_REGISTRY[name].description}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "models": cmd_models}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, DatasetError, FileNotFoundError, PermissionError, FloatingPointError) as error:
+        if args.debug:
+            raise
+        print(f"whetstone: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("whetstone: interrupted (the last completed epoch's checkpoint is kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Datasets held in memory as uint8 tensors, and a loader that batches them without per-sample Python.
+
+Where the files come from, in order: the ``data_dir`` argument (``--data-dir`` on the command line),
+the ``WHETSTONE_DATA`` environment variable, then ``~/.cache/whetstone/data``. Layout under that root::
+
+    mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+    fashion-mnist/  (same names)
+    cifar10-jpeg/cifar10-jpeg.zip   (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg)
+
+MNIST and Fashion-MNIST can be downloaded with ``download=True``; files are verified by the SHA-256 of
+their uncompressed content. ``mnist-mini`` (4,000 train + 1,000 test MNIST digits) ships inside the
+package so examples and tests run offline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "ImageDataset",
+    "TensorLoader",
+    "load_dataset",
+    "read_idx",
+    "resolve_data_dir",
+]
+
+_PACKAGE_DATA = Path(__file__).parent / "_data"
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}  # fmt: skip
+
+
+class DatasetError(RuntimeError):
+    """A dataset file is missing, unreadable or not what was expected."""
+
+
+@dataclass(frozen=True)
+class _Split:
+    images: str
+    labels: str
+    images_sha256: str | None = None  # of the uncompressed content
+    labels_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lives and what it must look like."""
+
+    name: str
+    folder: str
+    image_shape: tuple[int, int, int]  # (channels, height, width)
+    classes: tuple[str, ...]
+    splits: dict[str, _Split] = field(default_factory=dict)
+    urls: tuple[str, ...] = ()
+    how_to_get: str = ""
+
+
+_MNIST_SPLITS = {
+    "train": _Split(
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "test": _Split(
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+}  # fmt: skip
+_FASHION_SPLITS = {
+    "train": _Split(
+        "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "test": _Split(
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+}  # fmt: skip
+_DIGITS = tuple(str(d) for d in range(10))
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        "mnist", "mnist", (1, 28, 28), _DIGITS, _MNIST_SPLITS,
+        urls=("https://ossci-datasets.s3.amazonaws.com/mnist/",),
+        how_to_get="pass download=True (--download), or copy the four IDX .gz files there",
+    ),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", "fashion-mnist", (1, 28, 28),
+        ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
+        _FASHION_SPLITS,
+        urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        how_to_get="pass download=True (--download), or copy the four IDX .gz files there",
+    ),
+    "mnist-mini": DatasetSpec(
+        "mnist-mini", "mnist-mini", (1, 28, 28), _DIGITS,
+        {"train": _Split("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+         "test": _Split("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")},
+        how_to_get="it ships with the package; reinstall whetstone-snn",
+    ),  # fmt: skip
+    "cifar10": DatasetSpec(
+        "cifar10", "cifar10-jpeg", (3, 32, 32),
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        {"train": _Split("cifar10-jpeg.zip", ""), "test": _Split("cifar10-jpeg.zip", "")},
+        how_to_get="place cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) there",
+    ),
+}
+
+
+@dataclass
+class ImageDataset:
+    """A whole split in memory: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    name: str
+    split: str
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data root: ``data_dir``, else ``$WHETSTONE_DATA``, else ``~/.cache/whetstone/data``."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get("WHETSTONE_DATA"):
+        return Path(os.environ["WHETSTONE_DATA"]).expanduser()
+    return Path.home() / ".cache" / "whetstone" / "data"
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DatasetError(f"cannot read {path}: {error} (the file is corrupt or truncated)") from None
+
+
+def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> Tensor:
+    """Read an IDX file (optionally gzip-compressed) into a tensor, checking its header and length."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DatasetError(
+            f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} "
+            "(expected 0000 then a type code such as 08 and the number of dimensions)"
+        )
+    ndim = data[3]
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DatasetError(f"{path} has {ndim} dimensions, expected {expected_ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path} is truncated inside its header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DatasetError(
+            f"{path} holds {len(data) - header} data bytes but its header {shape} says {expected} "
+            "(the file is truncated or corrupt)"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def _download(spec: DatasetSpec, split: _Split, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename, digest in ((split.images, split.images_sha256), (split.labels, split.labels_sha256)):
+        target = folder / filename
+        if target.exists() and _sha256(_read_bytes(target)) == digest:
+            continue
+        errors = []
+        for base in spec.urls:
+            try:
+                with urllib.request.urlopen(base + filename, timeout=60) as response:
+                    payload = response.read()
+            except OSError as error:
+                errors.append(f"{base + filename}: {error}")
+                continue
+            content = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
+            if _sha256(content) != digest:
+                errors.append(f"{base + filename}: SHA-256 mismatch")
+                continue
+            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as handle:
+                handle.write(payload)
+            os.replace(handle.name, target)
+            break
+        else:
+            raise DatasetError(f"could not download {filename} for {spec.name}: " + "; ".join(errors))
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _check_images_labels(spec: DatasetSpec, split: str, images: Tensor, labels: Tensor, where: Path) -> None:
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != spec.image_shape:
+        raise DatasetError(
+            f"{where}: {spec.name} {split} images must be uint8 of shape (N, {', '.join(map(str, spec.image_shape))}), "
+            f"got {images.dtype} {tuple(images.shape)}"
+        )
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise DatasetError(f"{where}: {len(images)} images but labels of shape {tuple(labels.shape)}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(spec.classes)):
+        raise DatasetError(
+            f"{where}: labels must be in [0, {len(spec.classes) - 1}], found {int(labels.min())}..{int(labels.max())}"
+        )
+
+
+def _load_idx_split(spec: DatasetSpec, split: _Split, folder: Path) -> tuple[Tensor, Tensor]:
+    images = read_idx(folder / split.images, expected_ndim=3).unsqueeze(1)
+    labels = read_idx(folder / split.labels, expected_ndim=1).long()
+    return images, labels
+
+
+def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, Tensor]:
+    from PIL import Image  # Pillow comes with matplotlib; imported only for CIFAR-10
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"cannot read {path}: {error}") from None
+    with archive:
+        names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and n.endswith(".jpg"))
+        if not names:
+            raise DatasetError(f"{path} has no {split}/<class>/*.jpg images")
+        images = np.empty((len(names), 32, 32, 3), dtype=np.uint8)
+        labels = np.empty(len(names), dtype=np.int64)
+        for index, name in enumerate(names):
+            class_name = name.split("/")[1]
+            if class_name not in spec.classes:
+                raise DatasetError(f"{path}: {name} is in unknown class folder {class_name!r}")
+            labels[index] = spec.classes.index(class_name)
+            with Image.open(io.BytesIO(archive.read(name))) as image:
+                images[index] = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+def load_dataset(
+    name: str, split: str = "train", data_dir: str | os.PathLike | None = None, download: bool = False
+) -> ImageDataset:
+    """Load a whole split into memory.
+
+    Args:
+        name: one of :data:`DATASETS` (``mnist``, ``fashion-mnist``, ``mnist-mini``, ``cifar10``).
+        split: ``"train"`` or ``"test"``.
+        data_dir: the data root (see the module docs); ignored for the bundled ``mnist-mini``.
+        download: fetch missing MNIST / Fashion-MNIST files (verified by SHA-256) into the root.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    if split not in spec.splits:
+        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
+    files = spec.splits[split]
+    root = _PACKAGE_DATA if name == "mnist-mini" else resolve_data_dir(data_dir)
+    folder = root / spec.folder
+    if download and spec.urls:
+        _download(spec, files, folder)
+    missing = [f for f in (files.images, files.labels) if f and not (folder / f).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{spec.name} {split} data not found: looked for {', '.join(str(folder / f) for f in missing)}. "
+            f"Set --data-dir or WHETSTONE_DATA to the folder that holds '{spec.folder}/', or {spec.how_to_get}."
+        )
+    if name == "cifar10":
+        images, labels = _load_cifar_zip(spec, split, folder / files.images)
+    else:
+        images, labels = _load_idx_split(spec, files, folder)
+    _check_images_labels(spec, split, images, labels, folder)
+    return ImageDataset(name, split, images, labels, spec.classes)
+
+
+class TensorLoader:
+    """Batches of a dataset held in memory: ``(float images in [0, 1], int64 labels)``.
+
+    Each batch is one indexing operation on the uint8 tensor, converted to float on the target
+    device: no per-sample Python, no worker processes. The shuffle order of epoch ``e`` depends only
+    on ``(seed, e)``, so a resumed or distributed run can reproduce it (see :meth:`set_epoch`).
+
+    Args:
+        images: uint8 tensor (N, C, H, W).
+        labels: int64 tensor (N,).
+        batch_size: samples per batch.
+        shuffle: draw a new random order each epoch.
+        drop_last: drop a last, smaller batch.
+        seed: seed of the shuffle order.
+        device: where batches are delivered; the dataset moves there once.
+        transform: optional function applied to each float batch (e.g. augmentation on tensors).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        transform=None,  # noqa: ANN001 - any callable Tensor -> Tensor
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if len(images) != len(labels):
+            raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
+        self.device = torch.device(device) if device is not None else images.device
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.transform = int(seed), transform
+        self.epoch = 0
+
+    @classmethod
+    def from_dataset(cls, dataset: ImageDataset, batch_size: int, **kwargs) -> "TensorLoader":  # noqa: ANN003
+        """A loader over an :class:`ImageDataset`."""
+        return cls(dataset.images, dataset.labels, batch_size, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle order of ``epoch`` for the next iteration."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=generator).to(self.device)
+        else:
+            order = None
+        self.epoch += 1
+        for batch in range(len(self)):
+            start = batch * self.batch_size
+            index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
+            x = self.images[index].float().div_(255.0)
+            if self.transform is not None:
+                x = self.transform(x)
+            yield x, self.labels[index]
+
+
+def make_mini_subset(source: str | os.PathLike, target: str | os.PathLike, train: int = 4000, test: int = 1000) -> None:
+    """Write the first ``train`` / ``test`` MNIST digits of ``source`` as IDX .gz files into ``target``
+    (how the bundled ``mnist-mini`` was made)."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("t10k", test)):
+        for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
+            name = f"{split}-{kind}-ubyte.gz"
+            array = read_idx(source / name, expected_ndim=ndim)[:count].numpy()
+            header = bytes([0, 0, 0x08, ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            with gzip.GzipFile(target / name, "wb", compresslevel=9, mtime=0) as handle:
+                handle.write(header + array.tobytes())

@@ -1,0 +1,129 @@
+"""Redundant N-hot output codes ("keys") and the softmax decoder that reads them.
+
+A key ``K`` is a {0, 1} matrix of shape (classes, width): class ``c`` is represented by the output
+units where ``K[c] == 1``. The decoder scores each class by how well the binary output ``x`` matches
+its code: ``z = (2x - 1) @ (2K - 1)^T`` (+1 per agreeing unit, -1 per disagreeing one). Training uses
+softmax cross-entropy on ``z``; the prediction is ``argmax z``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SoftmaxDecode", "key_generator", "validate_key"]
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def key_generator(
+    num_classes: int, width: int, overlapping: bool = True, seed: int | None = None
+) -> Tensor:
+    """Make a random N-hot key: a float tensor (num_classes, width) of 0/1.
+
+    Each row has ``width // num_classes`` ones. With ``overlapping=False`` the rows use disjoint
+    units; otherwise each row picks its units independently (rows may share units).
+
+    Args:
+        num_classes: number of classes (rows), at least 2.
+        width: number of output units (columns), at least ``num_classes``.
+        overlapping: allow classes to share output units.
+        seed: seed of the random draw; ``None`` draws from PyTorch's global generator.
+    """
+    _check_positive_int(num_classes, "num_classes")
+    _check_positive_int(width, "width")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if width < num_classes:
+        raise ValueError(
+            f"width must be at least num_classes so each class owns one unit, got width={width} "
+            f"< num_classes={num_classes}"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    hot = width // num_classes
+    key = torch.zeros(num_classes, width)
+    if overlapping:
+        # An independent random permutation per row; its first `hot` entries are the class's units.
+        order = torch.rand(num_classes, width, generator=generator).argsort(dim=1)
+        key.scatter_(1, order[:, :hot], 1.0)
+    else:
+        units = torch.randperm(width, generator=generator)[: hot * num_classes].view(num_classes, hot)
+        key.scatter_(1, units, 1.0)
+    return key
+
+
+def validate_key(key: Tensor) -> Tensor:
+    """Check that ``key`` is a 2-D {0, 1} tensor with a non-empty code per class; return it as float."""
+    if not isinstance(key, Tensor):
+        raise ValueError(f"key must be a torch.Tensor, got {type(key).__name__}")
+    if key.dim() != 2:
+        raise ValueError(f"key must be 2-D (num_classes, width), got shape {tuple(key.shape)}")
+    if key.shape[0] < 2:
+        raise ValueError(f"key must have at least 2 rows (classes), got {key.shape[0]}")
+    key = key.detach().float()
+    if not torch.all((key == 0) | (key == 1)):
+        raise ValueError("key must contain only 0 and 1")
+    empty = (key.sum(dim=1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"key rows {empty} have no active unit: those classes could never be decoded")
+    return key
+
+
+class SoftmaxDecode(nn.Module):
+    """Decode binary N-hot outputs into class logits: ``(2x - 1) @ (2K - 1)^T``.
+
+    Use the output with ``nn.CrossEntropyLoss``; :meth:`predict` returns the best-matched class.
+    Ties (frequent once outputs are binary) go to the lowest class index, as ``argmax`` does.
+
+    Args:
+        key: {0, 1} tensor (num_classes, width), e.g. from :func:`key_generator`. Stored as a buffer,
+            so checkpoints carry it.
+    """
+
+    def __init__(self, key: Tensor) -> None:
+        super().__init__()
+        key = validate_key(key)
+        self.register_buffer("key", key)
+        self.register_buffer("signed_key_t", (2.0 * key - 1.0).t().contiguous(), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.key.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.key.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.width:
+            raise ValueError(
+                f"SoftmaxDecode expects inputs with {self.width} features (the key's width), "
+                f"got shape {tuple(x.shape)}"
+            )
+        return (2.0 * x - 1.0) @ self.signed_key_t.to(x.dtype)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted class index per sample."""
+        return self(x).argmax(dim=-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # Keep the derived matrix in step with a loaded key (it is not saved itself).
+        key = state_dict.get(prefix + "key")
+        if key is not None:
+            if key.shape != self.key.shape:
+                raise ValueError(
+                    f"checkpoint key has shape {tuple(key.shape)} but the model's decoder expects "
+                    f"{tuple(self.key.shape)} (classes, width)"
+                )
+            self.signed_key_t = (2.0 * validate_key(key) - 1.0).t().contiguous().to(self.key.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, width={self.width}"

@@ -1,0 +1,196 @@
+"""Reference architectures, built by name from a registry.
+
+Every model shares one constructor contract::
+
+    create_model(name, num_classes=10, activation="brelu", key_width=None, key_seed=0, **options)
+
+and returns a :class:`SpikingClassifier`: a ``features`` stack whose last spiking layer is the N-hot
+output code, followed by a :class:`~whetstone.decode.SoftmaxDecode`. Each registered model also carries
+the training recipe its results were obtained with (``recipe(name)``), used as the CLI's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
+from .decode import SoftmaxDecode, key_generator
+
+__all__ = ["SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
+
+_ACTIVATION_MODULES = {"brelu": SpikingBReLU, "sigmoid": SpikingSigmoid}
+
+
+class SpikingClassifier(nn.Module):
+    """``features`` (ending in a spiking layer of ``key.shape[1]`` units) then a softmax decoder."""
+
+    def __init__(self, features: nn.Module, key: Tensor) -> None:
+        super().__init__()
+        self.features = features
+        self.decoder = SoftmaxDecode(key)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(2 spikes - 1) @ (2 key - 1)^T``."""
+        return self.decoder(self.features(x))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted class per sample."""
+        return self(x).argmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Default training hyperparameters of a registered model (all overridable)."""
+
+    dataset: str = "mnist"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 128
+    epochs: int = 20
+    sharpener: str = "simple"
+    start_epoch: int = 5
+    steps: int = 5
+    per: str = "epoch"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Callable[..., nn.Module]
+    recipe: Recipe
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(name: str, recipe: Recipe | None = None, description: str = "") -> Callable:
+    """Decorator registering ``build(num_classes, activation, key_width, key_seed, **options)``."""
+
+    def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = _Entry(build, recipe or Recipe(), description or (build.__doc__ or "").strip())
+        return build
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def recipe(name: str) -> Recipe:
+    """The default training recipe of model ``name``."""
+    return _entry(name).recipe
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    activation: str = "brelu",
+    key_width: int | None = None,
+    key_seed: int = 0,
+    **options: Any,
+) -> SpikingClassifier:
+    """Build model ``name`` (see :func:`list_models`) at sharpness 0.
+
+    Args:
+        num_classes: number of classes decoded from the output code.
+        activation: ``"brelu"`` (threshold 0.5) or ``"sigmoid"`` (threshold 0).
+        key_width: output units of the N-hot code; default ``10 * num_classes`` (10-hot).
+        key_seed: seed of the key's random draw (the key is saved with the weights).
+        options: model-specific options, e.g. ``batch_norm=True``.
+    """
+    if activation not in _ACTIVATION_MODULES:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATION_MODULES)}, got {activation!r}")
+    width = 10 * num_classes if key_width is None else key_width
+    key = key_generator(num_classes, width, overlapping=False, seed=key_seed)
+    features = _entry(name).build(width=width, spike=_ACTIVATION_MODULES[activation], **options)
+    center_on_threshold(features)
+    return SpikingClassifier(features, key)
+
+
+def center_on_threshold(model: nn.Module) -> None:
+    """Start every layer that feeds a spiking activation with its bias (or its batch norm's shift) at
+    the activation's threshold.
+
+    A bounded ReLU passes no gradient below 0 or above 1; centring pre-activations on 0.5 starts
+    every unit in the middle of its linear region, so far fewer units are dead before sharpening
+    begins (on mnist-dense: 0-5 never-firing hidden units instead of 20-70, about +0.3 points binary).
+    """
+    for parent in model.modules():
+        children = list(parent.children())
+        for before, after in zip(children, children[1:]):
+            if isinstance(after, SpikingActivation) and isinstance(before, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
+                if before.bias is not None:
+                    nn.init.constant_(before.bias, after.spike_threshold)
+
+
+def _linear_block(n_in: int, n_out: int, spike: type, batch_norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(n_out))
+    layers.append(spike())
+    return layers
+
+
+def _conv_block(c_in: int, c_out: int, kernel: int, spike: type, batch_norm: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(spike())
+    return layers
+
+
+@register_model(
+    "mnist-dense",
+    # Adadelta's eps is Keras's 1e-7 (PyTorch's 1e-6 makes early steps ~3x larger: 93% instead of 97% here).
+    Recipe(optimizer="adadelta", lr=4.0, optimizer_options={"rho": 0.95, "eps": 1e-7}, epochs=21, start_epoch=5, steps=5),
+    "Dense 784-256-64-<width>, the Whetstone paper's software example (10x100 key).",
+)
+def _mnist_dense(width: int, spike: type, batch_norm: bool = False) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        *_linear_block(784, 256, spike, batch_norm),
+        *_linear_block(256, 64, spike, batch_norm),
+        *_linear_block(64, width, spike, batch_norm),
+    )
+
+
+@register_model(
+    "mnist-conv",
+    Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
+    "Conv 32@5x5 - pool - Conv 64@5x5 - pool - Dense 256 - <width>; batch_norm=True adds BN before each spike.",
+)
+def _mnist_conv(width: int, spike: type, batch_norm: bool = False) -> nn.Module:
+    return nn.Sequential(
+        *_conv_block(1, 32, 5, spike, batch_norm),
+        nn.MaxPool2d(2),  # max of binary spikes is their logical OR: still binary
+        *_conv_block(32, 64, 5, spike, batch_norm),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        *_linear_block(64 * 7 * 7, 256, spike, batch_norm),
+        *_linear_block(256, width, spike, batch_norm),
+    )
+
+
+@register_model(
+    "mnist-conv-bn",
+    Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
+    "mnist-conv with batch norm before every spiking activation (folded away for deployment).",
+)
+def _mnist_conv_bn(width: int, spike: type) -> nn.Module:
+    return _mnist_conv(width, spike, batch_norm=True)

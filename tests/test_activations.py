@@ -1,0 +1,131 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import whetstone as ws
+from whetstone.activations import SHARPNESS_EPSILON
+
+LAM = 1e-3  # DESIGN.md section 1
+
+
+def brelu_reference(x: torch.Tensor, s: float) -> torch.Tensor:
+    if s == 1:
+        return (x >= 0.5).to(x.dtype)
+    return torch.clamp((x - 0.5) / (1 - s + LAM) + 0.5, 0, 1)
+
+
+def sigmoid_reference(x: torch.Tensor, s: float) -> torch.Tensor:
+    if s == 1:
+        return (x >= 0).to(x.dtype)
+    k = 4 * math.log(2 + math.sqrt(3)) / (1 - s + LAM)
+    return 1 / (1 + torch.exp(torch.clamp(-k * x, -40, 40)))
+
+
+X = torch.linspace(-3, 3, 2001, dtype=torch.float64)
+
+
+def test_lambda_matches_design():
+    assert SHARPNESS_EPSILON == LAM
+
+
+@pytest.mark.parametrize("s", [0.0, 0.25, 0.5, 0.9, 0.999, 1.0])
+def test_brelu_matches_formula(s):
+    torch.testing.assert_close(ws.SpikingBReLU(s)(X), brelu_reference(X, s))
+
+
+@pytest.mark.parametrize("s", [0.0, 0.25, 0.5, 0.9, 0.999, 1.0])
+def test_sigmoid_matches_formula(s):
+    torch.testing.assert_close(ws.SpikingSigmoid(s)(X), sigmoid_reference(X, s))
+
+
+def test_brelu_at_zero_sharpness_is_bounded_relu_through_half():
+    act = ws.SpikingBReLU(0.0)
+    x = torch.tensor([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0])
+    torch.testing.assert_close(act(x), torch.tensor([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]), atol=1e-3, rtol=0)
+
+
+def test_sigmoid_transition_width_at_zero_sharpness():
+    # k = 4 ln(2 + sqrt 3) puts the 1/(2+sqrt3)^2 ... i.e. ~6.7% / 93.3% points at x = -/+ 0.5.
+    y = ws.SpikingSigmoid(0.0)(torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64))
+    expected = 1 / (1 + (2 + math.sqrt(3)) ** 2) ** (1 / (1 + LAM))
+    assert y[1] == 0.5
+    assert y[0] == pytest.approx(1 - y[2].item())
+    assert 0.05 < y[0] < 0.08 and expected > 0
+
+
+@pytest.mark.parametrize("cls,threshold", [(ws.SpikingBReLU, 0.5), (ws.SpikingSigmoid, 0.0)])
+def test_sharpness_one_is_exact_heaviside(cls, threshold):
+    act = cls(1.0)
+    x = torch.tensor([threshold - 1e-6, threshold, threshold + 1e-6, -5.0, 5.0])
+    y = act(x)
+    assert y.tolist() == [0.0, 1.0, 1.0, 0.0, 1.0]
+    assert act.is_binary and act.spike_threshold == threshold
+
+
+def test_gradient_in_linear_region_is_slope():
+    s = 0.6
+    x = torch.tensor([0.45, 0.5, 0.55], requires_grad=True)
+    ws.SpikingBReLU(s)(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), 1 / (1 - s + LAM)))
+
+
+def test_gradient_zero_outside_linear_region():
+    x = torch.tensor([-2.0, 3.0], requires_grad=True)
+    ws.SpikingBReLU(0.0)(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0001, float("nan"), float("inf"), "0.5", True, None, torch.ones(2)])
+def test_set_sharpness_rejects_bad_values(bad):
+    act = ws.SpikingBReLU()
+    with pytest.raises(ValueError, match="sharpness"):
+        act.set_sharpness(bad)
+    assert act.get_sharpness() == 0.0
+
+
+def test_constructor_validates():
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got 2.0"):
+        ws.SpikingSigmoid(2.0)
+
+
+def test_sharpness_is_a_buffer_in_state_dict_and_restored():
+    act = ws.SpikingBReLU()
+    act.set_sharpness(0.7)
+    state = act.state_dict()
+    assert state["sharpness"].dim() == 0 and state["sharpness"].item() == pytest.approx(0.7)
+    other = ws.SpikingBReLU()
+    other.load_state_dict(state)
+    assert other.get_sharpness() == pytest.approx(0.7)
+    x = torch.linspace(0, 1, 11)
+    torch.testing.assert_close(other(x), act(x))
+
+
+def test_loaded_sharpness_through_parent_module():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), ws.SpikingBReLU(1.0))
+    fresh = torch.nn.Sequential(torch.nn.Linear(2, 2), ws.SpikingBReLU(0.0))
+    fresh.load_state_dict(model.state_dict())
+    assert fresh[1].is_binary
+
+
+def test_loading_out_of_range_sharpness_fails_clearly():
+    act = ws.SpikingBReLU()
+    with pytest.raises(ValueError, match="loaded sharpness"):
+        act.load_state_dict({"sharpness": torch.tensor(1.5)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    s=st.floats(0, 1),
+    values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=50),
+)
+def test_outputs_bounded_and_monotone(s, values):
+    x = torch.tensor(sorted(values), dtype=torch.float64)
+    for act in (ws.SpikingBReLU(s), ws.SpikingSigmoid(s)):
+        y = act(x)
+        assert torch.all((y >= 0) & (y <= 1))
+        assert torch.all(y[1:] >= y[:-1])
+        if s == 1:
+            assert torch.all((y == 0) | (y == 1))

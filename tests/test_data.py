@@ -1,0 +1,178 @@
+import gzip
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import whetstone as ws
+from whetstone import data as wdata
+from whetstone.data import DatasetError, TensorLoader, load_dataset, read_idx
+
+SHARED = os.environ.get("WHETSTONE_DATA")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+def test_bundled_mini_mnist():
+    train, test = load_dataset("mnist-mini", "train"), load_dataset("mnist-mini", "test")
+    assert train.images.shape == (4000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (1000, 1, 28, 28) and test.labels.dtype == torch.int64
+    assert set(train.labels.unique().tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    tensor = read_idx(write_idx(tmp_path / "a.idx", array, compress))
+    assert tensor.tolist() == array.tolist()
+
+
+def test_read_idx_bad_magic(tmp_path):
+    path = tmp_path / "bad.gz"
+    path.write_bytes(gzip.compress(b"\x08\x03\x00\x00" + bytes(16)))
+    with pytest.raises(DatasetError, match="bad magic number 08030000"):
+        read_idx(path)
+
+
+def test_read_idx_truncated_data_and_gzip(tmp_path):
+    array = np.zeros((4, 5, 5), dtype=np.uint8)
+    path = write_idx(tmp_path / "t.idx", array, compress=False)
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        read_idx(path)
+    gz = write_idx(tmp_path / "t.gz", array)
+    gz.write_bytes(gz.read_bytes()[:-10])
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        read_idx(gz)
+
+
+def test_read_idx_wrong_dimensions(tmp_path):
+    path = write_idx(tmp_path / "labels.gz", np.zeros((3, 2), dtype=np.uint8))
+    with pytest.raises(DatasetError, match="has 2 dimensions, expected 1"):
+        read_idx(path, expected_ndim=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=64))
+def test_read_idx_never_crashes_on_garbage(tmp_path_factory, payload):
+    path = tmp_path_factory.mktemp("fuzz") / "f.idx"
+    path.write_bytes(payload)
+    try:
+        read_idx(path)
+    except DatasetError:
+        pass
+
+
+def make_mnist_folder(root: Path, labels=None, image_shape=(28, 28)) -> Path:
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 20), ("t10k", 10)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.random.randint(0, 255, (n, *image_shape)))
+        values = np.arange(n) % 10 if labels is None else np.full(n, labels)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", values)
+    return root
+
+
+def test_data_dir_and_env_var(tmp_path, monkeypatch):
+    root = make_mnist_folder(tmp_path)
+    assert len(load_dataset("mnist", "test", data_dir=root)) == 10
+    monkeypatch.setenv("WHETSTONE_DATA", str(root))
+    assert wdata.resolve_data_dir() == root
+    assert len(load_dataset("mnist", "train")) == 20
+
+
+def test_missing_data_message(tmp_path):
+    with pytest.raises(DatasetError) as info:
+        load_dataset("fashion-mnist", "train", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz") in message
+    assert "WHETSTONE_DATA" in message and "download" in message
+
+
+def test_labels_out_of_range_and_wrong_shape(tmp_path):
+    root = make_mnist_folder(tmp_path / "a", labels=12)
+    with pytest.raises(DatasetError, match=r"labels must be in \[0, 9\], found 12..12"):
+        load_dataset("mnist", "test", data_dir=root)
+    root = make_mnist_folder(tmp_path / "b", image_shape=(32, 32))
+    with pytest.raises(DatasetError, match=r"must be uint8 of shape \(N, 1, 28, 28\)"):
+        load_dataset("mnist", "test", data_dir=root)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of"):
+        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        load_dataset("mnist-mini", "val")
+
+
+def test_download_verifies_sha256(tmp_path, monkeypatch):
+    images = np.random.randint(0, 255, (3, 28, 28))
+    good = {name: write_idx(tmp_path / name, arr).read_bytes()
+            for name, arr in (("x-images.gz", images), ("x-labels.gz", np.arange(3)))}  # fmt: skip
+    split = wdata._Split("x-images.gz", "x-labels.gz", wdata._sha256(gzip.decompress(good["x-images.gz"])),
+                         wdata._sha256(gzip.decompress(good["x-labels.gz"])))  # fmt: skip
+    spec = wdata.DatasetSpec("toy", "toy", (1, 28, 28), tuple("0123456789"), {"test": split}, urls=("mem://",))
+    served = dict(good)
+
+    def fake_urlopen(url, timeout):
+        return io.BytesIO(served[url.removeprefix("mem://")])
+
+    monkeypatch.setattr(wdata.urllib.request, "urlopen", fake_urlopen)
+    wdata._download(spec, split, tmp_path / "root")
+    assert (tmp_path / "root" / "x-images.gz").read_bytes() == good["x-images.gz"]
+    served["x-labels.gz"] = gzip.compress(b"tampered")
+    with pytest.raises(DatasetError, match="SHA-256 mismatch"):
+        wdata._download(spec, split, tmp_path / "other")
+
+
+def test_cifar_zip_reader(tmp_path):
+    from PIL import Image
+
+    archive = tmp_path / "cifar10-jpeg" / "cifar10-jpeg.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for index, name in enumerate(["test/cat/0000.jpg", "test/airplane/0000.jpg", "train/dog/0000.jpg"]):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), (index * 80, 10, 200)).save(buffer, format="JPEG")
+            zf.writestr(name, buffer.getvalue())
+    test = load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert test.images.shape == (2, 3, 32, 32) and test.labels.tolist() == [0, 3]
+    assert abs(int(test.images[0, 2].float().mean()) - 200) < 5  # blue channel kept
+
+
+def test_tensor_loader_batches_and_order():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    labels = torch.arange(10)
+    loader = TensorLoader(images, labels, batch_size=4)
+    batches = list(loader)
+    assert len(loader) == 3 and [len(y) for _, y in batches] == [4, 4, 2]
+    x, y = batches[0]
+    assert x.dtype == torch.float32 and torch.allclose(x[:, 0, 0, 0] * 255, y.float())
+    assert len(TensorLoader(images, labels, 4, drop_last=True)) == 2
+
+    shuffled = TensorLoader(images, labels, batch_size=10, shuffle=True, seed=3)
+    first, second = next(iter(shuffled))[1], next(iter(shuffled))[1]
+    assert sorted(first.tolist()) == list(range(10)) and not torch.equal(first, second)
+    shuffled.set_epoch(0)
+    assert torch.equal(next(iter(shuffled))[1], first)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TensorLoader(images, labels, 0)
+
+
+@pytest.mark.skipif(not SHARED, reason="WHETSTONE_DATA not set: full MNIST / Fashion-MNIST not available")
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_full_datasets_from_shared_root(name):
+    train, test = load_dataset(name, "train"), load_dataset(name, "test")
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert train.labels.bincount().min() > 5000

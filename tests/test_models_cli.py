@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+import whetstone as ws
+from whetstone.cli import main
+from whetstone.models import recipe
+
+
+@pytest.mark.parametrize("name", ws.list_models())
+def test_models_build_forward_fold(name):
+    torch.manual_seed(0)
+    model = ws.create_model(name)
+    x = torch.rand(4, 1, 28, 28)
+    assert model(x).shape == (4, 10)
+    assert len(ws.spiking_layers(model)) >= 3
+    model.eval()
+    ws.set_model_sharpness(model, 1.0)
+    folded = ws.fold_batchnorm(model)
+    assert torch.equal(folded.predict(x), model.predict(x))
+
+
+def test_create_model_options_and_errors():
+    model = ws.create_model("mnist-dense", num_classes=5, key_width=20, activation="sigmoid")
+    assert model.decoder.key.shape == (5, 20)
+    assert all(isinstance(layer, ws.SpikingSigmoid) for layer in ws.spiking_layers(model))
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'; choose one of"):
+        ws.create_model("resnet9000")
+    assert recipe("mnist-dense").optimizer == "adadelta"
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--epochs", "8", "--start-epoch",
+                 "3", "--steps", "1", "--limit", "1000", "--optimizer", "adam", "--lr", "0.002", "--out", str(out), "--no-progress"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "fully binary" in printed and "epoch   6" in printed
+    assert (out / "checkpoint.pt").exists() and (out / "history.png").exists()
+    assert main(["eval", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fully_binary"] and report["samples"] == 1000 and report["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [(["train", "--model", "nope", "--out", "x"], "unknown model 'nope'"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist", "--data-dir", "/nonexistent", "--out", "{tmp}"],
+      "mnist train data not found: looked for /nonexistent/mnist/"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", "/proc/forbidden"], "not writable"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--lr", "-1", "--out", "{tmp}"],
+      "lr must be positive"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--sharpener", "scheduled", "--out", "{tmp}"],
+      "needs --schedule"),
+     (["eval", "{tmp}/missing"], "no checkpoint at")],
+)  # fmt: skip
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    assert "mnist-dense" in capsys.readouterr().out

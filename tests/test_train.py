@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+import whetstone as ws
+from whetstone.data import load_dataset
+from whetstone.train import CHECKPOINT_NAME, HISTORY_NAME, PLOT_NAME
+
+
+@pytest.fixture(scope="module")
+def mini():
+    train, test = load_dataset("mnist-mini", "train"), load_dataset("mnist-mini", "test")
+    return (ws.TensorLoader(train.images[:1024], train.labels[:1024], 128, shuffle=True, seed=0),
+            ws.TensorLoader(test.images[:500], test.labels[:500], 250))  # fmt: skip
+
+
+def small_model():
+    torch.manual_seed(0)
+    return ws.create_model("mnist-dense")
+
+
+def test_trainer_sharpens_to_fully_binary_and_writes_artifacts(tmp_path, mini):
+    train_loader, test_loader = mini
+    model = small_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    seen = []
+    trainer = ws.Trainer(model, optimizer, ws.SimpleSharpener(3, steps=1), out_dir=tmp_path,
+                         run_info={"model": "mnist-dense", "model_options": {}}, callbacks=[seen.append],
+                         progress=False)  # fmt: skip
+    result = trainer.fit(train_loader, epochs=10, eval_loader=test_loader)
+    assert result.fully_binary
+    assert len(result.history) == 6 == len(seen)  # epochs 0-2 plain, 3 steps, stops when done
+    assert [r.sharpness for r in result.history][-3:] == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert all(layer.binary for layer in result.layers)
+    assert result.history[-1].eval_accuracy > 0.4  # 1,024 samples, 3 fast steps; chance is 0.1
+    for name in (CHECKPOINT_NAME, HISTORY_NAME, PLOT_NAME):
+        assert (tmp_path / name).stat().st_size > 0
+    history = json.loads((tmp_path / HISTORY_NAME).read_text())
+    assert history[-1]["sharpness"] == [1.0, 1.0, 1.0] and len(history) == 6
+
+
+def test_checkpoint_round_trip_reproduces_predictions(tmp_path, mini):
+    train_loader, test_loader = mini
+    model = small_model()
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), ws.SimpleSharpener(0, steps=1),
+                         out_dir=tmp_path, progress=False)  # fmt: skip
+    trainer.fit(train_loader, epochs=3)
+    checkpoint = ws.load_checkpoint(tmp_path)
+    assert checkpoint["epoch"] == 2 and checkpoint["sharpener"]["step"] == 3
+    restored = small_model()
+    restored.load_state_dict(checkpoint["model"])
+    assert ws.model_sharpness(restored) == [1.0, 1.0, 1.0]
+    x, _ = next(iter(test_loader))
+    assert torch.equal(restored.eval()(x), model.eval()(x))
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, mini):
+    path = tmp_path / "checkpoint.pt"
+    model = small_model()
+    ws.train.save_checkpoint(path, model=model.state_dict())
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        ws.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        ws.load_checkpoint(tmp_path / "missing.pt")
+
+
+class Payload:
+    pass
+
+
+def test_checkpoint_refuses_arbitrary_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        ws.load_checkpoint(path)
+
+
+def test_binary_report_detects_continuous_outputs(mini):
+    _, test_loader = mini
+    model = small_model()
+    ws.set_model_sharpness(model, 0.5)  # layers 1 binary, 2 half, 3 continuous
+    report = ws.binary_report(model, test_loader)
+    assert [layer.binary for layer in report] == [True, False, False]
+    assert [layer.units for layer in report] == [256, 64, 100]
+    assert 0 <= report[0].firing_rate <= 1
+
+
+def test_trainer_without_sharpener_is_not_fully_binary(mini):
+    train_loader, _ = mini
+    model = small_model()
+    result = ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False).fit(train_loader, 1)
+    assert not result.fully_binary and result.checkpoint is None
+
+
+def test_trainer_errors(tmp_path, mini):
+    model = small_model()
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False).fit(mini[0], 0)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="is not writable"):
+        ws.Trainer(model, torch.optim.Adam(model.parameters()), out_dir=blocker / "run")
+
+
+def test_non_finite_loss_stops_with_clear_error(mini):
+    model = small_model()
+    with torch.no_grad():
+        model.features[1].weight.fill_(float("nan"))
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False)
+    with pytest.raises(FloatingPointError, match="training loss became nan at epoch 0, batch 0"):
+        trainer.fit(mini[0], 1)
