@@ -65,3 +65,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
 def test_cli_models_lists_registry(capsys):
     assert main(["models"]) == 0
     assert "mnist-dense" in capsys.readouterr().out
+
+
+def test_demo_runs_offline_and_ends_fully_binary(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy before sharpening" in printed and "simply thresholded" in printed
+    assert "fully binary: every spiking unit emitted only 0 or 1" in printed
+    assert (tmp_path / "demo" / "history.png").exists()

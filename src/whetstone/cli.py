@@ -115,8 +115,8 @@ def _fill_recipe_defaults(args: argparse.Namespace) -> None:
     args.optimizer_options = defaults.optimizer_options if args.optimizer == defaults.optimizer else {}
 
 
-def run_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[TrainResult, Trainer]:
-    """The ``train`` command as a function: data, model, optimizer, sharpener, trainer."""
+def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[Trainer, TensorLoader, TensorLoader]:
+    """The ``train`` command up to the first epoch: data, model, optimizer, sharpener, trainer."""
     _fill_recipe_defaults(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,18 +129,17 @@ def run_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[Tr
                      "key_width": args.key_width, "key_seed": args.seed}  # fmt: skip
     model = create_model(args.model, **model_options)
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.optimizer_options)
-    sharpener = build_sharpener(args)
     run_info = {
         "model": args.model,
         "model_options": model_options,
         "dataset": args.dataset,
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
-    trainer = Trainer(model, optimizer, sharpener, out_dir=args.out, run_info=run_info,
+    trainer = Trainer(model, optimizer, build_sharpener(args), out_dir=args.out, run_info=run_info,
                       callbacks=callbacks, progress=not args.no_progress)  # fmt: skip
     train_loader = TensorLoader.from_dataset(train_set, args.batch_size, shuffle=True, seed=args.seed)
     test_loader = TensorLoader.from_dataset(test_set, 1000)
-    return trainer.fit(train_loader, args.epochs, test_loader), trainer
+    return trainer, train_loader, test_loader
 
 
 def _print_epoch(record: EpochRecord) -> None:
@@ -169,7 +168,8 @@ def _print_result(result: TrainResult) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    result, _ = run_training(args, callbacks=[_print_epoch])
+    trainer, train_loader, test_loader = prepare_training(args, callbacks=[_print_epoch])
+    result = trainer.fit(train_loader, args.epochs, test_loader)
     _print_result(result)
     return 0 if result.fully_binary or args.sharpener == "none" else 1
 
@@ -215,30 +215,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print("whetstone demo: mnist-dense (784-256-64-100, 10x100 key) on 4,000 bundled MNIST digits,")
     print("Adadelta lr 4.0, simple bottom-up sharpener from epoch 6, 5 steps per layer\n")
+    trainer, train_loader, test_loader = prepare_training(args)
     before: dict[str, float] = {}
-    holder: dict[str, Trainer] = {}
 
     def remember_before(record: EpochRecord) -> None:
         _print_epoch(record)
         if all(value == 0.0 for value in record.sharpness):
             before["accuracy"] = record.eval_accuracy
-            thresholded = copy.deepcopy(holder["trainer"].model)
+            thresholded = copy.deepcopy(trainer.model)
             set_model_sharpness(thresholded, 1.0)
-            before["thresholded"] = evaluate(thresholded, holder["loader"])[1]
+            before["thresholded"] = evaluate(thresholded, test_loader)[1]
 
-    _fill_recipe_defaults(args)
-    holder["loader"] = TensorLoader.from_dataset(load_dataset("mnist-mini", "test"), 1000)
-    original_init = Trainer.__init__
-
-    def capture(self: Trainer, *a: Any, **k: Any) -> None:  # keep a handle on the trainer for the callback
-        original_init(self, *a, **k)
-        holder["trainer"] = self
-
-    Trainer.__init__ = capture  # type: ignore[method-assign]
-    try:
-        result, _ = run_training(args, callbacks=[remember_before])
-    finally:
-        Trainer.__init__ = original_init  # type: ignore[method-assign]
+    trainer.callbacks.append(remember_before)
+    result = trainer.fit(train_loader, args.epochs, test_loader)
     print()
     print(f"accuracy before sharpening (continuous activations): {100 * before['accuracy']:.2f}%")
     print(f"  the same network simply thresholded, no sharpening:  {100 * before['thresholded']:.2f}%")
