@@ -36,7 +36,8 @@ for layer in model:  # start each unit at its threshold, in the middle of the bo
     if isinstance(layer, nn.Linear):
         nn.init.constant_(layer.bias, 0.5)
 
-optimizer = torch.optim.Adadelta(model.parameters(), lr=4.0, rho=0.95, eps=1e-7)
+# eps: Adadelta's first steps scale with sqrt(eps); PyTorch's default 1e-6 is far too fast at lr 4.0.
+optimizer = torch.optim.Adadelta(model.parameters(), lr=4.0, rho=0.95, eps=1e-8)
 sharpener = ws.SimpleSharpener(start_epoch=5, steps=5, bottom_up=True)
 sharpener.on_train_begin(model)
 generator = torch.Generator().manual_seed(args.seed)

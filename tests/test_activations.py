@@ -48,12 +48,11 @@ def test_brelu_at_zero_sharpness_is_bounded_relu_through_half():
 
 
 def test_sigmoid_transition_width_at_zero_sharpness():
-    # k = 4 ln(2 + sqrt 3) puts the 1/(2+sqrt3)^2 ... i.e. ~6.7% / 93.3% points at x = -/+ 0.5.
+    # k = 4 ln(2 + sqrt 3) / (1 + lam): y(-0.5) = 1 / (1 + (2 + sqrt 3) ** (2 / (1 + lam))), about 6.7%.
     y = ws.SpikingSigmoid(0.0)(torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64))
-    expected = 1 / (1 + (2 + math.sqrt(3)) ** 2) ** (1 / (1 + LAM))
+    expected = 1 / (1 + (2 + math.sqrt(3)) ** (2 / (1 + LAM)))
     assert y[1] == 0.5
-    assert y[0] == pytest.approx(1 - y[2].item())
-    assert 0.05 < y[0] < 0.08 and expected > 0
+    assert y[0].item() == pytest.approx(expected) and y[2].item() == pytest.approx(1 - expected)
 
 
 @pytest.mark.parametrize("cls,threshold", [(ws.SpikingBReLU, 0.5), (ws.SpikingSigmoid, 0.0)])

@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import whetstone as ws
 from whetstone import data as wdata
 from whetstone.data import DatasetError, TensorLoader, load_dataset, read_idx
 
