@@ -207,12 +207,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    args = argparse.Namespace(
-        model="mnist-dense", dataset="mnist-mini", sharpener=None, epochs=args.epochs, out=args.out,
-        optimizer=None, lr=None, batch_size=None, start_epoch=None, steps=None, per=None, uniform=False,
-        schedule=None, min_init_epochs=10, activation="brelu", key_width=None, seed=0, threads=None,
-        limit=None, no_progress=args.no_progress, data_dir=None, download=False,
-    )  # fmt: skip
+    train_argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", args.out,
+                  "--epochs", str(args.epochs)] + (["--no-progress"] if args.no_progress else [])  # fmt: skip
+    args = make_parser().parse_args(train_argv)  # the train command's own defaults, nothing copied
     print("whetstone demo: mnist-dense (784-256-64-100, 10x100 key) on 4,000 bundled MNIST digits,")
     print("Adadelta lr 4.0, simple bottom-up sharpener from epoch 6, 5 steps per layer\n")
     trainer, train_loader, test_loader = prepare_training(args)
