@@ -9,6 +9,7 @@ from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spikin
 from .convert import fold_batchnorm, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
+from .deploy import DeployError, SpikingGraph, quantize, to_spiking_graph
 from .models import SpikingClassifier, create_model, list_models
 from .sharpen import (
     AdaptiveSharpener,
@@ -20,6 +21,7 @@ from .sharpen import (
     sharpness_map,
     spiking_layers,
 )
+from .sim import SimResult, simulate
 from .train import Trainer, binary_report, evaluate, load_checkpoint
 
 __version__ = "0.1.0"
@@ -27,13 +29,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveSharpener",
     "DatasetError",
+    "DeployError",
     "ScheduledSharpener",
     "Sharpener",
+    "SimResult",
     "SimpleSharpener",
     "SoftmaxDecode",
     "SpikingActivation",
     "SpikingBReLU",
     "SpikingClassifier",
+    "SpikingGraph",
     "SpikingSigmoid",
     "TensorLoader",
     "Trainer",
@@ -46,10 +51,13 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "model_sharpness",
+    "quantize",
     "set_model_sharpness",
     "sharpness_map",
+    "simulate",
     "spikify",
     "spiking_brelu",
     "spiking_layers",
     "spiking_sigmoid",
+    "to_spiking_graph",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``whetstone train | eval | demo | models``.
+"""Command line: ``whetstone train | eval | export | simulate | demo | models``.
 
 Errors in what the user gave (a bad name, a missing file, a value out of range) print one line and
 exit with status 2; ``--debug`` shows the traceback instead.
@@ -97,6 +97,26 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--dataset", help="default: the dataset it was trained on")
     evaluate_cmd.add_argument("--batch-size", type=int, default=1000)
     _add_data_options(evaluate_cmd)
+
+    export_cmd = commands.add_parser("export", help="export a fully sharpened checkpoint to NIR or ONNX")
+    export_cmd.add_argument("checkpoint", help="checkpoint.pt or its run directory")
+    export_cmd.add_argument("--format", choices=["nir", "onnx"], required=True)
+    export_cmd.add_argument("--out", required=True, help="file to write (e.g. model.nir, model.onnx)")
+    export_cmd.add_argument("--bits", type=int, help="quantize weights and thresholds to integers of this many bits")
+
+    simulate_cmd = commands.add_parser(
+        "simulate", help="run a checkpoint or NIR file in the event-driven reference simulator; spike/energy report"
+    )
+    simulate_cmd.add_argument("source", help="checkpoint.pt, its run directory, or a .nir file")
+    simulate_cmd.add_argument("--dataset", help="default: the checkpoint's dataset (required for a .nir file)")
+    simulate_cmd.add_argument("--split", choices=["train", "test"], default="test")
+    simulate_cmd.add_argument("--limit", type=int, help="simulate only the first N images")
+    simulate_cmd.add_argument("--bits", type=int, help="quantize weights and thresholds to integers of this many bits")
+    simulate_cmd.add_argument("--arithmetic", choices=["fp32", "int8"], help="energy figures (default: int8 with --bits, else fp32)")
+    simulate_cmd.add_argument("--batch-size", type=int, default=256)
+    simulate_cmd.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
+    simulate_cmd.add_argument("--no-progress", action="store_true")
+    _add_data_options(simulate_cmd)
 
     demo = commands.add_parser("demo", help="sharpen mnist-dense on the bundled MNIST subset (offline, ~1 min)")
     demo.add_argument("--out", default="runs/demo")
@@ -204,6 +224,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _graph_from_checkpoint(path: str, bits: int | None) -> tuple[Any, torch.nn.Module, str]:
+    from .deploy import quantize, to_spiking_graph
+
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint)
+    dataset = checkpoint["run"].get("dataset")
+    if dataset not in DATASETS:
+        raise ValueError(f"checkpoint {path} names no known dataset ({dataset!r}): its input shape is unknown")
+    graph = to_spiking_graph(model, DATASETS[dataset].image_shape)
+    return (quantize(graph, bits) if bits else graph), model, dataset
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    graph, _, _ = _graph_from_checkpoint(args.checkpoint, args.bits)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {args.out}: directory {out.parent} does not exist")
+    export(graph, out, args.format)
+    print(graph.summary())
+    print(f"wrote {args.format.upper()} {out} ({out.stat().st_size:,} bytes); encoder: {graph.encoder}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .deploy import quantize
+    from .sim import simulate
+
+    model = None
+    if args.source.endswith(".nir"):
+        from .export.nir import read_nir
+
+        if not args.dataset:
+            raise ValueError("--dataset is required to simulate a .nir file")
+        graph, dataset = read_nir(args.source), args.dataset
+        graph = quantize(graph, args.bits) if args.bits else graph
+    else:
+        graph, model, dataset = _graph_from_checkpoint(args.source, args.bits)
+        dataset = args.dataset or dataset
+    data = load_dataset(dataset, args.split, args.data_dir, args.download)
+    images, labels = data.images[: args.limit], data.labels[: args.limit]
+    pixels = images.float().div_(255.0)
+    result = simulate(graph, pixels.numpy(), args.batch_size, progress=not args.no_progress)
+    arithmetic = args.arithmetic or ("int8" if args.bits else "fp32")
+    accuracy = result.accuracy(labels.numpy())
+    print(result.report(arithmetic))
+    print(f"simulated accuracy on {len(images):,} {dataset} {args.split} images: {100 * accuracy:.2f}%")
+    figures: dict[str, Any] = {"source": args.source, "dataset": dataset, "split": args.split, "samples": len(images),
+                               "bits": args.bits, "accuracy": accuracy}  # fmt: skip
+    if model is not None:
+        with torch.no_grad():
+            reference = torch.cat([model(chunk).argmax(1) for chunk in pixels.split(1000)]).numpy()
+        agree = int((reference == result.predictions).sum())
+        figures["torch_accuracy"] = float((reference == labels.numpy()).mean())
+        figures["agreement_with_torch"] = agree / len(images)
+        print(f"PyTorch model: {100 * figures['torch_accuracy']:.2f}%; same class as the simulator on {agree:,} of {len(images):,} images")
+    encoder, synops, dense = result.synaptic_ops()
+    snn, ann = result.energy(arithmetic)
+    figures.update(encoder_macs=encoder, synaptic_events=synops, dense_macs=dense, energy_nj=snn, dense_energy_nj=ann,
+                   arithmetic=arithmetic, layers=[vars(layer) for layer in result.layers])  # fmt: skip
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=1))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -245,10 +331,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "models": cmd_models}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "simulate": cmd_simulate,
+                "demo": cmd_demo, "models": cmd_models}  # fmt: skip
     try:
         return handlers[args.command](args)
-    except (ValueError, DatasetError, FileNotFoundError, PermissionError, FloatingPointError) as error:
+    except (ValueError, DatasetError, FileNotFoundError, PermissionError, FloatingPointError, ImportError) as error:
         if args.debug:
             raise
         print(f"whetstone: error: {error}", file=sys.stderr)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .activations import SpikingBReLU, SpikingSigmoid
+from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
+from .decode import SoftmaxDecode
 
 __all__ = ["fold_batchnorm", "spikify"]
 
@@ -54,11 +55,24 @@ def _set_submodule(root: nn.Module, qualified_name: str, module: nn.Module) -> N
     setattr(root.get_submodule(parent_name) if parent_name else root, name, module)
 
 
+class _LeafTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps spiking activations and the decoder as single call_module nodes
+    (their forward branches on Python state that symbolic tracing cannot follow)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (SpikingActivation, SoftmaxDecode)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """Symbolically trace ``model`` with spiking activations and decoders as leaves."""
+    return torch.fx.GraphModule(model, _LeafTracer().trace(model))
+
+
 def _fold_pairs_traced(model: nn.Module) -> list[tuple[str, str]] | None:
     """(layer, batchnorm) name pairs where the batch norm consumes only that layer's output, or None
     if the model cannot be traced symbolically."""
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = trace(model).graph
     except Exception:  # noqa: BLE001 - any tracing failure just means "use the Sequential scan"
         return None
     modules = dict(model.named_modules())
