@@ -47,7 +47,7 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path, mini):
                          out_dir=tmp_path, progress=False)  # fmt: skip
     trainer.fit(train_loader, epochs=3)
     checkpoint = ws.load_checkpoint(tmp_path)
-    assert checkpoint["epoch"] == 2 and checkpoint["sharpener"]["step"] == 3
+    assert checkpoint["position"] == [3, 0] and checkpoint["sharpener"]["step"] == 3
     restored = small_model()
     restored.load_state_dict(checkpoint["model"])
     assert ws.model_sharpness(restored) == [1.0, 1.0, 1.0]

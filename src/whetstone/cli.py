@@ -70,11 +70,15 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model and sharpen it to fully binary")
-    train.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    train.add_argument("--model", help=f"one of: {', '.join(list_models())} (required unless --resume)")
     train.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default: the model's)")
     train.add_argument("--sharpener", choices=["simple", "scheduled", "adaptive", "none"], default=None)
     train.add_argument("--epochs", type=int, help="maximum epochs (training stops once fully binary)")
-    train.add_argument("--out", required=True, help="run directory: checkpoint, history.json, history.png")
+    train.add_argument("--out", help="run directory: checkpoint, history.json, history.png (required unless --resume)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its settings")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N batches")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms only (with --resume: bit-identical to an uninterrupted run)")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS))
     train.add_argument("--lr", type=float)
     train.add_argument("--batch-size", type=int)
@@ -135,8 +139,29 @@ def _fill_recipe_defaults(args: argparse.Namespace) -> None:
     args.optimizer_options = defaults.optimizer_options if args.optimizer == defaults.optimizer else {}
 
 
+#: Options a resumed run takes from the command line rather than from the checkpoint.
+_RUNTIME_OPTIONS = ("resume", "no_progress", "threads", "data_dir", "download", "debug", "epochs", "checkpoint_every")
+
+
 def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[Trainer, TensorLoader, TensorLoader]:
-    """The ``train`` command up to the first epoch: data, model, optimizer, sharpener, trainer."""
+    """The ``train`` command up to the first epoch: data, model, optimizer, sharpener, trainer.
+
+    With ``args.resume``, the run's own settings are read from its checkpoint and the trainer's state
+    restored from it."""
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume)
+        saved = (checkpoint.get("run") or {}).get("args")
+        if not saved:
+            raise ValueError(f"{args.resume}: the checkpoint holds no command-line settings to resume with")
+        for name, value in saved.items():
+            if name not in _RUNTIME_OPTIONS or getattr(args, name, None) is None:
+                setattr(args, name, value)
+        args.out = args.resume
+    if not args.model or not args.out:
+        raise ValueError("train needs --model and --out (or --resume DIR)")
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
     _fill_recipe_defaults(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,7 +181,11 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
     trainer = Trainer(model, optimizer, build_sharpener(args), out_dir=args.out, run_info=run_info,
-                      callbacks=callbacks, progress=not args.no_progress)  # fmt: skip
+                      callbacks=callbacks, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)  # fmt: skip
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        epoch, batch = trainer.position
+        print(f"resuming {args.out} at epoch {epoch + 1}, batch {batch}", flush=True)
     train_loader = TensorLoader.from_dataset(train_set, args.batch_size, shuffle=True, seed=args.seed)
     test_loader = TensorLoader.from_dataset(test_set, 1000)
     return trainer, train_loader, test_loader

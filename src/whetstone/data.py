@@ -344,6 +344,13 @@ class TensorLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate the current epoch from batch ``start_batch`` on (what a resumed run needs): the
+        order is that of ``__iter__``, a function of ``(seed, epoch)`` only."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
         n = len(self.labels)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -351,7 +358,10 @@ class TensorLoader:
         else:
             order = None
         self.epoch += 1
-        for batch in range(len(self)):
+        return self._batches(order, start_batch)
+
+    def _batches(self, order: Tensor | None, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for batch in range(start_batch, len(self)):
             start = batch * self.batch_size
             index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             x = self.images[index].float().div_(255.0)

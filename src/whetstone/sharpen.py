@@ -148,6 +148,11 @@ class Sharpener:
         self.epoch = epoch + 1
         self.batch_in_epoch = 0
 
+    def slow_down(self, factor: float = 2.0) -> None:
+        """Sharpen ``factor`` times more slowly from here on, keeping the current sharpness (used to
+        retry after a divergence)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change its rate")
+
     # -- state ---------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
@@ -239,12 +244,20 @@ class SimpleSharpener(Sharpener):
             self._advance()
         super().on_epoch_end(epoch, loss)
 
+    def slow_down(self, factor: float = 2.0) -> None:
+        """Multiply ``steps`` (and the step count so far) by ``round(factor)``: same sharpness now,
+        smaller steps from here on."""
+        multiple = max(2, round(_check_positive(factor, "factor")))
+        self.steps *= multiple
+        self.step *= multiple
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "step": self.step}
+        return {**super().state_dict(), "step": self.step, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.step = int(state["step"])
+        self.steps = int(state.get("steps", self.steps))
 
 
 class ScheduledSharpener(Sharpener):
@@ -293,6 +306,28 @@ class ScheduledSharpener(Sharpener):
     def on_epoch_end(self, epoch: int, loss: float) -> None:
         super().on_epoch_end(epoch, loss)
         self._apply(float(self.epoch))
+
+    def slow_down(self, factor: float = 2.0) -> None:
+        """Stretch every unfinished window ``factor`` times from the current position, keeping each
+        layer's sharpness where it is."""
+        factor = _check_positive(factor, "factor")
+        now = float(self.epoch)
+        windows = []
+        for layer, (start, stop) in zip(self.layers, self.schedule):
+            if now < stop:
+                length = (stop - start) * factor
+                start = now - layer.get_sharpness() * length if now > start else now + (start - now) * factor
+                stop = start + length
+            windows.append((start, stop))
+        self.schedule = windows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "schedule": [list(window) for window in self.schedule]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "schedule" in state:
+            self.schedule = [tuple(window) for window in state["schedule"]]
 
 
 class AdaptiveSharpener(Sharpener):
@@ -394,7 +429,15 @@ class AdaptiveSharpener(Sharpener):
             "epochs_without_improvement": self.epochs_without_improvement,
             "sharpening": self.sharpening,
             "waiting": self.waiting,
+            "rate": self.rate,
+            "cz_rate": self.cz_rate,
         }
+
+    def slow_down(self, factor: float = 2.0) -> None:
+        """Divide ``rate`` and ``cz_rate`` by ``factor``."""
+        factor = _check_positive(factor, "factor")
+        self.rate /= factor
+        self.cz_rate /= factor
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -402,3 +445,5 @@ class AdaptiveSharpener(Sharpener):
         self.epochs_without_improvement = int(state["epochs_without_improvement"])
         self.sharpening = bool(state["sharpening"])
         self.waiting = bool(state["waiting"])
+        self.rate = float(state.get("rate", self.rate))
+        self.cz_rate = float(state.get("cz_rate", self.cz_rate))

@@ -6,7 +6,10 @@ is what the CLI uses, written to be read top to bottom.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -20,6 +23,8 @@ from torch import Tensor, nn
 
 from .activations import SpikingActivation
 from .sharpen import Sharpener, model_sharpness, spiking_layers
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "EpochRecord",
@@ -48,6 +53,7 @@ class EpochRecord:
     seconds: float
     eval_loss: float | None = None
     eval_accuracy: float | None = None
+    rollbacks: int = 0  # times this epoch was rolled back and retried with slower sharpening
 
 
 @dataclass
@@ -186,6 +192,17 @@ class Trainer:
         run_info: plain values saved in the checkpoint to rebuild the model (name, options, dataset).
         callbacks: functions called with each :class:`EpochRecord`.
         progress: show a progress bar per epoch.
+        checkpoint_every: also checkpoint every this many batches (a killed run then loses at most
+            that many batches); the end of every epoch is always checkpointed.
+        max_retries: how many times a diverging epoch (non-finite loss, or training accuracy falling
+            more than ``collapse_drop`` below its best while sharpening) is rolled back to its start and
+            retried with the sharpening rate halved, before giving up with ``FloatingPointError``.
+        collapse_drop: the fall in training accuracy (a fraction) that counts as a collapse.
+
+    A run continues from a checkpoint with ``trainer.load_state_dict(load_checkpoint(run_dir))``
+    then ``fit`` (what ``whetstone train --resume`` does): model, optimizer, sharpener, RNG state, the
+    position in the epoch and the history are restored, so with a deterministic loader such as
+    :class:`~whetstone.data.TensorLoader` a resumed run ends bit-identical to an uninterrupted one.
     """
 
     def __init__(
@@ -198,6 +215,9 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         callbacks: Sequence[Callable[[EpochRecord], None]] = (),
         progress: bool = True,
+        checkpoint_every: int | None = None,
+        max_retries: int = 3,
+        collapse_drop: float = 0.2,
     ) -> None:
         self.model, self.optimizer, self.sharpener = model, optimizer, sharpener
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -205,17 +225,34 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
         self.progress = progress
+        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be a positive integer or None, got {checkpoint_every!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if not 0.0 < collapse_drop <= 1.0:
+            raise ValueError(f"collapse_drop must be in (0, 1], got {collapse_drop!r}")
+        self.checkpoint_every, self.max_retries, self.collapse_drop = checkpoint_every, max_retries, collapse_drop
         self.history: list[EpochRecord] = []
+        self.position = (0, 0)  # (epoch, batch) of the next batch to train
+        self._loss_sum, self._correct, self._count = 0.0, 0, 0  # running totals of the epoch in progress
+        self.rollbacks = 0  # rollbacks of the epoch in progress
         if self.out_dir is not None:
             _check_writable(self.out_dir)
 
-    def _train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, epochs: int) -> tuple[float, float]:
+    def _train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, epochs: int, start_batch: int) -> tuple[float, float]:
         self.model.train()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        total_loss, correct, count = 0.0, torch.zeros((), dtype=torch.long), 0
-        bar = _progress_bar(loader, f"epoch {epoch + 1}/{epochs}", self.progress)
-        for batch, (x, y) in enumerate(bar):
+        if start_batch == 0:
+            self._loss_sum, self._correct, self._count = 0.0, 0, 0
+        if hasattr(loader, "iter_from"):
+            batches = loader.iter_from(start_batch)
+        else:  # any other deterministic iterable: replay and drop the batches already trained
+            batches = itertools.islice(iter(loader), start_batch, None)
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = _progress_bar(batches, f"epoch {epoch + 1}/{epochs}", self.progress, total=total, initial=start_batch)
+        correct = torch.zeros((), dtype=torch.long)
+        for batch, (x, y) in enumerate(bar, start=start_batch):
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -226,14 +263,20 @@ class Trainer:
                 raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, batch {batch}")
             if self.sharpener is not None:
                 self.sharpener.on_batch_end(batch, loss_value)
-            total_loss += loss_value * len(y)
+            self._loss_sum += loss_value * len(y)
             correct += (logits.detach().argmax(dim=-1) == y).sum().cpu()
-            count += len(y)
+            self._count += len(y)
+            self.position = (epoch, batch + 1)
             if hasattr(bar, "set_postfix") and batch % 20 == 0:
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        if count == 0:
+            if self.checkpoint_every and (batch + 1) % self.checkpoint_every == 0 and (total is None or batch + 1 < total):
+                self._correct += int(correct)
+                correct.zero_()
+                self._save_checkpoint()
+        self._correct += int(correct)
+        if self._count == 0:
             raise ValueError("the training loader yielded no samples")
-        return total_loss / count, float(correct) / count
+        return self._loss_sum / self._count, self._correct / self._count
 
     def fit(
         self,
@@ -241,7 +284,8 @@ class Trainer:
         epochs: int,
         eval_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
     ) -> TrainResult:
-        """Train for at most ``epochs`` epochs, stopping early once the sharpener is done.
+        """Train until epoch ``epochs`` (counted from the start of the run, so a resumed run trains only
+        what is left), stopping early once the sharpener is done.
 
         After training, every spiking layer's outputs on ``eval_loader`` (or ``train_loader``) are
         checked to be exactly 0/1; ``TrainResult.fully_binary`` says whether the network is a
@@ -252,42 +296,100 @@ class Trainer:
         if self.sharpener is not None:
             batches = len(train_loader) if hasattr(train_loader, "__len__") else None
             self.sharpener.on_train_begin(self.model, batches_per_epoch=batches)
-        first_epoch = len(self.history)
-        for epoch in range(first_epoch, epochs):
+        epoch, start_batch = self.position
+        while epoch < epochs and not (self.sharpener is not None and self.sharpener.done and self.history):
             started = time.perf_counter()
-            train_loss, train_accuracy = self._train_epoch(train_loader, epoch, epochs)
+            snapshot = copy.deepcopy(self.state_dict())
+            try:
+                train_loss, train_accuracy = self._train_epoch(train_loader, epoch, epochs, start_batch)
+                problem = self._collapse(train_accuracy)
+            except FloatingPointError as error:
+                if self.sharpener is None:
+                    raise
+                problem = str(error)
+            if problem is not None:
+                self._roll_back(snapshot, problem)
+                continue
             if self.sharpener is not None:
                 self.sharpener.on_epoch_end(epoch, train_loss)
-            record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.model), 0.0)
+            record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.model), 0.0, rollbacks=self.rollbacks)
             if eval_loader is not None:
                 record.eval_loss, record.eval_accuracy = evaluate(self.model, eval_loader, self.loss_fn)
             record.seconds = time.perf_counter() - started
             self.history.append(record)
-            self._save(epoch)
+            self.position, self.rollbacks = (epoch + 1, 0), 0
+            self._save_checkpoint()
+            self._save_history()
             for callback in self.callbacks:
                 callback(record)
-            if self.sharpener is not None and self.sharpener.done:
-                break
+            epoch, start_batch = self.position
         layers = binary_report(self.model, eval_loader if eval_loader is not None else train_loader)
         sharp = all(value == 1.0 for value in model_sharpness(self.model))
         fully_binary = bool(layers) and sharp and all(layer.binary for layer in layers)
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         return TrainResult(self.history, fully_binary, layers, checkpoint)
 
+    def _collapse(self, train_accuracy: float) -> str | None:
+        """Why the epoch just trained counts as a collapse of sharpening, or None."""
+        if self.sharpener is None or not self.history or not any(model_sharpness(self.model)):
+            return None
+        best = max(record.train_accuracy for record in self.history)
+        if train_accuracy < best - self.collapse_drop:
+            return f"training accuracy fell to {100 * train_accuracy:.1f}% (best {100 * best:.1f}%) while sharpening"
+        return None
+
+    def _roll_back(self, snapshot: dict[str, Any], problem: str) -> None:
+        """Return to ``snapshot`` (the start of the failed epoch) and halve the sharpening rate."""
+        rollbacks = self.rollbacks + 1
+        if rollbacks > self.max_retries:
+            raise FloatingPointError(f"{problem}; gave up after {self.max_retries} rollbacks with slower sharpening")
+        self.load_state_dict(snapshot)
+        self.rollbacks = rollbacks
+        assert self.sharpener is not None
+        self.sharpener.slow_down(2.0)
+        log.warning("%s: rolled back to the start of epoch %d, sharpening at half the rate (retry %d of %d)",
+                    problem, self.position[0] + 1, rollbacks, self.max_retries)  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: model, optimizer, sharpener, history, run info."""
+        """Everything needed to continue exactly: model, optimizer, sharpener, history, run info, the
+        position in the run, the running totals of a part-trained epoch and the RNG states."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sharpener": self.sharpener.state_dict() if self.sharpener is not None else None,
             "history": [asdict(record) for record in self.history],
             "run": self.run_info,
+            "position": list(self.position),
+            "epoch_totals": [self._loss_sum, self._correct, self._count],
+            "rollbacks": self.rollbacks,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
 
-    def _save(self, epoch: int) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (a loaded checkpoint), to continue that run."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if (state.get("sharpener") is None) != (self.sharpener is None):
+            raise ValueError("the checkpoint's run and this trainer disagree on having a sharpener")
+        if self.sharpener is not None:
+            self.sharpener.load_state_dict(state["sharpener"])
+        self.history = [EpochRecord(**record) for record in state["history"]]
+        self.position = tuple(state.get("position", (len(self.history), 0)))  # type: ignore[assignment]
+        self._loss_sum, self._correct, self._count = state.get("epoch_totals", (0.0, 0, 0))
+        self.rollbacks = state.get("rollbacks", 0)
+        rng = state.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _save_checkpoint(self) -> None:
+        if self.out_dir is not None:
+            save_checkpoint(self.out_dir / CHECKPOINT_NAME, **self.state_dict())
+
+    def _save_history(self) -> None:
         if self.out_dir is None:
             return
-        save_checkpoint(self.out_dir / CHECKPOINT_NAME, epoch=epoch, **self.state_dict())
         history = [asdict(record) for record in self.history]
         _atomic_write(self.out_dir / HISTORY_NAME, lambda h: json.dump(history, h, indent=1), mode="w")
         from .plot import plot_history
@@ -304,9 +406,9 @@ def _check_writable(folder: Path) -> None:
         raise ValueError(f"output directory {folder} is not writable: {error.strerror or error}") from None
 
 
-def _progress_bar(iterable: Iterable, description: str, enabled: bool) -> Iterable:
+def _progress_bar(iterable: Iterable, description: str, enabled: bool, total: int | None = None, initial: int = 0) -> Iterable:
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=description, leave=False, unit="batch", dynamic_ncols=True)
+    return tqdm(iterable, desc=description, leave=False, unit="batch", dynamic_ncols=True, total=total, initial=initial)

@@ -1,0 +1,226 @@
+"""Exact resume after SIGKILL, divergence rollback, and one clear line for each kind of bad input."""
+
+import gzip
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import whetstone as ws
+from whetstone.cli import main
+from whetstone.data import load_dataset
+from whetstone.train import load_checkpoint
+
+TRAIN = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--epochs", "6", "--start-epoch", "1",
+         "--steps", "1", "--checkpoint-every", "5", "--threads", "1", "--deterministic", "--no-progress"]  # fmt: skip
+
+
+def _run(argv, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "whetstone.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
+
+
+def _same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+def test_sigkill_at_a_random_point_then_resume_is_bit_identical(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    uninterrupted = _run([*TRAIN, "--out", str(reference)])
+    victim = _run([*TRAIN, "--out", str(killed)])
+    # Kill once the first mid-epoch checkpoint exists, after a random further delay.
+    delay = random.Random().uniform(0.0, 1.5)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, f"the run ended before it could be killed ({delay=:.2f}s)"
+    position = load_checkpoint(killed)["position"]
+    resumed = _run([*TRAIN[:1], "--resume", str(killed), "--no-progress", "--threads", "1"])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert f"resuming {killed} at epoch {position[0] + 1}, batch {position[1]}" in out
+    assert uninterrupted.wait(timeout=300) == 0
+    a, b = load_checkpoint(reference), load_checkpoint(killed)
+    _same_weights(a["model"], b["model"])
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    assert a["sharpener"] == b["sharpener"]
+
+
+def _mini_loader(limit=1000):
+    train = load_dataset("mnist-mini", "train")
+    return ws.TensorLoader(train.images[:limit], train.labels[:limit], 100, shuffle=True, seed=1)
+
+
+def _model():
+    torch.manual_seed(0)
+    return ws.create_model("mnist-dense")
+
+
+def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path):
+    def trainer(model, out=None, every=None):
+        return ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), ws.SimpleSharpener(1, steps=1),
+                          out_dir=out, progress=False, checkpoint_every=every)  # fmt: skip
+
+    full_model = _model()
+    trainer(full_model).fit(_mini_loader(), epochs=5)
+
+    class Crash(Exception):
+        pass
+
+    model = _model()
+    first = trainer(model, tmp_path, every=3)
+    calls = {"n": 0}
+    original = first.sharpener.on_batch_end
+
+    def crash_after_batches(batch, loss):
+        original(batch, loss)
+        calls["n"] += 1
+        if calls["n"] == 17:  # epoch 1, batch 7: after the checkpoint at batch 6
+            raise Crash
+
+    first.sharpener.on_batch_end = crash_after_batches
+    with pytest.raises(Crash):
+        first.fit(_mini_loader(), epochs=5)
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint["position"] == [1, 6]
+    second_model = _model()
+    second = trainer(second_model, tmp_path, every=3)
+    second.load_state_dict(checkpoint)
+    second.fit(_mini_loader(), epochs=5)
+    _same_weights(full_model.state_dict(), second_model.state_dict())
+
+
+class NaNOnce:
+    """Cross-entropy that returns NaN at one chosen call."""
+
+    def __init__(self, at_call):
+        self.at_call, self.calls = at_call, 0
+        self.loss = torch.nn.CrossEntropyLoss()
+
+    def __call__(self, logits, y):
+        self.calls += 1
+        value = self.loss(logits, y)
+        return value * float("nan") if self.calls == self.at_call else value
+
+
+def test_non_finite_loss_while_sharpening_rolls_back_and_slows_down(caplog):
+    model = _model()
+    sharpener = ws.SimpleSharpener(1, steps=1)
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), sharpener, loss_fn=NaNOnce(at_call=15),
+                         progress=False)  # fmt: skip
+    result = trainer.fit(_mini_loader(), epochs=12)
+    assert [r.rollbacks for r in result.history][:3] == [0, 1, 0]  # epoch 1 (calls 11-20) was retried once
+    assert sharpener.steps == 2  # halved rate: two steps per layer from then on
+    assert result.fully_binary
+    assert "rolled back to the start of epoch 2" in caplog.text
+
+
+def test_persistent_collapse_gives_up_after_bounded_retries():
+    model = _model()
+
+    def collapse_when_sharp(logits, y):
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        sharp = any(layer.get_sharpness() > 0 for layer in ws.spiking_layers(model))
+        return loss * float("inf") if sharp else loss
+
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), ws.SimpleSharpener(0, steps=1, per="batch"),
+                         loss_fn=collapse_when_sharp, progress=False, max_retries=2)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="gave up after 2 rollbacks"):
+        trainer.fit(_mini_loader(), epochs=3)
+
+
+def test_accuracy_collapse_counts_as_divergence():
+    model = _model()
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), ws.SimpleSharpener(0), progress=False)
+    trainer.sharpener.on_train_begin(model)
+    assert trainer._collapse(0.1) is None  # no history yet
+    trainer.history.append(ws.train.EpochRecord(0, 0.1, 0.9, [0.5, 0, 0], 1.0))
+    ws.set_model_sharpness(model, 0.2)
+    assert "fell to 10.0% (best 90.0%)" in trainer._collapse(0.1)
+    assert trainer._collapse(0.8) is None
+
+
+def _write_idx(path, array, magic=None):
+    header = bytes([0, 0, 0x08, array.ndim]) if magic is None else magic
+    header += b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(root, images=None, labels=None, magic=None, truncate=False):
+    folder = root / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.zeros((20, 28, 28), np.uint8) if images is None else images
+    labels = np.arange(20) % 10 if labels is None else labels
+    for split in ("train", "t10k"):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images, magic)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    if truncate:
+        path = folder / "train-images-idx3-ubyte.gz"
+        raw = gzip.decompress(path.read_bytes())
+        path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    return root
+
+
+def _tampered_checkpoint(tmp_path, mutate):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3",
+                 "--start-epoch", "0", "--steps", "1", "--no-progress", "--out", str(run)]) == 0  # fmt: skip
+    checkpoint = load_checkpoint(run)
+    mutate(checkpoint)
+    torch.save(checkpoint, run / "checkpoint.pt")
+    return run
+
+
+BAD_INPUTS = {
+    "corrupt IDX magic": (lambda t: ["train", "--model", "mnist-dense", "--dataset", "mnist", "--out", str(t / "o"),
+                                     "--data-dir", str(_fake_mnist(t, magic=b"\x12\x34\x08\x03"))], "magic"),
+    "truncated IDX": (lambda t: ["train", "--model", "mnist-dense", "--dataset", "mnist", "--out", str(t / "o"),
+                                 "--data-dir", str(_fake_mnist(t, truncate=True))], "truncated"),
+    "images of the wrong shape": (lambda t: ["train", "--model", "mnist-dense", "--dataset", "mnist", "--out",
+                                             str(t / "o"), "--data-dir",
+                                             str(_fake_mnist(t, images=np.zeros((20, 32, 32))))], "shape"),
+    "labels out of range": (lambda t: ["train", "--model", "mnist-dense", "--dataset", "mnist", "--out", str(t / "o"),
+                                       "--data-dir", str(_fake_mnist(t, labels=np.full(20, 12)))], "labels"),
+    "key of the wrong width": (lambda t: ["eval", str(_tampered_checkpoint(
+        t, lambda c: c["model"].__setitem__("decoder.key", torch.ones(10, 50))))], "key"),
+    "sharpness outside [0, 1]": (lambda t: ["eval", str(_tampered_checkpoint(
+        t, lambda c: c["model"].__setitem__("features.2.sharpness", torch.tensor(1.5))))], "sharpness"),
+    "truncated checkpoint": (lambda t: ["eval", str(_truncate(_tampered_checkpoint(t, lambda c: None)))],
+                             "cannot load checkpoint"),
+    "unknown model": (lambda t: ["train", "--model", "resnet-9000", "--out", str(t / "o")], "unknown model"),
+    "unknown dataset": (lambda t: ["train", "--model", "mnist-dense", "--dataset", "imagenet", "--out", str(t / "o")],
+                        "imagenet"),
+    "unwritable output directory": (lambda t: ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out",
+                                               "/proc/nope"], "not writable"),
+    "resume from a folder without a checkpoint": (lambda t: ["train", "--resume", str(t)], "no checkpoint"),
+    "train without --model": (lambda t: ["train", "--out", str(t / "o")], "needs --model and --out"),
+}  # fmt: skip
+
+
+def _truncate(run):
+    path = run / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:4000])
+    return run
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_line_and_exit_2(case, tmp_path, capsys):
+    make_argv, expected = BAD_INPUTS[case]
+    argv = make_argv(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    print(f"{case}: {err.strip()}")  # shown with -rP; docs/results.md lists these lines
