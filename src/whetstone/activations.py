@@ -12,6 +12,7 @@ import math
 from numbers import Real
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -55,7 +56,10 @@ def spiking_brelu(x: Tensor, sharpness: float) -> Tensor:
     """
     if sharpness >= 1.0:
         return _heaviside(x, 0.5)
-    return torch.clamp((x - 0.5) / (1.0 - sharpness + SHARPNESS_EPSILON) + 0.5, 0.0, 1.0)
+    gain = 1.0 / (1.0 - sharpness + SHARPNESS_EPSILON)
+    # Same function as the formula, in two elementwise passes forward and two backward (hardtanh's
+    # backward is one fused kernel): within a few percent of a ReLU's cost (benchmarks/speed.py).
+    return F.hardtanh(x.mul(gain).add_(0.5 - 0.5 * gain), 0.0, 1.0)
 
 
 def spiking_sigmoid(x: Tensor, sharpness: float) -> Tensor:
@@ -67,8 +71,9 @@ def spiking_sigmoid(x: Tensor, sharpness: float) -> Tensor:
     if sharpness >= 1.0:
         return _heaviside(x, 0.0)
     gain = _SIGMOID_BASE_GAIN / (1.0 - sharpness + SHARPNESS_EPSILON)
-    # sigmoid(clamp(k x)) == 1 / (1 + exp(clamp(-k x))), computed by PyTorch's stable kernel.
-    return torch.sigmoid(torch.clamp(gain * x, -40.0, 40.0))
+    # PyTorch's sigmoid is stable for any input, so the original's overflow guard (clamping k x to
+    # [-40, 40]) is not needed: the values differ only below 1e-17 and the gradients below 1e-16.
+    return torch.sigmoid(x.mul(gain))
 
 
 class SpikingActivation(nn.Module):
