@@ -1,4 +1,4 @@
-"""Command line: ``whetstone train | eval | export | simulate | demo | models``.
+"""Command line: ``whetstone train | eval | export | simulate | sweep | demo | models``.
 
 Errors in what the user gave (a bad name, a missing file, a value out of range) print one line and
 exit with status 2; ``--debug`` shows the traceback instead.
@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 
+from . import distributed
 from .data import DATASETS, DatasetError, TensorLoader, load_dataset
 from .models import create_model, list_models, recipe
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness
@@ -77,6 +80,9 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory: checkpoint, history.json, history.png (required unless --resume)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its settings")
     train.add_argument("--checkpoint-every", type=int, metavar="N", help="also checkpoint every N batches")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="processes for distributed data parallel training (gloo on CPU, nccl on GPU); "
+                            "--batch-size stays the global batch")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic algorithms only (with --resume: bit-identical to an uninterrupted run)")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS))
@@ -93,6 +99,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--limit", type=int, help="use only the first N training samples (quick trials)")
+    train.add_argument("--holdout", type=float, metavar="FRACTION",
+                       help="evaluate on this last fraction of the training set instead of the test set (tuning)")
     train.add_argument("--no-progress", action="store_true")
     _add_data_options(train)
 
@@ -122,6 +130,17 @@ def make_parser() -> argparse.ArgumentParser:
     simulate_cmd.add_argument("--no-progress", action="store_true")
     _add_data_options(simulate_cmd)
 
+    sweep = commands.add_parser("sweep", help="tune optimizer and sharpener with Optuna (extra 'sweep')")
+    sweep.add_argument("--model", required=True, help=f"one of: {', '.join(list_models())}")
+    sweep.add_argument("--dataset", help="default: the model's")
+    sweep.add_argument("--trials", type=int, default=20)
+    sweep.add_argument("--epochs", type=int, default=10, help="epochs per trial")
+    sweep.add_argument("--out", required=True, help="folder for study.db and one run folder per trial")
+    sweep.add_argument("--holdout", type=float, default=0.1, help="fraction of the training set to score on")
+    sweep.add_argument("--limit", type=int, help="use only the first N training samples")
+    sweep.add_argument("--seed", type=int, default=0)
+    _add_data_options(sweep)
+
     demo = commands.add_parser("demo", help="sharpen mnist-dense on the bundled MNIST subset (offline, ~1 min)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=21)
@@ -140,7 +159,7 @@ def _fill_recipe_defaults(args: argparse.Namespace) -> None:
 
 
 #: Options a resumed run takes from the command line rather than from the checkpoint.
-_RUNTIME_OPTIONS = ("resume", "no_progress", "threads", "data_dir", "download", "debug", "epochs", "checkpoint_every")
+_RUNTIME_OPTIONS = ("resume", "no_progress", "threads", "data_dir", "download", "debug", "epochs", "checkpoint_every", "nproc")
 
 
 def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[Trainer, TensorLoader, TensorLoader]:
@@ -163,16 +182,32 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     _fill_recipe_defaults(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ranks, rank = distributed.world_size(), distributed.rank()
+    if args.batch_size % ranks:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {ranks} processes")
+    if args.threads or ranks > 1:
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ranks))
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if ranks > 1 and dist.get_backend() == "nccl" else None
     train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     if args.limit:
         train_set.images, train_set.labels = train_set.images[: args.limit], train_set.labels[: args.limit]
+    if args.holdout is not None:
+        if not 0.0 < args.holdout < 1.0:
+            raise ValueError(f"--holdout must be a fraction in (0, 1), got {args.holdout}")
+        keep = len(train_set.labels) - max(1, round(args.holdout * len(train_set.labels)))
+        test_set = copy.copy(train_set)
+        test_set.images, test_set.labels = train_set.images[keep:], train_set.labels[keep:]
+        train_set.images, train_set.labels = train_set.images[:keep], train_set.labels[:keep]
     torch.manual_seed(args.seed)
     model_options = {"num_classes": len(train_set.classes), "activation": args.activation,
                      "key_width": args.key_width, "key_seed": args.seed}  # fmt: skip
-    model = create_model(args.model, **model_options)
+    model = create_model(args.model, **model_options).to(device or "cpu")
+    if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
+        # A fully sharpened layer passes no gradient, so the parameters below it go unused.
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device is not None else None, find_unused_parameters=True
+        )
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.optimizer_options)
     run_info = {
         "model": args.model,
@@ -185,9 +220,11 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         epoch, batch = trainer.position
-        print(f"resuming {args.out} at epoch {epoch + 1}, batch {batch}", flush=True)
-    train_loader = TensorLoader.from_dataset(train_set, args.batch_size, shuffle=True, seed=args.seed)
-    test_loader = TensorLoader.from_dataset(test_set, 1000)
+        if rank == 0:
+            print(f"resuming {args.out} at epoch {epoch + 1}, batch {batch}", flush=True)
+    train_loader = TensorLoader.from_dataset(train_set, args.batch_size // ranks, shuffle=True, seed=args.seed,
+                                             device=device, rank=rank, world_size=ranks)  # fmt: skip
+    test_loader = TensorLoader.from_dataset(test_set, 1000, device=device)
     return trainer, train_loader, test_loader
 
 
@@ -217,9 +254,19 @@ def _print_result(result: TrainResult) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not distributed.is_distributed():
+        return distributed.launch(_train, args.nproc, args)
+    distributed.init_from_env()  # a no-op unless launched by torchrun
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     trainer, train_loader, test_loader = prepare_training(args, callbacks=[_print_epoch])
     result = trainer.fit(train_loader, args.epochs, test_loader)
-    _print_result(result)
+    if trainer.is_main:
+        _print_result(result)
     return 0 if result.fully_binary or args.sharpener == "none" else 1
 
 
@@ -319,6 +366,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    if args.trials < 1 or args.epochs < 1:
+        raise ValueError(f"--trials and --epochs must be >= 1, got {args.trials} and {args.epochs}")
+    base = ["train", "--model", args.model, "--holdout", str(args.holdout), "--seed", str(args.seed), "--no-progress"]
+    for flag, value in (("--dataset", args.dataset), ("--limit", args.limit), ("--data-dir", args.data_dir)):
+        if value is not None:
+            base += [flag, str(value)]
+    if args.download:
+        base.append("--download")
+    study = run_sweep(base, args.out, args.trials, args.epochs, args.seed)
+    best = study.best_trial
+    print(f"best of {len(study.trials)} trials: #{best.number} score {best.value:.4f} with {best.params}")
+    print(f"study: {Path(args.out) / 'study.db'} (rerun the same command to add trials)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -334,7 +399,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_epoch(record)
         if all(value == 0.0 for value in record.sharpness):
             before["accuracy"] = record.eval_accuracy
-            thresholded = copy.deepcopy(trainer.model)
+            thresholded = copy.deepcopy(trainer.module)
             set_model_sharpness(thresholded, 1.0)
             before["thresholded"] = evaluate(thresholded, test_loader)[1]
 
@@ -361,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "simulate": cmd_simulate,
-                "demo": cmd_demo, "models": cmd_models}  # fmt: skip
+                "sweep": cmd_sweep, "demo": cmd_demo, "models": cmd_models}  # fmt: skip
     try:
         return handlers[args.command](args)
     except (ValueError, DatasetError, FileNotFoundError, PermissionError, FloatingPointError, ImportError) as error:

@@ -306,6 +306,10 @@ class TensorLoader:
         seed: seed of the shuffle order.
         device: where batches are delivered; the dataset moves there once.
         transform: optional function applied to each float batch (e.g. augmentation on tensors).
+        rank, world_size: for distributed data parallel training: every process draws the same order
+            and takes its own ``batch_size`` slice of each global batch of ``batch_size * world_size``
+            samples; a last incomplete global batch is dropped so every process runs the same number
+            of steps.
     """
 
     def __init__(
@@ -318,6 +322,8 @@ class TensorLoader:
         seed: int = 0,
         device: str | torch.device | None = None,
         transform=None,  # noqa: ANN001 - any callable Tensor -> Tensor
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -328,6 +334,9 @@ class TensorLoader:
         self.labels = labels.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.transform = int(seed), transform
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     @classmethod
@@ -340,8 +349,8 @@ class TensorLoader:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, step = len(self.labels), self.batch_size * self.world_size
+        return n // step if self.drop_last or self.world_size > 1 else -(-n // step)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iter_from(0)
@@ -362,7 +371,7 @@ class TensorLoader:
 
     def _batches(self, order: Tensor | None, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
         for batch in range(start_batch, len(self)):
-            start = batch * self.batch_size
+            start = (batch * self.world_size + self.rank) * self.batch_size
             index = slice(start, start + self.batch_size) if order is None else order[start : start + self.batch_size]
             x = self.images[index].float().div_(255.0)
             if self.transform is not None:

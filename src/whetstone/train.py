@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .activations import SpikingActivation
 from .sharpen import Sharpener, model_sharpness, spiking_layers
 
@@ -199,6 +200,10 @@ class Trainer:
             retried with the sharpening rate halved, before giving up with ``FloatingPointError``.
         collapse_drop: the fall in training accuracy (a fraction) that counts as a collapse.
 
+    In a ``torch.distributed`` process group, pass the ``DistributedDataParallel``-wrapped model: batch
+    losses and accuracy are summed over all ranks before the sharpener sees them (so every rank sharpens
+    identically, which is checked after each epoch) and only rank 0 writes files.
+
     A run continues from a checkpoint with ``trainer.load_state_dict(load_checkpoint(run_dir))``
     then ``fit`` (what ``whetstone train --resume`` does): model, optimizer, sharpener, RNG state, the
     position in the epoch and the history are restored, so with a deterministic loader such as
@@ -220,6 +225,9 @@ class Trainer:
         collapse_drop: float = 0.2,
     ) -> None:
         self.model, self.optimizer, self.sharpener = model, optimizer, sharpener
+        # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
+        self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.is_main = distributed.rank() == 0
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_info = dict(run_info or {})
@@ -250,22 +258,29 @@ class Trainer:
         else:  # any other deterministic iterable: replay and drop the batches already trained
             batches = itertools.islice(iter(loader), start_batch, None)
         total = len(loader) if hasattr(loader, "__len__") else None
-        bar = _progress_bar(batches, f"epoch {epoch + 1}/{epochs}", self.progress, total=total, initial=start_batch)
+        bar = _progress_bar(batches, f"epoch {epoch + 1}/{epochs}", self.progress and self.is_main, total=total, initial=start_batch)
         correct = torch.zeros((), dtype=torch.long)
+        in_group = distributed.is_distributed()
         for batch, (x, y) in enumerate(bar, start=start_batch):
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            loss_value = loss.item()
+            hits = (logits.detach().argmax(dim=-1) == y).sum()
+            if in_group:  # one small all-reduce: the same loss and counts on every rank
+                loss_total, hit_total, size = distributed.all_sum([loss.item() * len(y), hits.item(), len(y)])
+                loss_value = loss_total / size
+                self._correct += int(hit_total)
+            else:
+                loss_value, size = loss.item(), len(y)
+                correct += hits.cpu()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, batch {batch}")
             if self.sharpener is not None:
                 self.sharpener.on_batch_end(batch, loss_value)
-            self._loss_sum += loss_value * len(y)
-            correct += (logits.detach().argmax(dim=-1) == y).sum().cpu()
-            self._count += len(y)
+            self._loss_sum += loss_value * size
+            self._count += int(size)
             self.position = (epoch, batch + 1)
             if hasattr(bar, "set_postfix") and batch % 20 == 0:
                 bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
@@ -295,7 +310,7 @@ class Trainer:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if self.sharpener is not None:
             batches = len(train_loader) if hasattr(train_loader, "__len__") else None
-            self.sharpener.on_train_begin(self.model, batches_per_epoch=batches)
+            self.sharpener.on_train_begin(self.module, batches_per_epoch=batches)
         epoch, start_batch = self.position
         while epoch < epochs and not (self.sharpener is not None and self.sharpener.done and self.history):
             started = time.perf_counter()
@@ -312,26 +327,28 @@ class Trainer:
                 continue
             if self.sharpener is not None:
                 self.sharpener.on_epoch_end(epoch, train_loss)
-            record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.model), 0.0, rollbacks=self.rollbacks)
+            record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks)
+            distributed.same_on_all_ranks(record.sharpness, f"per-layer sharpness after epoch {epoch + 1}")
             if eval_loader is not None:
-                record.eval_loss, record.eval_accuracy = evaluate(self.model, eval_loader, self.loss_fn)
+                record.eval_loss, record.eval_accuracy = evaluate(self.module, eval_loader, self.loss_fn)
             record.seconds = time.perf_counter() - started
             self.history.append(record)
             self.position, self.rollbacks = (epoch + 1, 0), 0
             self._save_checkpoint()
             self._save_history()
-            for callback in self.callbacks:
-                callback(record)
+            if self.is_main:
+                for callback in self.callbacks:
+                    callback(record)
             epoch, start_batch = self.position
-        layers = binary_report(self.model, eval_loader if eval_loader is not None else train_loader)
-        sharp = all(value == 1.0 for value in model_sharpness(self.model))
+        layers = binary_report(self.module, eval_loader if eval_loader is not None else train_loader)
+        sharp = all(value == 1.0 for value in model_sharpness(self.module))
         fully_binary = bool(layers) and sharp and all(layer.binary for layer in layers)
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         return TrainResult(self.history, fully_binary, layers, checkpoint)
 
     def _collapse(self, train_accuracy: float) -> str | None:
         """Why the epoch just trained counts as a collapse of sharpening, or None."""
-        if self.sharpener is None or not self.history or not any(model_sharpness(self.model)):
+        if self.sharpener is None or not self.history or not any(model_sharpness(self.module)):
             return None
         best = max(record.train_accuracy for record in self.history)
         if train_accuracy < best - self.collapse_drop:
@@ -354,7 +371,7 @@ class Trainer:
         """Everything needed to continue exactly: model, optimizer, sharpener, history, run info, the
         position in the run, the running totals of a part-trained epoch and the RNG states."""
         return {
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sharpener": self.sharpener.state_dict() if self.sharpener is not None else None,
             "history": [asdict(record) for record in self.history],
@@ -367,7 +384,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (a loaded checkpoint), to continue that run."""
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if (state.get("sharpener") is None) != (self.sharpener is None):
             raise ValueError("the checkpoint's run and this trainer disagree on having a sharpener")
@@ -384,11 +401,11 @@ class Trainer:
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     def _save_checkpoint(self) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, **self.state_dict())
 
     def _save_history(self) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.is_main:
             return
         history = [asdict(record) for record in self.history]
         _atomic_write(self.out_dir / HISTORY_NAME, lambda h: json.dump(history, h, indent=1), mode="w")

@@ -1,0 +1,90 @@
+"""Hyperparameter sweeps over the sharpener and the optimizer, on Optuna (optional extra ``sweep``).
+
+``whetstone sweep --model NAME --trials N --out DIR`` runs an Optuna study whose trials are ordinary
+``whetstone train`` runs (each in ``DIR/trial-K``), scored on a held-out part of the training set (never
+the test set). The study lives in ``DIR/study.db`` (SQLite), so an interrupted sweep continues where it
+stopped, and several processes may share it.
+
+The score is the held-out accuracy of the *fully binary* network; a trial that does not end fully binary
+scores its accuracy minus 1, so it always ranks below every one that does.
+
+On a Ray cluster the same objective runs under Ray Tune with Optuna as the searcher::
+
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+    from whetstone.sweep import train_trial
+
+    def trainable(config):
+        return {"score": train_trial(config, base_argv)}
+
+    tune.Tuner(trainable, param_space=RAY_SPACE, tune_config=tune.TuneConfig(
+        search_alg=OptunaSearch(metric="score", mode="max"), num_samples=100)).fit()
+
+where ``RAY_SPACE`` mirrors :func:`suggest` (``tune.choice`` / ``tune.loguniform`` / ``tune.randint``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_sweep", "suggest", "train_trial"]
+
+#: Learning-rate ranges per optimizer (log-uniform).
+LR_RANGES = {"adam": (1e-4, 1e-2), "adadelta": (0.1, 10.0), "rmsprop": (1e-4, 1e-2), "sgd": (1e-3, 0.3)}
+
+
+def _optuna():  # noqa: ANN202
+    try:
+        import optuna
+    except ImportError as error:
+        raise ImportError("whetstone sweep needs optuna: pip install 'whetstone-snn[sweep]'") from error
+    return optuna
+
+
+def suggest(trial: Any, epochs: int) -> dict[str, Any]:
+    """The search space: optimizer and learning rate, and the simple sharpener's first epoch and steps
+    per layer (bounded so that sharpening can finish within ``epochs``)."""
+    optimizer = trial.suggest_categorical("optimizer", sorted(LR_RANGES))
+    low, high = LR_RANGES[optimizer]
+    config = {
+        "optimizer": optimizer,
+        "lr": trial.suggest_float(f"lr_{optimizer}", low, high, log=True),
+        "start_epoch": trial.suggest_int("start_epoch", 0, max(0, epochs // 2)),
+    }
+    config["steps"] = trial.suggest_int("steps", 1, max(1, (epochs - config["start_epoch"]) // 2))
+    return config
+
+
+def train_trial(config: dict[str, Any], base_argv: list[str]) -> float:
+    """One ``whetstone train`` run with ``config`` applied on top of ``base_argv``; returns the score
+    (held-out accuracy if fully binary, else that minus 1)."""
+    from .cli import make_parser, prepare_training
+
+    argv = list(base_argv) + ["--sharpener", "simple"]
+    for name, value in config.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    args = make_parser().parse_args(argv)
+    trainer, train_loader, eval_loader = prepare_training(args)
+    result = trainer.fit(train_loader, args.epochs, eval_loader)
+    accuracy = result.history[-1].eval_accuracy or 0.0
+    return accuracy if result.fully_binary else accuracy - 1.0
+
+
+def run_sweep(base_argv: list[str], out: str | Path, trials: int, epochs: int, seed: int = 0) -> Any:
+    """Run (or continue) the study in ``out/study.db``; returns the ``optuna.Study``."""
+    optuna = _optuna()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name="whetstone", direction="maximize", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
+
+    def objective(trial: Any) -> float:
+        config = suggest(trial, epochs)
+        argv = [*base_argv, "--epochs", str(epochs), "--out", str(out / f"trial-{trial.number}")]
+        return train_trial(config, argv)
+
+    study.optimize(objective, n_trials=trials)
+    return study
