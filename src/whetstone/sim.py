@@ -1,9 +1,10 @@
 """Reference integrate-and-fire simulator (numpy), with spike, synaptic-operation and energy counts.
 
-It runs a :class:`~whetstone.deploy.SpikingGraph` the way event-driven hardware does: every weighted
-layer keeps, for each input unit, the list of its outgoing synapses (target neuron, weight), and only
-the inputs that are active (a spike, or a non-zero pixel at the encoder) deliver their synapses into
-the membranes. A neuron fires when its membrane ``bias + sum of delivered weights >= threshold``.
+It runs a :class:`~whetstone.deploy.SpikingGraph` the way event-driven hardware does: only the inputs
+that are active (a spike, or a non-zero pixel at the encoder) deliver their outgoing synapses into the
+membranes, and a neuron fires when ``bias + sum of delivered weights >= threshold``. Synapses are stored
+as weight vectors per (input channel, kernel offset), so each event delivers one vector in a numpy
+operation; membranes accumulate in float64.
 
 It is deliberately independent of PyTorch: the agreement of its predictions with the PyTorch model, the
 NIR file and ONNX Runtime is the check that all of them mean the same network.
@@ -39,96 +40,90 @@ ENERGY_PER_OP = {
     "int8": EnergyModel(mac_pj=0.2 + 0.1, add_pj=0.1, source=_HOROWITZ),
 }
 
-#: Synapses delivered per accumulation pass; bounds the simulator's working memory.
-_SYNAPSES_PER_PASS = 1 << 22
-
-
 @dataclass
-class _Synapses:
-    """Outgoing synapses of each input unit, compressed by input (CSC): input ``j`` reaches neurons
-    ``targets[start[j]:start[j + 1]]`` with ``weights[...]``."""
+class _Projection:
+    """The synapses of one weighted layer (Affine = a 1x1 "convolution" over one position), grouped so
+    that events are delivered in vectorised blocks: an active input of channel ``c`` reaches, through
+    kernel offset ``k``, one output position and there adds ``kernels[k, c]``: one weight per output
+    channel."""
 
-    start: np.ndarray
-    targets: np.ndarray
-    weights: np.ndarray
-    bias: np.ndarray
+    kernels: np.ndarray  # (offsets, in_channels, out_channels), float64
+    offsets: list[tuple[int, int]]  # (ky, kx) of each kernel slice
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    in_shape: tuple[int, int, int]  # (C, H, W)
+    out_shape: tuple[int, int, int]
+    bias: np.ndarray  # (out_channels,)
+    synapses_per_sample: int  # every (input unit, output unit) pair with a synapse
+    fan_in_per_channel_pair: int = 1  # out channels reached per in channel (< out_channels if grouped)
 
-    @property
-    def n_out(self) -> int:
-        return self.bias.size
+    def deliver(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Membranes (batch, *out_shape) after every non-zero input of ``x`` (batch, *in_shape) delivered
+        its synapses (weight times the input's value, which is 1 for a spike), and the number of
+        synaptic events."""
+        batch = x.shape[0]
+        c_in = self.in_shape[0]
+        c_out, h_out, w_out = self.out_shape
+        # Events in channel-major order, so those of one channel form one contiguous run.
+        by_channel = x.reshape(batch, *self.in_shape).transpose(1, 0, 2, 3)
+        channel, sample, row, col = np.nonzero(by_channel)
+        value = by_channel[channel, sample, row, col].astype(np.float64)
+        graded = not np.all(value == 1.0)
+        membrane = np.zeros((batch * h_out * w_out, c_out), dtype=np.float64)
+        events = 0
+        for index, (ky, kx) in enumerate(self.offsets):
+            # Input (row, col) reaches output (oy, ox) through this offset when
+            # oy * stride - padding + ky * dilation == row (and the same for columns).
+            oy, ry = np.divmod(row + self.padding[0] - ky * self.dilation[0], self.stride[0])
+            ox, rx = np.divmod(col + self.padding[1] - kx * self.dilation[1], self.stride[1])
+            hit = (ry == 0) & (rx == 0) & (oy >= 0) & (oy < h_out) & (ox >= 0) & (ox < w_out)
+            target = (sample[hit] * h_out + oy[hit]) * w_out + ox[hit]
+            bounds = np.searchsorted(channel[hit], np.arange(c_in + 1))
+            scale = value[hit] if graded else None
+            events += target.size * self.fan_in_per_channel_pair
+            for c in np.flatnonzero(np.diff(bounds)):
+                # One channel through one offset never sends two events to the same output position,
+                # so a plain indexed add is exact (no np.add.at needed).
+                lo, hi = bounds[c], bounds[c + 1]
+                if graded:
+                    membrane[target[lo:hi]] += scale[lo:hi, None] * self.kernels[index, c]
+                else:
+                    membrane[target[lo:hi]] += self.kernels[index, c]
+        membrane = membrane.reshape(batch, h_out, w_out, c_out).transpose(0, 3, 1, 2) + self.bias[:, None, None]
+        return membrane, events
 
 
-def _affine_synapses(weight: np.ndarray, bias: np.ndarray) -> _Synapses:
+def _affine_projection(weight: np.ndarray, bias: np.ndarray) -> _Projection:
     n_out, n_in = weight.shape
-    start = np.arange(n_in + 1, dtype=np.int64) * n_out
-    targets = np.tile(np.arange(n_out, dtype=np.int32), n_in)
-    return _Synapses(start, targets, np.ascontiguousarray(weight.T).ravel(), bias.astype(np.float32))
-
-
-def _conv_synapses(
-    weight: np.ndarray, bias: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
-) -> _Synapses:
-    """Enumerate every (input unit, output unit, weight) of a 2-D convolution."""
-    c_in, h, w = in_shape
-    c_out, h_out, w_out = out_shape
-    per_group_in, per_group_out = c_in // groups, c_out // groups
-    sources, targets, weights = [], [], []
-    for ky in range(weight.shape[2]):
-        for kx in range(weight.shape[3]):
-            # Input row y reaches output row oy when oy * stride - pad + ky * dilation == y.
-            oy = np.arange(h_out)
-            ox = np.arange(w_out)
-            y = oy * stride[0] - padding[0] + ky * dilation[0]
-            x = ox * stride[1] - padding[1] + kx * dilation[1]
-            oy, y = oy[(y >= 0) & (y < h)], y[(y >= 0) & (y < h)]
-            ox, x = ox[(x >= 0) & (x < w)], x[(x >= 0) & (x < w)]
-            in_pos = (y[:, None] * w + x[None, :]).ravel()
-            out_pos = (oy[:, None] * w_out + ox[None, :]).ravel()
-            for g in range(groups):
-                cs = np.arange(g * per_group_in, (g + 1) * per_group_in)
-                os_ = np.arange(g * per_group_out, (g + 1) * per_group_out)
-                # shape (c, position, o)
-                sources.append(np.broadcast_to((cs[:, None, None] * h * w + in_pos[None, :, None]), (cs.size, in_pos.size, os_.size)).ravel())
-                targets.append(np.broadcast_to(os_[None, None, :] * h_out * w_out + out_pos[None, :, None], (cs.size, in_pos.size, os_.size)).ravel())
-                kernel = weight[os_][:, cs - g * per_group_in, ky, kx].T  # (c, o)
-                weights.append(np.broadcast_to(kernel[:, None, :], (cs.size, in_pos.size, os_.size)).ravel())
-    source = np.concatenate(sources)
-    order = np.argsort(source, kind="stable")
-    start = np.zeros(c_in * h * w + 1, dtype=np.int64)
-    np.cumsum(np.bincount(source, minlength=c_in * h * w), out=start[1:])
-    return _Synapses(
-        start, np.concatenate(targets)[order].astype(np.int32), np.concatenate(weights)[order].astype(np.float32),
-        np.repeat(bias.astype(np.float32), h_out * w_out),
+    return _Projection(
+        weight.T.astype(np.float64)[None], [(0, 0)], (1, 1), (0, 0), (1, 1), (n_in, 1, 1), (n_out, 1, 1),
+        bias.astype(np.float64), n_in * n_out, n_out,
     )
 
 
-def _deliver(synapses: _Synapses, x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Membranes after every active input of ``x`` (batch, n_in) delivered its synapses, and the number
-    of synaptic events. Active inputs with a value other than 1 (the encoder's pixels) deliver
-    ``weight * value``."""
-    batch = x.shape[0]
-    sample, unit = np.nonzero(x)
-    value = x[sample, unit]
-    graded = not np.all(value == 1.0)
-    begin, count = synapses.start[unit], synapses.start[unit + 1] - synapses.start[unit]
-    membrane = np.zeros(batch * synapses.n_out, dtype=np.float64)
-    events = int(count.sum())
-    # Split the active inputs into passes of at most _SYNAPSES_PER_PASS synapses.
-    ends = np.cumsum(count)
-    cuts = np.searchsorted(ends, np.arange(_SYNAPSES_PER_PASS, events, _SYNAPSES_PER_PASS), side="right")
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, unit.size]):
-        n = count[lo:hi]
-        if n.sum() == 0:
-            continue
-        which = np.repeat(np.arange(lo, hi), n)  # the active input each synapse belongs to
-        offset = np.arange(which.size) - np.repeat(np.cumsum(n) - n, n)
-        synapse = begin[which] + offset
-        w = synapses.weights[synapse].astype(np.float64)
-        if graded:
-            w *= value[which]
-        membrane += np.bincount(sample[which] * synapses.n_out + synapses.targets[synapse], weights=w, minlength=membrane.size)
-    return membrane.reshape(batch, -1) + synapses.bias, events
+def _conv_projection(
+    weight: np.ndarray, bias: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+) -> _Projection:
+    c_out, c_in_group, kh, kw = weight.shape
+    c_in = c_in_group * groups
+    full = np.zeros((c_out, c_in, kh, kw), dtype=np.float64)  # block-diagonal over groups
+    per_out = c_out // groups
+    for g in range(groups):
+        full[g * per_out : (g + 1) * per_out, g * c_in_group : (g + 1) * c_in_group] = weight[g * per_out : (g + 1) * per_out]
+    offsets = [(ky, kx) for ky in range(kh) for kx in range(kw)]
+    kernels = np.stack([full[:, :, ky, kx].T for ky, kx in offsets])
+    # Synapses per sample: for each offset, the output positions whose input position is inside the image.
+    _, h, w = in_shape
+    _, h_out, w_out = out_shape
+    rows = [np.arange(h_out) * stride[0] - padding[0] + ky * dilation[0] for ky in range(kh)]
+    cols = [np.arange(w_out) * stride[1] - padding[1] + kx * dilation[1] for kx in range(kw)]
+    pairs = sum(int(((r >= 0) & (r < h)).sum()) * int(((c >= 0) & (c < w)).sum()) for r in rows for c in cols)
+    return _Projection(
+        kernels, offsets, stride, padding, dilation, tuple(in_shape), tuple(out_shape), bias.astype(np.float64),
+        pairs * c_in_group * c_out, per_out,
+    )
 
 
 def _pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], how: str) -> np.ndarray:
@@ -214,13 +209,13 @@ def simulate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shapes = {n.name: n.shape for n in graph.nodes}
-    synapses = {}
+    projections: dict[str, _Projection] = {}
     for node in graph.nodes:
+        p = node.params
         if node.op == "affine":
-            synapses[node.name] = _affine_synapses(node.params["weight"], node.params["bias"])
+            projections[node.name] = _affine_projection(p["weight"], p["bias"])
         elif node.op == "conv2d":
-            p = node.params
-            synapses[node.name] = _conv_synapses(
+            projections[node.name] = _conv_projection(
                 p["weight"], p["bias"], shapes[node.inputs[0]], node.shape, p["stride"], p["padding"], p["dilation"], p["groups"]
             )
     stats = {n.name: LayerStats(n.name, n.op, math.prod(n.shape)) for n in graph.nodes if n.op != "input"}
@@ -236,12 +231,11 @@ def simulate(
             x = values[node.inputs[0]]
             for other in node.inputs[1:]:
                 x = x + values[other]
-            if node.name in synapses:
-                flat = x.reshape(len(batch), -1)
-                membrane, events = _deliver(synapses[node.name], flat)
+            if node.name in projections:
+                membrane, events = projections[node.name].deliver(x)
                 values[node.name] = membrane.reshape(len(batch), *node.shape)
                 stats[node.name].events += events
-                stats[node.name].dense_macs += len(batch) * synapses[node.name].targets.size
+                stats[node.name].dense_macs += len(batch) * projections[node.name].synapses_per_sample
             elif node.op == "spike":
                 spikes = (x >= node.params["threshold"]).astype(np.float32)
                 values[node.name] = spikes
