@@ -95,6 +95,7 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--schedule", help="scheduled sharpener: start:stop epochs per layer, e.g. 0:2,2:4")
     train.add_argument("--min-init-epochs", type=int, default=10, help="adaptive sharpener")
     train.add_argument("--activation", choices=["brelu", "sigmoid"], default="brelu")
+    train.add_argument("--logit-scale", type=float, help="train on cross-entropy of this times the decoder's logits")
     train.add_argument("--key-width", type=int, help="output units of the N-hot code (default 10 per class)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -152,7 +153,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _fill_recipe_defaults(args: argparse.Namespace) -> None:
     defaults = recipe(args.model)
-    for name in ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per"):
+    for name in ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per", "logit_scale"):
         if getattr(args, name, None) is None:
             setattr(args, name, getattr(defaults, name))
     args.optimizer_options = defaults.optimizer_options if args.optimizer == defaults.optimizer else {}
@@ -160,6 +161,13 @@ def _fill_recipe_defaults(args: argparse.Namespace) -> None:
 
 #: Options a resumed run takes from the command line rather than from the checkpoint.
 _RUNTIME_OPTIONS = ("resume", "no_progress", "threads", "data_dir", "download", "debug", "epochs", "checkpoint_every", "nproc")
+
+
+def _scaled_cross_entropy(scale: float) -> Any:
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits * scale, labels)
+
+    return loss
 
 
 def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tuple[Trainer, TensorLoader, TensorLoader]:
@@ -215,7 +223,10 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
         "dataset": args.dataset,
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
-    trainer = Trainer(model, optimizer, build_sharpener(args), out_dir=args.out, run_info=run_info,
+    if not args.logit_scale > 0:
+        raise ValueError(f"--logit-scale must be positive, got {args.logit_scale}")
+    loss_fn = torch.nn.CrossEntropyLoss() if args.logit_scale == 1 else _scaled_cross_entropy(args.logit_scale)
+    trainer = Trainer(model, optimizer, build_sharpener(args), loss_fn=loss_fn, out_dir=args.out, run_info=run_info,
                       callbacks=callbacks, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)  # fmt: skip
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)

@@ -1,0 +1,271 @@
+"""Speed, each figure a ratio against a baseline measured in the same process, same thread count.
+
+1. step:      one training step (forward, backward, Adam) of the spiking network vs the same network with
+              nn.ReLU, same batch; every layer mid-sharpening (uniform sharpness 0.5) so gradients flow
+              everywhere.
+2. binary:    wall time of a full sharpening run to a fully binary network vs training the same network
+              with nn.ReLU for as many epochs as it takes to reach the accuracy it ends with.  (--full)
+3. inference: the deployed binary network (batch norm folded, Heaviside spikes) vs the same folded
+              network with nn.ReLU, batch 1 and 256, in inference mode.
+4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
+              accuracy, training time and inference time.  (--full, needs snntorch)
+
+    python benchmarks/speed.py [--full] [--data-dir ../shared/data] [--threads 1] [--write docs/results.md]
+
+Timings are medians over rounds; the spread printed is (max - min) / median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import whetstone as ws
+from whetstone.cli import main as cli_main
+
+ROWS: list[str] = []
+
+
+def report(row: str) -> None:
+    print(row, flush=True)
+    ROWS.append(row)
+
+
+def with_relu(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every spiking activation replaced by nn.ReLU."""
+    relu = copy.deepcopy(model)
+    for parent in list(relu.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ws.SpikingActivation):
+                setattr(parent, name, nn.ReLU())
+    return relu
+
+
+def timed_rounds(fns: dict[str, Callable[[], None]], repeats: int, rounds: int) -> dict[str, list[float]]:
+    """Median seconds per call of each function, for each round; rounds interleave the functions."""
+    results: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(3):
+            fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - started)
+            results[name].append(statistics.median(times))
+    return results
+
+
+def spread(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_step(names: list[str], rounds: int) -> None:
+    report("\n### 1. Training step: spiking vs nn.ReLU (batch 128, uniform sharpness 0.5)\n")
+    report("| model | spiking ms/step | ReLU ms/step | ratio (target <= 1.05) | spread |")
+    report("|---|---:|---:|---:|---:|")
+    for name in names:
+        torch.manual_seed(0)
+        model = ws.create_model(name)
+        ws.set_model_sharpness(model, 0.5, bottom_up=False)
+        x, y = torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,))
+        repeats = 30 if "dense" in name else 5
+        times = timed_rounds({"spiking": train_step(model, x, y), "relu": train_step(with_relu(model), x, y)}, repeats, rounds)
+        ratios = [a / b for a, b in zip(times["spiking"], times["relu"])]
+        report(f"| {name} | {1e3 * statistics.median(times['spiking']):.2f} | {1e3 * statistics.median(times['relu']):.2f} | "
+               f"{statistics.median(ratios):.3f} | {spread(ratios):.0%} |")  # fmt: skip
+
+
+def bench_inference(names: list[str], rounds: int) -> None:
+    report("\n### 3. Inference: deployed binary network vs the same folded network with nn.ReLU\n")
+    report("| model | batch | binary samples/s | ReLU samples/s | ratio (target >= 1.0) | spread |")
+    report("|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        torch.manual_seed(0)
+        model = ws.create_model(name)
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model.train()
+            with torch.no_grad():
+                model(torch.rand(256, 1, 28, 28))  # non-trivial running statistics to fold
+        ws.set_model_sharpness(model, 1.0)
+        binary = ws.fold_batchnorm(model)
+        relu = ws.fold_batchnorm(with_relu(model))
+        for batch in (1, 256):
+            x = torch.rand(batch, 1, 28, 28)
+
+            def run(net: nn.Module) -> Callable[[], None]:
+                def call() -> None:
+                    with torch.inference_mode():
+                        net(x)
+
+                return call
+
+            repeats = (200 if batch == 1 else 10) if "dense" in name else (50 if batch == 1 else 3)
+            times = timed_rounds({"binary": run(binary), "relu": run(relu)}, repeats, rounds)
+            ratios = [b / a for a, b in zip(times["binary"], times["relu"])]  # throughput ratio
+            report(f"| {name} | {batch} | {batch / statistics.median(times['binary']):,.0f} | "
+                   f"{batch / statistics.median(times['relu']):,.0f} | {statistics.median(ratios):.3f} | {spread(ratios):.0%} |")  # fmt: skip
+
+
+def run_train(argv: list[str]) -> tuple[float, dict]:
+    started = time.perf_counter()
+    cli_main(argv)
+    seconds = time.perf_counter() - started
+    return seconds, ws.load_checkpoint(argv[argv.index("--out") + 1])
+
+
+def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
+    """The sharpening run vs the ReLU run of the same network reaching the accuracy the binary one ends with."""
+    report("\n### 2. Time to a fully binary network (mnist-conv-small, full MNIST)\n")
+    base = ["train", "--model", "mnist-conv-small", "--dataset", "mnist", "--threads", str(threads), "--no-progress"]
+    base += ["--data-dir", data_dir] if data_dir else []
+    spike_seconds, spiking = run_train([*base, "--out", str(out / "binary")])
+    target = spiking["history"][-1]["eval_accuracy"]
+    # The ReLU network: same model, recipe and data, activations never sharpened and swapped for ReLU.
+    from whetstone.cli import make_parser, prepare_training
+
+    args = make_parser().parse_args([*base, "--out", str(out / "relu"), "--sharpener", "none", "--epochs", "10"])
+    trainer, train_loader, test_loader = prepare_training(args)
+    trainer.model = trainer.module = with_relu(trainer.model)
+    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), args.lr)
+    started, relu_seconds, reached = time.perf_counter(), None, None
+    for epoch in range(args.epochs):
+        trainer.fit(train_loader, epoch + 1, test_loader)
+        accuracy = trainer.history[-1].eval_accuracy
+        if accuracy >= target and relu_seconds is None:
+            relu_seconds, reached = time.perf_counter() - started, epoch + 1
+            break
+    if relu_seconds is None:
+        relu_seconds, reached = time.perf_counter() - started, f">{args.epochs} (best {100 * max(r.eval_accuracy for r in trainer.history):.2f}%)"
+    report("| run | epochs | wall s | test accuracy |")
+    report("|---|---:|---:|---:|")
+    report(f"| sharpening to fully binary | {len(spiking['history'])} | {spike_seconds:.0f} | {100 * target:.2f}% |")
+    report(f"| same net with ReLU, until it reaches {100 * target:.2f}% | {reached} | {relu_seconds:.0f} | "
+           f"{100 * trainer.history[-1].eval_accuracy:.2f}% |")  # fmt: skip
+    report(f"\nratio (target <= 1.3): **{spike_seconds / relu_seconds:.2f}**")
+
+
+def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> None:
+    """snnTorch tutorial recipe (Leaky beta 0.5, fast sigmoid slope 25, Adam 1e-2, batch 128, 25 steps)
+    on the same CNN, against our run of bench_time_to_binary."""
+    import snntorch as snn
+    import snntorch.functional as SF
+    from snntorch import surrogate, utils
+
+    report(f"\n### 4. Against snnTorch (same CNN, {threads} thread, full MNIST)\n")
+    torch.manual_seed(0)
+    grad = surrogate.fast_sigmoid(slope=25)
+    net = nn.Sequential(
+        nn.Conv2d(1, 12, 5), nn.MaxPool2d(2), snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True),
+        nn.Conv2d(12, 64, 5), nn.MaxPool2d(2), snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10), snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True, output=True),
+    )
+    steps = 25
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        utils.reset(net)
+        return torch.stack([net(x)[0] for _ in range(steps)])
+
+    train = ws.load_dataset("mnist", "train", data_dir)
+    test = ws.load_dataset("mnist", "test", data_dir)
+    loader = ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2, betas=(0.9, 0.999))
+    loss_fn = SF.ce_rate_loss()
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            loss = loss_fn(forward(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    peer_train = time.perf_counter() - started
+    correct, started = 0, time.perf_counter()
+    with torch.no_grad():
+        for x, y in ws.TensorLoader.from_dataset(test, 1000):
+            correct += int((forward(x).sum(0).argmax(1) == y).sum())
+    peer_infer, peer_accuracy = time.perf_counter() - started, correct / len(test)
+
+    ours = ws.load_checkpoint(out / "binary")
+    model = ws.create_model("mnist-conv-small")
+    model.load_state_dict(ours["model"])
+    deployed = ws.fold_batchnorm(model)
+    started, correct = time.perf_counter(), 0
+    with torch.inference_mode():
+        for x, y in ws.TensorLoader.from_dataset(test, 1000):
+            correct += int((deployed(x).argmax(1) == y).sum())
+    ours_infer = time.perf_counter() - started
+    ours_train = sum(r["seconds"] for r in ours["history"])
+    report("| method | time steps | epochs | train s | test accuracy | inference s (10,000 images) |")
+    report("|---|---:|---:|---:|---:|---:|")
+    report(f"| snnTorch surrogate gradient | {steps} | {epochs} | {peer_train:.0f} | {100 * peer_accuracy:.2f}% | {peer_infer:.1f} |")
+    report(f"| whetstone (fully binary) | 1 | {len(ours['history'])} | {ours_train:.0f} | "
+           f"{100 * ours['history'][-1]['eval_accuracy']:.2f}% | {ours_infer:.1f} |")  # fmt: skip
+    report(f"\ntraining time ratio snnTorch/ours: **{peer_train / ours_train:.1f}x** (target >= 5x); "
+           f"inference time steps: **{steps}x** fewer; inference wall time ratio: {peer_infer / ours_infer:.1f}x")
+
+
+def write_section(path: Path, text: str) -> None:
+    begin, end = "<!-- speed:begin -->", "<!-- speed:end -->"
+    content = path.read_text()
+    block = f"{begin}\n{text}\n{end}"
+    if begin in content:
+        content = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, content, flags=re.S)
+    else:
+        content += f"\n## Speed (issue #5)\n\n{block}\n"
+    path.write_text(content)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also the full-training comparisons (2 and 4)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--peer-epochs", type=int, default=1)
+    parser.add_argument("--out", default="runs/speed")
+    parser.add_argument("--write", help="replace the speed section of this markdown file (docs/results.md)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+    report(f"Measured with `python benchmarks/speed.py {'--full ' if args.full else ''}--threads {args.threads}` on "
+           f"{device}, {args.threads} thread(s), torch {torch.__version__}.")  # fmt: skip
+    names = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"]
+    bench_step(names, args.rounds)
+    bench_inference(names, args.rounds)
+    if args.full:
+        out = Path(args.out)
+        bench_time_to_binary(args.data_dir, args.threads, out)
+        try:
+            bench_peer(args.data_dir, args.threads, out, args.peer_epochs)
+        except ImportError as error:
+            report(f"\n(snnTorch comparison skipped: {error})")
+    if args.write:
+        write_section(Path(args.write), "\n".join(ROWS))
+
+
+if __name__ == "__main__":
+    main()
