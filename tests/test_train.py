@@ -111,3 +111,11 @@ def test_non_finite_loss_stops_with_clear_error(mini):
     trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False)
     with pytest.raises(FloatingPointError, match="training loss became nan at epoch 0, batch 0"):
         trainer.fit(mini[0], 1)
+
+
+def test_per_batch_sharpening_that_finishes_mid_epoch_ends_the_run(mini):
+    model = small_model()
+    sharpener = ws.SimpleSharpener(0, steps=2, per="batch")  # all layers binary after a few batches
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), sharpener, progress=False)
+    result = trainer.fit(mini[0], 3, mini[1])
+    assert sharpener.done and result.fully_binary and len(result.history) == 1

@@ -264,9 +264,10 @@ class Trainer:
         for batch, (x, y) in enumerate(bar, start=start_batch):
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if loss.requires_grad:  # a fully binary network passes no gradient: nothing left to learn
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             hits = (logits.detach().argmax(dim=-1) == y).sum()
             if in_group:  # one small all-reduce: the same loss and counts on every rank
                 loss_total, hit_total, size = distributed.all_sum([loss.item() * len(y), hits.item(), len(y)])
@@ -288,6 +289,8 @@ class Trainer:
                 self._correct += int(correct)
                 correct.zero_()
                 self._save_checkpoint()
+            if self.sharpener is not None and self.sharpener.done:
+                break  # sharpened to binary mid-epoch (per-batch schedules): the run is complete
         self._correct += int(correct)
         if self._count == 0:
             raise ValueError("the training loader yielded no samples")
