@@ -175,3 +175,22 @@ def test_full_datasets_from_shared_root(name):
     train, test = load_dataset(name, "train"), load_dataset(name, "test")
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.labels.bincount().min() > 5000
+
+
+def test_random_crop_flip_shifts_and_mirrors_whole_images():
+    from whetstone.data import random_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) + 1
+    out = random_crop_flip(padding=2)(x.repeat(50, 1, 1, 1))
+    assert out.shape == (100, 3, 8, 8)
+    # Every output is the input shifted by at most 2 pixels (zeros shifted in), possibly mirrored.
+    for image, source in zip(out, x.repeat(50, 1, 1, 1)):
+        padded = torch.nn.functional.pad(source, (2, 2, 2, 2))
+        candidates = [padded[:, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(image, c) or torch.equal(image, c.flip(-1)) for c in candidates)
+    assert not torch.equal(out[:2], x)  # something moved
+    flipped_only = random_crop_flip(padding=0)(x.repeat(50, 1, 1, 1))
+    assert {bool(torch.equal(a, b)) for a, b in zip(flipped_only, x.repeat(50, 1, 1, 1))} == {True, False}
+    with pytest.raises(ValueError, match="padding"):
+        random_crop_flip(padding=-1)

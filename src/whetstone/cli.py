@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from . import distributed
-from .data import DATASETS, DatasetError, TensorLoader, load_dataset
+from .data import DATASETS, DatasetError, TensorLoader, load_dataset, random_crop_flip
 from .models import create_model, list_models, recipe
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness
 from .train import EpochRecord, TrainResult, Trainer, binary_report, evaluate, load_checkpoint
@@ -96,6 +96,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--min-init-epochs", type=int, default=10, help="adaptive sharpener")
     train.add_argument("--activation", choices=["brelu", "sigmoid"], default="brelu")
     train.add_argument("--logit-scale", type=float, help="train on cross-entropy of this times the decoder's logits")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="random crop (padding 4) + horizontal flip of training batches (default: the recipe's)")
     train.add_argument("--key-width", type=int, help="output units of the N-hot code (default 10 per class)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -153,7 +155,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def _fill_recipe_defaults(args: argparse.Namespace) -> None:
     defaults = recipe(args.model)
-    for name in ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per", "logit_scale"):
+    for name in ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per",
+                 "logit_scale", "augment"):  # fmt: skip
         if getattr(args, name, None) is None:
             setattr(args, name, getattr(defaults, name))
     args.optimizer_options = defaults.optimizer_options if args.optimizer == defaults.optimizer else {}
@@ -209,7 +212,8 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
         train_set.images, train_set.labels = train_set.images[:keep], train_set.labels[:keep]
     torch.manual_seed(args.seed)
     model_options = {"num_classes": len(train_set.classes), "activation": args.activation,
-                     "key_width": args.key_width, "key_seed": args.seed}  # fmt: skip
+                     "key_width": args.key_width, "key_seed": args.seed,
+                     "input_shape": list(DATASETS[args.dataset].image_shape)}  # fmt: skip
     model = create_model(args.model, **model_options).to(device or "cpu")
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
         # A fully sharpened layer passes no gradient, so the parameters below it go unused.
@@ -234,7 +238,8 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
         if rank == 0:
             print(f"resuming {args.out} at epoch {epoch + 1}, batch {batch}", flush=True)
     train_loader = TensorLoader.from_dataset(train_set, args.batch_size // ranks, shuffle=True, seed=args.seed,
-                                             device=device, rank=rank, world_size=ranks)  # fmt: skip
+                                             device=device, rank=rank, world_size=ranks,
+                                             transform=random_crop_flip() if args.augment else None)  # fmt: skip
     test_loader = TensorLoader.from_dataset(test_set, 1000, device=device)
     return trainer, train_loader, test_loader
 

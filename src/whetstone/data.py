@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -377,6 +377,31 @@ class TensorLoader:
             if self.transform is not None:
                 x = self.transform(x)
             yield x, self.labels[index]
+
+
+def random_crop_flip(padding: int = 4, flip: bool = True) -> Callable[[Tensor], Tensor]:
+    """Standard CIFAR augmentation as a :class:`TensorLoader` transform, done on the whole batch on its
+    device: zero-pad by ``padding``, crop back to the original size at a random offset per image, and
+    mirror half of the images left-right. Draws from torch's global RNG (saved in checkpoints)."""
+    if not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+
+    def transform(x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        if padding:
+            padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+            dy = torch.randint(0, 2 * padding + 1, (batch, 1, 1), device=x.device)
+            dx = torch.randint(0, 2 * padding + 1, (batch, 1, 1), device=x.device)
+            rows = (dy + torch.arange(height, device=x.device).view(1, -1, 1)).expand(batch, height, width)
+            cols = (dx + torch.arange(width, device=x.device).view(1, 1, -1)).expand(batch, height, width)
+            samples = torch.arange(batch, device=x.device).view(-1, 1, 1)
+            x = padded.permute(0, 2, 3, 1)[samples, rows, cols].permute(0, 3, 1, 2)
+        if flip:
+            mirror = torch.rand(batch, 1, 1, 1, device=x.device) < 0.5
+            x = torch.where(mirror, x.flip(-1), x)
+        return x.contiguous()
+
+    return transform
 
 
 def make_mini_subset(source: str | os.PathLike, target: str | os.PathLike, train: int = 4000, test: int = 1000) -> None:

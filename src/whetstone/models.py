@@ -11,6 +11,7 @@ the training recipe its results were obtained with (``recipe(name)``), used as t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .decode import SoftmaxDecode, key_generator
 
-__all__ = ["SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
+__all__ = ["ResidualBlock", "SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
 
 _ACTIVATION_MODULES = {"brelu": SpikingBReLU, "sigmoid": SpikingSigmoid}
 
@@ -60,6 +61,7 @@ class Recipe:
     # Training loss: cross-entropy of logit_scale * logits. The decoder's logits span +-width (100 for a
     # 10x10 code), which saturates the softmax; conv models learn faster with a smaller scale.
     logit_scale: float = 1.0
+    augment: bool = False  # random crop (padding 4) and horizontal flip of each training batch
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def create_model(
     activation: str = "brelu",
     key_width: int | None = None,
     key_seed: int = 0,
+    input_shape: tuple[int, int, int] = (1, 28, 28),
     **options: Any,
 ) -> SpikingClassifier:
     """Build model ``name`` (see :func:`list_models`) at sharpness 0.
@@ -115,13 +118,17 @@ def create_model(
         activation: ``"brelu"`` (threshold 0.5) or ``"sigmoid"`` (threshold 0).
         key_width: output units of the N-hot code; default ``10 * num_classes`` (10-hot).
         key_seed: seed of the key's random draw (the key is saved with the weights).
+        input_shape: (channels, height, width) of one input image.
         options: model-specific options, e.g. ``batch_norm=True``.
     """
     if activation not in _ACTIVATION_MODULES:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATION_MODULES)}, got {activation!r}")
     width = 10 * num_classes if key_width is None else key_width
     key = key_generator(num_classes, width, overlapping=False, seed=key_seed)
-    features = _entry(name).build(width=width, spike=_ACTIVATION_MODULES[activation], **options)
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
+    features = _entry(name).build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
     center_on_threshold(features)
     return SpikingClassifier(features, key)
 
@@ -165,10 +172,10 @@ def _conv_block(c_in: int, c_out: int, kernel: int, spike: type, batch_norm: boo
     Recipe(optimizer="adadelta", lr=4.0, optimizer_options={"rho": 0.95, "eps": 1e-8}, epochs=21, start_epoch=5, steps=5),
     "Dense 784-256-64-<width>, the Whetstone paper's software example (10x100 key).",
 )
-def _mnist_dense(width: int, spike: type, batch_norm: bool = False) -> nn.Module:
+def _mnist_dense(width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = False) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        *_linear_block(784, 256, spike, batch_norm),
+        *_linear_block(math.prod(input_shape), 256, spike, batch_norm),
         *_linear_block(256, 64, spike, batch_norm),
         *_linear_block(64, width, spike, batch_norm),
     )
@@ -179,14 +186,15 @@ def _mnist_dense(width: int, spike: type, batch_norm: bool = False) -> nn.Module
     Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
     "Conv 32@5x5 - pool - Conv 64@5x5 - pool - Dense 256 - <width>; batch_norm=True adds BN before each spike.",
 )
-def _mnist_conv(width: int, spike: type, batch_norm: bool = False) -> nn.Module:
+def _mnist_conv(width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = False, kernel: int = 5) -> nn.Module:
+    channels, height, width_px = input_shape
     return nn.Sequential(
-        *_conv_block(1, 32, 5, spike, batch_norm),
+        *_conv_block(channels, 32, kernel, spike, batch_norm),
         nn.MaxPool2d(2),  # max of binary spikes is their logical OR: still binary
-        *_conv_block(32, 64, 5, spike, batch_norm),
+        *_conv_block(32, 64, kernel, spike, batch_norm),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        *_linear_block(64 * 7 * 7, 256, spike, batch_norm),
+        *_linear_block(64 * (height // 4) * (width_px // 4), 256, spike, batch_norm),
         *_linear_block(256, width, spike, batch_norm),
     )
 
@@ -196,8 +204,8 @@ def _mnist_conv(width: int, spike: type, batch_norm: bool = False) -> nn.Module:
     Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
     "mnist-conv with batch norm before every spiking activation (folded away for deployment).",
 )
-def _mnist_conv_bn(width: int, spike: type) -> nn.Module:
-    return _mnist_conv(width, spike, batch_norm=True)
+def _mnist_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], kernel: int = 5) -> nn.Module:
+    return _mnist_conv(width, spike, input_shape, batch_norm=True, kernel=kernel)
 
 
 @register_model(
@@ -206,9 +214,75 @@ def _mnist_conv_bn(width: int, spike: type) -> nn.Module:
     "snnTorch's tutorial CNN: Conv 12@5x5 - pool - Conv 64@5x5 - pool - Dense <width> (no padding), batch "
     "norm before each spike (folded away); sharpened per batch, one epoch per layer.",
 )
-def _mnist_conv_small(width: int, spike: type, batch_norm: bool = True) -> nn.Module:
+def _mnist_conv_small(width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = True) -> nn.Module:
     def block(c_in: int, c_out: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 5), *([nn.BatchNorm2d(c_out)] if batch_norm else []), spike(), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(1, 12), *block(12, 64), nn.Flatten(), *_linear_block(64 * 4 * 4, width, spike, batch_norm))
+    def side(n: int) -> int:  # conv 5 (valid), pool 2, conv 5, pool 2
+        return ((n - 4) // 2 - 4) // 2
+
+    channels, height, width_px = input_shape
+    flat = 64 * side(height) * side(width_px)
+    return nn.Sequential(*block(channels, 12), *block(12, 64), nn.Flatten(), *_linear_block(flat, width, spike, batch_norm))
+
+
+class ResidualBlock(nn.Module):
+    """``spike(BN(conv(spike(BN(conv(x))))) + x)``: the skip connection adds the block's input spikes
+    to the second layer's input current: extra synapses of weight 1 into the same neurons."""
+
+    def __init__(self, channels: int, spike: type) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.spike1 = spike()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.spike2 = spike()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.spike2(self.bn2(self.conv2(self.spike1(self.bn1(self.conv1(x))))) + x)
+
+
+@register_model(
+    "resnet-small",
+    Recipe(optimizer="adam", lr=3e-3, epochs=12, start_epoch=2, steps=1, logit_scale=0.1),
+    "Residual CNN: Conv 32 - ResBlock 32 - pool - Conv 64 - ResBlock 64 - pool - Dense 256 - <width>, batch "
+    "norm everywhere; skip connections between spiking layers. Any input size divisible by 4.",
+)
+def _resnet_small(width: int, spike: type, input_shape: tuple[int, int, int]) -> nn.Module:
+    channels, height, width_px = input_shape
+    return nn.Sequential(
+        *_conv_block(channels, 32, 3, spike, batch_norm=True),
+        ResidualBlock(32, spike),
+        nn.MaxPool2d(2),
+        *_conv_block(32, 64, 3, spike, batch_norm=True),
+        ResidualBlock(64, spike),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        *_linear_block(64 * (height // 4) * (width_px // 4), 256, spike, batch_norm=True),
+        *_linear_block(256, width, spike, batch_norm=True),
+    )
+
+
+@register_model(
+    "cifar-conv-bn",
+    Recipe(dataset="cifar10", optimizer="adam", lr=3e-3, epochs=30, start_epoch=10, steps=2, logit_scale=0.1, augment=True),
+    "VGG-style CNN for 32x32 colour: 2x Conv 64 - pool - 2x Conv 128 - pool - 2x Conv 256 - pool - Dense 512 - "
+    "<width>, 3x3 kernels, batch norm before every spike.",
+)
+def _cifar_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], base: int = 64) -> nn.Module:
+    channels, height, width_px = input_shape
+    layers: list[nn.Module] = []
+    for c_in, c_out in ((channels, base), (base, base)):
+        layers += _conv_block(c_in, c_out, 3, spike, batch_norm=True)
+    layers.append(nn.MaxPool2d(2))
+    for c_in, c_out in ((base, 2 * base), (2 * base, 2 * base)):
+        layers += _conv_block(c_in, c_out, 3, spike, batch_norm=True)
+    layers.append(nn.MaxPool2d(2))
+    for c_in, c_out in ((2 * base, 4 * base), (4 * base, 4 * base)):
+        layers += _conv_block(c_in, c_out, 3, spike, batch_norm=True)
+    layers += [nn.MaxPool2d(2), nn.Flatten()]
+    layers += _linear_block(4 * base * (height // 8) * (width_px // 8), 8 * base, spike, batch_norm=True)
+    layers += _linear_block(8 * base, width, spike, batch_norm=True)
+    return nn.Sequential(*layers)
 
