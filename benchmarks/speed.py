@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +29,8 @@ from torch import nn
 
 import whetstone as ws
 from whetstone.cli import main as cli_main
+
+from _common import machine, write_section
 
 ROWS: list[str] = []
 
@@ -228,17 +228,6 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
            f"inference time steps: **{steps}x** fewer; inference wall time ratio: {peer_infer / ours_infer:.1f}x")
 
 
-def write_section(path: Path, text: str) -> None:
-    begin, end = "<!-- speed:begin -->", "<!-- speed:end -->"
-    content = path.read_text()
-    block = f"{begin}\n{text}\n{end}"
-    if begin in content:
-        content = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, content, flags=re.S)
-    else:
-        content += f"\n## Speed (issue #5)\n\n{block}\n"
-    path.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also the full-training comparisons (2 and 4)")
@@ -250,9 +239,8 @@ def main() -> None:
     parser.add_argument("--write", help="replace the speed section of this markdown file (docs/results.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     report(f"Measured with `python benchmarks/speed.py {'--full ' if args.full else ''}--threads {args.threads}` on "
-           f"{device}, {args.threads} thread(s), torch {torch.__version__}.")  # fmt: skip
+           f"{machine()}.")  # fmt: skip
     names = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"]
     bench_step(names, args.rounds)
     bench_inference(names, args.rounds)
@@ -264,7 +252,7 @@ def main() -> None:
         except ImportError as error:
             report(f"\n(snnTorch comparison skipped: {error})")
     if args.write:
-        write_section(Path(args.write), "\n".join(ROWS))
+        write_section(Path(args.write), "speed", "Speed (issue #5)", "\n".join(ROWS))
 
 
 if __name__ == "__main__":

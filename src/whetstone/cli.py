@@ -33,13 +33,17 @@ OPTIMIZERS = {
 }
 
 
+#: Options an optimizer gets unless the recipe gives its own: ``sgd`` means SGD with momentum 0.9.
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9}}
+
+
 def build_optimizer(name: str, parameters: Any, lr: float, options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
-    """An optimizer by name (``adam``, ``adamw``, ``adadelta``, ``rmsprop``, ``sgd``)."""
+    """An optimizer by name (``adam``, ``adamw``, ``adadelta``, ``rmsprop``, ``sgd`` with momentum 0.9)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    return OPTIMIZERS[name](parameters, lr=lr, **(options or {}))
+    return OPTIMIZERS[name](parameters, lr=lr, **{**OPTIMIZER_DEFAULTS.get(name, {}), **(options or {})})
 
 
 def parse_schedule(text: str) -> list[tuple[int, int]]:

@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """One line naming where a figure was measured."""
+    device = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU {platform.machine()}"
+    return f"{device}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+def write_section(path: Path, name: str, title: str, text: str) -> None:
+    """Replace the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``path`` (append a
+    titled section holding it if absent)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    content = path.read_text()
+    block = f"{begin}\n{text}\n{end}"
+    if begin in content:
+        content = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, content, flags=re.S)
+    else:
+        content = content.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+    path.write_text(content)
