@@ -5,7 +5,7 @@
               everywhere.
 2. binary:    wall time of a full sharpening run to a fully binary network vs training the same network
               with nn.ReLU for as many epochs as it takes to reach the accuracy it ends with.  (--full)
-3. inference: the deployed binary network (batch norm folded, Heaviside spikes) vs the same folded
+3. inference: the deployed binary network (``ws.for_inference``: batch norm folded, in-place Heaviside) vs the same folded
               network with nn.ReLU, batch 1 and 256, in inference mode.
 4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
               accuracy, training time and inference time.  (--full, needs snntorch)
@@ -111,7 +111,7 @@ def bench_inference(names: list[str], rounds: int) -> None:
             with torch.no_grad():
                 model(torch.rand(256, 1, 28, 28))  # non-trivial running statistics to fold
         ws.set_model_sharpness(model, 1.0)
-        binary = ws.fold_batchnorm(model)
+        binary = ws.for_inference(model)
         relu = ws.fold_batchnorm(with_relu(model))
         for batch in (1, 256):
             x = torch.rand(batch, 1, 28, 28)
@@ -212,7 +212,7 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     ours = ws.load_checkpoint(out / "binary")
     model = ws.create_model("mnist-conv-small")
     model.load_state_dict(ours["model"])
-    deployed = ws.fold_batchnorm(model)
+    deployed = ws.for_inference(model)
     started, correct = time.perf_counter(), 0
     with torch.inference_mode():
         for x, y in ws.TensorLoader.from_dataset(test, 1000):

@@ -96,3 +96,23 @@ def test_fold_batchnorm_refuses_unfoldable():
     model = nn.Sequential(nn.Linear(3, 3), ws.SpikingBReLU(), nn.BatchNorm1d(3))
     with pytest.raises(ValueError, match=r"cannot fold batch norm \['2'\]"):
         ws.fold_batchnorm(model)
+
+
+def test_for_inference_folds_and_thresholds_in_place_with_identical_predictions():
+    torch.manual_seed(0)
+    model = ws.create_model("mnist-conv-bn")
+    model.train()
+    model(torch.rand(32, 1, 28, 28))
+    model.eval()
+    with pytest.raises(ValueError, match=r"features\.2 has sharpness 0"):
+        ws.for_inference(model)
+    ws.set_model_sharpness(model, 1.0)
+    deployed = ws.for_inference(model)
+    assert not any(isinstance(m, (nn.BatchNorm2d, ws.SpikingActivation)) for m in deployed.modules())
+    x = torch.rand(64, 1, 28, 28)
+    reference = ws.fold_batchnorm(model)
+    with torch.inference_mode():
+        assert torch.equal(deployed(x), reference(x))
+    with torch.no_grad():
+        assert torch.equal(deployed.features(x), reference.features(x))
+    assert torch.equal(deployed(x), reference(x))  # grad mode: the out-of-place path

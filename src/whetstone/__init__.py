@@ -6,7 +6,7 @@ exactly 0 or 1.
 """
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
-from .convert import fold_batchnorm, spikify
+from .convert import fold_batchnorm, for_inference, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
 from .deploy import DeployError, SpikingGraph, quantize, to_spiking_graph
@@ -46,6 +46,7 @@ __all__ = [
     "create_model",
     "evaluate",
     "fold_batchnorm",
+    "for_inference",
     "key_generator",
     "list_models",
     "load_checkpoint",

@@ -12,7 +12,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .decode import SoftmaxDecode
 
-__all__ = ["fold_batchnorm", "spikify"]
+__all__ = ["Heaviside", "fold_batchnorm", "for_inference", "spikify"]
 
 _ACTIVATIONS = {"brelu": (nn.ReLU, SpikingBReLU), "sigmoid": (nn.Sigmoid, SpikingSigmoid)}
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -129,3 +129,40 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             "output feeds nothing else"
         )
     return folded
+
+
+class Heaviside(nn.Module):
+    """``1[x >= threshold]`` for inference: with no gradient to keep, the comparison is written into ``x``
+    itself (one pass over memory, like an in-place ReLU), otherwise into a new tensor."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        # A 0-dim tensor: comparing with it skips the per-call Python-scalar conversion (~2 us a call).
+        self.register_buffer("threshold", torch.tensor(float(threshold)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:  # autograd may still need x: leave it alone
+            return (x >= self.threshold).to(x.dtype)
+        return x.ge_(self.threshold)  # float in, float 0/1 out
+
+    def extra_repr(self) -> str:
+        return f"threshold={float(self.threshold)}"
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of a fully sharpened ``model`` for fast PyTorch inference: batch norm folded,
+    and each spiking activation replaced by a :class:`Heaviside` step that overwrites its input in place
+    when no gradient is needed (so a forward hook on the layer before it would see spikes).
+
+    Raises ``ValueError`` naming a spiking activation that is not at sharpness 1.
+    """
+    deployed = fold_batchnorm(model)
+    for parent_name, parent in list(deployed.named_modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SpikingActivation):
+                if not child.is_binary:
+                    where = f"{parent_name}.{name}" if parent_name else name
+                    raise ValueError(f"{where} has sharpness {child.get_sharpness():.4g}; for_inference() needs a fully sharpened model")
+                setattr(parent, name, Heaviside(child.spike_threshold))
+    return deployed
+
