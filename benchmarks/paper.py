@@ -67,7 +67,7 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
     rows = ["| dataset | model | without sharpening | fully binary | gap | epochs to binary | wall time (binary run) |",
             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for dataset, model, extra in MAIN:
-        if args.only and model not in args.only:
+        if args.only and model not in args.only and f"{dataset}/{model}" not in args.only:
             continue
         binary, plain = [], []
         for seed in args.seeds:
@@ -103,7 +103,7 @@ def table_study(args: argparse.Namespace, common: list[str], variants: list[tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", choices=["main", "nhot", "optimizers"], default=["main", "nhot", "optimizers"])
-    parser.add_argument("--only", nargs="*", help="main table: only these models")
+    parser.add_argument("--only", nargs="*", help="main table: only these models (NAME or DATASET/NAME)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int, default=2)

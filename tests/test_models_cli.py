@@ -10,7 +10,8 @@ from whetstone.data import DATASETS
 from whetstone.models import recipe
 
 
-SHAPES = [(name, DATASETS[recipe(name).dataset].image_shape) for name in ws.list_models()] + [
+CLASSIFIERS = [name for name in ws.list_models() if recipe(name).target == "labels"]
+SHAPES = [(name, DATASETS[recipe(name).dataset].image_shape) for name in CLASSIFIERS] + [
     ("resnet-small", (3, 32, 32)), ("mnist-conv-bn", (3, 32, 32))]  # fmt: skip
 
 
@@ -30,6 +31,32 @@ def test_models_build_forward_fold_and_deploy(name, shape):
     assert (folded.predict(x) == model.predict(x)).float().mean() >= 0.75  # float rounding may flip a tie
     graph = ws.to_spiking_graph(model, shape)
     np.testing.assert_array_equal(ws.simulate(graph, x.numpy()).predictions, folded.predict(x).numpy())
+
+
+def test_conv_autoencoder_builds_folds_and_trains_to_a_binary_code(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = ws.create_model("conv-autoencoder", key_width=32)
+    x = torch.rand(8, 1, 28, 28)
+    assert model(x).shape == x.shape and model.encode(x).shape == (8, 32)
+    model.train()
+    model(x)
+    model.eval()
+    ws.set_model_sharpness(model, 1.0)
+    folded = ws.fold_batchnorm(model)  # includes the transposed convolution's batch norm
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert torch.allclose(folded(x), model(x), atol=1e-4)
+    code = model.encode(x)
+    assert set(code.unique().tolist()) <= {0.0, 1.0}
+    out = tmp_path / "ae"
+    argv = ["train", "--model", "conv-autoencoder", "--dataset", "mnist-mini", "--out", str(out), "--epochs", "6",
+            "--start-epoch", "1", "--steps", "1", "--limit", "1000", "--key-width", "32", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "final test loss" in printed and "fully binary" in printed
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["train_accuracy"] is None and history[-1]["eval_loss"] < 0.1  # an all-black image scores 0.104
+    assert main(["eval", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["fully_binary"]
 
 
 def test_create_model_options_and_errors():

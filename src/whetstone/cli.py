@@ -233,8 +233,12 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     }
     if not args.logit_scale > 0:
         raise ValueError(f"--logit-scale must be positive, got {args.logit_scale}")
-    loss_fn = torch.nn.CrossEntropyLoss() if args.logit_scale == 1 else _scaled_cross_entropy(args.logit_scale)
-    trainer = Trainer(model, optimizer, build_sharpener(args), loss_fn=loss_fn, out_dir=args.out, run_info=run_info,
+    target = recipe(args.model).target
+    if target == "inputs":
+        loss_fn = None  # the trainer's mean squared error against the input
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss() if args.logit_scale == 1 else _scaled_cross_entropy(args.logit_scale)
+    trainer = Trainer(model, optimizer, build_sharpener(args), loss_fn=loss_fn, out_dir=args.out, run_info=run_info, target=target,
                       callbacks=callbacks, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)  # fmt: skip
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
@@ -250,16 +254,20 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
 
 def _print_epoch(record: EpochRecord) -> None:
     sharpness = " ".join(f"{value:.2f}" for value in record.sharpness)
-    print(
-        f"epoch {record.epoch + 1:3d}  loss {record.train_loss:.4f}  train {100 * record.train_accuracy:6.2f}%  "
-        f"test {100 * (record.eval_accuracy or 0):6.2f}%  sharpness [{sharpness}]  {record.seconds:.1f}s",
-        flush=True,
-    )
+    if record.train_accuracy is None:  # reconstruction: losses only
+        scores = f"test loss {record.eval_loss if record.eval_loss is not None else float('nan'):.5f}"
+    else:
+        scores = f"train {100 * record.train_accuracy:6.2f}%  test {100 * (record.eval_accuracy or 0):6.2f}%"
+    print(f"epoch {record.epoch + 1:3d}  loss {record.train_loss:.4f}  {scores}  sharpness [{sharpness}]  {record.seconds:.1f}s",
+          flush=True)  # fmt: skip
 
 
 def _print_result(result: TrainResult) -> None:
     final = result.history[-1]
-    print(f"final test accuracy: {100 * final.eval_accuracy:.2f}% after {len(result.history)} epochs")
+    if final.eval_accuracy is None:
+        print(f"final test loss: {final.eval_loss:.5f} after {len(result.history)} epochs")
+    else:
+        print(f"final test accuracy: {100 * final.eval_accuracy:.2f}% after {len(result.history)} epochs")
     for layer in result.layers:
         print(
             f"  {layer.name:>14}: {layer.units:6d} units  binary={'yes' if layer.binary else 'NO'}  "
@@ -306,7 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = args.dataset or checkpoint["run"]["dataset"]
     test_set = load_dataset(dataset, "test", args.data_dir, args.download)
     loader = TensorLoader.from_dataset(test_set, args.batch_size)
-    loss, accuracy = evaluate(model, loader)
+    loss, accuracy = evaluate(model, loader, target=recipe(checkpoint["run"]["model"]).target)
     layers = binary_report(model, loader)
     report = {
         "dataset": dataset,

@@ -17,6 +17,7 @@ __all__ = ["Heaviside", "fold_batchnorm", "for_inference", "spikify"]
 _ACTIVATIONS = {"brelu": (nn.ReLU, SpikingBReLU), "sigmoid": (nn.Sigmoid, SpikingSigmoid)}
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def spikify(model: nn.Module, activation: str = "brelu", sharpness: float = 0.0) -> nn.Module:
@@ -45,8 +46,8 @@ def spikify(model: nn.Module, activation: str = "brelu", sharpness: float = 0.0)
 
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module:
-    if isinstance(layer, _CONVS):
-        return fuse_conv_bn_eval(layer, bn)
+    if isinstance(layer, (*_CONVS, *_TRANSPOSED)):
+        return fuse_conv_bn_eval(layer, bn, transpose=isinstance(layer, _TRANSPOSED))
     return fuse_linear_bn_eval(layer, bn)
 
 
@@ -84,7 +85,7 @@ def _fold_pairs_traced(model: nn.Module) -> list[tuple[str, str]] | None:
         if (
             isinstance(source, torch.fx.Node)
             and source.op == "call_module"
-            and isinstance(modules[source.target], (nn.Linear, *_CONVS))
+            and isinstance(modules[source.target], (nn.Linear, *_CONVS, *_TRANSPOSED))
             and len(source.users) == 1
         ):
             pairs.append((source.target, node.target))
@@ -98,7 +99,7 @@ def _fold_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(parent.named_children())
         for (name, child), (next_name, following) in zip(children, children[1:]):
-            if isinstance(child, (nn.Linear, *_CONVS)) and isinstance(following, _BATCHNORMS):
+            if isinstance(child, (nn.Linear, *_CONVS, *_TRANSPOSED)) and isinstance(following, _BATCHNORMS):
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs.append((prefix + name, prefix + next_name))
     return pairs

@@ -21,9 +21,28 @@ from torch import Tensor, nn
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .decode import SoftmaxDecode, key_generator
 
-__all__ = ["ResidualBlock", "SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
+__all__ = ["ResidualBlock", "SpikingAutoencoder", "SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
 
 _ACTIVATION_MODULES = {"brelu": SpikingBReLU, "sigmoid": SpikingSigmoid}
+
+
+class SpikingAutoencoder(nn.Module):
+    """``decoder(encoder(x))`` where the encoder ends in a spiking layer: the code is binary once sharp.
+
+    The decoder's hidden layers spike too; its last layer is a sigmoid, so the reconstruction is a
+    real-valued image in [0, 1]."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """The bottleneck code (binary once every spiking layer is at sharpness 1)."""
+        return self.encoder(x)
 
 
 class SpikingClassifier(nn.Module):
@@ -62,6 +81,7 @@ class Recipe:
     # 10x10 code), which saturates the softmax; conv models learn faster with a smaller scale.
     logit_scale: float = 1.0
     augment: bool = False  # random crop (padding 4) and horizontal flip of each training batch
+    target: str = "labels"  # "inputs" for autoencoders: the loss compares the output with the input
 
 
 @dataclass(frozen=True)
@@ -110,8 +130,10 @@ def create_model(
     key_seed: int = 0,
     input_shape: tuple[int, int, int] = (1, 28, 28),
     **options: Any,
-) -> SpikingClassifier:
-    """Build model ``name`` (see :func:`list_models`) at sharpness 0.
+) -> nn.Module:
+    """Build model ``name`` (see :func:`list_models`) at sharpness 0: a :class:`SpikingClassifier`, or
+    for a reconstruction model (``recipe(name).target == "inputs"``) a :class:`SpikingAutoencoder`
+    whose binary code has ``key_width`` units (``num_classes`` is then unused).
 
     Args:
         num_classes: number of classes decoded from the output code.
@@ -128,9 +150,9 @@ def create_model(
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
-    features = _entry(name).build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
-    center_on_threshold(features)
-    return SpikingClassifier(features, key)
+    built = _entry(name).build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
+    center_on_threshold(built)
+    return built if isinstance(built, SpikingAutoencoder) else SpikingClassifier(built, key)
 
 
 def center_on_threshold(model: nn.Module) -> None:
@@ -285,4 +307,28 @@ def _cifar_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], b
     layers += _linear_block(4 * base * (height // 8) * (width_px // 8), 8 * base, spike, batch_norm=True)
     layers += _linear_block(8 * base, width, spike, batch_norm=True)
     return nn.Sequential(*layers)
+
+
+@register_model(
+    "conv-autoencoder",
+    Recipe(optimizer="adam", lr=3e-3, epochs=12, start_epoch=2, steps=1, target="inputs"),
+    "Convolutional autoencoder: Conv 32 s2 - Conv 64 s2 - Dense <width> binary code - Dense - ConvT 32 - "
+    "ConvT - sigmoid, batch norm before every spike; trained on reconstruction (mean squared error).",
+)
+def _conv_autoencoder(width: int, spike: type, input_shape: tuple[int, int, int]) -> SpikingAutoencoder:
+    channels, height, width_px = input_shape
+    if height % 4 or width_px % 4:
+        raise ValueError(f"conv-autoencoder needs height and width divisible by 4, got {input_shape}")
+    inner = (64, height // 4, width_px // 4)
+    encoder = nn.Sequential(
+        nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), spike(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), spike(),
+        nn.Flatten(), *_linear_block(math.prod(inner), width, spike, batch_norm=True),
+    )  # fmt: skip
+    decoder = nn.Sequential(
+        *_linear_block(width, math.prod(inner), spike, batch_norm=True), nn.Unflatten(1, inner),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.BatchNorm2d(32), spike(),
+        nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1), nn.Sigmoid(),
+    )  # fmt: skip
+    return SpikingAutoencoder(encoder, decoder)
 

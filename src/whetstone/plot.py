@@ -18,15 +18,17 @@ def plot_history(history: Sequence, path: str | os.PathLike) -> None:
     epochs = [record.epoch + 1 for record in history]
     figure, (loss_ax, accuracy_ax, sharp_ax) = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
     loss_ax.plot(epochs, [r.train_loss for r in history], marker=".", label="train")
-    accuracy_ax.plot(epochs, [100 * r.train_accuracy for r in history], marker=".", label="train")
-    if history and history[0].eval_accuracy is not None:
+    if history and history[0].train_accuracy is not None:
+        accuracy_ax.plot(epochs, [100 * r.train_accuracy for r in history], marker=".", label="train")
+    if history and history[0].eval_loss is not None:
         loss_ax.plot(epochs, [r.eval_loss for r in history], marker=".", label="eval")
+    if history and history[0].eval_accuracy is not None:
         accuracy_ax.plot(epochs, [100 * r.eval_accuracy for r in history], marker=".", label="eval")
     layer_count = len(history[0].sharpness) if history else 0
     for layer in range(layer_count):
         sharp_ax.plot(epochs, [r.sharpness[layer] for r in history], marker=".", label=f"layer {layer + 1}")
     for axis, title, ylabel in (
-        (loss_ax, "loss", "cross-entropy"),
+        (loss_ax, "loss", "training loss"),
         (accuracy_ax, "accuracy", "%"),
         (sharp_ax, "sharpness (after each epoch)", "sharpness"),
     ):

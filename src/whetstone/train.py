@@ -49,7 +49,7 @@ class EpochRecord:
 
     epoch: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None  # None when training on a reconstruction target
     sharpness: list[float]
     seconds: float
     eval_loss: float | None = None
@@ -114,23 +114,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], loss_fn: Callable | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy (fraction) of ``model`` over ``loader``, in eval mode."""
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
+def evaluate(
+    model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], loss_fn: Callable | None = None, target: str = "labels"
+) -> tuple[float, float | None]:
+    """Mean loss and accuracy (fraction) of ``model`` over ``loader``, in eval mode. With
+    ``target="inputs"`` (an autoencoder) the loss compares the output with the input (default: mean
+    squared error) and the accuracy is None."""
+    reconstruct = _check_target(target)
+    loss_fn = loss_fn or (nn.MSELoss() if reconstruct else nn.CrossEntropyLoss())
     was_training = model.training
     model.eval()
     total_loss = torch.zeros(())
     correct = torch.zeros((), dtype=torch.long)
     count = 0
     for x, y in loader:
-        logits = model(x)
-        total_loss += loss_fn(logits, y).detach().cpu() * len(y)
-        correct += (logits.argmax(dim=-1) == y).sum().cpu()
+        output = model(x)
+        total_loss += loss_fn(output, x if reconstruct else y).detach().cpu() * len(y)
+        if not reconstruct:
+            correct += (output.argmax(dim=-1) == y).sum().cpu()
         count += len(y)
     model.train(was_training)
     if count == 0:
         raise ValueError("the evaluation loader yielded no samples")
-    return float(total_loss) / count, float(correct) / count
+    return float(total_loss) / count, None if reconstruct else float(correct) / count
+
+
+def _check_target(target: str) -> bool:
+    """True for ``"inputs"`` (reconstruction), False for ``"labels"``; ValueError otherwise."""
+    if target not in ("labels", "inputs"):
+        raise ValueError(f"target must be 'labels' (classification) or 'inputs' (reconstruction), got {target!r}")
+    return target == "inputs"
 
 
 @torch.no_grad()
@@ -187,7 +200,10 @@ class Trainer:
             :func:`whetstone.spikify`).
         optimizer: any ``torch.optim`` optimizer over ``model``'s parameters.
         sharpener: a :class:`~whetstone.sharpen.Sharpener`; ``None`` trains without sharpening.
-        loss_fn: defaults to ``nn.CrossEntropyLoss()`` (on the decoder's logits).
+        loss_fn: defaults to ``nn.CrossEntropyLoss()`` (on the decoder's logits), or ``nn.MSELoss()``
+            when ``target="inputs"``.
+        target: ``"labels"`` (classification) or ``"inputs"``: the loss compares the model's output with
+            its input (an autoencoder); accuracies are then None.
         out_dir: where ``checkpoint.pt``, ``history.json`` and ``history.png`` are written each epoch;
             ``None`` writes nothing.
         run_info: plain values saved in the checkpoint to rebuild the model (name, options, dataset).
@@ -223,12 +239,15 @@ class Trainer:
         checkpoint_every: int | None = None,
         max_retries: int = 3,
         collapse_drop: float = 0.2,
+        target: str = "labels",
     ) -> None:
         self.model, self.optimizer, self.sharpener = model, optimizer, sharpener
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
         self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.is_main = distributed.rank() == 0
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.reconstruct = _check_target(target)
+        self.target = target
+        self.loss_fn = loss_fn or (nn.MSELoss() if self.reconstruct else nn.CrossEntropyLoss())
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_info = dict(run_info or {})
         self.callbacks = list(callbacks)
@@ -263,12 +282,12 @@ class Trainer:
         in_group = distributed.is_distributed()
         for batch, (x, y) in enumerate(bar, start=start_batch):
             logits = self.model(x)
-            loss = self.loss_fn(logits, y)
+            loss = self.loss_fn(logits, x if self.reconstruct else y)
             if loss.requires_grad:  # a fully binary network passes no gradient: nothing left to learn
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-            hits = (logits.detach().argmax(dim=-1) == y).sum()
+            hits = torch.zeros((), dtype=torch.long) if self.reconstruct else (logits.detach().argmax(dim=-1) == y).sum()
             if in_group:  # one small all-reduce: the same loss and counts on every rank
                 loss_total, hit_total, size = distributed.all_sum([loss.item() * len(y), hits.item(), len(y)])
                 loss_value = loss_total / size
@@ -294,7 +313,7 @@ class Trainer:
         self._correct += int(correct)
         if self._count == 0:
             raise ValueError("the training loader yielded no samples")
-        return self._loss_sum / self._count, self._correct / self._count
+        return self._loss_sum / self._count, None if self.reconstruct else self._correct / self._count
 
     def fit(
         self,
@@ -333,7 +352,7 @@ class Trainer:
             record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks)
             distributed.same_on_all_ranks(record.sharpness, f"per-layer sharpness after epoch {epoch + 1}")
             if eval_loader is not None:
-                record.eval_loss, record.eval_accuracy = evaluate(self.module, eval_loader, self.loss_fn)
+                record.eval_loss, record.eval_accuracy = evaluate(self.module, eval_loader, self.loss_fn, self.target)
             record.seconds = time.perf_counter() - started
             self.history.append(record)
             self.position, self.rollbacks = (epoch + 1, 0), 0
@@ -349,9 +368,9 @@ class Trainer:
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         return TrainResult(self.history, fully_binary, layers, checkpoint)
 
-    def _collapse(self, train_accuracy: float) -> str | None:
+    def _collapse(self, train_accuracy: float | None) -> str | None:
         """Why the epoch just trained counts as a collapse of sharpening, or None."""
-        if self.sharpener is None or not self.history or not any(model_sharpness(self.module)):
+        if self.sharpener is None or not self.history or train_accuracy is None or not any(model_sharpness(self.module)):
             return None
         best = max(record.train_accuracy for record in self.history)
         if train_accuracy < best - self.collapse_drop:
