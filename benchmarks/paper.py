@@ -8,6 +8,8 @@ main:       for each (dataset, model) in MAIN: the network trained with sharpeni
             activations, sharpness 0); test accuracy of both, epochs to fully binary, wall time.
 nhot:       mnist-dense with a 1/2/4/8/16-hot output code per class (disjoint keys), paper recipe.
 optimizers: mnist-dense with Adam, Adadelta, RMSprop and SGD+momentum, each at its usual learning rate.
+autoencoder: conv-autoencoder on MNIST with a binary code (sharpened) and without sharpening (same
+            epochs): test mean squared error of both, and a PNG grid of originals and reconstructions.
 
 Every run is an ordinary `whetstone train` command (printed with its figures); runs land in --out.
 With --write the tables replace the matching sections of docs/results.md.
@@ -16,6 +18,7 @@ With --write the tables replace the matching sections of docs/results.md.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from pathlib import Path
@@ -92,7 +95,7 @@ def table_study(args: argparse.Namespace, common: list[str], variants: list[tupl
     for label, extra in variants:
         results = []
         for seed in args.seeds:
-            slug = label.replace(" ", "-").replace("+", "").replace("/", "-")
+            slug = re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
             results.append(train([*common, "--model", "mnist-dense", "--seed", str(seed), *extra],
                                  Path(args.out) / f"study-{slug}-s{seed}"))  # fmt: skip
         ok = [r for r in results if r["binary"]]
@@ -100,9 +103,47 @@ def table_study(args: argparse.Namespace, common: list[str], variants: list[tupl
     return "\n".join(rows)
 
 
+def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from whetstone.cli import model_from_checkpoint
+    from whetstone.data import TensorLoader, load_dataset
+    from whetstone.train import evaluate
+
+    rows = ["| code | test MSE, sharpened (binary code) | test MSE, not sharpened | epochs |", "|---|---:|---:|---:|"]
+    runs = [*common, *dataset, "--model", "conv-autoencoder", "--seed", str(args.seeds[0])]
+    sharp = train(runs, Path(args.out) / "autoencoder")
+    train([*runs, "--sharpener", "none", "--epochs", str(sharp["epochs"])], Path(args.out) / "autoencoder-plain")
+    models = [model_from_checkpoint(load_checkpoint(Path(args.out) / name)) for name in ("autoencoder", "autoencoder-plain")]
+    test = load_dataset(dataset[1], "test", args.data_dir)
+    loader = TensorLoader.from_dataset(test, 1000)
+    mse = [evaluate(model, loader, target="inputs")[0] for model in models]
+    code = models[0].encode(test.images[:1000].float() / 255)
+    rows.append(f"| {code.shape[1]} bits, {100 * float(code.mean()):.0f}% ones | **{mse[0]:.4f}** | {mse[1]:.4f} | {sharp['epochs']} |")
+    images = test.images[:12].float() / 255
+    with torch.no_grad():
+        grid = [images, models[0](images), models[1](images)]
+    figure, axes = plt.subplots(3, 12, figsize=(12, 3.4), layout="constrained")
+    for row, (label, batch) in enumerate(zip(("original", "binary code", "not sharpened"), grid)):
+        for column in range(12):
+            axes[row, column].imshow(batch[column, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    png = (Path(args.write).parent if args.write else Path(args.out)) / "autoencoder.png"
+    figure.suptitle(f"conv-autoencoder, {dataset[1]} test: MSE {mse[0]:.4f} (binary code) vs {mse[1]:.4f} (not sharpened)", fontsize=9)
+    figure.savefig(png, dpi=100)
+    plt.close(figure)
+    return "\n".join(rows) + "\n\n![reconstructions](autoencoder.png)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="+", choices=["main", "nhot", "optimizers"], default=["main", "nhot", "optimizers"])
+    parser.add_argument("--tables", nargs="+", choices=["main", "nhot", "optimizers", "autoencoder"],
+                        default=["main", "nhot", "optimizers", "autoencoder"])
     parser.add_argument("--only", nargs="*", help="main table: only these models (NAME or DATASET/NAME)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-dir")
@@ -124,8 +165,10 @@ def main() -> None:
     if "optimizers" in args.tables:
         variants = [(f"{name} lr {lr}", [*dataset, "--optimizer", name, "--lr", lr]) for name, lr in OPTIMIZERS]
         tables["optimizers"] = table_study(args, common, variants)
+    if "autoencoder" in args.tables:
+        tables["autoencoder"] = table_autoencoder(args, common, dataset)
     titles = {"main": "Paper results table (issue #3)", "nhot": "N-hot output codes (issue #3)",
-              "optimizers": "Optimizer comparison (issue #3)"}  # fmt: skip
+              "optimizers": "Optimizer comparison (issue #3)", "autoencoder": "Binary-code autoencoder (issue #3)"}  # fmt: skip
     for name, table in tables.items():
         text = header.format(name) + table
         print(f"\n## {titles[name]}\n\n{text}\n")

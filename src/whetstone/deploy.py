@@ -33,9 +33,8 @@ from .decode import SoftmaxDecode
 
 __all__ = ["DeployError", "GraphNode", "SpikingGraph", "quantize", "to_spiking_graph"]
 
-#: Operations of a :class:`GraphNode` and whether their output is binary given binary input.
+#: Operations of a :class:`GraphNode` that are linear maps of their (summed) input.
 LINEAR_OPS = ("affine", "conv2d", "avgpool2d")
-OPS = ("input", *LINEAR_OPS, "spike", "maxpool2d", "flatten")
 
 
 class DeployError(ValueError):
