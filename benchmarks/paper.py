@@ -7,7 +7,8 @@ main:       for each (dataset, model) in MAIN: the network trained with sharpeni
             the same network trained for the same number of epochs without sharpening (continuous
             activations, sharpness 0); test accuracy of both, epochs to fully binary, wall time.
 nhot:       mnist-dense with a 1/2/4/8/16-hot output code per class (disjoint keys), paper recipe.
-optimizers: mnist-dense with Adam, Adadelta, RMSprop and SGD+momentum, each at its usual learning rate.
+optimizers: mnist-dense with Adam, Adadelta, RMSprop and SGD+momentum, each at its usual learning rate
+            (and with the decoder's logits scaled by 0.1 for SGD and Adam).
 autoencoder: conv-autoencoder on MNIST with a binary code (sharpened) and without sharpening (same
             epochs): test mean squared error of both, and a PNG grid of originals and reconstructions.
 
@@ -32,14 +33,17 @@ from _common import machine, write_section
 
 #: (dataset, model, extra train arguments) of the main table.
 MAIN = [
+    ("mnist", "mnist-dense", []),
     ("mnist", "mnist-conv-small", []),
+    ("fashion-mnist", "mnist-conv-small", []),
     ("mnist", "mnist-conv-bn", ["--logit-scale", "0.1", "--lr", "3e-3"]),
     ("fashion-mnist", "mnist-conv-bn", ["--logit-scale", "0.1", "--lr", "3e-3"]),
     ("mnist", "resnet-small", []),
     ("cifar10", "cifar-conv-bn", []),
 ]
 NHOT = [1, 2, 4, 8, 16]
-OPTIMIZERS = [("adam", "1e-3"), ("adadelta", "4.0"), ("rmsprop", "1e-3"), ("sgd", "0.1")]
+OPTIMIZERS = [("adam", "1e-3", None), ("adadelta", "4.0", None), ("rmsprop", "1e-3", None), ("sgd", "0.1", None),
+              ("sgd", "0.01", None), ("sgd", "0.1", "0.1"), ("adam", "1e-3", "0.1")]  # (name, lr, logit scale)
 
 
 def train(argv: list[str], out: Path) -> dict:
@@ -155,7 +159,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     common = ["--threads", str(args.threads)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     dataset = ["--dataset", "mnist-mini" if args.quick else "mnist"]
-    header = f"Measured on {machine()}; seeds {args.seeds}; command: `python benchmarks/paper.py --tables {{}} --seeds {' '.join(map(str, args.seeds))}`.\n\n"
+    options = f"--seeds {' '.join(map(str, args.seeds))} --threads {args.threads}" + (" --quick" if args.quick else " --data-dir ../shared/data")
+    header = f"Measured on {machine()}; command: `python benchmarks/paper.py --tables {{}} {options}`.\n\n"
     tables = {}
     if "main" in args.tables:
         tables["main"] = table_main(args, common)
@@ -163,7 +168,11 @@ def main() -> None:
         variants = [(f"{n}-hot ({10 * n} output units)", [*dataset, "--key-width", str(10 * n)]) for n in NHOT]
         tables["nhot"] = table_study(args, common, variants)
     if "optimizers" in args.tables:
-        variants = [(f"{name} lr {lr}", [*dataset, "--optimizer", name, "--lr", lr]) for name, lr in OPTIMIZERS]
+        variants = [
+            (f"{name} lr {lr}" + (f", logit scale {scale}" if scale else ""),
+             [*dataset, "--optimizer", name, "--lr", lr, *(["--logit-scale", scale] if scale else [])])
+            for name, lr, scale in OPTIMIZERS
+        ]  # fmt: skip
         tables["optimizers"] = table_study(args, common, variants)
     if "autoencoder" in args.tables:
         tables["autoencoder"] = table_autoencoder(args, common, dataset)
