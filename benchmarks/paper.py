@@ -36,8 +36,8 @@ MAIN = [
     ("mnist", "mnist-dense", []),
     ("mnist", "mnist-conv-small", []),
     ("fashion-mnist", "mnist-conv-small", []),
-    ("mnist", "mnist-conv-bn", ["--logit-scale", "0.1", "--lr", "3e-3"]),
-    ("fashion-mnist", "mnist-conv-bn", ["--logit-scale", "0.1", "--lr", "3e-3"]),
+    ("mnist", "mnist-conv-bn", []),
+    ("fashion-mnist", "mnist-conv-bn", []),
     ("mnist", "resnet-small", []),
     ("cifar10", "cifar-conv-bn", []),
 ]

@@ -223,7 +223,9 @@ def _mnist_conv(width: int, spike: type, input_shape: tuple[int, int, int], batc
 
 @register_model(
     "mnist-conv-bn",
-    Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
+    # Logit scale 0.1 and lr 3e-3: 98.98% fully binary on MNIST (seed 0) against 97.92% with the raw
+    # logits and lr 1e-3 (docs/results.md).
+    Recipe(optimizer="adam", lr=3e-3, epochs=20, start_epoch=4, steps=3, logit_scale=0.1),
     "mnist-conv with batch norm before every spiking activation (folded away for deployment).",
 )
 def _mnist_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], kernel: int = 5) -> nn.Module:
