@@ -334,9 +334,10 @@ def _graph_from_checkpoint(path: str, bits: int | None) -> tuple[Any, torch.nn.M
     checkpoint = load_checkpoint(path)
     model = model_from_checkpoint(checkpoint)
     dataset = checkpoint["run"].get("dataset")
-    if dataset not in DATASETS:
+    shape = checkpoint["run"].get("model_options", {}).get("input_shape")
+    if shape is None and dataset not in DATASETS:
         raise ValueError(f"checkpoint {path} names no known dataset ({dataset!r}): its input shape is unknown")
-    graph = to_spiking_graph(model, DATASETS[dataset].image_shape)
+    graph = to_spiking_graph(model, tuple(shape) if shape else DATASETS[dataset].image_shape)
     return (quantize(graph, bits) if bits else graph), model, dataset
 
 
