@@ -245,7 +245,7 @@ class Trainer:
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
         self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.is_main = distributed.rank() == 0
-        self.reconstruct = _check_target(target)
+        _check_target(target)
         self.target = target
         self.loss_fn = loss_fn or (nn.MSELoss() if self.reconstruct else nn.CrossEntropyLoss())
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -265,6 +265,11 @@ class Trainer:
         self.rollbacks = 0  # rollbacks of the epoch in progress
         if self.out_dir is not None:
             _check_writable(self.out_dir)
+
+    @property
+    def reconstruct(self) -> bool:
+        """True when the loss compares the output with the input (``target="inputs"``)."""
+        return self.target == "inputs"
 
     def _train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, epochs: int, start_batch: int) -> tuple[float, float]:
         self.model.train()
