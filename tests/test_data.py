@@ -194,3 +194,22 @@ def test_random_crop_flip_shifts_and_mirrors_whole_images():
     assert {bool(torch.equal(a, b)) for a, b in zip(flipped_only, x.repeat(50, 1, 1, 1))} == {True, False}
     with pytest.raises(ValueError, match="padding"):
         random_crop_flip(padding=-1)
+
+
+def test_augmentation_mirrors_only_where_the_class_survives():
+    from whetstone.data import augmentation
+
+    torch.manual_seed(0)
+    x = torch.arange(1 * 8 * 8, dtype=torch.float32).reshape(1, 1, 8, 8).repeat(200, 1, 1, 1) + 1
+    digits, clothes = augmentation("mnist")(x), augmentation("fashion-mnist")(x)
+
+    def mirrored(images):
+        padded = torch.nn.functional.pad(x[0], (2, 2, 2, 2))
+        shifts = [padded[:, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        return [any(torch.equal(image, s.flip(-1)) for s in shifts) and not any(torch.equal(image, s) for s in shifts)
+                for image in images]  # fmt: skip
+
+    assert not any(mirrored(digits))  # a mirrored digit is another symbol (or none)
+    assert any(mirrored(clothes))
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        augmentation("imagenet")

@@ -91,13 +91,53 @@ def test_cli_train_then_eval(tmp_path, capsys):
       "lr must be positive"),
      (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--sharpener", "scheduled", "--out", "{tmp}"],
       "needs --schedule"),
-     (["eval", "{tmp}/missing"], "no checkpoint at")],
+     (["eval", "{tmp}/missing"], "no checkpoint at"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--model-option", "kernel=3", "--out", "{tmp}"],
+      "model 'mnist-dense' has no option kernel; its options: batch_norm"),
+     (["train", "--model", "mnist-conv", "--model-option", "kernel", "--out", "{tmp}"], "must look like NAME=VALUE"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--weight-decay", "-1", "--out", "{tmp}"],
+      "--weight-decay must be >= 0"),
+     (["train", "--model", "mnist-dense", "--device", "tpu", "--out", "{tmp}"], "--device must be auto, cpu, cuda"),
+     (["train", "--model", "mnist-dense", "--device", "cuda:99", "--out", "{tmp}"], "--device cuda:99: ")],
 )  # fmt: skip
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_cosine_schedule_model_option_and_weight_decay_are_saved_and_reused(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mnist-conv", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3",
+            "--start-epoch", "1", "--steps", "1", "--lr", "0.002", "--lr-schedule", "cosine", "--model-option", "kernel=3",
+            "--optimizer", "adamw", "--weight-decay", "0.01", "--augment", "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
+    main(argv)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    group = checkpoint["optimizer"]["param_groups"][0]
+    # After all 3 epochs the cosine schedule is at its floor: 1/100 of the learning rate.
+    assert group["lr"] == pytest.approx(0.002 * 0.01) and group["weight_decay"] == 0.01
+    assert checkpoint["scheduler"]["last_epoch"] == 3
+    assert checkpoint["run"]["model_options"]["kernel"] == 3
+    assert checkpoint["model"]["features.0.weight"].shape[-1] == 3
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0  # rebuilt with kernel 3 from the checkpoint
+    assert json.loads(capsys.readouterr().out)["samples"] == 1000
+
+
+def test_parse_model_options_types():
+    from whetstone.cli import parse_model_options
+
+    assert parse_model_options(["base=128", "scale=0.5", "batch_norm=false", "name=wide"]) == {
+        "base": 128, "scale": 0.5, "batch_norm": False, "name": "wide"}  # fmt: skip
+
+
+def test_python_dash_m_whetstone_runs_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "whetstone", "models"], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "resnet-small" in result.stdout
 
 
 def test_cli_models_lists_registry(capsys):

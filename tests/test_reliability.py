@@ -66,13 +66,18 @@ def _model():
     return ws.create_model("mnist-dense")
 
 
-def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("cosine", [False, True], ids=["constant-lr", "cosine-lr"])
+def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine):
+    from whetstone.cli import cosine_schedule
+
     def trainer(model, out=None, every=None):
-        return ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), ws.SimpleSharpener(1, steps=1),
-                          out_dir=out, progress=False, checkpoint_every=every)  # fmt: skip
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        return ws.Trainer(model, optimizer, ws.SimpleSharpener(1, steps=1), out_dir=out, progress=False,
+                          checkpoint_every=every, scheduler=cosine_schedule(optimizer, 5) if cosine else None)  # fmt: skip
 
     full_model = _model()
-    trainer(full_model).fit(_mini_loader(), epochs=5)
+    full = trainer(full_model)
+    full.fit(_mini_loader(), epochs=5)
 
     class Crash(Exception):
         pass
@@ -98,6 +103,9 @@ def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path):
     second.load_state_dict(checkpoint)
     second.fit(_mini_loader(), epochs=5)
     _same_weights(full_model.state_dict(), second_model.state_dict())
+    if cosine:  # the schedule continued from where it was, not from the start
+        assert second.scheduler.last_epoch == full.scheduler.last_epoch == len(full.history) >= 3
+        assert second.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"] < 1e-3 / 2
 
 
 class NaNOnce:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from . import distributed
-from .data import DATASETS, DatasetError, TensorLoader, load_dataset, random_crop_flip
+from .data import DATASETS, DatasetError, TensorLoader, augmentation, load_dataset
 from .models import create_model, list_models, recipe
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness
 from .train import EpochRecord, TrainResult, Trainer, binary_report, evaluate, load_checkpoint
@@ -91,6 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
                        help="deterministic algorithms only (with --resume: bit-identical to an uninterrupted run)")
     train.add_argument("--optimizer", choices=list(OPTIMIZERS))
     train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float, help="the optimizer's weight decay (decoupled for adamw)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--start-epoch", type=int, help="simple sharpener: first sharpening epoch")
     train.add_argument("--steps", type=int, help="simple sharpener: steps per layer")
@@ -101,7 +103,14 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation", choices=["brelu", "sigmoid"], default="brelu")
     train.add_argument("--logit-scale", type=float, help="train on cross-entropy of this times the decoder's logits")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="random crop (padding 4) + horizontal flip of training batches (default: the recipe's)")
+                       help="random crop of zero-padded training batches, plus a left-right mirror where the dataset "
+                            "allows it (padding 4 px and mirror for CIFAR-10; 2 px for MNIST, which is not mirrored) "
+                            "(default: the recipe's)")
+    train.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                       help="cosine: the learning rate falls along half a cosine to lr/100 at --epochs (default: the recipe's)")
+    train.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE", dest="model_option",
+                       help="extra option of the model's constructor, e.g. base=128 for cifar-conv-bn (repeatable)")
+    train.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     train.add_argument("--key-width", type=int, help="output units of the N-hot code (default 10 per class)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -160,14 +169,61 @@ def make_parser() -> argparse.ArgumentParser:
 def _fill_recipe_defaults(args: argparse.Namespace) -> None:
     defaults = recipe(args.model)
     for name in ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per",
-                 "logit_scale", "augment"):  # fmt: skip
+                 "logit_scale", "augment", "lr_schedule"):  # fmt: skip
         if getattr(args, name, None) is None:
             setattr(args, name, getattr(defaults, name))
     args.optimizer_options = defaults.optimizer_options if args.optimizer == defaults.optimizer else {}
 
 
 #: Options a resumed run takes from the command line rather than from the checkpoint.
-_RUNTIME_OPTIONS = ("resume", "no_progress", "threads", "data_dir", "download", "debug", "epochs", "checkpoint_every", "nproc")
+_RUNTIME_OPTIONS = ("resume", "no_progress", "threads", "data_dir", "download", "debug", "epochs", "checkpoint_every", "nproc",
+                    "device")  # fmt: skip
+
+
+def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["base=128", "kernel=7"]`` -> ``{"base": 128, "kernel": 7}`` (ints, floats, true/false, else text)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--model-option must look like NAME=VALUE (e.g. base=128), got {item!r}")
+        value: Any = text
+        for convert in (int, float):
+            try:
+                value = convert(text)
+                break
+            except ValueError:
+                pass
+        else:
+            if text.lower() in ("true", "false"):
+                value = text.lower() == "true"
+        options[name] = value
+    return options
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the current GPU if CUDA is available, else the CPU; otherwise ``torch.device(name)``,
+    checked to exist."""
+    if name == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int, final: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate times ``final + (1 - final) * (1 + cos(pi * epoch / epochs)) / 2``, per epoch."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+    )
 
 
 def _scaled_cross_entropy(scale: float) -> Any:
@@ -197,12 +253,18 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
     _fill_recipe_defaults(args)
+    extra_options = parse_model_options(args.model_option)
     ranks, rank = distributed.world_size(), distributed.rank()
     if args.batch_size % ranks:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {ranks} processes")
     if args.threads or ranks > 1:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // ranks))
-    device = torch.device(f"cuda:{torch.cuda.current_device()}") if ranks > 1 and dist.get_backend() == "nccl" else None
+    if ranks > 1:
+        device = torch.device(f"cuda:{torch.cuda.current_device()}") if dist.get_backend() == "nccl" else torch.device("cpu")
+    else:
+        device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not args.deterministic  # fixed shapes: let cuDNN pick the fastest kernels
     train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     if args.limit:
@@ -217,19 +279,26 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     torch.manual_seed(args.seed)
     model_options = {"num_classes": len(train_set.classes), "activation": args.activation,
                      "key_width": args.key_width, "key_seed": args.seed,
-                     "input_shape": list(DATASETS[args.dataset].image_shape)}  # fmt: skip
-    model = create_model(args.model, **model_options).to(device or "cpu")
+                     "input_shape": list(DATASETS[args.dataset].image_shape), **extra_options}  # fmt: skip
+    model = create_model(args.model, **model_options).to(device)
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
         # A fully sharpened layer passes no gradient, so the parameters below it go unused.
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device is not None else None, find_unused_parameters=True
+            model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, args.optimizer_options)
+    optimizer_options = dict(args.optimizer_options)
+    if args.weight_decay is not None:
+        if not args.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+        optimizer_options["weight_decay"] = args.weight_decay
+    optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, optimizer_options)
+    scheduler = cosine_schedule(optimizer, args.epochs) if args.lr_schedule == "cosine" else None
     run_info = {
         "model": args.model,
         "model_options": model_options,
         "dataset": args.dataset,
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))
+                 or (isinstance(v, list) and all(isinstance(item, str) for item in v))},
     }
     if not args.logit_scale > 0:
         raise ValueError(f"--logit-scale must be positive, got {args.logit_scale}")
@@ -239,7 +308,8 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     else:
         loss_fn = torch.nn.CrossEntropyLoss() if args.logit_scale == 1 else _scaled_cross_entropy(args.logit_scale)
     trainer = Trainer(model, optimizer, build_sharpener(args), loss_fn=loss_fn, out_dir=args.out, run_info=run_info, target=target,
-                      callbacks=callbacks, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)  # fmt: skip
+                      callbacks=callbacks, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                      scheduler=scheduler)  # fmt: skip
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         epoch, batch = trainer.position
@@ -247,7 +317,7 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
             print(f"resuming {args.out} at epoch {epoch + 1}, batch {batch}", flush=True)
     train_loader = TensorLoader.from_dataset(train_set, args.batch_size // ranks, shuffle=True, seed=args.seed,
                                              device=device, rank=rank, world_size=ranks,
-                                             transform=random_crop_flip() if args.augment else None)  # fmt: skip
+                                             transform=augmentation(args.dataset) if args.augment else None)  # fmt: skip
     test_loader = TensorLoader.from_dataset(test_set, 1000, device=device)
     return trainer, train_loader, test_loader
 

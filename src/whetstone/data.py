@@ -34,7 +34,9 @@ __all__ = [
     "DatasetError",
     "ImageDataset",
     "TensorLoader",
+    "augmentation",
     "load_dataset",
+    "random_crop_flip",
     "read_idx",
     "resolve_data_dir",
 ]
@@ -67,6 +69,8 @@ class DatasetSpec:
     splits: dict[str, _Split] = field(default_factory=dict)
     urls: tuple[str, ...] = ()
     how_to_get: str = ""
+    crop_padding: int = 2  # training augmentation: random crop after zero-padding by this many pixels
+    mirror: bool = False  # training augmentation: a left-right mirror keeps the class (not for digits)
 
 
 _MNIST_SPLITS = {
@@ -107,6 +111,7 @@ DATASETS: dict[str, DatasetSpec] = {
         _FASHION_SPLITS,
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         how_to_get="pass download=True (--download), or copy the four IDX .gz files there",
+        mirror=True,
     ),
     "mnist-mini": DatasetSpec(
         "mnist-mini", "mnist-mini", (1, 28, 28), _DIGITS,
@@ -119,6 +124,8 @@ DATASETS: dict[str, DatasetSpec] = {
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         {"train": _Split("cifar10-jpeg.zip", ""), "test": _Split("cifar10-jpeg.zip", "")},
         how_to_get="place cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) there",
+        crop_padding=4,
+        mirror=True,
     ),
 }
 
@@ -402,6 +409,15 @@ def random_crop_flip(padding: int = 4, flip: bool = True) -> Callable[[Tensor], 
         return x.contiguous()
 
     return transform
+
+
+def augmentation(dataset: str) -> Callable[[Tensor], Tensor]:
+    """The training augmentation of ``dataset``: :func:`random_crop_flip` with its padding, mirroring
+    only where a mirror image keeps its class (CIFAR-10, Fashion-MNIST; not digits)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[dataset]
+    return random_crop_flip(spec.crop_padding, flip=spec.mirror)
 
 
 def make_mini_subset(source: str | os.PathLike, target: str | os.PathLike, train: int = 4000, test: int = 1000) -> None:

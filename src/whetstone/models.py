@@ -11,6 +11,7 @@ the training recipe its results were obtained with (``recipe(name)``), used as t
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -80,7 +81,9 @@ class Recipe:
     # Training loss: cross-entropy of logit_scale * logits. The decoder's logits span +-width (100 for a
     # 10x10 code), which saturates the softmax; conv models learn faster with a smaller scale.
     logit_scale: float = 1.0
-    augment: bool = False  # random crop (padding 4) and horizontal flip of each training batch
+    augment: bool = False  # random crop and (where the dataset allows) mirroring of each training batch
+    # "constant", or "cosine": the learning rate falls along half a cosine to 1/100 of lr at the last epoch.
+    lr_schedule: str = "constant"
     target: str = "labels"  # "inputs" for autoencoders: the loss compares the output with the input
 
 
@@ -150,7 +153,12 @@ def create_model(
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
-    built = _entry(name).build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
+    build = _entry(name).build
+    allowed = [p for p in inspect.signature(build).parameters if p not in ("width", "spike", "input_shape")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}")
+    built = build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
     center_on_threshold(built)
     return built if isinstance(built, SpikingAutoencoder) else SpikingClassifier(built, key)
 
@@ -269,7 +277,8 @@ class ResidualBlock(nn.Module):
 
 @register_model(
     "resnet-small",
-    Recipe(optimizer="adam", lr=3e-3, epochs=12, start_epoch=2, steps=1, logit_scale=0.1),
+    # 99.32% fully binary on MNIST, mean of 3 seeds (99.60% unsharpened), on a GPU: docs/results.md.
+    Recipe(optimizer="adam", lr=3e-3, epochs=30, start_epoch=6, steps=3, logit_scale=0.1, augment=True, lr_schedule="cosine"),
     "Residual CNN: Conv 32 - ResBlock 32 - pool - Conv 64 - ResBlock 64 - pool - Dense 256 - <width>, batch "
     "norm everywhere; skip connections between spiking layers. Any input size divisible by 4.",
 )
@@ -290,7 +299,9 @@ def _resnet_small(width: int, spike: type, input_shape: tuple[int, int, int]) ->
 
 @register_model(
     "cifar-conv-bn",
-    Recipe(dataset="cifar10", optimizer="adam", lr=3e-3, epochs=30, start_epoch=10, steps=2, logit_scale=0.1, augment=True),
+    # 79.54% fully binary (85.26% unsharpened) on a GPU; base=128 with 56 epochs (start 8, steps 6): 83.00%.
+    Recipe(dataset="cifar10", optimizer="adam", lr=3e-3, epochs=40, start_epoch=8, steps=4, logit_scale=0.1, augment=True,
+           lr_schedule="cosine"),
     "VGG-style CNN for 32x32 colour: 2x Conv 64 - pool - 2x Conv 128 - pool - 2x Conv 256 - pool - Dense 512 - "
     "<width>, 3x3 kernels, batch norm before every spike.",
 )

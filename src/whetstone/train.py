@@ -215,6 +215,8 @@ class Trainer:
             more than ``collapse_drop`` below its best while sharpening) is rolled back to its start and
             retried with the sharpening rate halved, before giving up with ``FloatingPointError``.
         collapse_drop: the fall in training accuracy (a fraction) that counts as a collapse.
+        scheduler: an optional ``torch.optim.lr_scheduler`` over ``optimizer``, stepped once after each
+            completed epoch (and saved in checkpoints).
 
     In a ``torch.distributed`` process group, pass the ``DistributedDataParallel``-wrapped model: batch
     losses and accuracy are summed over all ranks before the sharpener sees them (so every rank sharpens
@@ -240,8 +242,9 @@ class Trainer:
         max_retries: int = 3,
         collapse_drop: float = 0.2,
         target: str = "labels",
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
-        self.model, self.optimizer, self.sharpener = model, optimizer, sharpener
+        self.model, self.optimizer, self.sharpener, self.scheduler = model, optimizer, sharpener, scheduler
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
         self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.is_main = distributed.rank() == 0
@@ -354,6 +357,8 @@ class Trainer:
                 continue
             if self.sharpener is not None:
                 self.sharpener.on_epoch_end(epoch, train_loss)
+            if self.scheduler is not None:
+                self.scheduler.step()
             record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks)
             distributed.same_on_all_ranks(record.sharpness, f"per-layer sharpness after epoch {epoch + 1}")
             if eval_loader is not None:
@@ -401,6 +406,7 @@ class Trainer:
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sharpener": self.sharpener.state_dict() if self.sharpener is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "history": [asdict(record) for record in self.history],
             "run": self.run_info,
             "position": list(self.position),
@@ -417,6 +423,8 @@ class Trainer:
             raise ValueError("the checkpoint's run and this trainer disagree on having a sharpener")
         if self.sharpener is not None:
             self.sharpener.load_state_dict(state["sharpener"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.history = [EpochRecord(**record) for record in state["history"]]
         self.position = tuple(state.get("position", (len(self.history), 0)))  # type: ignore[assignment]
         self._loss_sum, self._correct, self._count = state.get("epoch_totals", (0.0, 0, 0))
