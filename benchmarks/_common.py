@@ -19,7 +19,7 @@ def write_section(path: Path, name: str, title: str, text: str) -> None:
     """Replace the block between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``path`` (append a
     titled section holding it if absent)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    content = path.read_text()
+    content = path.read_text() if path.exists() else ""
     block = f"{begin}\n{text}\n{end}"
     if begin in content:
         content = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, content, flags=re.S)

@@ -2,8 +2,9 @@
 
     python benchmarks/paper.py --tables main nhot optimizers --data-dir ../shared/data [--seeds 0 1 2]
     python benchmarks/paper.py --tables nhot --quick          # smoke run on the bundled mnist-mini
+    python benchmarks/paper.py --tables main --set gpu --jobs 8 --threads 1 --data-dir DATA   # on a GPU
 
-main:       for each (dataset, model) in MAIN: the network trained with sharpening to fully binary, and
+main:       for each (dataset, model) in MAIN (MAIN_GPU with --set gpu): the network trained with sharpening to fully binary, and
             the same network trained for the same number of epochs without sharpening (continuous
             activations, sharpness 0); test accuracy of both, epochs to fully binary, wall time.
 nhot:       mnist-dense with a 1/2/4/8/16-hot output code per class (disjoint keys), paper recipe.
@@ -13,6 +14,8 @@ autoencoder: conv-autoencoder on MNIST with a binary code (sharpened) and withou
             epochs): test mean squared error of both, and a PNG grid of originals and reconstructions.
 
 Every run is an ordinary `whetstone train` command (printed with its figures); runs land in --out.
+With --jobs N the main table's runs go N at a time, each in its own process (its log in RUN/log.txt):
+small networks leave a GPU mostly idle, so several share one well.
 With --write the tables replace the matching sections of docs/results.md.
 """
 
@@ -21,12 +24,16 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from whetstone.cli import main as cli_main
+from whetstone.models import recipe
 from whetstone.train import load_checkpoint
 
 from _common import machine, write_section
@@ -38,21 +45,40 @@ MAIN = [
     ("fashion-mnist", "mnist-conv-small", []),
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
-    ("mnist", "resnet-small", []),
-    ("cifar10", "cifar-conv-bn", []),
+    # A CIFAR-10 network small enough for a 2-core CPU (the registry's base-64 net is GPU-sized).
+    ("cifar10", "cifar-conv-bn", ["--model-option", "base=16", "--lr-schedule", "cosine", "--epochs", "20", "--start-epoch", "4", "--steps", "2"]),
+]
+#: Larger budgets for a GPU machine: learning rate decay, longer and slower sharpening, wider CIFAR net.
+_COSINE = ["--lr-schedule", "cosine"]
+MAIN_GPU = [
+    ("mnist", "resnet-small", [*_COSINE, "--epochs", "30", "--start-epoch", "6", "--steps", "3", "--augment"]),
+    ("mnist", "mnist-conv-bn", [*_COSINE, "--epochs", "48", "--start-epoch", "8", "--steps", "10", "--augment"]),
+    ("fashion-mnist", "mnist-conv-bn", [*_COSINE, "--epochs", "30", "--start-epoch", "6", "--steps", "6", "--augment"]),
+    ("cifar10", "cifar-conv-bn", [*_COSINE, "--epochs", "56", "--start-epoch", "8", "--steps", "6", "--model-option", "base=128"]),
+    ("cifar10", "cifar-conv-bn", [*_COSINE, "--epochs", "96", "--start-epoch", "8", "--steps", "11", "--model-option", "base=128",
+                                  "--optimizer", "adamw", "--weight-decay", "0.05"]),
 ]
 NHOT = [1, 2, 4, 8, 16]
 OPTIMIZERS = [("adam", "1e-3", None), ("adadelta", "4.0", None), ("rmsprop", "1e-3", None), ("sgd", "0.1", None),
               ("sgd", "0.01", None), ("sgd", "0.1", "0.1"), ("adam", "1e-3", "0.1")]  # (name, lr, logit scale)
 
 
-def train(argv: list[str], out: Path) -> dict:
-    """Run ``whetstone train`` (skipped if ``out`` already holds a finished run); returns figures."""
+def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
+    """Run ``whetstone train`` (skipped if ``out`` already holds a finished run); returns figures.
+
+    With ``subprocess_log`` the run is a child process writing to ``out/log.txt`` (for parallel jobs)."""
     command = ["train", *argv, "--out", str(out), "--no-progress"]
     print("$ whetstone " + " ".join(command[:-3] + command[-1:]), flush=True)
     started = time.perf_counter()
     if not (out / "done").exists():
-        cli_main(command)
+        if subprocess_log:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "log.txt", "w") as log:
+                code = subprocess.call([sys.executable, "-m", "whetstone", *command], stdout=log, stderr=subprocess.STDOUT)
+            if code not in (0, 1):  # 1: finished but not fully binary, which the table reports
+                raise RuntimeError(f"whetstone {' '.join(command)} failed (exit {code}); see {out / 'log.txt'}")
+        else:
+            cli_main(command)
         (out / "done").write_text(f"{time.perf_counter() - started:.1f}")
     checkpoint = load_checkpoint(out)
     history = checkpoint["history"]
@@ -71,8 +97,9 @@ def folded_accuracy(run: Path, dataset: str, data_dir: str | None) -> float:
     from whetstone.data import TensorLoader, load_dataset
     from whetstone.train import evaluate
 
-    model = fold_batchnorm(model_from_checkpoint(load_checkpoint(run)))
-    return evaluate(model, TensorLoader.from_dataset(load_dataset(dataset, "test", data_dir), 1000))[1]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = fold_batchnorm(model_from_checkpoint(load_checkpoint(run))).to(device)
+    return evaluate(model, TensorLoader.from_dataset(load_dataset(dataset, "test", data_dir), 1000, device=device))[1]
 
 
 def mean_range(values: list[float]) -> str:
@@ -81,26 +108,56 @@ def mean_range(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f}% ({100 * min(values):.2f}-{100 * max(values):.2f})"
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.=]+", "-", text.lower()).strip("-")
+
+
+def _run_name(dataset: str, model: str, extra: list[str]) -> str:
+    return f"{dataset}-{model}-{_slug(' '.join(extra))}" if extra else f"{dataset}-{model}"
+
+
+def _selected(only: list[str] | None, dataset: str, model: str, extra: list[str]) -> bool:
+    """No --only, or one of its items is MODEL, DATASET/MODEL or a part of the row's run name."""
+    return not only or any(item in (model, f"{dataset}/{model}") or item in _run_name(dataset, model, extra) for item in only)
+
+
 def table_main(args: argparse.Namespace, common: list[str]) -> str:
-    rows = ["| dataset | model | without sharpening | fully binary | gap | binary, batch norm folded | epochs to binary | wall time (binary run) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for dataset, model, extra in MAIN:
-        if args.only and model not in args.only and f"{dataset}/{model}" not in args.only:
-            continue
-        binary, plain = [], []
-        for seed in args.seeds:
-            name = f"{dataset}-{model}-s{seed}"
-            runs = [*common, "--model", model, "--dataset", dataset, "--seed", str(seed), *extra]
-            b = train(runs, Path(args.out) / name)
-            p = train([*runs, "--sharpener", "none", "--epochs", str(b["epochs"])], Path(args.out) / f"{name}-plain")
-            b["folded"] = folded_accuracy(Path(args.out) / name, dataset, args.data_dir)
-            binary.append(b)
-            plain.append(p)
+    """One sharpened run and its unsharpened twin per (row, seed). The twin trains for as many epochs
+    as the sharpened run took; with --jobs > 1 both start together and the twin gets the row's whole
+    --epochs budget (MAIN_GPU's budgets end exactly when sharpening does)."""
+    rows = ["| dataset | model | recipe changes | without sharpening | fully binary | gap | binary, batch norm folded | epochs to binary | wall time (binary run) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    chosen = [row for row in (MAIN_GPU if args.set == "gpu" else MAIN) if _selected(args.only, *row)]
+    child = args.jobs > 1
+
+    def pair(dataset: str, model: str, extra: list[str], seed: int) -> tuple[dict, dict]:
+        out = Path(args.out) / f"{_run_name(dataset, model, extra)}-s{seed}"
+        argv = [*common, "--model", model, "--dataset", dataset, "--seed", str(seed), *extra]
+        twin = out.with_name(out.name + "-plain")
+        if child:
+            budget = extra[extra.index("--epochs") + 1] if "--epochs" in extra else str(recipe(model).epochs)
+            plain = twins.submit(train, [*argv, "--sharpener", "none", "--epochs", budget], twin, True)
+            binary = train(argv, out, True)
+        else:
+            binary = train(argv, out)
+            plain = train([*argv, "--sharpener", "none", "--epochs", str(binary["epochs"])], twin)
+        binary["folded"] = folded_accuracy(out, dataset, args.data_dir)
+        return binary, plain.result() if child else plain
+
+    # With --jobs N: N // 2 pairs at a time, each with its twin running beside it in the second pool.
+    workers = max(1, args.jobs // 2) if child else 1
+    with ThreadPoolExecutor(workers) as pairs, ThreadPoolExecutor(workers) as twins:
+        futures = {(i, seed): pairs.submit(pair, *row, seed) for i, row in enumerate(chosen) for seed in args.seeds}
+        results = {key: future.result() for key, future in futures.items()}
+    for i, (dataset, model, extra) in enumerate(chosen):
+        binary, plain = zip(*(results[i, seed] for seed in args.seeds))
         label = f"{dataset} (JPEG copy)" if dataset == "cifar10" else dataset
+        changes = " ".join(extra).replace("--", "") or "the registry's"
         gap = statistics.mean(p["accuracy"] for p in plain) - statistics.mean(b["accuracy"] for b in binary)
+        flag = "" if all(b["binary"] for b in binary) else " (NOT fully binary)"
         rows.append(
-            f"| {label} | {model} | {mean_range([p['accuracy'] for p in plain])} | "
-            f"**{mean_range([b['accuracy'] for b in binary])}** | {100 * gap:.2f} | {mean_range([b['folded'] for b in binary])} | "
+            f"| {label} | {model} | {changes} | {mean_range([p['accuracy'] for p in plain])} | "
+            f"**{mean_range([b['accuracy'] for b in binary])}**{flag} | {100 * gap:.2f} | {mean_range([b['folded'] for b in binary])} | "
             f"{statistics.mean(b['epochs'] for b in binary):.0f} | {statistics.mean(b['seconds'] for b in binary):.0f} s |"
         )
     return "\n".join(rows)
@@ -111,9 +168,8 @@ def table_study(args: argparse.Namespace, common: list[str], variants: list[tupl
     for label, extra in variants:
         results = []
         for seed in args.seeds:
-            slug = re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
             results.append(train([*common, "--model", "mnist-dense", "--seed", str(seed), *extra],
-                                 Path(args.out) / f"study-{slug}-s{seed}"))  # fmt: skip
+                                 Path(args.out) / f"study-{_slug(label)}-s{seed}"))  # fmt: skip
         ok = [r for r in results if r["binary"]]
         rows.append(f"| {label} | {mean_range([r['accuracy'] for r in ok]) if ok else 'not binary'} | {len(ok)}/{len(results)} |")
     return "\n".join(rows)
@@ -160,7 +216,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", nargs="+", choices=["main", "nhot", "optimizers", "autoencoder"],
                         default=["main", "nhot", "optimizers", "autoencoder"])
-    parser.add_argument("--only", nargs="*", help="main table: only these models (NAME or DATASET/NAME)")
+    parser.add_argument("--only", nargs="*", help="main table: only these rows (MODEL, DATASET/MODEL, or part of a run name, e.g. epochs-96)")
+    parser.add_argument("--set", choices=["cpu", "gpu"], default="cpu", help="main table: MAIN, or MAIN_GPU's larger budgets")
+    parser.add_argument("--jobs", type=int, default=1, help="main table: runs at a time, each in its own process")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int, default=2)
@@ -168,10 +226,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/paper")
     parser.add_argument("--write", help="replace the tables' sections in this markdown file")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     torch.set_num_threads(args.threads)
     common = ["--threads", str(args.threads)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     dataset = ["--dataset", "mnist-mini" if args.quick else "mnist"]
     options = f"--seeds {' '.join(map(str, args.seeds))} --threads {args.threads}" + (" --quick" if args.quick else " --data-dir ../shared/data")
+    if args.set == "gpu":
+        options = f"--set gpu --jobs {args.jobs} " + options
     header = f"Measured on {machine()}; command: `python benchmarks/paper.py --tables {{}} {options}`.\n\n"
     tables = {}
     if "main" in args.tables:
@@ -192,9 +254,10 @@ def main() -> None:
               "optimizers": "Optimizer comparison (issue #3)", "autoencoder": "Binary-code autoencoder (issue #3)"}  # fmt: skip
     for name, table in tables.items():
         text = header.format(name) + table
-        print(f"\n## {titles[name]}\n\n{text}\n")
+        section, title = (f"paper-{name}-gpu", f"{titles[name]}, GPU budgets") if args.set == "gpu" and name == "main" else (f"paper-{name}", titles[name])
+        print(f"\n## {title}\n\n{text}\n")
         if args.write:
-            write_section(Path(args.write), f"paper-{name}", titles[name], text)
+            write_section(Path(args.write), section, title, text)
 
 
 if __name__ == "__main__":

@@ -34,14 +34,22 @@ from _common import machine, write_section
 
 TITLES = {"step": "training step", "binary": "time to a fully binary network", "inference": "inference",
           "peer": "against snnTorch"}  # fmt: skip
-#: Printed rows of each part, written to docs/results.md part by part (so a part can be rerun alone).
-ROWS: dict[str, list[str]] = {}
-PART = ["header"]
 
 
-def report(row: str) -> None:
-    print(row, flush=True)
-    ROWS.setdefault(PART[0], []).append(row)
+class Report:
+    """Prints rows and files each under the part being measured (``report.part``), so that each part
+    replaces only its own section of docs/results.md and can be rerun alone."""
+
+    def __init__(self) -> None:
+        self.part = "header"
+        self.rows: dict[str, list[str]] = {}
+
+    def __call__(self, row: str) -> None:
+        print(row, flush=True)
+        self.rows.setdefault(self.part, []).append(row)
+
+
+report = Report()
 
 
 def with_relu(model: nn.Module) -> nn.Module:
@@ -88,7 +96,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
 
 
 def bench_step(names: list[str], rounds: int) -> None:
-    PART[0] = "step"
+    report.part = "step"
     report("\n### 1. Training step: spiking vs nn.ReLU (batch 128, uniform sharpness 0.5)\n")
     report("| model | spiking ms/step | ReLU ms/step | ratio (target <= 1.05) | spread |")
     report("|---|---:|---:|---:|---:|")
@@ -105,7 +113,7 @@ def bench_step(names: list[str], rounds: int) -> None:
 
 
 def bench_inference(names: list[str], rounds: int) -> None:
-    PART[0] = "inference"
+    report.part = "inference"
     report("\n### 3. Inference: deployed binary network vs the same folded network with nn.ReLU\n")
     report("| model | batch | binary samples/s | ReLU samples/s | ratio (target >= 1.0) | spread |")
     report("|---|---:|---:|---:|---:|---:|")
@@ -145,7 +153,7 @@ def run_train(argv: list[str]) -> tuple[float, dict]:
 
 def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
     """The sharpening run vs the ReLU run of the same network reaching the accuracy the binary one ends with."""
-    PART[0] = "binary"
+    report.part = "binary"
     report("\n### 2. Time to a fully binary network (mnist-conv-small, full MNIST)\n")
     base = ["train", "--model", "mnist-conv-small", "--dataset", "mnist", "--threads", str(threads), "--no-progress"]
     base += ["--data-dir", data_dir] if data_dir else []
@@ -182,7 +190,7 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     import snntorch.functional as SF
     from snntorch import surrogate, utils
 
-    PART[0] = "peer"
+    report.part = "peer"
     report(f"\n### 4. Against snnTorch (same CNN, {threads} thread, full MNIST)\n")
     torch.manual_seed(0)
     grad = surrogate.fast_sigmoid(slope=25)
@@ -260,8 +268,8 @@ def main() -> None:
         except ImportError as error:
             report(f"\n(snnTorch comparison skipped: {error})")
     if args.write:
-        header = "\n".join(ROWS.pop("header"))
-        for part, rows in ROWS.items():
+        header = "\n".join(report.rows.pop("header"))
+        for part, rows in report.rows.items():
             write_section(Path(args.write), f"speed-{part}", f"Speed: {TITLES[part]} (issue #5)", header + "\n" + "\n".join(rows))
 
 
