@@ -119,3 +119,26 @@ def test_per_batch_sharpening_that_finishes_mid_epoch_ends_the_run(mini):
     trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), sharpener, progress=False)
     result = trainer.fit(mini[0], 3, mini[1])
     assert sharpener.done and result.fully_binary and len(result.history) == 1
+
+
+def test_evaluation_runs_in_full_float32_without_gradients():
+    from whetstone.train import binary_report, evaluate
+
+    model = small_model()
+
+    seen = []
+
+    def hook(module, inputs, output):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, output.requires_grad))
+
+    model.features[1].register_forward_hook(hook)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # what a GPU run may set
+    try:
+        loader = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
+        evaluate(model, loader)
+        binary_report(model, loader)
+        assert seen == [(False, False, False)] * 2  # TF32 off and no autograd graph while evaluating
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored after
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

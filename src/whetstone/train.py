@@ -6,6 +6,7 @@ is what the CLI uses, written to be read top to bottom.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -16,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "binary_report",
+    "full_float32",
     "evaluate",
     "load_checkpoint",
     "save_checkpoint",
@@ -114,6 +116,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Run float32 convolutions and matrix products in full float32 inside the block.
+
+    On recent NVIDIA GPUs PyTorch lets cuDNN compute float32 convolutions in TF32 (10-bit mantissa) by
+    default. Training does not mind, but a binary unit whose input lands within that rounding of its
+    threshold can flip: evaluation uses full float32, the precision the network is deployed in. (No
+    effect on the CPU.)"""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@torch.no_grad()
+@full_float32()
 def evaluate(
     model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], loss_fn: Callable | None = None, target: str = "labels"
 ) -> tuple[float, float | None]:
@@ -147,6 +167,8 @@ def _check_target(target: str) -> bool:
 
 
 @torch.no_grad()
+@torch.no_grad()
+@full_float32()
 def binary_report(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> list[LayerReport]:
     """Run ``model`` over ``loader`` and report, per spiking layer, whether every output was 0/1, its
     firing rate and how many units never fired."""
