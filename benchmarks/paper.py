@@ -44,6 +44,7 @@ MAIN = [
     ("mnist", "mnist-conv-small", []),
     ("fashion-mnist", "mnist-conv-small", []),
     # The same small net sharpened one layer per 3 epochs with a decaying learning rate.
+    ("mnist", "mnist-conv-small", ["--lr-schedule", "cosine", "--epochs", "12", "--start-epoch", "3", "--steps", "3", "--per", "epoch"]),
     ("fashion-mnist", "mnist-conv-small", ["--lr-schedule", "cosine", "--epochs", "12", "--start-epoch", "3", "--steps", "3", "--per", "epoch"]),
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
