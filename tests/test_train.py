@@ -121,7 +121,7 @@ def test_per_batch_sharpening_that_finishes_mid_epoch_ends_the_run(mini):
     assert sharpener.done and result.fully_binary and len(result.history) == 1
 
 
-def test_evaluation_runs_in_full_float32_without_gradients():
+def test_evaluation_runs_in_full_float32():
     from whetstone.train import binary_report, evaluate
 
     model = small_model()
@@ -138,7 +138,7 @@ def test_evaluation_runs_in_full_float32_without_gradients():
         loader = [(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))]
         evaluate(model, loader)
         binary_report(model, loader)
-        assert seen == [(False, False, False)] * 2  # TF32 off and no autograd graph while evaluating
+        assert seen == [(False, False, False)] * 2  # TF32 off (and no autograd graph) while evaluating
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored after
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

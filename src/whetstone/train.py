@@ -115,7 +115,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"cannot load checkpoint {path}: {type(error).__name__}: {error}".splitlines()[0]) from None
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def full_float32() -> Iterator[None]:
     """Run float32 convolutions and matrix products in full float32 inside the block.
@@ -166,7 +165,6 @@ def _check_target(target: str) -> bool:
     return target == "inputs"
 
 
-@torch.no_grad()
 @torch.no_grad()
 @full_float32()
 def binary_report(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> list[LayerReport]:
