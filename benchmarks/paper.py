@@ -46,6 +46,8 @@ MAIN = [
     # The same small net sharpened one layer per 3 epochs with a decaying learning rate.
     ("mnist", "mnist-conv-small", ["--lr-schedule", "cosine", "--epochs", "12", "--start-epoch", "3", "--steps", "3", "--per", "epoch"]),
     ("fashion-mnist", "mnist-conv-small", ["--lr-schedule", "cosine", "--epochs", "12", "--start-epoch", "3", "--steps", "3", "--per", "epoch"]),
+    ("mnist", "mnist-conv-small", ["--lr-schedule", "cosine", "--epochs", "18", "--start-epoch", "3", "--steps", "5", "--per", "epoch"]),
+    ("fashion-mnist", "mnist-conv-small", ["--lr-schedule", "cosine", "--epochs", "18", "--start-epoch", "3", "--steps", "5", "--per", "epoch"]),
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
     # A CIFAR-10 network small enough for a 2-core CPU (the registry's base-64 net is GPU-sized).
