@@ -128,3 +128,43 @@ def test_outputs_bounded_and_monotone(s, values):
         assert torch.all(y[1:] >= y[:-1])
         if s == 1:
             assert torch.all((y == 0) | (y == 1))
+
+
+@pytest.mark.parametrize("cls,fn,threshold", [(ws.SpikingBReLU, brelu_reference, 0.5), (ws.SpikingSigmoid, sigmoid_reference, 0.0)])
+@pytest.mark.parametrize("surrogate", [0.0, 0.6])
+def test_surrogate_keeps_the_step_forward_and_backpropagates_the_softer_slope(cls, fn, threshold, surrogate):
+    # Points away from the bounded ReLU's kinks (threshold +- half its linear width), where its slope is defined.
+    x = X[((X - threshold).abs() - 0.5 * (1 - surrogate + LAM)).abs() > 1e-6].clone().requires_grad_(True)
+    act = cls(1.0)
+    act.set_surrogate(surrogate)
+    y = act(x)
+    assert torch.equal(y.detach(), (x.detach() >= threshold).to(x.dtype))  # exactly the step
+    y.backward(torch.linspace(0.5, 2.0, len(x), dtype=x.dtype))
+    soft = x.detach().clone().requires_grad_(True)
+    fn(soft, surrogate).backward(torch.linspace(0.5, 2.0, len(x), dtype=x.dtype))
+    torch.testing.assert_close(x.grad, soft.grad)
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls", [ws.SpikingBReLU, ws.SpikingSigmoid])
+def test_binary_layer_without_surrogate_passes_no_gradient(cls):
+    x = torch.randn(50, requires_grad=True)
+    assert not cls(1.0)(x).requires_grad
+    act = cls(0.5)
+    act.set_surrogate(0.0)  # no effect below sharpness 1
+    torch.testing.assert_close(act(x), cls(0.5)(x))
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, float("nan"), "0.5", True])
+def test_surrogate_must_be_below_one(bad):
+    with pytest.raises(ValueError, match="surrogate must be None or a sharpness in"):
+        ws.SpikingBReLU().set_surrogate(bad)
+
+
+def test_set_model_surrogate_reaches_every_layer_and_not_the_state_dict():
+    model = ws.create_model("mnist-dense")
+    ws.set_model_surrogate(model, 0.25)
+    assert [layer.surrogate for layer in ws.spiking_layers(model)] == [0.25] * 3
+    assert "surrogate" not in " ".join(model.state_dict())
+    ws.set_model_surrogate(model, None)
+    assert all(layer.surrogate is None for layer in ws.spiking_layers(model))

@@ -98,6 +98,8 @@ def test_cli_train_then_eval(tmp_path, capsys):
      (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--weight-decay", "-1", "--out", "{tmp}"],
       "--weight-decay must be >= 0"),
      (["train", "--model", "mnist-dense", "--device", "tpu", "--out", "{tmp}"], "--device must be auto, cpu, cuda"),
+     (["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--surrogate", "1", "--out", "{tmp}"],
+      "surrogate must be None or a sharpness in [0, 1)"),
      (["train", "--model", "mnist-dense", "--device", "cuda:99", "--out", "{tmp}"], "--device cuda:99: ")],
 )  # fmt: skip
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
@@ -123,6 +125,19 @@ def test_cli_cosine_schedule_model_option_and_weight_decay_are_saved_and_reused(
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0  # rebuilt with kernel 3 from the checkpoint
     assert json.loads(capsys.readouterr().out)["samples"] == 1000
+
+
+def test_cli_surrogate_trains_past_binary_and_survives_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--no-progress", "--device", "cpu"]
+    main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "4", "--start-epoch", "0",
+          "--steps", "1", "--surrogate", "0.5", "--out", str(out), *base])  # fmt: skip
+    history = json.loads((out / "history.json").read_text())
+    assert [record["sharpness"] for record in history][2:] == [[1, 1, 1]] * 2  # binary after 3 epochs, trained on
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["run"]["args"]["surrogate"] == 0.5
+    main(["train", "--resume", str(out), "--epochs", "5", *base])
+    assert len(json.loads((out / "history.json").read_text())) == 5  # the resumed run still learns while binary
+    assert "fully binary" in capsys.readouterr().out
 
 
 def test_parse_model_options_types():

@@ -142,3 +142,20 @@ def test_evaluation_runs_in_full_float32():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored after
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_surrogate_gradients_train_the_binary_network_for_the_whole_budget(mini):
+    train_loader, test_loader = mini
+    lengths = {}
+    for surrogate in (None, 0.0):
+        model = small_model()
+        ws.set_model_surrogate(model, surrogate)
+        trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=2e-3), ws.SimpleSharpener(1, steps=1), progress=False)
+        assert trainer.fit(train_loader, epochs=4).history[-1].sharpness == [1, 1, 1]  # binary after epoch 4
+        weights = [p.detach().clone() for p in model.parameters()]
+        result = trainer.fit(train_loader, epochs=6, eval_loader=test_loader)
+        assert result.fully_binary
+        lengths[surrogate] = len(result.history)
+        changed = [not torch.equal(before, after) for before, after in zip(weights, model.parameters())]
+        assert all(changed) if surrogate is not None else not any(changed)
+    assert lengths == {None: 4, 0.0: 6}  # the paper's method stops once binary; with surrogates all epochs run

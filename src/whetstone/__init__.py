@@ -18,6 +18,7 @@ from .sharpen import (
     SimpleSharpener,
     model_sharpness,
     set_model_sharpness,
+    set_model_surrogate,
     sharpness_map,
     spiking_layers,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "model_sharpness",
     "quantize",
     "set_model_sharpness",
+    "set_model_surrogate",
     "sharpness_map",
     "simulate",
     "spikify",

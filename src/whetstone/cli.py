@@ -22,7 +22,8 @@ import torch.distributed as dist
 from . import distributed
 from .data import DATASETS, DatasetError, TensorLoader, augmentation, load_dataset
 from .models import create_model, list_models, recipe
-from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness
+from .sharpen import (AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness,
+                      set_model_surrogate)
 from .train import EpochRecord, TrainResult, Trainer, binary_report, evaluate, load_checkpoint
 
 OPTIMIZERS = {
@@ -100,6 +101,10 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--uniform", action="store_true", help="sharpen all layers together, not bottom-up")
     train.add_argument("--schedule", help="scheduled sharpener: start:stop epochs per layer, e.g. 0:2,2:4")
     train.add_argument("--min-init-epochs", type=int, default=10, help="adaptive sharpener")
+    train.add_argument("--surrogate", type=float, metavar="S",
+                       help="binary layers keep learning: forward the exact step, backpropagate the slope of the "
+                            "activation at sharpness S in [0, 1) (straight-through); training then runs all --epochs "
+                            "(default: binary layers stop learning and training ends once fully binary, the paper's method)")
     train.add_argument("--activation", choices=["brelu", "sigmoid"], default="brelu")
     train.add_argument("--logit-scale", type=float, help="train on cross-entropy of this times the decoder's logits")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -281,6 +286,7 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
                      "key_width": args.key_width, "key_seed": args.seed,
                      "input_shape": list(DATASETS[args.dataset].image_shape), **extra_options}  # fmt: skip
     model = create_model(args.model, **model_options).to(device)
+    set_model_surrogate(model, args.surrogate)
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
         # A fully sharpened layer passes no gradient, so the parameters below it go unused.
         model = torch.nn.parallel.DistributedDataParallel(

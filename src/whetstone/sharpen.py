@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 from torch import nn
 
-from .activations import SpikingActivation, check_sharpness
+from .activations import SpikingActivation, check_sharpness, check_surrogate
 
 __all__ = [
     "AdaptiveSharpener",
@@ -34,6 +34,7 @@ __all__ = [
     "SimpleSharpener",
     "model_sharpness",
     "set_model_sharpness",
+    "set_model_surrogate",
     "sharpness_map",
     "spiking_layers",
 ]
@@ -90,6 +91,15 @@ def set_model_sharpness(model: nn.Module, value: float, bottom_up: bool = True) 
     for layer, layer_value in zip(layers, values):
         layer.set_sharpness(layer_value)
     return values
+
+
+def set_model_surrogate(model: nn.Module, value: float | None) -> None:
+    """Set the surrogate of every spiking layer of ``model``
+    (:meth:`~whetstone.activations.SpikingActivation.set_surrogate`): with a value in [0, 1), binary
+    layers keep learning through the slope of their activation at that sharpness; None stops them."""
+    check_surrogate(value)
+    for layer in spiking_layers(model):
+        layer.set_surrogate(value)
 
 
 def _check_int(value: object, name: str, minimum: int = 0) -> int:

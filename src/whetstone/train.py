@@ -336,7 +336,7 @@ class Trainer:
                 self._correct += int(correct)
                 correct.zero_()
                 self._save_checkpoint()
-            if self.sharpener is not None and self.sharpener.done:
+            if self._complete():
                 break  # sharpened to binary mid-epoch (per-batch schedules): the run is complete
         self._correct += int(correct)
         if self._count == 0:
@@ -350,7 +350,8 @@ class Trainer:
         eval_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
     ) -> TrainResult:
         """Train until epoch ``epochs`` (counted from the start of the run, so a resumed run trains only
-        what is left), stopping early once the sharpener is done.
+        what is left), stopping early once the sharpener is done, unless the binary layers learn
+        through surrogate gradients (:func:`~whetstone.sharpen.set_model_surrogate`).
 
         After training, every spiking layer's outputs on ``eval_loader`` (or ``train_loader``) are
         checked to be exactly 0/1; ``TrainResult.fully_binary`` says whether the network is a
@@ -362,7 +363,7 @@ class Trainer:
             batches = len(train_loader) if hasattr(train_loader, "__len__") else None
             self.sharpener.on_train_begin(self.module, batches_per_epoch=batches)
         epoch, start_batch = self.position
-        while epoch < epochs and not (self.sharpener is not None and self.sharpener.done and self.history):
+        while epoch < epochs and not (self._complete() and self.history):
             started = time.perf_counter()
             snapshot = copy.deepcopy(self.state_dict())
             try:
@@ -397,6 +398,13 @@ class Trainer:
         fully_binary = bool(layers) and sharp and all(layer.binary for layer in layers)
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
         return TrainResult(self.history, fully_binary, layers, checkpoint)
+
+    def _complete(self) -> bool:
+        """True once the sharpener has made every layer binary and the binary layers cannot learn (no
+        surrogate gradients, the paper's method). With surrogates the run uses its whole epoch budget."""
+        if self.sharpener is None or not self.sharpener.done:
+            return False
+        return all(layer.surrogate is None for layer in spiking_layers(self.module))
 
     def _collapse(self, train_accuracy: float | None) -> str | None:
         """Why the epoch just trained counts as a collapse of sharpening, or None."""

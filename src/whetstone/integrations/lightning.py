@@ -35,7 +35,8 @@ class SharpenerCallback(pl.Callback):
     Args:
         sharpener: any :class:`~whetstone.sharpen.Sharpener`.
         stop_when_done: set ``trainer.should_stop`` when every spiking layer reaches sharpness 1
-            (further epochs cannot change a fully binary network: it passes no gradient).
+            (further epochs cannot change a fully binary network: it passes no gradient). Pass False
+            to train on with surrogate gradients (:func:`~whetstone.sharpen.set_model_surrogate`).
     """
 
     def __init__(self, sharpener: Sharpener, stop_when_done: bool = True) -> None:
