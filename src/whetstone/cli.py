@@ -288,7 +288,7 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
     model = create_model(args.model, **model_options).to(device)
     set_model_surrogate(model, args.surrogate)
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
-        # A fully sharpened layer passes no gradient, so the parameters below it go unused.
+        # A fully sharpened layer passes no gradient (without --surrogate), so the parameters below it go unused.
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True
         )
