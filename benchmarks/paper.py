@@ -218,11 +218,11 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
 
 def _epochs_to_binary(runs: tuple[dict, ...]) -> str:
     """Mean epochs until fully binary, plus the epochs trained on while binary (surrogate gradients)."""
-    reached = [run["epochs_to_binary"] for run in runs if run["epochs_to_binary"] is not None]
+    reached = [run for run in runs if run["epochs_to_binary"] is not None]
     if not reached:
         return "-"
-    text = f"{statistics.mean(reached):.0f}"
-    extra = statistics.mean(run["epochs"] - run["epochs_to_binary"] for run in runs if run["epochs_to_binary"] is not None)
+    text = f"{statistics.mean(run['epochs_to_binary'] for run in reached):.0f}"
+    extra = statistics.mean(run["epochs"] - run["epochs_to_binary"] for run in reached)
     return text + (f" (+{extra:.0f} binary)" if extra else "")
 
 

@@ -404,7 +404,7 @@ class Trainer:
         surrogate gradients, the paper's method). With surrogates the run uses its whole epoch budget."""
         if self.sharpener is None or not self.sharpener.done:
             return False
-        return all(layer.surrogate is None for layer in spiking_layers(self.module))
+        return all(layer.surrogate is None for layer in self.sharpener.layers)  # the layers it sharpened
 
     def _collapse(self, train_accuracy: float | None) -> str | None:
         """Why the epoch just trained counts as a collapse of sharpening, or None."""
