@@ -22,7 +22,7 @@ def write_section(path: Path, name: str, title: str, text: str) -> None:
     content = path.read_text() if path.exists() else ""
     block = f"{begin}\n{text}\n{end}"
     if begin in content:
-        content = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, content, flags=re.S)
+        content = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, content, flags=re.DOTALL)
     else:
         content = content.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
     path.write_text(content)

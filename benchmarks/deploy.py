@@ -40,7 +40,7 @@ def onnx_predict(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(["label"], {"input": x[i : i + 1000]})[0] for i in range(0, len(x), 1000)])
 
 
-def snntorch_predict(path: Path, graph, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def snntorch_predict(path: Path, graph, x: np.ndarray) -> np.ndarray:
     spikes = np.concatenate([run_in_snntorch(path, x[i : i + 1000]) for i in range(0, len(x), 1000)])
     return graph.decode(spikes).argmax(1)
 

@@ -138,7 +138,7 @@ def bench_inference(names: list[str], rounds: int) -> None:
         for batch in (1, 256):
             x = torch.rand(batch, 1, 28, 28)
 
-            def run(net: nn.Module) -> Callable[[], None]:
+            def run(net: nn.Module, x: torch.Tensor = x) -> Callable[[], None]:
                 def call() -> None:
                     with torch.inference_mode():
                         net(x)

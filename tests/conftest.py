@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 from torch import nn
 
 import whetstone as ws

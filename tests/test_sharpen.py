@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import whetstone as ws
+
 from conftest import three_layer_net
 
 

@@ -13,8 +13,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,9 +23,15 @@ import torch.distributed as dist
 from . import distributed
 from .data import DATASETS, DatasetError, TensorLoader, augmentation, load_dataset
 from .models import create_model, list_models, recipe
-from .sharpen import (AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_sharpness,
-                      set_model_surrogate)
-from .train import EpochRecord, TrainResult, Trainer, binary_report, evaluate, load_checkpoint
+from .sharpen import (
+    AdaptiveSharpener,
+    ScheduledSharpener,
+    Sharpener,
+    SimpleSharpener,
+    set_model_sharpness,
+    set_model_surrogate,
+)
+from .train import EpochRecord, Trainer, TrainResult, binary_report, evaluate, load_checkpoint
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,

@@ -21,9 +21,9 @@ import os
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -118,7 +118,7 @@ DATASETS: dict[str, DatasetSpec] = {
         {"train": _Split("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": _Split("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")},
         how_to_get="it ships with the package; reinstall whetstone-snn",
-    ),  # fmt: skip
+    ),
     "cifar10": DatasetSpec(
         "cifar10", "cifar10-jpeg", (3, 32, 32),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -328,7 +328,7 @@ class TensorLoader:
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device | None = None,
-        transform=None,  # noqa: ANN001 - any callable Tensor -> Tensor
+        transform=None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
@@ -347,7 +347,7 @@ class TensorLoader:
         self.epoch = 0
 
     @classmethod
-    def from_dataset(cls, dataset: ImageDataset, batch_size: int, **kwargs) -> "TensorLoader":  # noqa: ANN003
+    def from_dataset(cls, dataset: ImageDataset, batch_size: int, **kwargs) -> TensorLoader:
         """A loader over an :class:`ImageDataset`."""
         return cls(dataset.images, dataset.labels, batch_size, **kwargs)
 

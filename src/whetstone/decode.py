@@ -113,7 +113,7 @@ class SoftmaxDecode(nn.Module):
         """Predicted class index per sample."""
         return self(x).argmax(dim=-1)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Keep the derived matrix in step with a loaded key (it is not saved itself).
         key = state_dict.get(prefix + "key")
         if key is not None:

@@ -190,10 +190,14 @@ class SimResult:
         snn, ann = self.energy(arithmetic)
         model = ENERGY_PER_OP[arithmetic]
         lines += [
-            f"per inference: {encoder:,.0f} encoder MACs (non-zero inputs only) + {synops:,.0f} synaptic events "
-            f"vs {dense:,.0f} MACs dense ({(encoder + synops) / max(dense, 1):.3f}x the operations)",
-            f"energy ({arithmetic}, {model.mac_pj:g} pJ/MAC, {model.add_pj:g} pJ/synaptic add; {model.source}; "
-            f"arithmetic only): {snn:,.1f} nJ spiking vs {ann:,.1f} nJ dense ({ann / max(snn, 1e-12):.1f}x less)",
+            (
+                f"per inference: {encoder:,.0f} encoder MACs (non-zero inputs only) + {synops:,.0f} synaptic events "
+                f"vs {dense:,.0f} MACs dense ({(encoder + synops) / max(dense, 1):.3f}x the operations)"
+            ),
+            (
+                f"energy ({arithmetic}, {model.mac_pj:g} pJ/MAC, {model.add_pj:g} pJ/synaptic add; {model.source}; "
+                f"arithmetic only): {snn:,.1f} nJ spiking vs {ann:,.1f} nJ dense ({ann / max(snn, 1e-12):.1f}x less)"
+            ),
         ]
         return "\n".join(lines)
 

@@ -34,7 +34,7 @@ __all__ = ["run_sweep", "suggest", "train_trial"]
 LR_RANGES = {"adam": (1e-4, 1e-2), "adadelta": (0.1, 10.0), "rmsprop": (1e-4, 1e-2), "sgd": (1e-3, 0.3)}
 
 
-def _optuna():  # noqa: ANN202
+def _optuna():
     try:
         import optuna
     except ImportError as error:

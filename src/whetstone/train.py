@@ -15,9 +15,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,8 +35,8 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "binary_report",
-    "full_float32",
     "evaluate",
+    "full_float32",
     "load_checkpoint",
     "save_checkpoint",
 ]
