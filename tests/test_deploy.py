@@ -1,6 +1,7 @@
 """Deployment: graph extraction, the reference simulator, NIR / ONNX export and their agreement."""
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_simulator_matches_torch_on_random_integer_networks(seed, hidden, batch)
     generator = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     widths = [5, *hidden, 4]
-    for n_in, n_out in zip(widths, widths[1:]):
+    for n_in, n_out in pairwise(widths):
         linear = nn.Linear(n_in, n_out)
         with torch.no_grad():
             linear.weight.copy_(torch.randint(-3, 4, (n_out, n_in), generator=generator).float())
@@ -188,6 +189,31 @@ def test_quantize_gives_integer_weights_and_keeps_most_predictions(trained, mini
     assert abs(float_acc - int_acc) < 0.03
     with pytest.raises(ValueError, match="bits"):
         quantize(graph, bits=1)
+
+
+def test_max_pooling_of_potentials_before_a_spike_is_exported_as_spike_then_pool(mini_test):
+    """conv - bn - maxpool - spike (how cifar-conv-bn's pool_first=True trains) is exactly conv - spike - OR."""
+    x, _ = mini_test
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    nn.init.normal_(bn.weight)  # some negative scales: folding must still happen before the pool
+    nn.init.normal_(bn.running_mean, 0, 0.3)
+    model = ws.SpikingClassifier(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.MaxPool2d(2), ws.SpikingBReLU(1.0),
+                      nn.Flatten(), nn.Linear(4 * 14 * 14, 20), ws.SpikingBReLU(1.0)),
+        ws.key_generator(10, 20, overlapping=False),
+    ).eval()
+    graph = to_spiking_graph(model, (1, 28, 28))
+    assert [n.op for n in graph.nodes][:4] == ["input", "conv2d", "spike", "maxpool2d"]
+    assert graph.nodes[2].shape == (4, 28, 28) and graph.nodes[3].shape == (4, 14, 14)
+    with torch.no_grad():
+        pooled = model.features[:4](x[:100])
+    assert 0.05 < pooled.mean() < 0.95  # the check below is not vacuous
+    np.testing.assert_array_equal(simulate(graph, x[:100].numpy()).output_spikes, model.features(x[:100]).detach().numpy())
+
+    not_spiked = ws.SpikingClassifier(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Flatten()), torch.eye(2, 8))
+    with pytest.raises(DeployError, match=r"max pooling 'features.1'.*not binary"):
+        to_spiking_graph(not_spiked, (1, 4, 4))
 
 
 def test_onnx_runtime_agrees_with_pytorch(trained_residual, mini_test, tmp_path):

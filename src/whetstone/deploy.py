@@ -9,7 +9,9 @@ Semantics of a node (one time step, NIR's convention that a node sums all of its
 
 - ``affine`` / ``conv2d`` / ``avgpool2d``: a linear map of the summed input (synapses and bias current).
 - ``spike``: ``1[v >= threshold]``: an integrate-and-fire neuron, membrane reset after the step.
-- ``maxpool2d``: over binary spikes, the logical OR of each window.
+- ``maxpool2d``: over binary spikes, the logical OR of each window. A model may instead max-pool the
+  membrane potentials right before a spiking activation (``conv - pool - spike``); since a threshold is
+  monotone, that is exported exactly as ``spike - maxpool2d``.
 - ``flatten``: a reshape (C, H, W) -> (C*H*W,).
 
 The first linear layer receives the real-valued input (pixels scaled to [0, 1]): it is the encoder.
@@ -153,6 +155,8 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
     origin: dict[str, str | None] = {}
     output_name: str | None = None
     decoder_key: torch.Tensor | None = key
+    # Max pooling of real values whose only user is a spiking activation: (fx node, name, pooling settings).
+    pools_before_spike: dict[torch.fx.Node, tuple[torch.fx.Node, str, dict[str, Any]]] = {}
 
     def shape_of(fx_node: torch.fx.Node) -> tuple[int, ...]:
         return tuple(fx_node.meta["tensor_meta"].shape[1:])
@@ -222,19 +226,30 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
                         f"{current.target}: {type(module).__name__} has sharpness {module.get_sharpness():.4g}; "
                         "only fully sharpened layers (sharpness 1) are integrate-and-fire neurons"
                     )
-                threshold = np.full(shape_of(current), module.spike_threshold, dtype=np.float32)
+                pool = pools_before_spike.pop(current.args[0], None)
+                shape = shape_of(pool[0].args[0]) if pool else shape_of(current)
+                threshold = np.full(shape, module.spike_threshold, dtype=np.float32)
                 # Several inputs are summed into the neuron: a skip connection is just more synapses.
-                add(name, "spike", inputs, shape_of(current), threshold=threshold)
+                add(name, "spike", inputs, shape, threshold=threshold)
+                if pool:  # a step is monotone, so step(max(v)) == max(step(v)): fire first, then OR the window
+                    add(pool[1], "maxpool2d", [name], shape_of(current), **pool[2])
             elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
                 if module.ceil_mode:
                     raise DeployError(f"{current.target}: ceil_mode=True pooling cannot be exported")
-                params = dict(
-                    kernel_size=_pair(module.kernel_size), stride=_pair(module.stride or module.kernel_size),
-                    padding=_pair(module.padding),
-                )
+                params = {
+                    "kernel_size": _pair(module.kernel_size),
+                    "stride": _pair(module.stride or module.kernel_size),
+                    "padding": _pair(module.padding),
+                }
                 if isinstance(module, nn.MaxPool2d):
                     if _pair(module.dilation) != (1, 1):
                         raise DeployError(f"{current.target}: dilated max pooling cannot be exported")
+                    users = list(current.users)
+                    if any(origin[i] is not None for i in inputs) and len(users) == 1 and _is_spike(users[0], modules):
+                        # Max pooling of membrane potentials straight into a spike: exported as spike, then pool.
+                        pools_before_spike[current] = (current, name, params)
+                        alias[current] = inputs
+                        continue
                     require_binary(inputs, f"max pooling {current.target!r}")
                     add(name, "maxpool2d", inputs, shape_of(current), **params)
                 else:
@@ -283,6 +298,10 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
     graph.metadata["encoder"] = graph.encoder
     _check_all_spikes_used(graph)
     return graph
+
+
+def _is_spike(fx_node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return fx_node.op == "call_module" and isinstance(modules[fx_node.target], SpikingActivation)
 
 
 def _merge(inputs: list[str], where: str) -> str:
