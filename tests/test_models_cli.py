@@ -9,7 +9,6 @@ from whetstone.cli import main
 from whetstone.data import DATASETS
 from whetstone.models import recipe
 
-
 CLASSIFIERS = [name for name in ws.list_models() if recipe(name).target == "labels"]
 SHAPES = [(name, DATASETS[recipe(name).dataset].image_shape) for name in CLASSIFIERS] + [
     ("resnet-small", (3, 32, 32)), ("mnist-conv-bn", (3, 32, 32))]  # fmt: skip
@@ -31,6 +30,53 @@ def test_models_build_forward_fold_and_deploy(name, shape):
     assert (folded.predict(x) == model.predict(x)).float().mean() >= 0.75  # float rounding may flip a tie
     graph = ws.to_spiking_graph(model, shape)
     np.testing.assert_array_equal(ws.simulate(graph, x.numpy()).predictions, folded.predict(x).numpy())
+
+
+def test_pool_first_changes_only_which_unit_a_pooled_gradient_reaches():
+    """cifar-conv-bn's pool_first=True max-pools before each pooled spike: the same function at every
+    sharpness (the activation is monotone), the same gradients unsharpened, and the same deployed graph."""
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    models = []
+    for pool_first in (False, True):
+        torch.manual_seed(0)
+        models.append(ws.create_model("cifar-conv-bn", input_shape=(3, 32, 32), base=4, pool_first=pool_first))
+    plain, pooled = models
+    assert [type(m).__name__ for m in pooled.features[3:7]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "SpikingBReLU"]
+    grads = []
+    for model in models:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    for sharpness in (0.5, 1.0):
+        for model in models:
+            ws.set_model_sharpness(model, sharpness)
+        torch.testing.assert_close(pooled(x), plain(x))
+    plain.eval(), pooled.eval()
+    graphs = [ws.to_spiking_graph(model, (3, 32, 32)) for model in models]
+    assert [n.op for n in graphs[0].nodes] == [n.op for n in graphs[1].nodes]
+    np.testing.assert_array_equal(ws.simulate(graphs[1], x.numpy()).predictions, pooled.predict(x).numpy())
+
+    small = ws.create_model("mnist-conv-small", pool_first=True)
+    assert [type(m).__name__ for m in small.features[:4]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "SpikingBReLU"]
+    assert small.features[1].bias.eq(0.5).all()  # still centred on the threshold through the pooling
+    with pytest.raises(ValueError, match="pool_first=True does not apply to model 'mnist-dense'"):
+        ws.create_model("mnist-dense", pool_first=True)
+    with pytest.raises(ValueError, match="pool_first must be True or False, got 'yes'"):
+        ws.create_model("mnist-conv-small", pool_first="yes")
+    with pytest.raises(ValueError, match="its options: base, pool_first"):
+        ws.create_model("cifar-conv-bn", bsae=4)
+
+
+def test_pooling_before_a_binary_spike_sends_the_surrogate_gradient_to_the_largest_potential():
+    potentials = torch.tensor([[[[0.2, 0.45], [0.1, 0.3]]]])  # no unit fires; the second is nearest to firing
+    spike = ws.SpikingBReLU(1.0)
+    spike.set_surrogate(0.0)
+    grads = []
+    for order in ((spike, torch.nn.MaxPool2d(2)), (torch.nn.MaxPool2d(2), spike)):
+        v = potentials.clone().requires_grad_()
+        torch.nn.Sequential(*order)(v).sum().backward()
+        grads.append((v.grad.flatten() > 0.99).tolist())  # the slope of the sharpness-0 ramp, ~1
+    assert grads == [[True, False, False, False], [False, True, False, False]]  # spike first: the first unit of a tie
 
 
 def test_conv_autoencoder_builds_folds_and_trains_to_a_binary_code(tmp_path, capsys):

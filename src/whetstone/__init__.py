@@ -6,7 +6,7 @@ exactly 0 or 1.
 """
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
-from .convert import fold_batchnorm, for_inference, spikify
+from .convert import fold_batchnorm, for_inference, pool_before_spikes, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
 from .deploy import DeployError, SpikingGraph, quantize, to_spiking_graph
@@ -53,6 +53,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "model_sharpness",
+    "pool_before_spikes",
     "quantize",
     "set_model_sharpness",
     "set_model_surrogate",

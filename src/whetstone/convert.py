@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .decode import SoftmaxDecode
 
-__all__ = ["Heaviside", "fold_batchnorm", "for_inference", "spikify"]
+__all__ = ["Heaviside", "fold_batchnorm", "for_inference", "pool_before_spikes", "spikify"]
 
 _ACTIVATIONS = {"brelu": (nn.ReLU, SpikingBReLU), "sigmoid": (nn.Sigmoid, SpikingSigmoid)}
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -43,6 +44,29 @@ def spikify(model: nn.Module, activation: str = "brelu", sharpness: float = 0.0)
             stacklevel=2,
         )
     return model
+
+
+def pool_before_spikes(model: nn.Module) -> int:
+    """Swap every ``spike, MaxPool2d`` pair of an ``nn.Sequential`` in ``model`` to ``MaxPool2d, spike``,
+    in place; returns the number of pairs swapped.
+
+    A spiking activation is monotone at every sharpness, so the network computes exactly the same
+    function and deploys to the same graph (:func:`~whetstone.to_spiking_graph` writes it back as spike,
+    then pool). What changes is where a pooled gradient goes: after pooling 0/1 spikes a window of ties
+    sends it to its first unit, while pooling the potentials sends it to the unit nearest to firing.
+    That matters once binary layers keep learning through surrogate gradients
+    (:func:`~whetstone.set_model_surrogate`). Call it before training: it renumbers the swapped modules
+    of the ``nn.Sequential``, so state dicts saved before the swap no longer match.
+    """
+    swapped = 0
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for i in range(len(parent) - 1):
+            if isinstance(parent[i], SpikingActivation) and isinstance(parent[i + 1], nn.MaxPool2d):
+                parent[i], parent[i + 1] = parent[i + 1], parent[i]
+                swapped += 1
+    return swapped
 
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module:
@@ -98,7 +122,7 @@ def _fold_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
         if not isinstance(parent, nn.Sequential):
             continue
         children = list(parent.named_children())
-        for (name, child), (next_name, following) in zip(children, children[1:]):
+        for (name, child), (next_name, following) in pairwise(children):
             if isinstance(child, (nn.Linear, *_CONVS, *_TRANSPOSED)) and isinstance(following, _BATCHNORMS):
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs.append((prefix + name, prefix + next_name))

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
+from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
 
 __all__ = ["ResidualBlock", "SpikingAutoencoder", "SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
@@ -144,7 +147,9 @@ def create_model(
         key_width: output units of the N-hot code; default ``10 * num_classes`` (10-hot).
         key_seed: seed of the key's random draw (the key is saved with the weights).
         input_shape: (channels, height, width) of one input image.
-        options: model-specific options, e.g. ``batch_norm=True``.
+        options: model-specific options, e.g. ``batch_norm=True``; and for every model with max pooling
+            right after a spiking activation, ``pool_first=True`` to pool before it instead (the same
+            network, see :func:`~whetstone.pool_before_spikes`).
     """
     if activation not in _ACTIVATION_MODULES:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATION_MODULES)}, got {activation!r}")
@@ -153,12 +158,18 @@ def create_model(
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
+    pool_first = options.pop("pool_first", False)
+    if not isinstance(pool_first, bool):
+        raise ValueError(f"pool_first must be True or False, got {pool_first!r}")
     build = _entry(name).build
     allowed = [p for p in inspect.signature(build).parameters if p not in ("width", "spike", "input_shape")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}")
+        allowed.append("pool_first")
+        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
     built = build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
+    if pool_first and not pool_before_spikes(built):
+        raise ValueError(f"pool_first=True does not apply to model {name!r}: it has no max pooling right after a spiking activation")
     center_on_threshold(built)
     return built if isinstance(built, SpikingAutoencoder) else SpikingClassifier(built, key)
 
@@ -172,11 +183,12 @@ def center_on_threshold(model: nn.Module) -> None:
     begins (on mnist-dense: 0-5 never-firing hidden units instead of 20-70, about +0.3 points binary).
     """
     for parent in model.modules():
-        children = list(parent.children())
-        for before, after in zip(children, children[1:]):
-            if isinstance(after, SpikingActivation) and isinstance(before, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
-                if before.bias is not None:
-                    nn.init.constant_(before.bias, after.spike_threshold)
+        # Max pooling commutes with a monotone activation, so a layer pooled right before one feeds it too.
+        children = [child for child in parent.children() if not isinstance(child, nn.MaxPool2d)]
+        for before, after in pairwise(children):
+            feeds_spike = isinstance(after, SpikingActivation) and isinstance(before, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d))
+            if feeds_spike and before.bias is not None:
+                nn.init.constant_(before.bias, after.spike_threshold)
 
 
 def _linear_block(n_in: int, n_out: int, spike: type, batch_norm: bool) -> list[nn.Module]:
@@ -308,15 +320,12 @@ def _resnet_small(width: int, spike: type, input_shape: tuple[int, int, int]) ->
 def _cifar_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], base: int = 64) -> nn.Module:
     channels, height, width_px = input_shape
     layers: list[nn.Module] = []
-    for c_in, c_out in ((channels, base), (base, base)):
-        layers += _conv_block(c_in, c_out, 3, spike, batch_norm=True)
-    layers.append(nn.MaxPool2d(2))
-    for c_in, c_out in ((base, 2 * base), (2 * base, 2 * base)):
-        layers += _conv_block(c_in, c_out, 3, spike, batch_norm=True)
-    layers.append(nn.MaxPool2d(2))
-    for c_in, c_out in ((2 * base, 4 * base), (4 * base, 4 * base)):
-        layers += _conv_block(c_in, c_out, 3, spike, batch_norm=True)
-    layers += [nn.MaxPool2d(2), nn.Flatten()]
+    c_in = channels
+    for c_out in (base, 2 * base, 4 * base):
+        layers += [*_conv_block(c_in, c_out, 3, spike, batch_norm=True), *_conv_block(c_out, c_out, 3, spike, batch_norm=True)]
+        layers.append(nn.MaxPool2d(2))
+        c_in = c_out
+    layers.append(nn.Flatten())
     layers += _linear_block(4 * base * (height // 8) * (width_px // 8), 8 * base, spike, batch_norm=True)
     layers += _linear_block(8 * base, width, spike, batch_norm=True)
     return nn.Sequential(*layers)
