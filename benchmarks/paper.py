@@ -52,6 +52,9 @@ def _slow_small(steps: int, start: int = 3, epochs: int | None = None) -> list[s
 
 
 _CIFAR_CPU = ["--model-option", "base=16", *_COSINE, "--epochs", "20"]
+# Max pooling of potentials before the spike: the same network, but binary layers' surrogate gradients reach
+# the unit nearest to firing (whetstone.pool_before_spikes).
+_POOL_FIRST = ["--model-option", "pool_first=true"]
 
 #: (dataset, model, extra train arguments) of the main table.
 MAIN = [
@@ -61,13 +64,15 @@ MAIN = [
     # The same small net sharpened one layer per 3 (then 5) epochs with a decaying learning rate.
     *[(dataset, "mnist-conv-small", _slow_small(steps)) for steps in (3, 5) for dataset in ("mnist", "fashion-mnist")],
     # Binary two epochs early, then those epochs spent training the binary net through surrogate gradients.
-    *[(dataset, "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0"]) for dataset in ("mnist", "fashion-mnist")],
+    *[(dataset, "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *pool])
+      for pool in ([], _POOL_FIRST) for dataset in ("mnist", "fashion-mnist")],
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
     # A CIFAR-10 network small enough for a 2-core CPU (the registry's base-64 net is GPU-sized), as the
     # paper sharpens it, with surrogate gradients through the binary layers, and binary 2 epochs early.
     *[("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", str(start), "--steps", "2", *surrogate])
-      for start, surrogate in ((4, []), (4, ["--surrogate", "0"]), (2, ["--surrogate", "0"]), (0, ["--surrogate", "0"]))],
+      for start, surrogate in ((4, []), (4, ["--surrogate", "0"]), (2, ["--surrogate", "0"]), (0, ["--surrogate", "0"]),
+                               (0, ["--surrogate", "0", *_POOL_FIRST]))],
     # The same 2 epochs per layer in 782 small steps, one per batch (391 batches an epoch).
     ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "2", "--steps", "782", "--per", "batch", "--surrogate", "0"]),
 ]
@@ -79,7 +84,7 @@ MAIN_GPU = [
     ("cifar10", "cifar-conv-bn", [*_COSINE, "--epochs", "56", "--start-epoch", "8", "--steps", "6", "--model-option", "base=128"]),
     *[("cifar10", "cifar-conv-bn", [*_COSINE, "--epochs", "96", "--start-epoch", "8", "--steps", steps, "--model-option", "base=128",
                                     "--optimizer", "adamw", "--weight-decay", "0.05", *surrogate])
-      for steps, surrogate in (("11", []), ("10", ["--surrogate", "0"]))],  # binary at epoch 96; at 88, then 8 binary epochs
+      for steps, surrogate in (("11", []), ("10", ["--surrogate", "0", *_POOL_FIRST]))],  # binary at epoch 96; at 88, then 8 binary epochs
 ]
 NHOT = [1, 2, 4, 8, 16]
 OPTIMIZERS = [("adam", "1e-3", None), ("adadelta", "4.0", None), ("rmsprop", "1e-3", None), ("sgd", "0.1", None),
@@ -92,13 +97,16 @@ _SHARPENING_OPTIONS = ("--start-epoch", "--steps", "--per", "--surrogate")
 
 
 def _twin_extra(extra: list[str], epochs: str) -> list[str]:
-    """A row's extra arguments for its unsharpened twin: no sharpening options, ``epochs`` epochs."""
+    """A row's extra arguments for its unsharpened twin: no sharpening options, ``epochs`` epochs.
+
+    ``pool_first`` is dropped too: unsharpened, it trains bit for bit the same network (same function,
+    same gradients; tests/test_models_cli.py), so those rows share the twin of the plain model."""
     kept, skip = [], False
-    for arg in extra:
-        if not skip and (arg in _SHARPENING_OPTIONS or arg == "--epochs"):
-            skip = True
-        elif skip:
+    for arg, following in zip(extra, [*extra[1:], None]):
+        if skip:
             skip = False
+        elif arg in _SHARPENING_OPTIONS or arg == "--epochs" or (arg == "--model-option" and following == "pool_first=true"):
+            skip = True
         else:
             kept.append(arg)
     return [*kept, "--epochs", epochs]
@@ -107,20 +115,26 @@ def _twin_extra(extra: list[str], epochs: str) -> list[str]:
 def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
     """Run ``whetstone train`` (skipped if ``out`` already holds a finished run); returns figures.
 
-    With ``subprocess_log`` the run is a child process writing to ``out/log.txt`` (for parallel jobs)."""
-    command = ["train", *argv, "--out", str(out), "--no-progress"]
-    print("$ whetstone " + " ".join(command[:-3] + command[-1:]), flush=True)
+    A run that was stopped (a time limit) continues from its checkpoint with ``--resume``; its wall time
+    is then the sum of its epochs' times. With ``subprocess_log`` the run is a child process writing to
+    ``out/log.txt`` (for parallel jobs)."""
+    resumed = (out / "checkpoint.pt").exists()
+    command = ["train", *argv, "--no-progress", *(["--resume", str(out)] if resumed else ["--out", str(out)])]
+    print("$ whetstone " + " ".join(command[:-2] + (command[-2:] if resumed else [])), flush=True)
     started = time.perf_counter()
     if not (out / "done").exists():
         if subprocess_log:
             out.mkdir(parents=True, exist_ok=True)
-            with open(out / "log.txt", "w") as log:
+            with open(out / "log.txt", "a" if resumed else "w") as log:
                 code = subprocess.call([sys.executable, "-m", "whetstone", *command], stdout=log, stderr=subprocess.STDOUT)
             if code not in (0, 1):  # 1: finished but not fully binary, which the table reports
                 raise RuntimeError(f"whetstone {' '.join(command)} failed (exit {code}); see {out / 'log.txt'}")
         else:
             cli_main(command)
-        (out / "done").write_text(f"{time.perf_counter() - started:.1f}")
+        seconds = time.perf_counter() - started
+        if resumed:
+            seconds = sum(record["seconds"] for record in json.loads((out / HISTORY_NAME).read_text()))
+        (out / "done").write_text(f"{seconds:.1f}")
     history = json.loads((out / HISTORY_NAME).read_text())  # the checkpoint's history, without loading its weights
     sharp = [bool(record["sharpness"]) and all(v == 1.0 for v in record["sharpness"]) for record in history]
     return {
