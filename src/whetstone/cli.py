@@ -121,7 +121,8 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", choices=["constant", "cosine"],
                        help="cosine: the learning rate falls along half a cosine to lr/100 at --epochs (default: the recipe's)")
     train.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE", dest="model_option",
-                       help="extra option of the model's constructor, e.g. base=128 for cifar-conv-bn (repeatable)")
+                       help="extra option of the model's constructor, e.g. base=128 for cifar-conv-bn; pool_first=true "
+                            "for any net that max-pools spikes (pool potentials instead; repeatable)")
     train.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     train.add_argument("--key-width", type=int, help="output units of the N-hot code (default 10 per class)")
     train.add_argument("--seed", type=int, default=0)
