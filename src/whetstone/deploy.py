@@ -155,8 +155,8 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
     origin: dict[str, str | None] = {}
     output_name: str | None = None
     decoder_key: torch.Tensor | None = key
-    # Max pooling of real values whose only user is a spiking activation: (fx node, name, pooling settings).
-    pools_before_spike: dict[torch.fx.Node, tuple[torch.fx.Node, str, dict[str, Any]]] = {}
+    # Max pooling of real values whose only user is a spiking activation: (input shape, name, settings).
+    pools_before_spike: dict[torch.fx.Node, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
 
     def shape_of(fx_node: torch.fx.Node) -> tuple[int, ...]:
         return tuple(fx_node.meta["tensor_meta"].shape[1:])
@@ -227,7 +227,7 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
                         "only fully sharpened layers (sharpness 1) are integrate-and-fire neurons"
                     )
                 pool = pools_before_spike.pop(current.args[0], None)
-                shape = shape_of(pool[0].args[0]) if pool else shape_of(current)
+                shape = pool[0] if pool else shape_of(current)
                 threshold = np.full(shape, module.spike_threshold, dtype=np.float32)
                 # Several inputs are summed into the neuron: a skip connection is just more synapses.
                 add(name, "spike", inputs, shape, threshold=threshold)
@@ -247,7 +247,7 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
                     users = list(current.users)
                     if any(origin[i] is not None for i in inputs) and len(users) == 1 and _is_spike(users[0], modules):
                         # Max pooling of membrane potentials straight into a spike: exported as spike, then pool.
-                        pools_before_spike[current] = (current, name, params)
+                        pools_before_spike[current] = (shape_of(current.args[0]), name, params)
                         alias[current] = inputs
                         continue
                     require_binary(inputs, f"max pooling {current.target!r}")
