@@ -165,8 +165,10 @@ def create_model(
     allowed = [p for p in inspect.signature(build).parameters if p not in ("width", "spike", "input_shape")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        allowed.append("pool_first")
-        raise ValueError(f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
+        raise ValueError(
+            f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'} "
+            "(and pool_first, if it max-pools spikes)"
+        )
     built = build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
     if pool_first and not pool_before_spikes(built):
         raise ValueError(f"pool_first=True does not apply to model {name!r}: it has no max pooling right after a spiking activation")
