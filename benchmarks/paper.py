@@ -118,11 +118,12 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
     A run that was stopped (a time limit) continues from its checkpoint with ``--resume``; its wall time
     is then the sum of its epochs' times. With ``subprocess_log`` the run is a child process writing to
     ``out/log.txt`` (for parallel jobs)."""
-    resumed = (out / "checkpoint.pt").exists()
+    finished = (out / "done").exists()
+    resumed = not finished and (out / "checkpoint.pt").exists()
     command = ["train", *argv, "--no-progress", *(["--resume", str(out)] if resumed else ["--out", str(out)])]
     print("$ whetstone " + " ".join(command[:-2] + (command[-2:] if resumed else [])), flush=True)
     started = time.perf_counter()
-    if not (out / "done").exists():
+    if not finished:
         if subprocess_log:
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "log.txt", "a" if resumed else "w") as log:
@@ -131,11 +132,10 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
                 raise RuntimeError(f"whetstone {' '.join(command)} failed (exit {code}); see {out / 'log.txt'}")
         else:
             cli_main(command)
-        seconds = time.perf_counter() - started
-        if resumed:
-            seconds = sum(record["seconds"] for record in json.loads((out / HISTORY_NAME).read_text()))
-        (out / "done").write_text(f"{seconds:.1f}")
     history = json.loads((out / HISTORY_NAME).read_text())  # the checkpoint's history, without loading its weights
+    if not finished:
+        seconds = sum(record["seconds"] for record in history) if resumed else time.perf_counter() - started
+        (out / "done").write_text(f"{seconds:.1f}")
     sharp = [bool(record["sharpness"]) and all(v == 1.0 for v in record["sharpness"]) for record in history]
     return {
         "accuracy": history[-1]["eval_accuracy"],
