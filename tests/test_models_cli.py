@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -212,3 +213,35 @@ def test_demo_runs_offline_and_ends_fully_binary(tmp_path, capsys):
     assert "accuracy before sharpening" in printed and "simply thresholded" in printed
     assert "fully binary: every spiking unit emitted only 0 or 1" in printed
     assert (tmp_path / "demo" / "history.png").exists()
+
+
+def test_cli_distils_from_a_teacher_run_and_resumes_with_it(tmp_path, capsys, monkeypatch):
+    base = ["--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--no-progress", "--device", "cpu"]
+    main(["train", *base, "--sharpener", "none", "--epochs", "1", "--out", str(tmp_path / "teacher")])
+    monkeypatch.chdir(tmp_path)  # a relative --teacher is saved as an absolute path
+    student = tmp_path / "student"
+    main(["train", *base, "--epochs", "3", "--start-epoch", "0", "--steps", "1", "--surrogate", "0", "--teacher", "teacher",
+          "--distill-weight", "0.5", "--distill-temperature", "2", "--out", str(student)])  # fmt: skip
+    saved = torch.load(student / "checkpoint.pt", weights_only=True)["run"]["args"]
+    assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (str(tmp_path / "teacher"), 0.5, 2.0)
+    monkeypatch.chdir(tmp_path.parent)
+    main(["train", "--resume", str(student), "--epochs", "4", "--no-progress", "--device", "cpu"])
+    assert len(json.loads((student / "history.json").read_text())) == 4
+    assert "fully binary" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--distill-weight", "0.5"], "--distill-weight and --distill-temperature need --teacher RUN"),
+    (["--teacher", "TEACHER", "--distill-weight", "2"], r"--distill-weight must be in \[0, 1\], got 2.0"),
+    (["--teacher", "TEACHER", "--distill-temperature", "0"], "--distill-temperature must be positive, got 0.0"),
+    (["--teacher", "MISSING"], "--teacher: no checkpoint at"),
+    (["--teacher", "FASHION_TEACHER"], "was trained on 'fashion-mnist', this run trains on 'mnist-mini'"),
+])  # fmt: skip
+def test_cli_teacher_errors(tmp_path, capsys, extra, message):
+    for name, dataset in (("TEACHER", "mnist-mini"), ("FASHION_TEACHER", "fashion-mnist")):
+        ws.train.save_checkpoint(tmp_path / name / "checkpoint.pt", model=ws.create_model("mnist-dense").state_dict(),
+                                 run={"model": "mnist-dense", "model_options": {}, "dataset": dataset})  # fmt: skip
+    extra = [str(tmp_path / arg) if arg.isupper() else arg for arg in extra]
+    argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(tmp_path / "run"), *extra]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)

@@ -159,3 +159,57 @@ def test_surrogate_gradients_train_the_binary_network_for_the_whole_budget(mini)
         changed = [not torch.equal(before, after) for before, after in zip(weights, model.parameters())]
         assert all(changed) if surrogate is not None else not any(changed)
     assert lengths == {None: 4, 0.0: 6}  # the paper's method stops once binary; with surrogates all epochs run
+
+
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    from whetstone.train import distillation_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
+    for temperature in (1.0, 4.0):
+        p_teacher = torch.softmax(teacher / temperature, -1)
+        expected = (p_teacher * (p_teacher.log() - torch.log_softmax(student / temperature, -1))).sum(-1).mean() * temperature**2
+        assert torch.allclose(distillation_loss(student, teacher, temperature), expected)
+    assert distillation_loss(teacher, teacher).abs() < 1e-6  # the teacher's own logits: nothing to learn
+    distillation_loss(student, teacher).backward()
+    assert student.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"teacher's logits have shape \(6, 3\), the student's \(6, 10\)"):
+        distillation_loss(student, teacher[:, :3])
+
+
+class ConstantTeacher(torch.nn.Module):
+    """Says class 0 with certainty, whatever the image."""
+
+    def forward(self, x):
+        logits = torch.full((len(x), 10), -20.0)
+        logits[:, 0] = 20.0
+        return logits
+
+
+def test_a_teacher_pulls_the_student_toward_its_predictions(mini):
+    train_loader, test_loader = mini
+
+    def predicted_zeros(**distill):
+        model = small_model()
+        trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=2e-3), progress=False, **distill)
+        trainer.fit(train_loader, epochs=2)
+        with torch.no_grad():
+            return float(torch.cat([model.eval()(x).argmax(-1) == 0 for x, _ in test_loader]).float().mean())
+
+    assert predicted_zeros() < 0.3  # the labels alone: about a tenth are zeros
+    assert predicted_zeros(teacher=ConstantTeacher(), distill_weight=1.0) > 0.95  # the teacher alone: all zeros
+    # Weight 0 ignores the teacher: the very same training as without one.
+    assert predicted_zeros(teacher=ConstantTeacher(), distill_weight=0.0) == predicted_zeros()
+
+
+def test_a_teacher_is_frozen_and_errors_name_the_argument():
+    model = small_model()
+    teacher = small_model().train()
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False, teacher=teacher)
+    assert not trainer.teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match=r"distill_weight must be in \[0, 1\], got 1.5"):
+        ws.Trainer(model, torch.optim.Adam(model.parameters()), teacher=teacher, distill_weight=1.5)
+    with pytest.raises(ValueError, match="distill_temperature must be positive, got 0"):
+        ws.Trainer(model, torch.optim.Adam(model.parameters()), teacher=teacher, distill_temperature=0)
+    with pytest.raises(ValueError, match="needs target='labels'"):
+        ws.Trainer(model, torch.optim.Adam(model.parameters()), teacher=teacher, target="inputs")

@@ -23,7 +23,7 @@ from .sharpen import (
     spiking_layers,
 )
 from .sim import SimResult, simulate
-from .train import Trainer, binary_report, evaluate, load_checkpoint
+from .train import Trainer, binary_report, distillation_loss, evaluate, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ __all__ = [
     "Trainer",
     "binary_report",
     "create_model",
+    "distillation_loss",
     "evaluate",
     "fold_batchnorm",
     "for_inference",

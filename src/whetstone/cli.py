@@ -123,6 +123,16 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE", dest="model_option",
                        help="extra option of the model's constructor, e.g. base=128 for cifar-conv-bn; pool_first=true "
                             "for any net that max-pools spikes (pool potentials instead; repeatable)")
+    train.add_argument("--teacher", metavar="RUN",
+                       help="distil from this trained run (its directory or checkpoint.pt; same dataset), e.g. the same "
+                            "network trained with --sharpener none: the loss mixes cross-entropy with the KL divergence "
+                            "to the teacher's class probabilities on each training batch")
+    train.add_argument("--distill-weight", type=float, metavar="W",
+                       help="with --teacher: the loss is (1 - W) * cross-entropy + W * distillation (default 1: the "
+                            "teacher's probabilities only)")
+    train.add_argument("--distill-temperature", type=float, metavar="T",
+                       help="with --teacher: softmax temperature of both networks' logits in the distillation term "
+                            "(default 1)")
     train.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
     train.add_argument("--key-width", type=int, help="output units of the N-hot code (default 10 per class)")
     train.add_argument("--seed", type=int, default=0)
@@ -307,6 +317,17 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
         optimizer_options["weight_decay"] = args.weight_decay
     optimizer = build_optimizer(args.optimizer, model.parameters(), args.lr, optimizer_options)
     scheduler = cosine_schedule(optimizer, args.epochs) if args.lr_schedule == "cosine" else None
+    weight = 1.0 if args.distill_weight is None else args.distill_weight
+    temperature = 1.0 if args.distill_temperature is None else args.distill_temperature
+    if not args.teacher and (args.distill_weight is not None or args.distill_temperature is not None):
+        raise ValueError("--distill-weight and --distill-temperature need --teacher RUN")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"--distill-weight must be in [0, 1], got {weight}")
+    if not temperature > 0:
+        raise ValueError(f"--distill-temperature must be positive, got {temperature}")
+    teacher = load_teacher(args.teacher, args.dataset, device) if args.teacher else None
+    if args.teacher and checkpoint is None:
+        args.teacher = str(Path(args.teacher).resolve())  # saved in the checkpoint: --resume works from any folder
     run_info = {
         "model": args.model,
         "model_options": model_options,
@@ -323,7 +344,8 @@ def prepare_training(args: argparse.Namespace, callbacks: Sequence = ()) -> tupl
         loss_fn = torch.nn.CrossEntropyLoss() if args.logit_scale == 1 else _scaled_cross_entropy(args.logit_scale)
     trainer = Trainer(model, optimizer, build_sharpener(args), loss_fn=loss_fn, out_dir=args.out, run_info=run_info, target=target,
                       callbacks=callbacks, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                      scheduler=scheduler)  # fmt: skip
+                      scheduler=scheduler, teacher=teacher, distill_weight=weight,
+                      distill_temperature=temperature)  # fmt: skip
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
         epoch, batch = trainer.position
@@ -390,6 +412,21 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     model = create_model(run["model"], **run.get("model_options", {}))
     model.load_state_dict(checkpoint["model"])
     return model.eval()
+
+
+def load_teacher(path: str, dataset: str, device: torch.device) -> torch.nn.Module:
+    """The ``--teacher`` run's model, on ``device``: a classifier trained on ``dataset``."""
+    try:
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"--teacher: {error}") from None
+    run = checkpoint["run"]
+    if run.get("dataset") != dataset:
+        raise ValueError(f"--teacher {path} was trained on {run.get('dataset')!r}, this run trains on {dataset!r}")
+    if recipe(run["model"]).target != "labels":
+        raise ValueError(f"--teacher {path} is a {run['model']}, a reconstruction model; a teacher must classify")
+    return model.to(device)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

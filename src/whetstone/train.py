@@ -35,6 +35,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "binary_report",
+    "distillation_loss",
     "evaluate",
     "full_float32",
     "load_checkpoint",
@@ -130,6 +131,18 @@ def full_float32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Knowledge distillation (Hinton, Vinyals, Dean 2015): the KL divergence from the teacher's class
+    probabilities to the student's, both softmaxes of logits divided by ``temperature``, times
+    ``temperature**2`` (so its gradients keep their scale as the temperature changes); mean over the batch."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"the teacher's logits have shape {tuple(teacher_logits.shape)}, the student's "
+                         f"{tuple(student_logits.shape)}: both must score the same classes")  # fmt: skip
+    student = torch.log_softmax(student_logits / temperature, dim=-1)
+    teacher = torch.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    return nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
 @torch.no_grad()
@@ -238,6 +251,11 @@ class Trainer:
         collapse_drop: the fall in training accuracy (a fraction) that counts as a collapse.
         scheduler: an optional ``torch.optim.lr_scheduler`` over ``optimizer``, stepped once after each
             completed epoch (and saved in checkpoints).
+        teacher: a trained classifier of the same classes (e.g. the same network trained without
+            sharpening, or the ReLU model a spiking one was converted from). It scores every training
+            batch, frozen and in eval mode, and the loss becomes ``(1 - distill_weight) * loss_fn +
+            distill_weight *`` :func:`distillation_loss` at ``distill_temperature``. It is not saved in
+            checkpoints: pass it again to resume.
 
     In a ``torch.distributed`` process group, pass the ``DistributedDataParallel``-wrapped model: batch
     losses and accuracy are summed over all ranks before the sharpener sees them (so every rank sharpens
@@ -264,6 +282,9 @@ class Trainer:
         collapse_drop: float = 0.2,
         target: str = "labels",
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        teacher: nn.Module | None = None,
+        distill_weight: float = 1.0,
+        distill_temperature: float = 1.0,
     ) -> None:
         self.model, self.optimizer, self.sharpener, self.scheduler = model, optimizer, sharpener, scheduler
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
@@ -283,6 +304,14 @@ class Trainer:
         if not 0.0 < collapse_drop <= 1.0:
             raise ValueError(f"collapse_drop must be in (0, 1], got {collapse_drop!r}")
         self.checkpoint_every, self.max_retries, self.collapse_drop = checkpoint_every, max_retries, collapse_drop
+        if teacher is not None and self.reconstruct:
+            raise ValueError("a teacher distils class scores: it needs target='labels', not 'inputs'")
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
+        if not distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be positive, got {distill_temperature!r}")
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
         self.history: list[EpochRecord] = []
         self.position = (0, 0)  # (epoch, batch) of the next batch to train
         self._loss_sum, self._correct, self._count = 0.0, 0, 0  # running totals of the epoch in progress
@@ -312,6 +341,11 @@ class Trainer:
         for batch, (x, y) in enumerate(bar, start=start_batch):
             logits = self.model(x)
             loss = self.loss_fn(logits, x if self.reconstruct else y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x)
+                soft = distillation_loss(logits, teacher_logits, self.distill_temperature)
+                loss = (1 - self.distill_weight) * loss + self.distill_weight * soft
             if loss.requires_grad:  # a fully binary network passes no gradient: nothing left to learn
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
