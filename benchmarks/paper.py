@@ -55,6 +55,9 @@ _CIFAR_CPU = ["--model-option", "base=16", *_COSINE, "--epochs", "20"]
 # Max pooling of potentials before the spike: the same network, but binary layers' surrogate gradients reach
 # the unit nearest to firing (whetstone.pool_before_spikes).
 _POOL_FIRST = ["--model-option", "pool_first=true"]
+# Distil from the row's own unsharpened twin (trained first): TWIN stands for its run directory.
+TWIN = "{twin}"
+_DISTIL = ["--teacher", TWIN]
 
 #: (dataset, model, extra train arguments) of the main table.
 MAIN = [
@@ -66,6 +69,9 @@ MAIN = [
     # Binary two epochs early, then those epochs spent training the binary net through surrogate gradients.
     *[(dataset, "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *pool])
       for pool in ([], _POOL_FIRST) for dataset in ("mnist", "fashion-mnist")],
+    # The last row on Fashion-MNIST, distilled from its unsharpened twin (three weightings of the teacher).
+    *[("fashion-mnist", "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *_POOL_FIRST, *_DISTIL, *distil])
+      for distil in ([], ["--distill-weight", "0.5"], ["--distill-temperature", "4"])],
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
     # A CIFAR-10 network small enough for a 2-core CPU (the registry's base-64 net is GPU-sized), as the
@@ -73,6 +79,12 @@ MAIN = [
     *[("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", str(start), "--steps", "2", *surrogate])
       for start, surrogate in ((4, []), (4, ["--surrogate", "0"]), (2, ["--surrogate", "0"]), (0, ["--surrogate", "0"]),
                                (0, ["--surrogate", "0", *_POOL_FIRST]))],
+    # The best of those distilled from its twin; binary sooner (after 8 epochs, or after 8 batches: straight-through
+    # training of a binary net almost from the start).
+    ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "0", "--steps", "2", "--surrogate", "0", *_POOL_FIRST, *_DISTIL,
+                                  "--distill-weight", "0.5"]),
+    *[("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "0", "--steps", "1", *per, "--surrogate", "0", *_POOL_FIRST])
+      for per in ([], ["--per", "batch"])],
     # The same 2 epochs per layer in 782 small steps, one per batch (391 batches an epoch).
     ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "2", "--steps", "782", "--per", "batch", "--surrogate", "0"]),
 ]
@@ -91,9 +103,9 @@ OPTIMIZERS = [("adam", "1e-3", None), ("adadelta", "4.0", None), ("rmsprop", "1e
               ("sgd", "0.01", None), ("sgd", "0.1", "0.1"), ("adam", "1e-3", "0.1")]  # (name, lr, logit scale)
 
 
-#: Options that only steer sharpening, with their values: the unsharpened twin leaves them out, so rows that
-#: differ only in them share one twin run.
-_SHARPENING_OPTIONS = ("--start-epoch", "--steps", "--per", "--surrogate")
+#: Options that only steer sharpening (or distillation), with their values: the unsharpened twin leaves them
+#: out, so rows that differ only in them share one twin run.
+_SHARPENING_OPTIONS = ("--start-epoch", "--steps", "--per", "--surrogate", "--teacher", "--distill-weight", "--distill-temperature")
 
 
 def _twin_extra(extra: list[str], epochs: str) -> list[str]:
@@ -181,7 +193,7 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
     """One sharpened run and its unsharpened twin per (row, seed). The twin trains for as many epochs
     as the sharpened run took; with --jobs > 1 both start together and the twin gets the row's whole
     --epochs budget (MAIN_GPU's budgets end exactly when sharpening does). Rows that differ only in
-    sharpening options share one twin run."""
+    sharpening options share one twin run. A row distilled from its twin (``TWIN``) trains the twin first."""
     rows = ["| dataset | model | recipe changes | without sharpening | fully binary | gap | binary, batch norm folded | epochs to binary | wall time (binary run) |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     chosen = [row for row in (MAIN_GPU if args.set == "gpu" else MAIN) if _selected(args.only, *row)]
@@ -195,14 +207,21 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
             twin_extra = _twin_extra(extra, epochs)
             return [*base, *twin_extra, "--sharpener", "none"], Path(args.out) / f"{_run_name(dataset, model, twin_extra)}-s{seed}-plain"
 
+        budget = extra[extra.index("--epochs") + 1] if "--epochs" in extra else str(recipe(model).epochs)
+        distil = TWIN in extra  # the twin is the teacher: it trains first
         if child:
-            budget = extra[extra.index("--epochs") + 1] if "--epochs" in extra else str(recipe(model).epochs)
             twin_command, twin_out = twin_argv(budget)
             with twin_lock:  # rows sharing a twin must not train it twice at once
                 if twin_out not in twin_runs:
                     twin_runs[twin_out] = twins.submit(train, twin_command, twin_out, True)
                 plain = twin_runs[twin_out]
-            binary = train([*base, *extra], out, True)
+            if distil:
+                plain.result()
+            binary = train([*base, *(str(twin_out) if arg == TWIN else arg for arg in extra)], out, True)
+        elif distil:
+            twin_command, twin_out = twin_argv(budget)
+            plain = train(twin_command, twin_out)
+            binary = train([*base, *(str(twin_out) if arg == TWIN else arg for arg in extra)], out)
         else:
             binary = train([*base, *extra], out)
             plain = train(*twin_argv(str(binary["epochs"])))
@@ -219,7 +238,7 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
     for i, (dataset, model, extra) in enumerate(chosen):
         binary, plain = zip(*(results[i, seed] for seed in args.seeds))
         label = f"{dataset} (JPEG copy)" if dataset == "cifar10" else dataset
-        changes = " ".join(extra).replace("--", "") or "the registry's"
+        changes = " ".join(extra).replace("--", "").replace(TWIN, "(its twin)") or "the registry's"
         gap = statistics.mean(p["accuracy"] for p in plain) - statistics.mean(b["accuracy"] for b in binary)
         flag = "" if all(b["binary"] for b in binary) else " (NOT fully binary)"
         rows.append(
