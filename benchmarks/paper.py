@@ -209,21 +209,21 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
 
         budget = extra[extra.index("--epochs") + 1] if "--epochs" in extra else str(recipe(model).epochs)
         distil = TWIN in extra  # the twin is the teacher: it trains first
+        twin_command, twin_out = twin_argv(budget)
+        binary_argv = [*base, *(str(twin_out) if arg == TWIN else arg for arg in extra)]
         if child:
-            twin_command, twin_out = twin_argv(budget)
             with twin_lock:  # rows sharing a twin must not train it twice at once
                 if twin_out not in twin_runs:
                     twin_runs[twin_out] = twins.submit(train, twin_command, twin_out, True)
                 plain = twin_runs[twin_out]
             if distil:
                 plain.result()
-            binary = train([*base, *(str(twin_out) if arg == TWIN else arg for arg in extra)], out, True)
+            binary = train(binary_argv, out, True)
         elif distil:
-            twin_command, twin_out = twin_argv(budget)
             plain = train(twin_command, twin_out)
-            binary = train([*base, *(str(twin_out) if arg == TWIN else arg for arg in extra)], out)
+            binary = train(binary_argv, out)
         else:
-            binary = train([*base, *extra], out)
+            binary = train(binary_argv, out)
             plain = train(*twin_argv(str(binary["epochs"])))
         binary["folded"] = folded_accuracy(out, dataset, args.data_dir)
         return binary, plain.result() if child else plain
