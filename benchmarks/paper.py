@@ -51,10 +51,17 @@ def _slow_small(steps: int, start: int = 3, epochs: int | None = None) -> list[s
     return [*_COSINE, "--epochs", str(epochs), "--start-epoch", str(start), "--steps", str(steps), "--per", "epoch"]
 
 
-_CIFAR_CPU = ["--model-option", "base=16", *_COSINE, "--epochs", "20"]
+def _cifar_cpu(base: int = 16) -> list[str]:
+    """cifar-conv-bn at ``base`` channels in its first block, 20 epochs under cosine decay (CPU-sized)."""
+    return ["--model-option", f"base={base}", *_COSINE, "--epochs", "20"]
+
+
+_CIFAR_CPU = _cifar_cpu()
 # Max pooling of potentials before the spike: the same network, but binary layers' surrogate gradients reach
 # the unit nearest to firing (whetstone.pool_before_spikes).
 _POOL_FIRST = ["--model-option", "pool_first=true"]
+# The best CPU CIFAR-10 sharpening: binary after 16 of 20 epochs, surrogate gradients, pooling first.
+_BEST_CIFAR = ["--start-epoch", "0", "--steps", "2", "--surrogate", "0", *_POOL_FIRST]
 # Distil from the row's own unsharpened twin (trained first): TWIN stands for its run directory.
 TWIN = "{twin}"
 _DISTIL = ["--teacher", TWIN]
@@ -81,15 +88,13 @@ MAIN = [
                                (0, ["--surrogate", "0", *_POOL_FIRST]))],
     # The best of those distilled from its twin; binary sooner (after 8 epochs, or after 8 batches: straight-through
     # training of a binary net almost from the start).
-    ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "0", "--steps", "2", "--surrogate", "0", *_POOL_FIRST, *_DISTIL,
-                                  "--distill-weight", "0.5"]),
+    ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, *_BEST_CIFAR, *_DISTIL, "--distill-weight", "0.5"]),
     *[("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "0", "--steps", "1", *per, "--surrogate", "0", *_POOL_FIRST])
       for per in ([], ["--per", "batch"])],
     # The same 2 epochs per layer in 782 small steps, one per batch (391 batches an epoch).
     ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "2", "--steps", "782", "--per", "batch", "--surrogate", "0"]),
     # The best CIFAR recipe 1.5x as wide (2.25x the compute): does the binary gap shrink with width?
-    ("cifar10", "cifar-conv-bn", ["--model-option", "base=24", *_COSINE, "--epochs", "20", "--start-epoch", "0", "--steps", "2", "--surrogate", "0",
-                                  *_POOL_FIRST]),
+    ("cifar10", "cifar-conv-bn", [*_cifar_cpu(24), *_BEST_CIFAR]),
 ]
 #: Larger budgets for a GPU machine: learning rate decay, longer and slower sharpening, wider CIFAR net.
 MAIN_GPU = [
