@@ -156,6 +156,21 @@ class SimResult:
     samples: int
     encoder: str
     metadata: dict = field(default_factory=dict)
+    #: Per sample: the smallest distance ``|v - threshold|`` of the membrane (float64) of any spiking unit
+    #: fed by weighted synapses. A unit this close to its threshold may fire differently in another
+    #: engine that rounds float32 sums in another order. (Pooled spikes are counted exactly everywhere,
+    #: and so are the sums of integer graphs from :func:`~whetstone.deploy.quantize`: there a margin of 0
+    #: is an exact tie, which every engine decides alike.)
+    margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def decided(self, tolerance: float = 1e-5) -> np.ndarray:
+        """Boolean mask of the samples whose every spike decision is further than ``tolerance`` from its
+        threshold: there any correct float32 engine gives exactly these spikes. The default is about 100
+        times the float32 rounding measured between engines (and between thread counts of one engine)
+        on the trained test networks; a float coincidence closer than that decides nothing."""
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+        return self.margin > tolerance
 
     def accuracy(self, labels: np.ndarray) -> float:
         return float((self.predictions == np.asarray(labels)).mean())
@@ -223,11 +238,12 @@ def simulate(
                 p["weight"], p["bias"], shapes[node.inputs[0]], node.shape, p["stride"], p["padding"], p["dilation"], p["groups"]
             )
     stats = {n.name: LayerStats(n.name, n.op, math.prod(n.shape)) for n in graph.nodes if n.op != "input"}
-    predictions, outputs = [], []
+    predictions, outputs, margins = [], [], []
     starts = range(0, len(images), batch_size)
     for lo in tqdm(starts, desc="simulate", unit="batch", disable=not progress, leave=False):
         batch = images[lo : lo + batch_size]
         values: dict[str, np.ndarray] = {}
+        margin = np.full(len(batch), np.inf)
         for node in graph.nodes:
             if node.op == "input":
                 values[node.name] = batch
@@ -242,6 +258,9 @@ def simulate(
                 stats[node.name].dense_macs += len(batch) * projections[node.name].synapses_per_sample
             elif node.op == "spike":
                 spikes = (x >= node.params["threshold"]).astype(np.float32)
+                if any(name in projections for name in node.inputs):  # real-valued synaptic sums: can round
+                    distance = np.abs(x - node.params["threshold"]).reshape(len(batch), -1).min(axis=1)
+                    margin = np.minimum(margin, distance)
                 values[node.name] = spikes
                 stats[node.name].spikes += int(spikes.sum())
             elif node.op in ("maxpool2d", "avgpool2d"):
@@ -253,8 +272,9 @@ def simulate(
                 raise ValueError(f"{node.name}: unknown operation {node.op!r}")
         out = values[graph.output].reshape(len(batch), -1)
         outputs.append(out.astype(np.uint8))
+        margins.append(margin)
         predictions.append(graph.decode(out).argmax(axis=1))
     return SimResult(
         np.concatenate(predictions), np.concatenate(outputs), list(stats.values()), len(images), graph.encoder,
-        dict(graph.metadata),
+        dict(graph.metadata), np.concatenate(margins),
     )
