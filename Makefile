@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Full datasets for the tests that need them (they skip, visibly, when absent).
 SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean format
 
 install: $(VENV)/.installed
 
@@ -22,9 +22,15 @@ demo: install
 	$(BIN)/whetstone demo
 
 test: install
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	@data="$${WHETSTONE_DATA:-}"; if [ -z "$$data" ] && [ -d "$(SHARED_DATA)" ]; then data="$(SHARED_DATA)"; fi; \
 	echo "WHETSTONE_DATA=$${data:-<unset: full-dataset tests skip>}"; \
 	WHETSTONE_DATA="$$data" $(BIN)/python -m pytest
+
+format: install
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whetstone.cli import model_from_checkpoint
+from whetstone.checkpoint import load_checkpoint, model_from_checkpoint
 from whetstone.convert import fold_batchnorm
 from whetstone.data import DATASETS, load_dataset
-from whetstone.deploy import quantize, to_spiking_graph
 from whetstone.export.nir import run_in_snntorch, write_nir
 from whetstone.export.onnx import write_onnx
+from whetstone.graph import quantize, to_spiking_graph
 from whetstone.sim import simulate
-from whetstone.train import load_checkpoint
 
 
 def torch_predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -57,7 +56,7 @@ def main() -> None:
     rows, reports = [], []
     for run in args.runs:
         checkpoint = load_checkpoint(run)
-        model = model_from_checkpoint(checkpoint)
+        model = model_from_checkpoint(checkpoint, run)
         name, dataset = checkpoint["run"]["model"], checkpoint["run"]["dataset"]
         data = load_dataset(dataset, "test", args.data_dir)
         x = data.images[: args.limit].float() / 255

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import torch
 
-from whetstone.cli import main as cli_main
+from whetstone.checkpoint import HISTORY_NAME, load_checkpoint, model_from_checkpoint
 from whetstone.models import recipe
-from whetstone.train import HISTORY_NAME, load_checkpoint
 
 from _common import machine, write_section
 
@@ -151,7 +150,9 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
             if code not in (0, 1):  # 1: finished but not fully binary, which the table reports
                 raise RuntimeError(f"whetstone {' '.join(command)} failed (exit {code}); see {out / 'log.txt'}")
         else:
-            cli_main(command)
+            code = subprocess.call([sys.executable, "-m", "whetstone", *command])
+            if code not in (0, 1):
+                raise RuntimeError(f"whetstone {' '.join(command)} failed (exit {code})")
     history = json.loads((out / HISTORY_NAME).read_text())  # the checkpoint's history, without loading its weights
     if not finished:
         seconds = sum(record["seconds"] for record in history) if resumed else time.perf_counter() - started
@@ -168,10 +169,9 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
 
 def folded_accuracy(run: Path, dataset: str, data_dir: str | None) -> float:
     """Test accuracy of the run's model after folding its batch norm into the weights."""
-    from whetstone.cli import model_from_checkpoint
     from whetstone.convert import fold_batchnorm
     from whetstone.data import TensorLoader, load_dataset
-    from whetstone.train import evaluate
+    from whetstone.report import evaluate
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = fold_batchnorm(model_from_checkpoint(load_checkpoint(run))).to(device)
@@ -285,9 +285,9 @@ def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from whetstone.cli import model_from_checkpoint
     from whetstone.data import TensorLoader, load_dataset
-    from whetstone.train import evaluate
+    from whetstone.losses import Reconstruction
+    from whetstone.report import evaluate
 
     rows = ["| code | test MSE, sharpened (binary code) | test MSE, not sharpened | epochs |", "|---|---:|---:|---:|"]
     runs = [*common, *dataset, "--model", "conv-autoencoder", "--seed", str(args.seeds[0])]
@@ -296,7 +296,7 @@ def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list
     models = [model_from_checkpoint(load_checkpoint(Path(args.out) / name)) for name in ("autoencoder", "autoencoder-plain")]
     test = load_dataset(dataset[1], "test", args.data_dir)
     loader = TensorLoader.from_dataset(test, 1000)
-    mse = [evaluate(model, loader, target="inputs")[0] for model in models]
+    mse = [evaluate(model, loader, Reconstruction())[0] for model in models]
     code = models[0].encode(test.images[:1000].float() / 255)
     rows.append(f"| {code.shape[1]} bits, {100 * float(code.mean()):.0f}% ones | **{mse[0]:.4f}** | {mse[1]:.4f} | {sharp['epochs']} |")
     images = test.images[:12].float() / 255

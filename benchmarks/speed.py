@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import whetstone as ws
-from whetstone.cli import main as cli_main
+from whetstone.checkpoint import RunFolder
 
 from _common import machine, write_section
 
@@ -152,37 +152,38 @@ def bench_inference(names: list[str], rounds: int) -> None:
                    f"{batch / statistics.median(times['relu']):,.0f} | {statistics.median(ratios):.3f} | {spread(ratios):.0%} |")  # fmt: skip
 
 
-def run_train(argv: list[str]) -> tuple[float, dict]:
+def run_train(config: ws.RunConfig) -> tuple[float, dict]:
     started = time.perf_counter()
-    cli_main(argv)
+    with RunFolder(config.out).claim(overwrite=True):
+        ws.build_run(config).fit()
     seconds = time.perf_counter() - started
-    return seconds, ws.load_checkpoint(argv[argv.index("--out") + 1])
+    return seconds, ws.load_checkpoint(config.out)
 
 
 def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
     """The sharpening run vs the ReLU run of the same network reaching the accuracy the binary one ends with."""
     report.part = "binary"
     report("\n### 2. Time to a fully binary network (mnist-conv-small, full MNIST)\n")
-    base = ["train", "--model", "mnist-conv-small", "--dataset", "mnist", "--threads", str(threads), "--no-progress"]
-    base += ["--data-dir", data_dir] if data_dir else []
-    spike_seconds, spiking = run_train([*base, "--out", str(out / "binary")])
+    base = ws.RunConfig(model="mnist-conv-small", dataset="mnist", threads=threads, progress=False, data_dir=data_dir)
+    spike_seconds, spiking = run_train(base.replace(out=str(out / "binary")))
     target = spiking["history"][-1]["eval_accuracy"]
     # The ReLU network: same model, recipe and data, activations never sharpened and swapped for ReLU.
-    from whetstone.cli import make_parser, prepare_training
-
-    args = make_parser().parse_args([*base, "--out", str(out / "relu"), "--sharpener", "none", "--epochs", "10"])
-    trainer, train_loader, test_loader = prepare_training(args)
+    relu = base.replace(out=str(out / "relu"), sharpener="none", epochs=10)
+    lock = RunFolder(relu.out).claim(overwrite=True)
+    run = ws.build_run(relu)
+    trainer, args = run.trainer, run.config
     trainer.model = trainer.module = with_relu(trainer.model)
     trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), args.lr)
     started, relu_seconds, reached = time.perf_counter(), None, None
     for epoch in range(args.epochs):
-        trainer.fit(train_loader, epoch + 1, test_loader)
+        trainer.fit(run.train_loader, epoch + 1, run.eval_loader)
         accuracy = trainer.history[-1].eval_accuracy
         if accuracy >= target and relu_seconds is None:
             relu_seconds, reached = time.perf_counter() - started, epoch + 1
             break
     if relu_seconds is None:
         relu_seconds, reached = time.perf_counter() - started, f">{args.epochs} (best {100 * max(r.eval_accuracy for r in trainer.history):.2f}%)"
+    lock.release()
     report("| run | epochs | wall s | test accuracy |")
     report("|---|---:|---:|---:|")
     report(f"| sharpening to fully binary | {len(spiking['history'])} | {spike_seconds:.0f} | {100 * target:.2f}% |")

@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import whetstone as ws
-from conftest import assert_equal_where_decided, torch_threads
 from whetstone.cli import main
 from whetstone.data import load_dataset
-from whetstone.deploy import DeployError, quantize, to_spiking_graph
+from whetstone.graph import WEIGHTED_NODES, DeployError, quantize, to_spiking_graph
 from whetstone.sim import simulate
+
+from conftest import assert_equal_where_decided, torch_threads
 
 
 def _optional(module: str):
@@ -85,7 +86,7 @@ def test_graph_of_conv_bn_model_folds_bn_and_names_the_encoder(trained):
     graph = to_spiking_graph(trained, (1, 28, 28))
     ops = [n.op for n in graph.nodes]
     assert ops == ["input", "conv2d", "spike", "maxpool2d", "conv2d", "spike", "flatten", "affine", "spike", "affine", "spike"]
-    assert graph.encoder == "features_0"
+    assert graph.encoder == "features.0"
     assert graph.output == graph.nodes[-1].name and graph.key.shape == (10, 40)
 
 
@@ -112,10 +113,10 @@ def test_simulator_counts_events_and_energy():
     x = np.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.3], [0.0, 0.0, 0.0, 0.0]], np.float32)
     result = simulate(graph, x)
     by_name = {s.name: s for s in result.layers}
-    assert by_name["features_0"].events == 4 * 3  # four non-zero pixels, fan-out 3
-    assert by_name["features_1"].spikes == 3  # 1 + 2 + 0 hidden spikes
-    assert by_name["features_2"].events == 3 * 2  # each hidden spike reaches 2 outputs
-    assert by_name["features_2"].dense_macs == 3 * 6
+    assert by_name["features.0"].events == 4 * 3  # four non-zero pixels, fan-out 3
+    assert by_name["features.1"].spikes == 3  # 1 + 2 + 0 hidden spikes
+    assert by_name["features.2"].events == 3 * 2  # each hidden spike reaches 2 outputs
+    assert by_name["features.2"].dense_macs == 3 * 6
     encoder, synops, dense = result.synaptic_ops()
     assert (encoder, synops, dense) == (4.0, 2.0, 12 + 6)
     snn, ann = result.energy("fp32")
@@ -158,11 +159,11 @@ def test_refuses_what_is_not_integrate_and_fire():
         nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), ws.SpikingBReLU(1.0), nn.AvgPool2d(2), nn.Flatten()),
         torch.eye(2, 8),
     )
-    with pytest.raises(DeployError, match=r"features_2.*not binary"):  # names the pooling, not the flatten
+    with pytest.raises(DeployError, match=r"features\.2.*not binary"):  # names the pooling, not the flatten
         to_spiking_graph(pooled, (1, 4, 4))
     with pytest.raises(DeployError, match="features.2: GELU has no single-time-step"):
         to_spiking_graph(ws.SpikingClassifier(features, torch.eye(2, 8)), (4,))
-    assert to_spiking_graph(model, (4,)).output == "features_1"
+    assert to_spiking_graph(model, (4,)).output == "features.1"
 
 
 def test_average_pooling_feeding_a_spiking_layer_is_exported(mini_test):
@@ -182,10 +183,10 @@ def test_quantize_gives_integer_weights_and_keeps_most_predictions(trained, mini
     graph = to_spiking_graph(trained, (1, 28, 28))
     q = quantize(graph, bits=4)
     for node in q.nodes:
-        if node.op in ("affine", "conv2d"):
-            w = node.params["weight"]
+        if isinstance(node, WEIGHTED_NODES):
+            w = node.weight
             assert np.all(w == np.round(w)) and np.abs(w).max() == 7
-            bias = node.params["bias"] - (0.5 / 255 if node.name == q.encoder else 0.0)  # the encoder's tie margin
+            bias = node.bias - (0.5 / 255 if node.name == q.encoder else 0.0)  # the encoder's tie margin
             assert np.allclose(bias, np.round(bias), atol=1e-4)
     reference = simulate(graph, x.numpy())
     int8 = simulate(quantize(graph, 8), x.numpy())
@@ -253,7 +254,9 @@ def test_nir_round_trip_and_simulation(trained_residual, mini_test, tmp_path):
     graph = to_spiking_graph(trained_residual, (1, 28, 28))
     back = read_nir(write_nir(graph, tmp_path / "m.nir"))
     np.testing.assert_array_equal(back.key, graph.key)
-    assert "encoder" in back.metadata and graph.encoder in back.metadata["encoder"]
+    assert back.encoder == graph.encoder == "features.0"  # one naming: restored from each node's metadata
+    assert "node 'features_0' is the encoder" in back.metadata["encoder"]  # the file's own node name
+    assert {n.name for n in back.nodes} >= {n.name for n in graph.nodes}
     np.testing.assert_array_equal(simulate(back, x.numpy()).output_spikes, simulate(graph, x.numpy()).output_spikes)
 
 

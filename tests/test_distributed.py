@@ -7,9 +7,9 @@ import torch.distributed as dist
 
 import whetstone as ws
 from whetstone import distributed
+from whetstone.checkpoint import load_checkpoint
 from whetstone.cli import main
 from whetstone.data import load_dataset
-from whetstone.train import load_checkpoint
 
 
 def _ddp_job(out_dir: str) -> int:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import whetstone as ws
+from whetstone.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, PLOT_NAME, save_checkpoint
 from whetstone.data import load_dataset
-from whetstone.train import CHECKPOINT_NAME, HISTORY_NAME, PLOT_NAME
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_checkpoint_round_trip_reproduces_predictions(tmp_path, mini):
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, mini):
     path = tmp_path / "checkpoint.pt"
     model = small_model()
-    ws.train.save_checkpoint(path, model=model.state_dict())
+    save_checkpoint(path, model=model.state_dict())
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(ValueError, match="cannot load checkpoint"):
         ws.load_checkpoint(path)
@@ -122,7 +122,7 @@ def test_per_batch_sharpening_that_finishes_mid_epoch_ends_the_run(mini):
 
 
 def test_evaluation_runs_in_full_float32():
-    from whetstone.train import binary_report, evaluate
+    from whetstone.report import binary_report, evaluate
 
     model = small_model()
 
@@ -162,7 +162,7 @@ def test_surrogate_gradients_train_the_binary_network_for_the_whole_budget(mini)
 
 
 def test_distillation_loss_is_the_tempered_kl_divergence():
-    from whetstone.train import distillation_loss
+    from whetstone.losses import distillation_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
@@ -189,27 +189,27 @@ class ConstantTeacher(torch.nn.Module):
 def test_a_teacher_pulls_the_student_toward_its_predictions(mini):
     train_loader, test_loader = mini
 
-    def predicted_zeros(**distill):
+    def predicted_zeros(loss=None):
         model = small_model()
-        trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=2e-3), progress=False, **distill)
+        trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=2e-3), loss=loss, progress=False)
         trainer.fit(train_loader, epochs=2)
         with torch.no_grad():
             return float(torch.cat([model.eval()(x).argmax(-1) == 0 for x, _ in test_loader]).float().mean())
 
     assert predicted_zeros() < 0.3  # the labels alone: about a tenth are zeros
-    assert predicted_zeros(teacher=ConstantTeacher(), distill_weight=1.0) > 0.95  # the teacher alone: all zeros
+    assert predicted_zeros(ws.Distillation(ConstantTeacher(), weight=1.0)) > 0.95  # the teacher alone: all zeros
     # Weight 0 ignores the teacher: the very same training as without one.
-    assert predicted_zeros(teacher=ConstantTeacher(), distill_weight=0.0) == predicted_zeros()
+    assert predicted_zeros(ws.Distillation(ConstantTeacher(), weight=0.0)) == predicted_zeros()
 
 
 def test_a_teacher_is_frozen_and_errors_name_the_argument():
-    model = small_model()
     teacher = small_model().train()
-    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False, teacher=teacher)
-    assert not trainer.teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    loss = ws.Distillation(teacher)
+    assert not loss.teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert loss.for_evaluation() is loss.base  # held-out data is scored without the teacher
     with pytest.raises(ValueError, match=r"distill_weight must be in \[0, 1\], got 1.5"):
-        ws.Trainer(model, torch.optim.Adam(model.parameters()), teacher=teacher, distill_weight=1.5)
+        ws.Distillation(teacher, weight=1.5)
     with pytest.raises(ValueError, match="distill_temperature must be positive, got 0"):
-        ws.Trainer(model, torch.optim.Adam(model.parameters()), teacher=teacher, distill_temperature=0)
-    with pytest.raises(ValueError, match="needs target='labels'"):
-        ws.Trainer(model, torch.optim.Adam(model.parameters()), teacher=teacher, target="inputs")
+        ws.Distillation(teacher, temperature=0)
+    with pytest.raises(ValueError, match="base loss must classify"):
+        ws.Distillation(teacher, base=ws.Reconstruction())

@@ -6,11 +6,16 @@ exactly 0 or 1.
 """
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
+from .callbacks import Callback
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .convert import fold_batchnorm, for_inference, pool_before_spikes, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
-from .deploy import DeployError, SpikingGraph, quantize, to_spiking_graph
+from .graph import DeployError, SpikingGraph, quantize, to_spiking_graph
+from .losses import Classification, Distillation, Reconstruction, distillation_loss
 from .models import SpikingClassifier, create_model, list_models
+from .report import binary_report, evaluate, is_fully_binary
+from .run import ConfigError, RunConfig, build_run
 from .sharpen import (
     AdaptiveSharpener,
     ScheduledSharpener,
@@ -23,14 +28,20 @@ from .sharpen import (
     spiking_layers,
 )
 from .sim import SimResult, simulate
-from .train import Trainer, binary_report, distillation_loss, evaluate, load_checkpoint
+from .train import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveSharpener",
+    "Callback",
+    "Classification",
+    "ConfigError",
     "DatasetError",
     "DeployError",
+    "Distillation",
+    "Reconstruction",
+    "RunConfig",
     "ScheduledSharpener",
     "Sharpener",
     "SimResult",
@@ -44,15 +55,18 @@ __all__ = [
     "TensorLoader",
     "Trainer",
     "binary_report",
+    "build_run",
     "create_model",
     "distillation_loss",
     "evaluate",
     "fold_batchnorm",
     "for_inference",
+    "is_fully_binary",
     "key_generator",
     "list_models",
     "load_checkpoint",
     "load_dataset",
+    "model_from_checkpoint",
     "model_sharpness",
     "pool_before_spikes",
     "quantize",

@@ -35,6 +35,7 @@ __all__ = [
     "ImageDataset",
     "TensorLoader",
     "augmentation",
+    "check_available",
     "load_dataset",
     "random_crop_flip",
     "read_idx",
@@ -257,9 +258,39 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
             if class_name not in spec.classes:
                 raise DatasetError(f"{path}: {name} is in unknown class folder {class_name!r}")
             labels[index] = spec.classes.index(class_name)
-            with Image.open(io.BytesIO(archive.read(name))) as image:
-                images[index] = np.asarray(image.convert("RGB"))
+            try:
+                with Image.open(io.BytesIO(archive.read(name))) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:  # CRC error, not an image, truncated
+                raise DatasetError(f"{path}: member {name} is unreadable: {error}") from None
+            if pixels.shape != (32, 32, 3):
+                raise DatasetError(f"{path}: member {name} is {pixels.shape[1]}x{pixels.shape[0]} pixels, expected 32x32")
+            images[index] = pixels
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
+
+
+def _files(name: str, split: str, data_dir: str | os.PathLike | None) -> tuple[DatasetSpec, _Split, Path]:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    if split not in spec.splits:
+        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
+    root = _PACKAGE_DATA if name == "mnist-mini" else resolve_data_dir(data_dir)
+    return spec, spec.splits[split], root / spec.folder
+
+
+def check_available(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+                    splits: tuple[str, ...] = ("train", "test")) -> None:  # fmt: skip
+    """``DatasetError`` (saying where it looked and how to get them) unless the files of ``splits`` of
+    dataset ``name`` are present, or can be downloaded. Cheap: nothing is read."""
+    for split in splits:
+        spec, files, folder = _files(name, split, data_dir)
+        missing = [f for f in (files.images, files.labels) if f and not (folder / f).is_file()]
+        if missing and not (download and spec.urls):
+            raise DatasetError(
+                f"{spec.name} {split} data not found: looked for {', '.join(str(folder / f) for f in missing)}. "
+                f"Set --data-dir or WHETSTONE_DATA to the folder that holds '{spec.folder}/', or {spec.how_to_get}."
+            )
 
 
 def load_dataset(
@@ -273,22 +304,10 @@ def load_dataset(
         data_dir: the data root (see the module docs); ignored for the bundled ``mnist-mini``.
         download: fetch missing MNIST / Fashion-MNIST files (verified by SHA-256) into the root.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
-    spec = DATASETS[name]
-    if split not in spec.splits:
-        raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
-    files = spec.splits[split]
-    root = _PACKAGE_DATA if name == "mnist-mini" else resolve_data_dir(data_dir)
-    folder = root / spec.folder
+    spec, files, folder = _files(name, split, data_dir)
     if download and spec.urls:
         _download(spec, files, folder)
-    missing = [f for f in (files.images, files.labels) if f and not (folder / f).is_file()]
-    if missing:
-        raise DatasetError(
-            f"{spec.name} {split} data not found: looked for {', '.join(str(folder / f) for f in missing)}. "
-            f"Set --data-dir or WHETSTONE_DATA to the folder that holds '{spec.folder}/', or {spec.how_to_get}."
-        )
+    check_available(name, data_dir, splits=(split,))
     if name == "cifar10":
         images, labels = _load_cifar_zip(spec, split, folder / files.images)
     else:

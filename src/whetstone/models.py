@@ -25,7 +25,16 @@ from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
 
-__all__ = ["ResidualBlock", "SpikingAutoencoder", "SpikingClassifier", "create_model", "list_models", "recipe", "register_model"]
+__all__ = [
+    "ResidualBlock",
+    "SpikingAutoencoder",
+    "SpikingClassifier",
+    "create_model",
+    "list_models",
+    "model_description",
+    "recipe",
+    "register_model",
+]
 
 _ACTIVATION_MODULES = {"brelu": SpikingBReLU, "sigmoid": SpikingSigmoid}
 
@@ -121,6 +130,11 @@ def _entry(name: str) -> _Entry:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     return _REGISTRY[name]
+
+
+def model_description(name: str) -> str:
+    """One line on what model ``name`` is."""
+    return _entry(name).description
 
 
 def recipe(name: str) -> Recipe:

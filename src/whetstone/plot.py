@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
+
+from .files import atomic_write
 
 __all__ = ["plot_history"]
 
 
 def plot_history(history: Sequence, path: str | os.PathLike) -> None:
-    """Write a three-panel PNG of ``history`` (a list of :class:`~whetstone.train.EpochRecord`)."""
+    """Write a three-panel PNG of ``history`` (a list of :class:`~whetstone.train.EpochRecord`), atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -39,5 +42,7 @@ def plot_history(history: Sequence, path: str | os.PathLike) -> None:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize="small")
     sharp_ax.set_ylim(-0.05, 1.05)
-    figure.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=110, format="png")
     plt.close(figure)
+    atomic_write(path, buffer.getvalue())

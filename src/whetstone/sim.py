@@ -1,6 +1,6 @@
 """Reference integrate-and-fire simulator (numpy), with spike, synaptic-operation and energy counts.
 
-It runs a :class:`~whetstone.deploy.SpikingGraph` the way event-driven hardware does: only the inputs
+It runs a :class:`~whetstone.graph.SpikingGraph` the way event-driven hardware does: only the inputs
 that are active (a spike, or a non-zero pixel at the encoder) deliver their outgoing synapses into the
 membranes, and a neuron fires when ``bias + sum of delivered weights >= threshold``. Synapses are stored
 as weight vectors per (input channel, kernel offset), so each event delivers one vector in a numpy
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from .deploy import SpikingGraph
+from .graph import AffineNode, Conv2dNode, FlattenNode, InputNode, MaxPool2dNode, Pool2dNode, SpikeNode, SpikingGraph
 
-__all__ = ["ENERGY_PER_OP", "EnergyModel", "SimResult", "simulate"]
+__all__ = ["ENERGY_PER_OP", "EnergyModel", "SimResult", "check_images", "simulate"]
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,10 @@ def _conv_projection(
     )
 
 
-def _pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], how: str) -> np.ndarray:
+def _pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], maximum: bool) -> np.ndarray:
     x = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
     windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
-    if how == "max":
+    if maximum:
         return windows.max(axis=(-2, -1))
     return windows.sum(axis=(-2, -1)) / (kernel[0] * kernel[1])
 
@@ -175,6 +175,15 @@ class SimResult:
     def accuracy(self, labels: np.ndarray) -> float:
         return float((self.predictions == np.asarray(labels)).mean())
 
+    def figures(self, labels: np.ndarray, arithmetic: str = "fp32") -> dict:
+        """Plain figures of the run (JSON-ready): samples, accuracy, per-sample operations and energy,
+        and per-layer activity."""
+        encoder, synops, dense = self.synaptic_ops()
+        snn, ann = self.energy(arithmetic)
+        return {"samples": self.samples, "accuracy": self.accuracy(labels), "encoder_macs": encoder, "synaptic_events": synops,
+                "dense_macs": dense, "energy_nj": snn, "dense_energy_nj": ann, "arithmetic": arithmetic,
+                "layers": [vars(layer) for layer in self.layers]}  # fmt: skip
+
     def synaptic_ops(self) -> tuple[float, float, float]:
         """Per sample: (encoder multiply-accumulates, binary synaptic events, dense MACs of the whole net)."""
         encoder = sum(s.events for s in self.layers if s.name == self.encoder)
@@ -217,27 +226,47 @@ class SimResult:
         return "\n".join(lines)
 
 
+def check_images(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``images`` as float32 of shape (N, *shape) with finite values in [0, 1]; ``ValueError`` naming what
+    is wrong otherwise (raw 0-255 pixels, NaN, another shape, no images)."""
+    array = np.asarray(images)
+    if array.dtype == np.uint8:
+        raise ValueError("images must be float pixels in [0, 1], got uint8 (0-255): divide by 255 first")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise ValueError(f"images must be a float array in [0, 1], got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if array.ndim != len(shape) + 1 or array.shape[1:] != tuple(shape):
+        raise ValueError(f"images must have shape (N, {', '.join(map(str, shape))}), got {array.shape}")
+    if len(array) == 0:
+        raise ValueError("images is empty: nothing to simulate")
+    if not np.isfinite(array).all():
+        raise ValueError(f"images contain {int((~np.isfinite(array)).sum())} NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1:
+        hint = ": divide 0-255 pixels by 255" if high > 1 else ""
+        raise ValueError(f"images must be in [0, 1], got values from {low:g} to {high:g}{hint}")
+    return array
+
+
 def simulate(
     graph: SpikingGraph, images: np.ndarray, batch_size: int = 256, progress: bool = False
 ) -> SimResult:
-    """Run ``graph`` on ``images`` (float32, shape (N, *graph.input_shape), e.g. pixels / 255) one time
-    step, event by event, and decode the output spikes with the graph's key (ties -> lowest class)."""
-    images = np.asarray(images, dtype=np.float32)
-    if images.shape[1:] != tuple(graph.input_shape):
-        raise ValueError(f"images must have shape (N, {', '.join(map(str, graph.input_shape))}), got {images.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    """Run ``graph`` on ``images`` (float32 in [0, 1], shape (N, *graph.input_shape), e.g. pixels / 255)
+    one time step, event by event, and decode the output spikes with the graph's key (ties -> lowest
+    class). ``ValueError`` for images that are not that (raw 0-255 pixels, NaN, another shape)."""
+    images = check_images(images, graph.input_shape)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     shapes = {n.name: n.shape for n in graph.nodes}
     projections: dict[str, _Projection] = {}
     for node in graph.nodes:
-        p = node.params
-        if node.op == "affine":
-            projections[node.name] = _affine_projection(p["weight"], p["bias"])
-        elif node.op == "conv2d":
+        if isinstance(node, AffineNode):
+            projections[node.name] = _affine_projection(node.weight, node.bias)
+        elif isinstance(node, Conv2dNode):
             projections[node.name] = _conv_projection(
-                p["weight"], p["bias"], shapes[node.inputs[0]], node.shape, p["stride"], p["padding"], p["dilation"], p["groups"]
+                node.weight, node.bias, shapes[node.inputs[0]], node.shape, node.stride, node.padding, node.dilation, node.groups
             )
-    stats = {n.name: LayerStats(n.name, n.op, math.prod(n.shape)) for n in graph.nodes if n.op != "input"}
+    stats = {n.name: LayerStats(n.name, n.op, math.prod(n.shape)) for n in graph.nodes if not isinstance(n, InputNode)}
     predictions, outputs, margins = [], [], []
     starts = range(0, len(images), batch_size)
     for lo in tqdm(starts, desc="simulate", unit="batch", disable=not progress, leave=False):
@@ -245,7 +274,7 @@ def simulate(
         values: dict[str, np.ndarray] = {}
         margin = np.full(len(batch), np.inf)
         for node in graph.nodes:
-            if node.op == "input":
+            if isinstance(node, InputNode):
                 values[node.name] = batch
                 continue
             x = values[node.inputs[0]]
@@ -256,20 +285,19 @@ def simulate(
                 values[node.name] = membrane.reshape(len(batch), *node.shape)
                 stats[node.name].events += events
                 stats[node.name].dense_macs += len(batch) * projections[node.name].synapses_per_sample
-            elif node.op == "spike":
-                spikes = (x >= node.params["threshold"]).astype(np.float32)
+            elif isinstance(node, SpikeNode):
+                spikes = (x >= node.threshold).astype(np.float32)
                 if any(name in projections for name in node.inputs):  # real-valued synaptic sums: can round
-                    distance = np.abs(x - node.params["threshold"]).reshape(len(batch), -1).min(axis=1)
+                    distance = np.abs(x - node.threshold).reshape(len(batch), -1).min(axis=1)
                     margin = np.minimum(margin, distance)
                 values[node.name] = spikes
                 stats[node.name].spikes += int(spikes.sum())
-            elif node.op in ("maxpool2d", "avgpool2d"):
-                p = node.params
-                values[node.name] = _pool(x, p["kernel_size"], p["stride"], p["padding"], node.op[:3])
-            elif node.op == "flatten":
+            elif isinstance(node, Pool2dNode):
+                values[node.name] = _pool(x, node.kernel_size, node.stride, node.padding, isinstance(node, MaxPool2dNode))
+            elif isinstance(node, FlattenNode):
                 values[node.name] = x.reshape(len(batch), -1)
             else:
-                raise ValueError(f"{node.name}: unknown operation {node.op!r}")
+                raise ValueError(f"{node.name}: the simulator cannot run a {type(node).__name__}")
         out = values[graph.output].reshape(len(batch), -1)
         outputs.append(out.astype(np.uint8))
         margins.append(margin)

@@ -14,8 +14,8 @@ On a Ray cluster the same objective runs under Ray Tune with Optuna as the searc
     from ray.tune.search.optuna import OptunaSearch
     from whetstone.sweep import train_trial
 
-    def trainable(config):
-        return {"score": train_trial(config, base_argv)}
+    def trainable(settings):
+        return {"score": train_trial(base_config.replace(**settings, out=f"runs/tune/{tune.get_context().get_trial_id()}"))}
 
     tune.Tuner(trainable, param_space=RAY_SPACE, tune_config=tune.TuneConfig(
         search_alg=OptunaSearch(metric="score", mode="max"), num_samples=100)).fit()
@@ -27,6 +27,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from .checkpoint import RunFolder
+from .run import RunConfig, build_run
 
 __all__ = ["run_sweep", "suggest", "train_trial"]
 
@@ -56,23 +59,18 @@ def suggest(trial: Any, epochs: int) -> dict[str, Any]:
     return config
 
 
-def train_trial(config: dict[str, Any], base_argv: list[str]) -> float:
-    """One ``whetstone train`` run with ``config`` applied on top of ``base_argv``; returns the score
-    (held-out accuracy if fully binary, else that minus 1)."""
-    from .cli import make_parser, prepare_training
-
-    argv = list(base_argv) + ["--sharpener", "simple"]
-    for name, value in config.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    args = make_parser().parse_args(argv)
-    trainer, train_loader, eval_loader = prepare_training(args)
-    result = trainer.fit(train_loader, args.epochs, eval_loader)
+def train_trial(config: RunConfig) -> float:
+    """Train one trial's run; returns its score (held-out accuracy if fully binary, else that minus 1).
+    A trial folder left by an interrupted sweep is replaced: the study records only finished trials."""
+    with RunFolder(config.out).claim(overwrite=True):
+        result = build_run(config).fit()
     accuracy = result.history[-1].eval_accuracy or 0.0
     return accuracy if result.fully_binary else accuracy - 1.0
 
 
-def run_sweep(base_argv: list[str], out: str | Path, trials: int, epochs: int, seed: int = 0) -> Any:
-    """Run (or continue) the study in ``out/study.db``; returns the ``optuna.Study``."""
+def run_sweep(base: RunConfig, out: str | Path, trials: int, epochs: int, seed: int = 0) -> Any:
+    """Run (or continue) the study in ``out/study.db`` over ``base`` (a config whose ``holdout`` keeps
+    the test set out of tuning); returns the ``optuna.Study``."""
     optuna = _optuna()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,9 +80,9 @@ def run_sweep(base_argv: list[str], out: str | Path, trials: int, epochs: int, s
     )
 
     def objective(trial: Any) -> float:
-        config = suggest(trial, epochs)
-        argv = [*base_argv, "--epochs", str(epochs), "--out", str(out / f"trial-{trial.number}")]
-        return train_trial(config, argv)
+        settings = suggest(trial, epochs)
+        config = base.replace(sharpener="simple", epochs=epochs, out=str(out / f"trial-{trial.number}"), **settings)
+        return train_trial(config)
 
     study.optimize(objective, n_trials=trials)
     return study

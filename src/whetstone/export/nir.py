@@ -1,29 +1,45 @@
-"""Export a :class:`~whetstone.deploy.SpikingGraph` to the Neuromorphic Intermediate Representation
+"""Export a :class:`~whetstone.graph.SpikingGraph` to the Neuromorphic Intermediate Representation
 (NIR, PyPI ``nir``), and read such a file back.
 
 Mapping (one time step; NIR sums all edges into a node):
 
-- ``affine`` -> ``nir.Affine``, ``conv2d`` -> ``nir.Conv2d``, ``avgpool2d`` -> ``nir.AvgPool2d``.
-- ``spike`` -> ``nir.IF(r=1, v_threshold, v_reset=0)``. NIR and its simulators fire on ``v > v_threshold``
-  while Whetstone fires on ``v >= theta``; the file stores ``v_threshold`` as the float32 just below
-  ``theta``, which makes the two identical for every float32 membrane.
-- ``maxpool2d`` (an OR of binary spikes; NIR has no max pooling) -> ``nir.AvgPool2d`` followed by an IF
-  firing when the window's mean exceeds half of ``1 / window size``, i.e. when any input spiked.
-- ``flatten`` -> ``nir.Flatten(start_dim=0)`` (NIR shapes have no batch dimension).
+- ``AffineNode`` -> ``nir.Affine``, ``Conv2dNode`` -> ``nir.Conv2d``, ``AvgPool2dNode`` -> ``nir.AvgPool2d``.
+- ``SpikeNode`` -> ``nir.IF(r=1, v_threshold, v_reset=0)``. NIR and its simulators fire on
+  ``v > v_threshold`` while Whetstone fires on ``v >= theta``; the file stores ``v_threshold`` as the
+  float32 just below ``theta``, which makes the two identical for every float32 membrane.
+- ``MaxPool2dNode`` (an OR of binary spikes; NIR has no max pooling) -> ``nir.AvgPool2d`` followed by an
+  IF firing when the window's mean exceeds half of ``1 / window size``, i.e. when any input spiked.
+- ``FlattenNode`` -> ``nir.Flatten(start_dim=0)`` (NIR shapes have no batch dimension).
 
-The decoder key and a note on the encoder (the first layer receives real-valued pixels in [0, 1]) are
-stored in the graph's metadata.
+NIR importers build PyTorch modules named after the nodes, so node names are written with ``_`` for
+``.`` (``features.2`` -> ``features_2``); each node's metadata keeps the whetstone name, which
+:func:`read_nir` restores. The decoder key and a note on the encoder (the first layer receives
+real-valued pixels in [0, 1]) are stored in the graph's metadata.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..deploy import DeployError, GraphNode, SpikingGraph
+from ..files import atomic_write
+from ..graph import (
+    AffineNode,
+    AvgPool2dNode,
+    Conv2dNode,
+    DeployError,
+    FlattenNode,
+    GraphNode,
+    InputNode,
+    MaxPool2dNode,
+    SpikeNode,
+    SpikingGraph,
+)
 
 __all__ = ["read_nir", "run_in_snntorch", "to_nir", "write_nir"]
 
@@ -49,71 +65,120 @@ def _below(value: np.ndarray) -> np.ndarray:
     return np.nextafter(np.asarray(value, dtype=np.float32), np.float32(-np.inf))
 
 
-def _if_node(nir, threshold: np.ndarray):
+def _if_node(nir, threshold: np.ndarray, name: str):
     threshold = np.asarray(threshold, dtype=np.float32)
-    return nir.IF(
-        r=np.ones_like(threshold), v_threshold=_below(threshold), v_reset=np.zeros_like(threshold),
-    )
+    return nir.IF(r=np.ones_like(threshold), v_threshold=_below(threshold), v_reset=np.zeros_like(threshold),
+                  metadata={"whetstone_name": name})  # fmt: skip
+
+
+def nir_name(name: str) -> str:
+    """The NIR node name of a graph node (importers turn names into module attributes: no dots)."""
+    return name.replace(".", "_")
+
+
+class _NirWriter:
+    """Builds the NIR nodes and edges of a graph; one method per node type (:data:`_WRITERS`)."""
+
+    def __init__(self, nir: Any, graph: SpikingGraph) -> None:
+        self.nir, self.graph = nir, graph
+        self.shapes = {n.name: n.shape for n in graph.nodes}
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+
+    def add(self, node: GraphNode, nir_node: Any, inputs: list[str] | None = None, name: str | None = None) -> None:
+        key = name or nir_name(node.name)
+        if key in self.nodes:
+            raise DeployError(f"two graph nodes are both named {key!r} in NIR; rename one of {node.name!r}'s modules")
+        self.nodes[key] = nir_node
+        self.edges.extend((nir_name(source), key) for source in (node.inputs if inputs is None else inputs))
+
+    def meta(self, node: GraphNode) -> dict[str, str]:
+        return {"whetstone_name": node.name}
+
+    def input(self, node: InputNode) -> None:
+        self.add(node, self.nir.Input(input_type={"input": np.array(node.shape)}), name="input")
+
+    def affine(self, node: AffineNode) -> None:
+        self.add(node, self.nir.Affine(weight=node.weight, bias=node.bias, metadata=self.meta(node)))
+
+    def conv2d(self, node: Conv2dNode) -> None:
+        self.add(node, self.nir.Conv2d(
+            input_shape=tuple(self.shapes[node.inputs[0]][1:]), weight=node.weight, stride=node.stride,
+            padding=node.padding, dilation=node.dilation, groups=node.groups, bias=node.bias, metadata=self.meta(node),
+        ))  # fmt: skip
+
+    def _pool(self, node: AvgPool2dNode | MaxPool2dNode, name: str) -> Any:
+        return self.nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                                  padding=np.array(node.padding), metadata={"whetstone_name": name})  # fmt: skip
+
+    def avgpool2d(self, node: AvgPool2dNode) -> None:
+        self.add(node, self._pool(node, node.name))
+
+    def maxpool2d(self, node: MaxPool2dNode) -> None:
+        window = node.kernel_size[0] * node.kernel_size[1]
+        summed = f"{nir_name(node.name)}_sum"
+        self.add(node, self._pool(node, f"{node.name}_sum"), name=summed)
+        # A window mean of k / window with k >= 1 spikes must fire, k = 0 must not.
+        self.add(node, _if_node(self.nir, np.full(node.shape, 0.5 / window, dtype=np.float32), node.name), inputs=[])
+        self.edges.append((summed, nir_name(node.name)))
+
+    def spike(self, node: SpikeNode) -> None:
+        self.add(node, _if_node(self.nir, node.threshold, node.name))
+
+    def flatten(self, node: FlattenNode) -> None:
+        self.add(node, self.nir.Flatten(input_type={"input": np.array(self.shapes[node.inputs[0]])}, start_dim=0,
+                                        metadata=self.meta(node)))  # fmt: skip
+
+
+#: The writer method of each node type.
+_WRITERS: dict[type, Callable[[_NirWriter, Any], None]] = {
+    InputNode: _NirWriter.input,
+    AffineNode: _NirWriter.affine,
+    Conv2dNode: _NirWriter.conv2d,
+    AvgPool2dNode: _NirWriter.avgpool2d,
+    MaxPool2dNode: _NirWriter.maxpool2d,
+    SpikeNode: _NirWriter.spike,
+    FlattenNode: _NirWriter.flatten,
+}
 
 
 def to_nir(graph: SpikingGraph):
     """Build the ``nir.NIRGraph`` of ``graph`` (see the module docstring for the mapping)."""
     nir = _require_nir()
-    nodes, edges = {}, []
-    shapes = {n.name: n.shape for n in graph.nodes}
+    writer = _NirWriter(nir, graph)
     for node in graph.nodes:
-        p = node.params
-        if node.op == "input":
-            nodes["input"] = nir.Input(input_type={"input": np.array(node.shape)})
-        elif node.op == "affine":
-            nodes[node.name] = nir.Affine(weight=p["weight"], bias=p["bias"])
-        elif node.op == "conv2d":
-            nodes[node.name] = nir.Conv2d(
-                input_shape=tuple(shapes[node.inputs[0]][1:]), weight=p["weight"], stride=p["stride"],
-                padding=p["padding"], dilation=p["dilation"], groups=p["groups"], bias=p["bias"],
-            )
-        elif node.op in ("avgpool2d", "maxpool2d"):
-            pool = nir.AvgPool2d(
-                kernel_size=np.array(p["kernel_size"]), stride=np.array(p["stride"]), padding=np.array(p["padding"])
-            )
-            if node.op == "avgpool2d":
-                nodes[node.name] = pool
-            else:
-                window = p["kernel_size"][0] * p["kernel_size"][1]
-                nodes[f"{node.name}_sum"] = pool
-                # A window mean of k / window with k >= 1 spikes must fire, k = 0 must not.
-                nodes[node.name] = _if_node(nir, np.full(node.shape, 0.5 / window, dtype=np.float32))
-                edges.append((f"{node.name}_sum", node.name))
-                for source in node.inputs:
-                    edges.append((source, f"{node.name}_sum"))
-                continue
-        elif node.op == "spike":
-            nodes[node.name] = _if_node(nir, p["threshold"])
-        elif node.op == "flatten":
-            nodes[node.name] = nir.Flatten(input_type={"input": np.array(shapes[node.inputs[0]])}, start_dim=0)
-        else:
-            raise DeployError(f"{node.name}: operation {node.op!r} has no NIR mapping")
-        edges.extend((source, node.name) for source in node.inputs)
-    nodes["output"] = nir.Output(output_type={"output": np.array(shapes[graph.output])})
-    edges.append((graph.output, "output"))
+        write = _WRITERS.get(type(node))
+        if write is None:
+            raise DeployError(f"{node.name}: {type(node).__name__} has no NIR mapping")
+        write(writer, node)
+    writer.nodes["output"] = nir.Output(output_type={"output": np.array(graph.node(graph.output).shape)})
+    writer.edges.append((nir_name(graph.output), "output"))
     metadata = {
         "producer": "whetstone-snn",
         "whetstone_key": graph.key.astype(np.float32),
-        "encoder": _ENCODER_NOTE.format(name=graph.encoder),
+        "encoder": _ENCODER_NOTE.format(name=nir_name(graph.encoder)),
         "decode": _DECODE_NOTE,
         "spike_rule": "IF thresholds are stored just below theta: NIR's v > v_threshold equals Whetstone's v >= theta",
     }
     if "quantized_bits" in graph.metadata:
         metadata["quantized_bits"] = int(graph.metadata["quantized_bits"])
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
+    return nir.NIRGraph(nodes=writer.nodes, edges=writer.edges, metadata=metadata)
 
 
 def write_nir(graph: SpikingGraph, path: str | Path) -> Path:
-    """Write ``graph`` as a NIR (HDF5) file; returns the path."""
+    """Write ``graph`` as a NIR (HDF5) file, atomically (built in memory, then renamed into place: a
+    full disk leaves no half-written file); returns the path."""
     nir = _require_nir()
-    path = Path(path)
-    nir.write(path, to_nir(graph))
-    return path
+    buffer = io.BytesIO()
+    nir.write(buffer, to_nir(graph))
+    return atomic_write(path, buffer.getvalue())
+
+
+def _array(value: Any, what: str, path: Path) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: {what} holds NaN or infinite values")
+    return array
 
 
 def read_nir(path: str | Path) -> SpikingGraph:
@@ -121,7 +186,8 @@ def read_nir(path: str | Path) -> SpikingGraph:
     Conv2d, AvgPool2d, Flatten, IF with ``r = 1`` and ``v_reset = 0``) back into a :class:`SpikingGraph`.
 
     A NIR file carries no batch dimension and no decoder, so the key must be in the graph's metadata
-    under ``whetstone_key``.
+    under ``whetstone_key``. Every array is checked to be finite, and the graph to be acyclic with one
+    input and one output; ``ValueError`` names what is wrong.
     """
     nir = _require_nir()
     path = Path(path)
@@ -129,57 +195,67 @@ def read_nir(path: str | Path) -> SpikingGraph:
         raise FileNotFoundError(f"no NIR file at {path}")
     try:
         source = nir.read(path)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable NIR file: {error}") from error
+    except Exception as error:  # noqa: BLE001 - h5py and nir raise many kinds: one line
+        raise ValueError(f"{path} is not a readable NIR file: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     if "whetstone_key" not in source.metadata:
         raise ValueError(f"{path}: the graph metadata has no 'whetstone_key' (decoder key); was it written by whetstone?")
+    key = _array(source.metadata["whetstone_key"], "the decoder key", path)
+    if key.ndim != 2 or not np.isin(key, (0.0, 1.0)).all():
+        raise ValueError(f"{path}: the decoder key must be a 2-D array of 0s and 1s, got shape {key.shape}")
     incoming: dict[str, list[str]] = {name: [] for name in source.nodes}
     for a, b in source.edges:
+        if a not in incoming or b not in incoming:
+            raise ValueError(f"{path}: edge {a!r} -> {b!r} names a node that does not exist")
         incoming[b].append(a)
-    order = _topological(source.nodes, source.edges)
+    names = {name: str(getattr(node, "metadata", {}).get("whetstone_name", name)) for name, node in source.nodes.items()}
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"{path}: two nodes share a name")
     nodes: list[GraphNode] = []
     shapes: dict[str, tuple[int, ...]] = {}
     output = None
-    for name in order:
-        n = source.nodes[name]
-        inputs = incoming[name]
+    for key_name in _topological(source.nodes, source.edges, path):
+        n, name = source.nodes[key_name], names[key_name]
+        inputs = [names[i] for i in incoming[key_name]]
         if isinstance(n, nir.Input):
-            shape = tuple(int(v) for v in next(iter(n.input_type.values())))
-            nodes.append(GraphNode(name, "input", [], shape))
+            node: GraphNode = InputNode(name, [], tuple(int(v) for v in next(iter(n.input_type.values()))))
         elif isinstance(n, nir.Output):
-            (output,) = inputs
+            if len(inputs) != 1:
+                raise ValueError(f"{path}: the Output node must have one input, got {len(inputs)}")
+            output = inputs[0]
             continue
+        elif not inputs:
+            raise ValueError(f"{path}: node {key_name!r} has no input")
         elif isinstance(n, nir.Affine):
-            nodes.append(GraphNode(name, "affine", inputs, (n.weight.shape[0],), {
-                "weight": np.asarray(n.weight, np.float32), "bias": np.asarray(n.bias, np.float32)}))
+            weight = _array(n.weight, f"the weights of {key_name!r}", path)
+            node = AffineNode(name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path))
         elif isinstance(n, nir.Conv2d):
             c, h, w = shapes[inputs[0]]
-            k = n.weight.shape[2:]
+            weight = _array(n.weight, f"the weights of {key_name!r}", path)
+            k = weight.shape[2:]
             stride, pad, dil = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.stride, n.padding, n.dilation))
             out = tuple((size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in zip((h, w), pad, dil, k, stride))
-            nodes.append(GraphNode(name, "conv2d", inputs, (n.weight.shape[0], *out), {
-                "weight": np.asarray(n.weight, np.float32), "bias": np.asarray(n.bias, np.float32),
-                "stride": stride, "padding": pad, "dilation": dil, "groups": int(n.groups)}))
+            node = Conv2dNode(name, inputs, (weight.shape[0], *out), weight, _array(n.bias, f"the bias of {key_name!r}", path),
+                              stride, pad, dil, int(n.groups))  # fmt: skip
         elif isinstance(n, nir.AvgPool2d):
             c, h, w = shapes[inputs[0]]
             k, s, p = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.kernel_size, n.stride, n.padding))
             out = tuple((size + 2 * pp - kk) // ss + 1 for size, pp, kk, ss in zip((h, w), p, k, s))
-            nodes.append(GraphNode(name, "avgpool2d", inputs, (c, *out), {"kernel_size": k, "stride": s, "padding": p}))
+            node = AvgPool2dNode(name, inputs, (c, *out), k, s, p)
         elif isinstance(n, nir.Flatten):
-            size = int(np.prod(shapes[inputs[0]]))
-            nodes.append(GraphNode(name, "flatten", inputs, (size,)))
+            node = FlattenNode(name, inputs, (int(np.prod(shapes[inputs[0]])),))
         elif isinstance(n, nir.IF):
             if not (np.all(n.r == 1) and (n.v_reset is None or np.all(n.v_reset == 0))):
-                raise ValueError(f"{path}: IF node {name!r} must have r = 1 and v_reset = 0")
-            threshold = np.nextafter(np.asarray(n.v_threshold, np.float32), np.float32(np.inf))
-            nodes.append(GraphNode(name, "spike", inputs, shapes[inputs[0]], {"threshold": threshold}))
+                raise ValueError(f"{path}: IF node {key_name!r} must have r = 1 and v_reset = 0")
+            threshold = np.nextafter(_array(n.v_threshold, f"the thresholds of {key_name!r}", path), np.float32(np.inf))
+            node = SpikeNode(name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy())
         else:
-            raise ValueError(f"{path}: node {name!r} of type {type(n).__name__} is not supported")
-        shapes[name] = nodes[-1].shape
+            raise ValueError(f"{path}: node {key_name!r} of type {type(n).__name__} is not supported")
+        nodes.append(node)
+        shapes[name] = node.shape
     if output is None:
         raise ValueError(f"{path}: the graph has no Output node")
     metadata = {k: v for k, v in source.metadata.items() if k != "whetstone_key"}
-    return SpikingGraph(nodes, output, np.asarray(source.metadata["whetstone_key"], np.float32), metadata)
+    return SpikingGraph(nodes, output, key, metadata)
 
 
 def run_in_snntorch(path: str | Path, images: np.ndarray) -> np.ndarray:
@@ -210,7 +286,7 @@ def run_in_snntorch(path: str | Path, images: np.ndarray) -> np.ndarray:
     return out.reshape(len(images), -1).numpy()
 
 
-def _topological(nodes: dict, edges: list[tuple[str, str]]) -> list[str]:
+def _topological(nodes: dict, edges: list[tuple[str, str]], path: Path) -> list[str]:
     pending = {name: 0 for name in nodes}
     for _, b in edges:
         pending[b] += 1
@@ -225,5 +301,6 @@ def _topological(nodes: dict, edges: list[tuple[str, str]]) -> list[str]:
                 if pending[b] == 0:
                     ready.append(b)
     if len(order) != len(nodes):
-        raise ValueError("the NIR graph has a cycle; only feed-forward graphs are supported")
+        cyclic = sorted(name for name, count in pending.items() if count > 0)
+        raise ValueError(f"{path}: the graph has a cycle through {', '.join(cyclic[:4])}; only feed-forward graphs are supported")
     return order

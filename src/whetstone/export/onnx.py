@@ -1,4 +1,4 @@
-"""Export a :class:`~whetstone.deploy.SpikingGraph` to ONNX: the binary network as standard operators.
+"""Export a :class:`~whetstone.graph.SpikingGraph` to ONNX: the binary network as standard operators.
 
 Each spiking layer is ``Cast(GreaterOrEqual(v, theta), float)``; a node with several inputs sums them
 (``Sum``); max pooling is ``MaxPool`` (over spikes, a logical OR). The model has one input ``input``
@@ -13,7 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..deploy import DeployError, SpikingGraph
+from ..files import atomic_write
+from ..graph import (
+    AffineNode,
+    Conv2dNode,
+    DeployError,
+    FlattenNode,
+    InputNode,
+    MaxPool2dNode,
+    Pool2dNode,
+    SpikeNode,
+    SpikingGraph,
+)
 
 __all__ = ["OPSET", "to_onnx", "write_onnx"]
 
@@ -47,37 +58,37 @@ def to_onnx(graph: SpikingGraph):
         return f"{node_name}_in"
 
     for node in graph.nodes:
-        p, name = node.params, node.name
-        if node.op == "input":
+        name = node.name
+        if isinstance(node, InputNode):
             continue
         x = summed(name, node.inputs)
-        if node.op == "affine":
+        if isinstance(node, AffineNode):
             nodes.append(helper.make_node(
-                "Gemm", [x, constant(f"{name}_weight", p["weight"]), constant(f"{name}_bias", p["bias"])], [name],
+                "Gemm", [x, constant(f"{name}_weight", node.weight), constant(f"{name}_bias", node.bias)], [name],
                 name=name, transB=1,
             ))
-        elif node.op == "conv2d":
-            kernel = list(p["weight"].shape[2:])
+        elif isinstance(node, Conv2dNode):
+            pad_y, pad_x = node.padding
             nodes.append(helper.make_node(
-                "Conv", [x, constant(f"{name}_weight", p["weight"]), constant(f"{name}_bias", p["bias"])], [name],
-                name=name, kernel_shape=kernel, strides=list(p["stride"]), dilations=list(p["dilation"]),
-                pads=[p["padding"][0], p["padding"][1], p["padding"][0], p["padding"][1]], group=p["groups"],
+                "Conv", [x, constant(f"{name}_weight", node.weight), constant(f"{name}_bias", node.bias)], [name],
+                name=name, kernel_shape=list(node.weight.shape[2:]), strides=list(node.stride), dilations=list(node.dilation),
+                pads=[pad_y, pad_x, pad_y, pad_x], group=node.groups,
             ))
-        elif node.op in ("maxpool2d", "avgpool2d"):
-            op = "MaxPool" if node.op == "maxpool2d" else "AveragePool"
-            extra = {} if op == "MaxPool" else {"count_include_pad": 1}
+        elif isinstance(node, Pool2dNode):
+            maximum = isinstance(node, MaxPool2dNode)
+            pad_y, pad_x = node.padding
             nodes.append(helper.make_node(
-                op, [x], [name], name=name, kernel_shape=list(p["kernel_size"]), strides=list(p["stride"]),
-                pads=[p["padding"][0], p["padding"][1], p["padding"][0], p["padding"][1]], **extra,
+                "MaxPool" if maximum else "AveragePool", [x], [name], name=name, kernel_shape=list(node.kernel_size),
+                strides=list(node.stride), pads=[pad_y, pad_x, pad_y, pad_x], **({} if maximum else {"count_include_pad": 1}),
             ))
-        elif node.op == "flatten":
+        elif isinstance(node, FlattenNode):
             nodes.append(helper.make_node("Flatten", [x], [name], name=name, axis=1))
-        elif node.op == "spike":
-            threshold = constant(f"{name}_threshold", p["threshold"].astype(np.float32))
+        elif isinstance(node, SpikeNode):
+            threshold = constant(f"{name}_threshold", node.threshold.astype(np.float32))
             nodes.append(helper.make_node("GreaterOrEqual", [x, threshold], [f"{name}_fired"], name=f"{name}_compare"))
             nodes.append(helper.make_node("Cast", [f"{name}_fired"], [name], name=name, to=TensorProto.FLOAT))
         else:
-            raise DeployError(f"{name}: operation {node.op!r} has no ONNX mapping")
+            raise DeployError(f"{name}: {type(node).__name__} has no ONNX mapping")
 
     width = graph.key.shape[1]
     signed_key = constant("signed_key_t", (2.0 * graph.key.astype(np.float32) - 1.0).T.copy())
@@ -108,8 +119,5 @@ def to_onnx(graph: SpikingGraph):
 
 
 def write_onnx(graph: SpikingGraph, path: str | Path) -> Path:
-    """Write ``graph`` as an ONNX file; returns the path."""
-    onnx = _require_onnx()
-    path = Path(path)
-    onnx.save(to_onnx(graph), path)
-    return path
+    """Write ``graph`` as an ONNX file, atomically (a full disk leaves no half-written file); returns the path."""
+    return atomic_write(path, to_onnx(graph).SerializeToString())

@@ -1,0 +1,175 @@
+"""Writing files safely: every file whetstone writes appears whole or not at all, and a folder can be
+owned by one process at a time.
+
+:func:`atomic_write` is the only way the project writes a file (checkpoints, history, plots, NIR, ONNX,
+JSON reports): the bytes go to a temporary file in the same folder, are flushed to disk, and only then
+renamed over the destination. A crash, a signal or a full disk leaves the previous file (or nothing)
+and no temporary file, and a full disk is reported in one line: ``no space left on device writing FILE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["FolderInUseError", "FolderLock", "OutputError", "Terminated", "atomic_write", "sigterm_raises"]
+
+log = logging.getLogger(__name__)
+_UMASK = os.umask(0o022)  # read the process's umask (there is no other way), then put it back
+os.umask(_UMASK)
+
+
+class OutputError(OSError):
+    """A file could not be written (no space, no permission, ...); the message is one line."""
+
+
+def _explain(error: OSError, path: Path) -> OutputError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(error.errno, f"no space left on device writing {path}")
+    reason = error.strerror or str(error)
+    return OutputError(error.errno, f"cannot write {path}: {reason}")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temporary file in the same folder,
+    renamed into place once complete and flushed to disk; returns the path.
+
+    Raises :class:`OutputError` (one line, naming the file) when the folder is missing or unwritable or
+    the disk is full; the previous file at ``path``, if any, is then untouched and no temporary file is
+    left behind, also when the write is interrupted by a signal.
+    """
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else bytes(data)
+    temporary: str | None = None
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(handle, 0o666 & ~_UMASK)  # the mode an ordinary open() would give, not mkstemp's 0600
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+        temporary = None
+        with contextlib.suppress(OSError):  # make the rename itself durable (best effort)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+    except OSError as error:
+        if isinstance(error, OutputError):
+            raise
+        raise _explain(error, path) from None
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+    return path
+
+
+class FolderInUseError(ValueError):
+    """Another running process owns the folder."""
+
+
+class FolderLock:
+    """Exclusive ownership of a folder by this process, through an advisory lock (``flock``) on a lock
+    file inside it.
+
+    The operating system drops the lock when its holder exits, however it exits, so a lock file left by
+    a killed process is stale and simply taken over (and said so in the log). The file names the holder
+    (process id, host, start time) for the message another process gets.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str = ".whetstone.lock") -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self._handle: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def acquire(self) -> FolderLock:
+        """Take the lock; :class:`FolderInUseError` if a live process holds it."""
+        if self._handle is not None:
+            return self
+        while True:
+            try:
+                handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise _explain(error, self.path) from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(handle, 256).decode(errors="replace").strip() or "another process"
+                os.close(handle)
+                raise FolderInUseError(
+                    f"{self.folder} is in use by {holder}; wait for it to finish (or stop it) before using this folder"
+                ) from None
+            if self._still_linked(handle):
+                break
+            os.close(handle)  # the holder we waited behind removed the file: lock the new one
+        previous = os.read(handle, 256).decode(errors="replace").strip()
+        if previous:
+            log.info("took over the stale lock of %s in %s (that process is gone)", previous, self.folder)
+        os.lseek(handle, 0, os.SEEK_SET)
+        os.ftruncate(handle, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(handle, f"process {os.getpid()} on {socket.gethostname()} (since {started})".encode())
+        self._handle = handle
+        return self
+
+    def _still_linked(self, handle: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(handle).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        """Give the lock up and remove the lock file."""
+        if self._handle is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        os.close(self._handle)
+        self._handle = None
+
+    def __enter__(self) -> FolderLock:  # noqa: PYI034 - not meant to be subclassed
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM (see :func:`sigterm_raises`)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) instead of killing
+    the process outright, so it unwinds like Ctrl-C: temporary files are removed, the last complete
+    checkpoint stays. Only in the main thread (elsewhere signals cannot be handled); restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,645 @@
+"""The catalogue of bad input and faults, across the command line and the Python API.
+
+Every command-line case exits with status 2 and prints exactly one line on stderr that names the problem,
+with no traceback, and leaves every run folder byte for byte as it was and no temporary file behind.
+Every Python case raises the named exception with a one-line message. The full-disk cases run on a small
+tmpfs where this machine allows mounting one, and skip visibly otherwise.
+
+``python tests/test_bad_input.py`` prints the catalogue with what the user sees, as the table in
+docs/results.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import whetstone as ws
+from whetstone.checkpoint import load_checkpoint, save_checkpoint
+from whetstone.cli import main
+from whetstone.files import FolderLock
+
+TINY = ["--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3", "--start-epoch", "0",
+        "--steps", "1", "--no-progress", "--threads", "1"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: tuple[str, ...]  # with {placeholders} from Places
+    expected: str  # a part of the one error line
+
+
+def _cli(name: str, argv: str, expected: str) -> Case:
+    return Case(name, tuple(argv.split()), expected)
+
+
+TRAIN = "train --model mnist-dense --dataset mnist-mini --out {new}"
+CLI_CASES = [
+    # train: settings (all checked before anything is trained or written)
+    _cli("unknown model", "train --model nope --out {new}", "--model 'nope' is not a model"),
+    _cli("no --model", "train --out {new}", "--model is required"),
+    _cli("no --out", "train --model mnist-dense", "--out is required"),
+    _cli("unknown dataset", "train --model mnist-dense --dataset imagenet --out {new}", "argument --dataset: invalid choice: 'imagenet'"),
+    _cli("negative learning rate", TRAIN + " --lr -1", "--lr must be a positive finite number, got -1.0"),
+    _cli("zero learning rate", TRAIN + " --lr 0", "--lr must be a positive finite number, got 0.0"),
+    _cli("infinite learning rate", TRAIN + " --lr inf", "argument --lr: must be a finite number, got inf"),
+    _cli("NaN learning rate", TRAIN + " --lr nan", "argument --lr: must be a finite number, got nan"),
+    _cli("learning rate not a number", TRAIN + " --lr fast", "argument --lr: must be a number, got 'fast'"),
+    _cli("zero epochs", TRAIN + " --epochs 0", "--epochs must be an integer >= 1, got 0"),
+    _cli("negative epochs", TRAIN + " --epochs -3", "--epochs must be an integer >= 1, got -3"),
+    _cli("zero epochs, cosine schedule", TRAIN + " --epochs 0 --lr-schedule cosine", "--epochs must be an integer >= 1"),
+    _cli("fractional epochs", TRAIN + " --epochs 2.5", "argument --epochs: must be an integer, got '2.5'"),
+    _cli("zero batch size", TRAIN + " --batch-size 0", "--batch-size must be an integer >= 1, got 0"),
+    _cli("batch not divisible by processes", TRAIN + " --batch-size 7 --nproc 2", "--batch-size must be divisible by the 2 processes"),
+    _cli("zero threads", TRAIN + " --threads 0", "--threads must be an integer >= 1, got 0"),
+    _cli("negative threads", TRAIN + " --threads -1", "--threads must be an integer >= 1, got -1"),
+    _cli("zero processes", TRAIN + " --nproc 0", "--nproc must be an integer >= 1, got 0"),
+    _cli("zero limit", TRAIN + " --limit 0", "--limit must be an integer >= 1, got 0"),
+    _cli("negative limit", TRAIN + " --limit -5", "--limit must be an integer >= 1, got -5"),
+    _cli("holdout 0", TRAIN + " --holdout 0", "--holdout must be a fraction in (0, 1), got 0.0"),
+    _cli("holdout above 1", TRAIN + " --holdout 1.5", "--holdout must be a fraction in (0, 1), got 1.5"),
+    _cli("negative weight decay", TRAIN + " --weight-decay -1", "--weight-decay must be a finite number >= 0, got -1.0"),
+    _cli("negative start epoch", TRAIN + " --start-epoch -1", "--start-epoch must be an integer >= 0, got -1"),
+    _cli("zero sharpening steps", TRAIN + " --steps 0", "--steps must be an integer >= 1, got 0"),
+    _cli("surrogate at 1", TRAIN + " --surrogate 1", "--surrogate must be a sharpness in [0, 1), got 1.0"),
+    _cli("negative surrogate", TRAIN + " --surrogate -0.1", "--surrogate must be a sharpness in [0, 1), got -0.1"),
+    _cli("zero logit scale", TRAIN + " --logit-scale 0", "--logit-scale must be a positive finite number, got 0.0"),
+    _cli("key narrower than the classes", TRAIN + " --key-width 5", "--key-width must be at least the 10 classes of mnist-mini"),
+    _cli("negative seed", TRAIN + " --seed -1", "--seed must be an integer >= 0, got -1"),
+    _cli("checkpoint every 0 batches", TRAIN + " --checkpoint-every 0", "--checkpoint-every must be an integer >= 1, got 0"),
+    _cli("scheduled sharpener without a schedule", TRAIN + " --sharpener scheduled", "--schedule is needed by --sharpener scheduled"),
+    _cli("malformed schedule", TRAIN + " --sharpener scheduled --schedule 0:2,x", "--schedule must look like '0:2,2:4'"),
+    _cli("unknown sharpener", TRAIN + " --sharpener sharp", "argument --sharpener: invalid choice: 'sharp'"),
+    _cli("unknown optimizer", TRAIN + " --optimizer lbfgs", "argument --optimizer: invalid choice: 'lbfgs'"),
+    _cli("unknown device", TRAIN + " --device tpu", "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    _cli("CUDA device on a machine without one", TRAIN + " --device cuda:3", "--device cuda:3: CUDA is not available"),
+    _cli("model option without a value", TRAIN + " --model-option kernel", "--model-option must look like NAME=VALUE"),
+    _cli("model option the model lacks", TRAIN + " --model-option kernel=3", "model 'mnist-dense' has no option kernel"),
+    _cli("model option of the wrong type", TRAIN + " --model-option pool_first=yes", "pool_first must be True or False, got 'yes'"),
+    _cli("distillation weight without a teacher", TRAIN + " --distill-weight 0.5", "--distill-weight and --distill-temperature need --teacher"),
+    _cli("teacher that does not exist", TRAIN + " --teacher {tmp}/nowhere", "--teacher {tmp}/nowhere: no checkpoint at"),
+    _cli("teacher of another dataset", TRAIN + " --teacher {fashion_teacher}", "was trained on 'fashion-mnist', this run trains on 'mnist-mini'"),
+    _cli("distillation weight above 1", TRAIN + " --teacher {run} --distill-weight 2", "--distill-weight must be in [0, 1], got 2.0"),
+    _cli("zero distillation temperature", TRAIN + " --teacher {run} --distill-temperature 0", "--distill-temperature must be a positive finite number"),
+    _cli("missing --config file", TRAIN + " --config {tmp}/none.toml", "--config {tmp}/none.toml: no such file"),
+    _cli("--config not TOML", TRAIN + " --config {not_toml}", "not a readable TOML file"),
+    _cli("--config with an unknown setting", TRAIN + " --config {unknown_setting_toml}", "--learning-rate is not a setting"),
+    _cli("--config with a bad value", "train --config {bad_value_toml} --out {new}", "--lr must be a positive finite number, got -1"),
+    # train: run folders
+    _cli("--out holds a finished run", "train --model mnist-dense --dataset mnist-mini --out {run}", "already holds a run (checkpoint.pt); continue it with --resume"),
+    _cli("--out is a file", TRAIN.replace("{new}", "{text_file}"), "is a file, not a folder"),
+    _cli("--out cannot be created", TRAIN.replace("{new}", "/proc/nope"), "is not writable"),
+    _cli("--out in use by another process", TRAIN.replace("{new}", "{locked}"), "is in use by process"),
+    _cli("--resume a folder without a run", "train --resume {tmp}", "no checkpoint at"),
+    _cli("--resume with --config", "train --resume {run} --config {not_toml}", "--resume continues a run with its saved settings"),
+    _cli("--resume with --overwrite", "train --resume {run} --overwrite", "--resume continues a run with its saved settings"),
+    _cli("--resume with another learning rate", "train --resume {run} --lr 0.5", "--lr 0.5 (the run has 4.0) contradicts the saved run"),
+    _cli("--resume with another model", "train --resume {run} --model mnist-conv", "--model mnist-conv (the run has mnist-dense) contradicts"),
+    _cli("--resume with another --out", "train --resume {run} --out {new}", "(the run is in {run}) contradicts"),
+    _cli("--resume a cosine run with other epochs", "train --resume {cosine_run} --epochs 9", "its cosine schedule ends at epoch 3"),
+    # train: data
+    _cli("missing data folder", "train --model mnist-dense --dataset mnist --data-dir {tmp}/nodata --out {new}", "mnist train data not found: looked for"),
+    _cli("IDX file with a bad magic number", "train --model mnist-dense --dataset mnist --data-dir {bad_magic} --out {new}", "bad magic number"),
+    _cli("truncated IDX file", "train --model mnist-dense --dataset mnist --data-dir {truncated_idx} --out {new}", "truncated"),
+    _cli("images of the wrong shape", "train --model mnist-dense --dataset mnist --data-dir {wrong_shape} --out {new}", "images must be uint8 of shape (N, 1, 28, 28)"),
+    _cli("labels out of range", "train --model mnist-dense --dataset mnist --data-dir {bad_labels} --out {new}", "labels must be in [0, 9], found 12..12"),
+    _cli("CIFAR zip with a non-JPEG member", "train --model cifar-conv-bn --data-dir {cifar_not_jpeg} --out {new}", "member train/cat/0001.jpg is unreadable"),
+    _cli("CIFAR zip with a CRC error", "train --model cifar-conv-bn --data-dir {cifar_crc} --out {new}", "is unreadable: Bad CRC-32"),
+    _cli("CIFAR file that is not a zip", "train --model cifar-conv-bn --data-dir {cifar_not_zip} --out {new}", "File is not a zip file"),
+    # train --nproc 2: checked in this process before any worker starts
+    _cli("--nproc 2 with a bad learning rate", TRAIN + " --nproc 2 --lr -1", "--lr must be a positive finite number"),
+    _cli("--nproc 2 with missing data", "train --model mnist-dense --dataset mnist --data-dir {tmp}/nodata --nproc 2 --out {new}", "mnist train data not found"),
+    _cli("--nproc 2 with a model option the model lacks", TRAIN + " --nproc 2 --model-option kernel=3", "has no option kernel"),
+    _cli("--nproc 2 with a missing teacher", TRAIN + " --nproc 2 --teacher {tmp}/nowhere", "no checkpoint at"),
+    _cli("--nproc 2 into a finished run", "train --model mnist-dense --dataset mnist-mini --nproc 2 --out {run}", "already holds a run"),
+    # eval: checkpoints
+    _cli("eval of a missing checkpoint", "eval {tmp}/nowhere", "no checkpoint at {tmp}/nowhere"),
+    _cli("eval of a truncated checkpoint", "eval {truncated_checkpoint}", "cannot load checkpoint"),
+    _cli("eval of a bare tensor", "eval {bare_tensor}", "is not a whetstone checkpoint: it holds a bare tensor of shape (3, 4)"),
+    _cli("eval of a list", "eval {a_list}", "is not a whetstone checkpoint: it holds a list"),
+    _cli("eval of a pickled object", "eval {pickled_object}", "holds Python objects other than tensors and plain values"),
+    _cli("eval of a text file", "eval {text_file}", "cannot load checkpoint"),
+    _cli("eval of another model's weights", "eval {other_models_weights}", "its weights do not fit model 'mnist-dense'"),
+    _cli("eval of a checkpoint naming no known model", "eval {unknown_model_checkpoint}", "cannot rebuild its model: unknown model 'resnet-9000'"),
+    _cli("eval of a decoder key of the wrong width", "eval {wrong_key}", "key"),
+    _cli("eval of a sharpness outside [0, 1]", "eval {bad_sharpness}", "sharpness"),
+    _cli("eval on a dataset of other images", "eval {run} --dataset cifar10", "--dataset cifar10 has 3x32x32 images but the model in"),
+    _cli("eval with batch size 0", "eval {run} --batch-size 0", "argument --batch-size: must be a finite integer >= 1, got 0"),
+    # export
+    _cli("export over the run's checkpoint", "export {run} --format onnx --out {run}/checkpoint.pt", "is a checkpoint or a run's own file"),
+    _cli("export over the run's history", "export {run} --format nir --out {run}/history.json", "is a checkpoint or a run's own file"),
+    _cli("export over any checkpoint file", "export {run} --format nir --out {tmp}/model.pt", "is a checkpoint or a run's own file"),
+    _cli("export to a folder", "export {run} --format onnx --out {tmp}", "is a folder; give a file name"),
+    _cli("export into a missing folder", "export {run} --format onnx --out {tmp}/no/m.onnx", "directory {tmp}/no does not exist"),
+    _cli("export over an existing file", "export {run} --format nir --out {text_file}", "exists; pass --overwrite to replace it"),
+    _cli("export with 0 bits", "export {run} --format nir --out {tmp}/q.nir --bits 0", "argument --bits: must be a finite integer in [2, 16], got 0"),
+    _cli("export with 17 bits", "export {run} --format nir --out {tmp}/q.nir --bits 17", "must be a finite integer in [2, 16], got 17"),
+    _cli("export of an unsharpened run", "export {plain_run} --format nir --out {tmp}/p.nir", "has sharpness 0; only fully sharpened layers"),
+    _cli("export to an unknown format", "export {run} --format tflite", "argument --format: invalid choice: 'tflite'"),
+    # simulate
+    _cli("simulate an ONNX file", "simulate {tmp}/model.onnx --dataset mnist-mini", "an ONNX file runs in onnxruntime"),
+    _cli("simulate NIR without --dataset", "simulate {nir} --limit 10", "--dataset is required to simulate a .nir file"),
+    _cli("simulate NIR with NaN thresholds", "simulate {nir_nan_threshold} --dataset mnist-mini", "holds NaN or infinite values"),
+    _cli("simulate NIR with a NaN key", "simulate {nir_nan_key} --dataset mnist-mini", "the decoder key holds NaN or infinite values"),
+    _cli("simulate NIR with a cycle", "simulate {nir_cycle} --dataset mnist-mini", "the graph has a cycle"),
+    _cli("simulate a file that is not NIR", "simulate {not_nir} --dataset mnist-mini", "is not a readable NIR file"),
+    _cli("simulate NIR on a dataset of other images", "simulate {nir} --dataset cifar10", "--dataset cifar10 has 3x32x32 images but"),
+    _cli("simulate with limit 0", "simulate {run} --limit 0", "argument --limit: must be a finite integer >= 1, got 0"),
+    _cli("simulate with limit -5", "simulate {run} --limit -5", "argument --limit: must be a finite integer >= 1, got -5"),
+    _cli("simulate with batch size 0", "simulate {run} --batch-size 0", "argument --batch-size: must be a finite integer >= 1"),
+    _cli("simulate --json to a folder", "simulate {run} --json {tmp}", "--json {tmp} is a folder; give a file name"),
+    _cli("simulate --json over the checkpoint", "simulate {run} --json {run}/checkpoint.pt", "is a checkpoint or a run's own file"),
+    _cli("simulate --json over an existing file", "simulate {run} --json {text_file}", "exists; pass --overwrite"),
+    # sweep, demo
+    _cli("sweep with 0 trials", "sweep --model mnist-dense --trials 0 --out {new}", "argument --trials: must be a finite integer >= 1, got 0"),
+    _cli("sweep with holdout 1", "sweep --model mnist-dense --holdout 1 --out {new}", "argument --holdout: must be a finite number in (0, 1), got 1"),
+    _cli("sweep of an unknown model", "sweep --model nope --out {new}", "argument --model: invalid choice: 'nope'"),
+    _cli("demo with 0 epochs", "demo --epochs 0", "argument --epochs: must be a finite integer >= 1, got 0"),
+]  # fmt: skip
+
+
+# -- the inputs the cases name -------------------------------------------------------------------
+def _write_idx(path: Path, array: np.ndarray, magic: bytes | None = None) -> None:
+    header = (bytes([0, 0, 0x08, array.ndim]) if magic is None else magic) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(root: Path, images=None, labels=None, magic=None, truncate=False) -> Path:
+    folder = root / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.zeros((20, 28, 28), np.uint8) if images is None else images
+    labels = np.arange(20) % 10 if labels is None else labels
+    for split in ("train", "t10k"):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images, magic)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    if truncate:
+        path = folder / "train-images-idx3-ubyte.gz"
+        path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:1000]))
+    return root
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _cifar(root: Path, member: bytes | None = None, corrupt: bool = False, not_zip: bool = False) -> Path:
+    folder = root / "cifar10-jpeg"
+    folder.mkdir(parents=True)
+    path = folder / "cifar10-jpeg.zip"
+    if not_zip:
+        path.write_text("not a zip")
+        return root
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("train/cat/0001.jpg", member if member is not None else _jpeg())
+        archive.writestr("test/cat/0001.jpg", _jpeg())
+    if corrupt:  # flip a byte inside the first member's stored data: its CRC no longer matches
+        raw = bytearray(path.read_bytes())
+        raw[raw.index(b"\xff\xd8") + 200] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    return root
+
+
+def _tampered(root: Path, run: Path, name: str, mutate: Callable[[dict], None]) -> Path:
+    folder = root / name
+    shutil.copytree(run, folder)
+    checkpoint = load_checkpoint(folder)
+    mutate(checkpoint)
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    return folder
+
+
+def _nir_graph(run: Path, change: Callable[[ws.SpikingGraph], None], path: Path) -> Path:
+    from whetstone.export.nir import write_nir
+    from whetstone.graph import graph_from_checkpoint
+
+    graph, _, _ = graph_from_checkpoint(str(run))
+    change(graph)
+    return write_nir(graph, path)
+
+
+def _nir_cycle(path: Path) -> Path:
+    import nir
+
+    nodes = {"input": nir.Input(input_type={"input": np.array([4])}),
+             "a": nir.Affine(weight=np.eye(4, dtype=np.float32), bias=np.zeros(4, np.float32)),
+             "b": nir.IF(r=np.ones(4, np.float32), v_threshold=np.full(4, 0.5, np.float32), v_reset=np.zeros(4, np.float32)),
+             "output": nir.Output(output_type={"output": np.array([4])})}  # fmt: skip
+    edges = [("input", "a"), ("a", "b"), ("b", "a"), ("b", "output")]
+    nir.write(path, nir.NIRGraph(nodes=nodes, edges=edges, metadata={"whetstone_key": np.eye(2, 4, dtype=np.float32)}))
+    return path
+
+
+class Places(dict):
+    """The paths a case's ``{placeholder}`` names, each built the first time it is asked for."""
+
+    def __init__(self, root: Path, runs: dict[str, Path]) -> None:
+        super().__init__(tmp=str(root), new=str(root / "new-run"), **{name: str(path) for name, path in runs.items()})
+        self.root, self.runs = root, runs
+        self.held: list[FolderLock] = []
+
+    def __missing__(self, key: str) -> str:
+        root, run = self.root, self.runs["run"]
+        if key == "locked":  # held by this process, as another process would hold it
+            path = root / "locked"
+            path.mkdir()
+            self.held.append(FolderLock(path).acquire())
+        elif key == "text_file":
+            path = root / "notes.txt"
+            path.write_text("just text\n")
+        elif key == "fashion_teacher":
+            path = root / "fashion-teacher"
+            save_checkpoint(path / "checkpoint.pt", model=ws.create_model("mnist-dense").state_dict(),
+                            run={"model": "mnist-dense", "model_options": {}, "dataset": "fashion-mnist"})  # fmt: skip
+        elif key.endswith("_toml"):
+            path = root / f"{key}.toml"
+            path.write_text({"not_toml": "lr = = 3", "unknown_setting_toml": "learning_rate = 0.1\n",
+                             "bad_value_toml": 'model = "mnist-dense"\ndataset = "mnist-mini"\nlr = -1\n'}.get(key, ""))  # fmt: skip
+        elif key == "not_toml":
+            return self["not_toml_toml"]
+        elif key == "bad_magic":
+            path = _fake_mnist(root / key, magic=b"\x12\x34\x08\x03")
+        elif key == "truncated_idx":
+            path = _fake_mnist(root / key, truncate=True)
+        elif key == "wrong_shape":
+            path = _fake_mnist(root / key, images=np.zeros((20, 32, 32)))
+        elif key == "bad_labels":
+            path = _fake_mnist(root / key, labels=np.full(20, 12))
+        elif key == "cifar_not_jpeg":
+            path = _cifar(root / key, member=b"GIF89a not a jpeg")
+        elif key == "cifar_crc":
+            path = _cifar(root / key, corrupt=True)
+        elif key == "cifar_not_zip":
+            path = _cifar(root / key, not_zip=True)
+        elif key == "truncated_checkpoint":
+            path = root / "truncated.pt"
+            path.write_bytes((run / "checkpoint.pt").read_bytes()[:4000])
+        elif key == "bare_tensor":
+            path = root / "tensor.pt"
+            torch.save(torch.zeros(3, 4), path)
+        elif key == "a_list":
+            path = root / "list.pt"
+            torch.save([1, 2, 3], path)
+        elif key == "pickled_object":
+            path = root / "object.pt"
+            torch.save({"model": {"w": torch.zeros(1)}, "extra": Places}, path)
+        elif key == "other_models_weights":
+            path = root / "other.pt"
+            save_checkpoint(path, model=ws.create_model("mnist-conv").state_dict(),
+                            run={"model": "mnist-dense", "model_options": {}, "dataset": "mnist-mini"})  # fmt: skip
+        elif key == "unknown_model_checkpoint":
+            path = root / "unknown-model.pt"
+            save_checkpoint(path, model={"w": torch.zeros(1)}, run={"model": "resnet-9000", "model_options": {}})
+        elif key == "wrong_key":
+            path = _tampered(root, run, key, lambda c: c["model"].__setitem__("decoder.key", torch.ones(10, 50)))
+        elif key == "bad_sharpness":
+            path = _tampered(root, run, key, lambda c: c["model"].__setitem__("features.2.sharpness", torch.tensor(1.5)))
+        elif key == "nir":
+            path = _nir_graph(run, lambda graph: None, root / "model.nir")
+        elif key == "nir_nan_threshold":
+            path = _nir_graph(run, lambda graph: graph.spiking_nodes()[0].threshold.__setitem__(0, np.nan), root / "nan-threshold.nir")
+        elif key == "nir_nan_key":
+            path = _nir_graph(run, lambda graph: graph.key.__setitem__((0, 0), np.nan), root / "nan-key.nir")
+        elif key == "nir_cycle":
+            path = _nir_cycle(root / "cycle.nir")
+        elif key == "not_nir":
+            path = root / "text.nir"
+            path.write_text("not hdf5")
+        else:
+            raise KeyError(key)
+        self[key] = str(path)
+        return self[key]
+
+    def release(self) -> None:
+        for lock in self.held:
+            lock.release()
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _temporary_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*.tmp")]
+
+
+def _train_runs(root: Path) -> dict[str, Path]:
+    runs = {"run": root / "run", "plain_run": root / "plain", "cosine_run": root / "cosine"}
+    for name, extra in (("run", []), ("plain_run", ["--sharpener", "none", "--epochs", "1"]), ("cosine_run", ["--lr-schedule", "cosine"])):
+        assert main(["train", *TINY, *extra, "--out", str(runs[name])]) == 0
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Finished runs every case may read but must leave untouched."""
+    return _train_runs(tmp_path_factory.mktemp("runs"))
+
+
+def run_case(case: Case, root: Path, runs: dict[str, Path], capture: Callable[[], str]) -> tuple[int, str]:
+    """Run one command-line case in ``root``; returns its exit status and what it printed on stderr."""
+    places = Places(root, runs)
+    try:
+        argv = [arg.format_map(places) for arg in case.argv]
+        capture()
+        code = main(argv)
+        return code, capture()
+    finally:
+        places.release()
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[case.name for case in CLI_CASES])
+def test_command_line_case(case, runs, tmp_path, capsys):
+    before = {name: _checksums(path) for name, path in runs.items()}
+    code, err = run_case(case, tmp_path, runs, lambda: capsys.readouterr().err)
+    expected = case.expected.format_map(Places(tmp_path, runs))
+    assert code == 2, err
+    assert err.startswith("whetstone: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert {name: _checksums(path) for name, path in runs.items()} == before  # no run file changed or lost
+    assert not _temporary_files(tmp_path) and not any(_temporary_files(path) for path in runs.values())
+    assert not (tmp_path / "new-run" / "checkpoint.pt").exists()  # nothing was trained
+
+
+def test_the_catalogue_covers_at_least_80_cases():
+    assert len(CLI_CASES) + len(API_CASES) >= 80 and len({case.name for case in CLI_CASES}) == len(CLI_CASES)
+
+
+# -- the Python API ------------------------------------------------------------------------------
+def _graph() -> ws.SpikingGraph:
+    model = ws.SpikingClassifier(torch.nn.Sequential(torch.nn.Linear(4, 4), ws.SpikingBReLU(1.0)), torch.eye(2, 4))
+    return ws.to_spiking_graph(model, (4,))
+
+
+API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
+    ("simulate raw 0-255 pixels", lambda: ws.simulate(_graph(), np.zeros((2, 4), np.uint8)), ValueError, "got uint8 (0-255): divide by 255"),
+    ("simulate NaN pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.nan, np.float32)), ValueError, "images contain 8 NaN or infinite values"),
+    ("simulate infinite pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.inf, np.float32)), ValueError, "NaN or infinite"),
+    ("simulate pixels above 1", lambda: ws.simulate(_graph(), np.full((2, 4), 255.0)), ValueError, "must be in [0, 1], got values from 255"),
+    ("simulate negative pixels", lambda: ws.simulate(_graph(), np.full((2, 4), -1.0)), ValueError, "must be in [0, 1]"),
+    ("simulate images of another shape", lambda: ws.simulate(_graph(), np.zeros((2, 5))), ValueError, "must have shape (N, 4), got (2, 5)"),
+    ("simulate no images", lambda: ws.simulate(_graph(), np.zeros((0, 4))), ValueError, "images is empty"),
+    ("simulate with batch size 0", lambda: ws.simulate(_graph(), np.zeros((2, 4)), batch_size=0), ValueError, "batch_size must be a positive integer"),
+    ("quantize to 1 bit", lambda: ws.quantize(_graph(), bits=1), ValueError, "bits must be an integer in [2, 16], got 1"),
+    ("quantize to '8' bits", lambda: ws.quantize(_graph(), bits="8"), ValueError, "bits must be an integer in [2, 16], got '8'"),
+    ("graph of an input shape with a 0", lambda: ws.to_spiking_graph(torch.nn.Linear(1, 1), (0, 28)), ws.DeployError, "input_shape must be positive sizes"),
+    ("graph of an unsharpened model", lambda: ws.to_spiking_graph(ws.create_model("mnist-dense"), (1, 28, 28)), ws.DeployError, "features.2: SpikingBReLU has sharpness 0"),
+    ("unknown model", lambda: ws.create_model("nope"), ValueError, "unknown model 'nope'; choose one of"),
+    ("unknown activation", lambda: ws.create_model("mnist-dense", activation="tanh"), ValueError, "activation must be one of"),
+    ("input shape of two numbers", lambda: ws.create_model("mnist-dense", input_shape=(28, 28)), ValueError, "input_shape must be (channels, height, width)"),
+    ("key narrower than the classes", lambda: ws.key_generator(10, 5), ValueError, "width must be at least num_classes"),
+    ("sharpener starting at epoch -1", lambda: ws.SimpleSharpener(-1), ValueError, "start_epoch must be an integer >= 0, got -1"),
+    ("sharpener of 0 steps", lambda: ws.SimpleSharpener(0, steps=0), ValueError, "steps must be an integer >= 1, got 0"),
+    ("sharpening per week", lambda: ws.SimpleSharpener(0, per="week"), ValueError, "per must be 'epoch' or 'batch'"),
+    ("adaptive sharpening rate 0", lambda: ws.AdaptiveSharpener(rate=0), ValueError, "rate must be a positive finite number"),
+    ("sharpness 2", lambda: ws.SpikingBReLU(sharpness=2.0), ValueError, "sharpness must be"),
+    ("model sharpness NaN", lambda: ws.set_model_sharpness(ws.create_model("mnist-dense"), float("nan")), ValueError, "model sharpness must be"),
+    ("trainer checkpointing every 0 batches", lambda: ws.Trainer(torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1),
+                                                                  checkpoint_every=0), ValueError, "checkpoint_every must be a positive integer"),
+    ("trainer with -1 retries", lambda: ws.Trainer(torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1),
+                                                    max_retries=-1), ValueError, "max_retries must be a non-negative integer"),
+    ("trainer with a loss that is not callable", lambda: ws.Trainer(torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1),
+                                                                     loss=3), ValueError, "loss must be a whetstone Loss or a callable"),
+    ("fit for 0 epochs", lambda: ws.Trainer(torch.nn.Linear(1, 1), torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1),
+                                             progress=False).fit([], 0), ValueError, "epochs must be a positive integer, got 0"),
+    ("loader of batch size 0", lambda: ws.TensorLoader(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 0),
+     ValueError, "batch_size must be a positive integer"),
+    ("loader of mismatched lengths", lambda: ws.TensorLoader(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), 2),
+     ValueError, "images (4) and labels (3) differ in length"),
+    ("config with a negative learning rate", lambda: ws.RunConfig(model="mnist-dense", lr=-1.0, out="x").resolved().validate(), ws.ConfigError,
+     "lr must be a positive finite number, got -1.0"),
+    ("config with an unknown setting", lambda: ws.RunConfig.from_dict({"learning_rate": 1}), ws.ConfigError, "learning_rate is not a setting"),
+    ("config without a model", lambda: ws.RunConfig().resolved(), ws.ConfigError, "model is required"),
+    ("classification with logit scale 0", lambda: ws.Classification(0), ValueError, "logit_scale must be a positive finite number"),
+    ("distillation weight 2", lambda: ws.Distillation(torch.nn.Identity(), weight=2), ValueError, "distill_weight must be in [0, 1]"),
+    ("load a missing checkpoint", lambda: ws.load_checkpoint("/nonexistent/run"), FileNotFoundError, "no checkpoint at /nonexistent/run"),
+    ("unknown dataset", lambda: ws.load_dataset("imagenet"), ValueError, "unknown dataset 'imagenet'"),
+    ("unknown split", lambda: ws.load_dataset("mnist-mini", "validation"), ValueError, "unknown split 'validation'"),
+    ("spikify to an unknown activation", lambda: ws.spikify(torch.nn.ReLU(), activation="tanh"), ValueError, "activation must be one of"),
+    ("atomic write into a missing folder", lambda: ws.files.atomic_write("/nonexistent/dir/file.txt", "x"), OSError,
+     "cannot write /nonexistent/dir/file.txt: No such file or directory"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,call,kind,expected", API_CASES, ids=[case[0] for case in API_CASES])
+def test_python_api_case(name, call, kind, expected):
+    with pytest.raises(kind) as raised:
+        call()
+    message = str(raised.value)
+    assert expected in message and "\n" not in message, message
+
+
+# -- full disks ----------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mount point with a tmpfs of a chosen size; skips visibly where this machine cannot mount one."""
+    mounted: list[Path] = []
+
+    def mount(size_kib: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(point)], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'mount failed'}): full-disk cases not run")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Fill a (small) file system completely."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("fmt", ["nir", "onnx"])
+def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(runs, small_disk, capsys, fmt):
+    disk = small_disk(64)
+    capsys.readouterr()
+    assert main(["export", str(runs["run"]), "--format", fmt, "--out", str(disk / f"m.{fmt}")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"whetstone: error: no space left on device writing {disk / f'm.{fmt}'}\n"
+    assert sorted(p.name for p in disk.iterdir()) == []  # no half-written file, no temporary file
+
+
+def test_report_onto_a_full_disk_is_one_line_and_leaves_no_file(runs, small_disk, capsys):
+    disk = small_disk(64)
+    _fill(disk)
+    capsys.readouterr()
+    assert main(["simulate", str(runs["run"]), "--limit", "20", "--no-progress", "--json", str(disk / "r.json")]) == 2
+    assert capsys.readouterr().err.endswith(f"no space left on device writing {disk / 'r.json'}\n")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_run_that_fills_its_disk_keeps_its_last_checkpoint(runs, small_disk, capsys):
+    disk = small_disk(5000)  # room for a copy of the run (about 2.8 MB), not for another checkpoint beside it
+    run = disk / "run"
+    shutil.copytree(runs["plain_run"], run)
+    before = _checksums(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("whetstone: error: no space left on device writing") and err.count("\n") == 1, err
+    after = _checksums(run)
+    assert after["checkpoint.pt"] == before["checkpoint.pt"] and not _temporary_files(disk)
+    assert load_checkpoint(run)["position"] == [1, 0]  # still the last complete state: resumable when space is freed
+
+
+# -- processes: signals, locks, two trainings at once --------------------------------------------
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "whetstone", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "run"
+    process = _start(["train", *TINY, "--epochs", "200", "--start-epoch", "150", "--checkpoint-every", "1", "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the stream of per-batch checkpoint writes
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "whetstone: terminated (the last complete checkpoint is kept)"
+    assert not _temporary_files(out) and not (out / ".whetstone.lock").exists()
+    position = load_checkpoint(out)["position"]
+    resumed = _start(["train", "--resume", str(out), "--epochs", str(position[0] + 1)])
+    printed, err = resumed.communicate(timeout=300)
+    assert resumed.returncode in (0, 1), err  # 1: not binary yet, which is right at this epoch
+    assert f"resuming {out} at epoch {position[0] + 1}, batch {position[1]}" in printed
+
+
+def test_two_trainings_into_one_folder_cannot_both_run(tmp_path):
+    out = tmp_path / "run"
+    first = _start(["train", *TINY, "--epochs", "30", "--start-epoch", "25", "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / ".whetstone.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = _start(["train", *TINY, "--out", str(out), "--overwrite"])
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and "is in use by process" in err, err
+    assert first.wait(timeout=300) == 0  # the first run was not disturbed
+    assert load_checkpoint(out)["history"][-1]["sharpness"] == [1.0, 1.0, 1.0]
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".whetstone.lock").write_text("process 999999 on elsewhere (since yesterday)")  # no one holds it
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert not (out / ".whetstone.lock").exists()
+
+
+def test_overwrite_replaces_a_run_only_when_asked(runs, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(runs["run"], out)
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 2
+    assert len(load_checkpoint(out)["history"]) == 3  # untouched
+    assert main(["train", *TINY, "--epochs", "2", "--start-epoch", "1", "--out", str(out), "--overwrite"]) == 1  # not binary yet
+    assert len(load_checkpoint(out)["history"]) == 2 and not (out / "best.pt").exists()  # nothing of the old run is left
+
+
+# -- fuzzing the numeric flags -------------------------------------------------------------------
+NUMERIC_FLAGS = ["--lr", "--epochs", "--batch-size", "--threads", "--limit", "--holdout", "--weight-decay", "--surrogate",
+                 "--logit-scale", "--key-width", "--seed", "--start-epoch", "--steps", "--checkpoint-every", "--min-init-epochs",
+                 "--nproc", "--distill-weight", "--distill-temperature"]  # fmt: skip
+NUMBERS = st.one_of(
+    st.integers(-(10**12), 10**12).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", "0x10", "1e400", "-0", "+3", " 7", "1_000", "nan", "-inf", "½", "3.0", "1e-300"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flags=st.lists(st.tuples(st.sampled_from(NUMERIC_FLAGS), NUMBERS), min_size=1, max_size=3))
+def test_numeric_flags_never_crash(flags, tmp_path, capsys):
+    argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(tmp_path / "fuzz"), "--print-config"]
+    for flag, value in flags:
+        argv.append(f"{flag}={value}")
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code in (0, 2), (argv, err)
+    if code == 2:
+        assert err.startswith("whetstone: error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    else:
+        import tomllib
+
+        config = ws.RunConfig.from_dict(tomllib.loads(out))
+        config.validate()  # what was printed is a valid, complete config
+    assert not (tmp_path / "fuzz").exists()  # --print-config writes nothing
+
+
+def _markdown(root: Path) -> str:
+    """The catalogue as a Markdown table of what the user sees."""
+    runs = _train_runs(root / "runs")
+    lines = ["| # | case | command | what the user sees (exit 2) |", "|---:|---|---|---|"]
+    stream = io.StringIO()
+
+    def capture() -> str:
+        text = stream.getvalue()
+        stream.seek(0)
+        stream.truncate()
+        return text
+
+    for number, case in enumerate(CLI_CASES, 1):
+        work = root / f"case{number}"
+        work.mkdir()
+        saved = sys.stderr
+        sys.stderr = stream
+        try:
+            code, err = run_case(case, work, runs, capture)
+        finally:
+            sys.stderr = saved
+        shown = err.strip().replace(str(work), "T").replace(str(root), "T").replace("|", "\\|")
+        command = " ".join(case.argv).replace("|", "\\|")
+        lines.append(f"| {number} | {case.name} | `whetstone {command}` | {shown} (exit {code}) |")
+    lines.append("")
+    lines.append("| # | Python call | raises |")
+    lines.append("|---:|---|---|")
+    for number, (name, call, kind, _) in enumerate(API_CASES, len(CLI_CASES) + 1):
+        try:
+            call()
+            shown = "(nothing raised)"
+        except Exception as error:  # noqa: BLE001 - shown as the user would see it
+            shown = f"{type(error).__name__}: {error}".replace("|", "\\|")
+        lines.append(f"| {number} | {name} | {shown} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as folder:
+        print(_markdown(Path(folder)))

@@ -1,0 +1,53 @@
+"""The README's code runs as written, and every `whetstone` command in the README and docs/results.md is
+one the command line accepts (parsed, not run: many train for hours on full datasets or a GPU)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import torch_threads
+from whetstone.cli import make_parser
+
+ROOT = Path(__file__).parents[1]
+
+
+def _blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.DOTALL)
+
+
+def test_readme_python_runs_as_written(tmp_path, monkeypatch, capsys):
+    blocks = _blocks(ROOT / "README.md", "python")
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)  # the snippets write runs/... where they are run
+    namespace: dict = {}
+    with torch_threads(1):
+        for block in blocks:  # in order, in one namespace: later snippets use what earlier ones made
+            exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
+    printed = capsys.readouterr().out
+    assert "synaptic events per image" in printed and "True" in printed  # the run ended fully binary
+    assert (tmp_path / "runs" / "readme" / "best.pt").exists()
+
+
+def _commands(path: Path) -> list[list[str]]:
+    commands = []
+    for block in _blocks(path, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("whetstone "):
+                line = re.sub(r"\$\{?\w+\}?", "1", line)  # shell variables ($SEED, $OUT) stand for numbers or folders
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+def test_documented_commands_are_accepted(document, capsys):
+    commands = _commands(ROOT / document)
+    assert commands
+    parser = make_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{document}: `whetstone {' '.join(argv)}` is refused: {capsys.readouterr().err.strip()}")

@@ -1,0 +1,224 @@
+"""The run as an object: RunConfig (recipe + overrides, TOML, resume rules), build_run, the run folder's
+files (config.toml, best.pt, history.csv), callbacks, locks and atomic writes, and the module map."""
+
+import ast
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import whetstone as ws
+from whetstone.callbacks import Callback, ProgressBar, format_seconds
+from whetstone.checkpoint import RunFolder, load_checkpoint
+from whetstone.cli import main
+from whetstone.files import FolderInUseError, FolderLock, atomic_write
+from whetstone.run import ConfigError, RunConfig, build_run, resume_config, saved_config
+
+from conftest import torch_threads
+
+TINY = {"model": "mnist-dense", "dataset": "mnist-mini", "limit": 300, "epochs": 3, "start_epoch": 0, "steps": 1,
+        "progress": False, "threads": 1}  # fmt: skip
+
+
+def test_resolved_fills_only_what_was_not_given_from_the_recipe():
+    config = RunConfig(model="mnist-dense", lr=0.5, out="x").resolved()
+    assert (config.dataset, config.optimizer, config.lr, config.epochs, config.sharpener) == ("mnist", "adadelta", 0.5, 21, "simple")
+    assert config.optimizer_options() == {"rho": 0.95, "eps": 1e-8}  # the recipe's Adadelta settings
+    other = RunConfig(model="mnist-dense", optimizer="sgd", weight_decay=0.01).resolved()
+    assert other.optimizer_options() == {"momentum": 0.9, "weight_decay": 0.01}  # not Adadelta's
+    assert RunConfig(model="mnist-dense", teacher="rel/run").resolved().teacher == str(Path("rel/run").resolve())
+
+
+def test_validate_names_the_setting_value_and_what_is_allowed():
+    with pytest.raises(ConfigError) as raised:
+        RunConfig(model="mnist-dense", epochs=0, out="x").resolved().validate()
+    assert str(raised.value) == "epochs must be an integer >= 1, got 0" and raised.value.as_flag().startswith("--epochs ")
+    assert raised.value.setting == "epochs"
+
+
+def test_toml_round_trip_and_config_files(tmp_path, capsys):
+    config = RunConfig(model="cifar-conv-bn", model_options={"base": 8, "pool_first": True}, lr=3e-3, surrogate=0.0, out="o")
+    path = tmp_path / "c.toml"
+    path.write_text(config.to_toml())
+    assert RunConfig.from_toml(path) == config
+    # --config, with a flag over it; --print-config prints the resolved settings and writes nothing.
+    assert main(["train", "--config", str(path), "--lr", "0.01", "--out", str(tmp_path / "run"), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert 'model = "cifar-conv-bn"' in printed and "lr = 0.01" in printed and "model_options = { base = 8, pool_first = true }" in printed
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_runs_config_toml_trains_the_same_run_again(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "2", "--lr", "0.7",
+            "--no-progress", "--threads", "1", "--deterministic"]  # fmt: skip
+    assert main([*argv, "--out", str(first)]) in (0, 1)
+    text = (first / "config.toml").read_text()
+    assert "out =" not in text and "lr = 0.7" in text
+    assert main(["train", "--config", str(first / "config.toml"), "--out", str(second)]) in (0, 1)
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["run"]["config"] == {**b["run"]["config"], "out": str(first)}
+
+
+def test_resume_takes_runtime_settings_refuses_contradictions_and_reads_old_checkpoints():
+    saved = RunConfig(model="mnist-dense", lr=0.5, epochs=4, out="runs/a").resolved()
+    config, changed = resume_config(saved, {"epochs": 6, "threads": 2, "device": "cpu", "lr": 0.5}, "runs/a")
+    assert (config.epochs, config.threads, config.device, changed) == (6, 2, "cpu", ["device", "epochs", "threads"])
+    with pytest.raises(ConfigError, match=r"--lr 0.1 \(the run has 0.5\); --model mnist-conv \(the run has mnist-dense\) contradict"):
+        resume_config(saved, {"lr": 0.1, "model": "mnist-conv"}, "runs/a")
+    cosine = saved.replace(lr_schedule="cosine")
+    with pytest.raises(ConfigError, match="cosine schedule ends at epoch 4"):
+        resume_config(cosine, {"epochs": 5}, "runs/a")
+    old = {"run": {"args": {"model": "mnist-dense", "lr": 0.5, "model_option": ["batch_norm=true"], "no_progress": True, "epochs": 4}}}
+    restored = saved_config(old, "old.pt")
+    assert (restored.model, restored.lr, restored.model_options, restored.progress) == ("mnist-dense", 0.5, {"batch_norm": True}, False)
+
+
+def test_build_run_assembles_a_run_that_keeps_its_best_binary_epoch(tmp_path):
+    config = RunConfig(**{**TINY, "epochs": 6, "surrogate": 0.0}, out=str(tmp_path))  # binary after 3 epochs, trains on
+    run = build_run(config)
+    assert isinstance(run.trainer, ws.Trainer) and run.config.optimizer == "adadelta" and len(run.train_loader) == 3
+    with torch_threads(1):
+        result = run.fit()
+    history = result.history
+    binary = [r for r in history if r.sharpness == [1.0, 1.0, 1.0]]
+    assert len(history) == 6 and len(binary) == 4
+    best = load_checkpoint(result.best)
+    assert best["record"]["eval_accuracy"] == max(r.eval_accuracy for r in binary)
+    assert best["record"]["epoch"] == max(binary, key=lambda r: r.eval_accuracy).epoch  # the first of any equals
+    model = ws.model_from_checkpoint(best, "best.pt")
+    assert ws.model_sharpness(model) == [1.0, 1.0, 1.0]
+    csv = (tmp_path / "history.csv").read_text().splitlines()
+    assert csv[0].split(",")[-3:] == ["sharpness_1", "sharpness_2", "sharpness_3"] and len(csv) == 7
+    assert load_checkpoint(tmp_path)["run"]["config"]["surrogate"] == 0.0
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, trainer):
+        self.calls.append("begin")
+
+    def on_epoch_begin(self, trainer, epoch, start_batch):
+        self.calls.append(f"epoch {epoch}")
+
+    def on_batch_end(self, trainer, batch, loss):
+        self.calls.append("batch")
+
+    def on_epoch_end(self, trainer, record):
+        self.calls.append(f"end {record.epoch}")
+
+    def on_train_end(self, trainer, result):
+        self.calls.append(f"done {result.fully_binary}")
+
+
+def test_callbacks_see_every_hook_in_order():
+    recorder = Recorder()
+    model = ws.create_model("mnist-dense")
+    train = ws.load_dataset("mnist-mini", "train")
+    loader = ws.TensorLoader(train.images[:200], train.labels[:200], 100)
+    ws.Trainer(model, torch.optim.Adam(model.parameters()), callbacks=[recorder], progress=False).fit(loader, 2)
+    assert recorder.calls == ["begin", "epoch 0", "batch", "batch", "end 0", "epoch 1", "batch", "batch", "end 1", "done False"]
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
+    model = ws.create_model("mnist-dense")
+    train = ws.load_dataset("mnist-mini", "train")
+    loader = ws.TensorLoader(train.images[:300], train.labels[:300], 100)
+    for terminal in (False, True):
+        stream = io.StringIO()
+        bar = ProgressBar(interval=0.0, stream=stream, terminal=terminal)
+        ws.Trainer(model, torch.optim.Adam(model.parameters()), callbacks=[bar], progress=False).fit(loader, 2)
+        text = stream.getvalue()
+        if terminal:
+            assert "\r" in text and "epoch 2/2" in text
+        else:
+            lines = text.splitlines()
+            assert "\r" not in text and len(lines) == 6 and lines[-1].startswith("  epoch 2/2  batch 3/3  loss ")
+            assert "run left <= " in lines[0]
+    assert (format_seconds(7.25), format_seconds(75), format_seconds(4000)) == ("7.2s", "1m15s", "1h06m")
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard", reason="optional dependency 'tensorboard' is not installed (pip install -e '.[tensorboard]')")
+    from whetstone.callbacks import TensorBoard
+
+    config = RunConfig(**{**TINY, "epochs": 1, "sharpener": "none", "tensorboard": True}, out=str(tmp_path))
+    build_run(config).fit()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 100
+    assert TensorBoard  # importable where the package is
+
+
+def test_folder_lock_keeps_a_second_owner_out_and_takes_over_a_stale_one(tmp_path, caplog):
+    lock = FolderLock(tmp_path).acquire()
+    with pytest.raises(FolderInUseError, match=rf"{tmp_path} is in use by process {os.getpid()} on "):
+        FolderLock(tmp_path).acquire()
+    lock.release()
+    assert not (tmp_path / ".whetstone.lock").exists()
+    (tmp_path / ".whetstone.lock").write_text("process 4242 on gone (since then)")  # its holder died: no flock
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="whetstone.files"), FolderLock(tmp_path):
+        assert "took over the stale lock of process 4242" in caplog.text
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "report.json"
+    atomic_write(path, "old")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, "new")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_run_folder_claim_refuses_a_run_unless_resumed_or_overwritten(tmp_path):
+    folder = RunFolder(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds a run"):
+        folder.claim()
+    folder.claim(resume=True).release()
+    folder.claim(overwrite=True).release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # only the run's own files were removed
+
+
+SOURCE = Path(ws.__file__).parent
+
+
+def test_module_map_no_cycles_and_a_thin_cli():
+    """What docs/architecture.md promises: nothing but __main__ imports the CLI; cli.py stays thin."""
+    importers = []
+    for path in SOURCE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
+            if any(name in ("cli", "whetstone.cli") or name.endswith(".cli") for name in names):
+                importers.append(path.name)
+    assert importers == ["__main__.py"]
+    assert len((SOURCE / "cli.py").read_text().splitlines()) < 350
+    documented = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    for path in sorted(SOURCE.glob("*.py")):
+        assert f"`{path.name}`" in documented, f"{path.name} is missing from docs/architecture.md"
+
+
+def test_history_json_is_what_the_checkpoint_holds(tmp_path):
+    config = RunConfig(**TINY, out=str(tmp_path))
+    build_run(config).fit()
+    assert json.loads((tmp_path / "history.json").read_text()) == load_checkpoint(tmp_path)["history"]
