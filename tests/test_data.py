@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import io
 import os
 import zipfile
@@ -119,20 +120,22 @@ def test_download_verifies_sha256(tmp_path, monkeypatch):
     images = np.random.randint(0, 255, (3, 28, 28))
     good = {name: write_idx(tmp_path / name, arr).read_bytes()
             for name, arr in (("x-images.gz", images), ("x-labels.gz", np.arange(3)))}  # fmt: skip
-    split = wdata._Split("x-images.gz", "x-labels.gz", wdata._sha256(gzip.decompress(good["x-images.gz"])),
-                         wdata._sha256(gzip.decompress(good["x-labels.gz"])))  # fmt: skip
+    digest = {name: hashlib.sha256(gzip.decompress(raw)).hexdigest() for name, raw in good.items()}
+    split = wdata.Split("x-images.gz", "x-labels.gz", digest["x-images.gz"], digest["x-labels.gz"])
     spec = wdata.DatasetSpec("toy", "toy", (1, 28, 28), tuple("0123456789"), {"test": split}, urls=("mem://",))
+    monkeypatch.setitem(wdata.DATASETS, "toy", spec)
     served = dict(good)
 
     def fake_urlopen(url, timeout):
         return io.BytesIO(served[url.removeprefix("mem://")])
 
     monkeypatch.setattr(wdata.urllib.request, "urlopen", fake_urlopen)
-    wdata._download(spec, split, tmp_path / "root")
-    assert (tmp_path / "root" / "x-images.gz").read_bytes() == good["x-images.gz"]
+    assert len(load_dataset("toy", "test", tmp_path / "root", download=True)) == 3
+    assert (tmp_path / "root" / "toy" / "x-images.gz").read_bytes() == good["x-images.gz"]
     served["x-labels.gz"] = gzip.compress(b"tampered")
     with pytest.raises(DatasetError, match="SHA-256 mismatch"):
-        wdata._download(spec, split, tmp_path / "other")
+        load_dataset("toy", "test", tmp_path / "other", download=True)
+    assert sorted(p.name for p in (tmp_path / "other" / "toy").iterdir()) == ["x-images.gz"]  # no partial or temporary file
 
 
 def test_cifar_zip_reader(tmp_path):

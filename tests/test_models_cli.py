@@ -139,7 +139,7 @@ def test_cli_cosine_schedule_model_option_and_weight_decay_are_saved_and_reused(
     argv = ["train", "--model", "mnist-conv", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3",
             "--start-epoch", "1", "--steps", "1", "--lr", "0.002", "--lr-schedule", "cosine", "--model-option", "kernel=3",
             "--optimizer", "adamw", "--weight-decay", "0.01", "--augment", "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
-    main(argv)
+    assert main(argv) == 1  # 3 epochs: the 4 layers are not all binary yet
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     group = checkpoint["optimizer"]["param_groups"][0]
     # After all 3 epochs the cosine schedule is at its floor: 1/100 of the learning rate.
@@ -155,12 +155,12 @@ def test_cli_cosine_schedule_model_option_and_weight_decay_are_saved_and_reused(
 def test_cli_surrogate_trains_past_binary_and_survives_resume(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--no-progress", "--device", "cpu"]
-    main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "4", "--start-epoch", "0",
-          "--steps", "1", "--surrogate", "0.5", "--out", str(out), *base])  # fmt: skip
+    assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "4", "--start-epoch", "0",
+          "--steps", "1", "--surrogate", "0.5", "--out", str(out), *base]) == 0  # fmt: skip
     history = json.loads((out / "history.json").read_text())
     assert [record["sharpness"] for record in history][2:] == [[1, 1, 1]] * 2  # binary after 3 epochs, trained on
     assert torch.load(out / "checkpoint.pt", weights_only=True)["run"]["config"]["surrogate"] == 0.5
-    main(["train", "--resume", str(out), "--epochs", "5", *base])
+    assert main(["train", "--resume", str(out), "--epochs", "5", *base]) == 0
     assert len(json.loads((out / "history.json").read_text())) == 5  # the resumed run still learns while binary
     assert "fully binary" in capsys.readouterr().out
 
@@ -199,14 +199,14 @@ def test_demo_runs_offline_and_ends_fully_binary(tmp_path, capsys):
 
 def test_cli_distils_from_a_teacher_run_and_resumes_with_it(tmp_path, capsys, monkeypatch):
     base = ["--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--no-progress", "--device", "cpu"]
-    main(["train", *base, "--sharpener", "none", "--epochs", "1", "--out", str(tmp_path / "teacher")])
+    assert main(["train", *base, "--sharpener", "none", "--epochs", "1", "--out", str(tmp_path / "teacher")]) == 0
     monkeypatch.chdir(tmp_path)  # a relative --teacher is saved as an absolute path
     student = tmp_path / "student"
-    main(["train", *base, "--epochs", "3", "--start-epoch", "0", "--steps", "1", "--surrogate", "0", "--teacher", "teacher",
-          "--distill-weight", "0.5", "--distill-temperature", "2", "--out", str(student)])  # fmt: skip
+    assert main(["train", *base, "--epochs", "3", "--start-epoch", "0", "--steps", "1", "--surrogate", "0", "--teacher", "teacher",
+          "--distill-weight", "0.5", "--distill-temperature", "2", "--out", str(student)]) == 0  # fmt: skip
     saved = torch.load(student / "checkpoint.pt", weights_only=True)["run"]["config"]
     assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (str(tmp_path / "teacher"), 0.5, 2.0)
     monkeypatch.chdir(tmp_path.parent)
-    main(["train", "--resume", str(student), "--epochs", "4", "--no-progress", "--device", "cpu"])
+    assert main(["train", "--resume", str(student), "--epochs", "4", "--no-progress", "--device", "cpu"]) == 0
     assert len(json.loads((student / "history.json").read_text())) == 4
     assert "fully binary" in capsys.readouterr().out

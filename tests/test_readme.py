@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import torch_threads
 from whetstone.cli import make_parser
+
+from conftest import torch_threads
 
 ROOT = Path(__file__).parents[1]
 

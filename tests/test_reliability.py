@@ -144,12 +144,29 @@ def test_persistent_collapse_gives_up_after_bounded_retries():
         trainer.fit(_mini_loader(), epochs=3)
 
 
-def test_accuracy_collapse_counts_as_divergence():
+class LabelsShiftFrom:
+    """A loader whose labels are all wrong (shifted by one class) from epoch ``start`` on."""
+
+    def __init__(self, loader, start):
+        self.loader, self.start, self.epoch = loader, start, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x, (y + 1) % 10 if self.epoch >= self.start else y
+
+
+def test_accuracy_collapse_while_sharpening_counts_as_divergence(caplog):
     model = _model()
-    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), ws.SimpleSharpener(0), progress=False)
-    trainer.sharpener.on_train_begin(model)
-    assert trainer._collapse(0.1) is None  # no history yet
-    trainer.history.append(ws.train.EpochRecord(0, 0.1, 0.9, [0.5, 0, 0], 1.0))
-    ws.set_model_sharpness(model, 0.2)
-    assert "fell to 10.0% (best 90.0%)" in trainer._collapse(0.1)
-    assert trainer._collapse(0.8) is None
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 2e-3), ws.SimpleSharpener(0, steps=2), progress=False,
+                         max_retries=1)  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"training accuracy fell to \d+\.\d% \(best \d+\.\d%\) while sharpening; gave up after 1"):
+        trainer.fit(LabelsShiftFrom(_mini_loader(), start=2), epochs=4)
+    assert [record.epoch for record in trainer.history] == [0, 1]  # the collapsed epoch never entered the history
+    assert "rolled back to the start of epoch 3" in caplog.text

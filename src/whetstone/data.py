@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import io
 import os
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -29,10 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import atomic_write
+
 __all__ = [
     "DATASETS",
     "DatasetError",
+    "DatasetSpec",
     "ImageDataset",
+    "Split",
     "TensorLoader",
     "augmentation",
     "check_available",
@@ -52,7 +55,7 @@ class DatasetError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Split:
+class Split:
     images: str
     labels: str
     images_sha256: str | None = None  # of the uncompressed content
@@ -67,7 +70,7 @@ class DatasetSpec:
     folder: str
     image_shape: tuple[int, int, int]  # (channels, height, width)
     classes: tuple[str, ...]
-    splits: dict[str, _Split] = field(default_factory=dict)
+    splits: dict[str, Split] = field(default_factory=dict)
     urls: tuple[str, ...] = ()
     how_to_get: str = ""
     crop_padding: int = 2  # training augmentation: random crop after zero-padding by this many pixels
@@ -75,24 +78,24 @@ class DatasetSpec:
 
 
 _MNIST_SPLITS = {
-    "train": _Split(
+    "train": Split(
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
         "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
     ),
-    "test": _Split(
+    "test": Split(
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
         "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     ),
 }  # fmt: skip
 _FASHION_SPLITS = {
-    "train": _Split(
+    "train": Split(
         "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
     ),
-    "test": _Split(
+    "test": Split(
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
         "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
@@ -116,14 +119,14 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "mnist-mini": DatasetSpec(
         "mnist-mini", "mnist-mini", (1, 28, 28), _DIGITS,
-        {"train": _Split("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": _Split("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")},
+        {"train": Split("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+         "test": Split("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")},
         how_to_get="it ships with the package; reinstall whetstone-snn",
     ),
     "cifar10": DatasetSpec(
         "cifar10", "cifar10-jpeg", (3, 32, 32),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        {"train": _Split("cifar10-jpeg.zip", ""), "test": _Split("cifar10-jpeg.zip", "")},
+        {"train": Split("cifar10-jpeg.zip", ""), "test": Split("cifar10-jpeg.zip", "")},
         how_to_get="place cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) there",
         crop_padding=4,
         mirror=True,
@@ -190,7 +193,7 @@ def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> Tenso
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 
-def _download(spec: DatasetSpec, split: _Split, folder: Path) -> None:
+def _download(spec: DatasetSpec, split: Split, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for filename, digest in ((split.images, split.images_sha256), (split.labels, split.labels_sha256)):
         target = folder / filename
@@ -208,9 +211,7 @@ def _download(spec: DatasetSpec, split: _Split, folder: Path) -> None:
             if _sha256(content) != digest:
                 errors.append(f"{base + filename}: SHA-256 mismatch")
                 continue
-            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as handle:
-                handle.write(payload)
-            os.replace(handle.name, target)
+            atomic_write(target, payload)
             break
         else:
             raise DatasetError(f"could not download {filename} for {spec.name}: " + "; ".join(errors))
@@ -234,7 +235,7 @@ def _check_images_labels(spec: DatasetSpec, split: str, images: Tensor, labels: 
         )
 
 
-def _load_idx_split(spec: DatasetSpec, split: _Split, folder: Path) -> tuple[Tensor, Tensor]:
+def _load_idx_split(spec: DatasetSpec, split: Split, folder: Path) -> tuple[Tensor, Tensor]:
     images = read_idx(folder / split.images, expected_ndim=3).unsqueeze(1)
     labels = read_idx(folder / split.labels, expected_ndim=1).long()
     return images, labels
@@ -269,7 +270,7 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
-def _files(name: str, split: str, data_dir: str | os.PathLike | None) -> tuple[DatasetSpec, _Split, Path]:
+def _files(name: str, split: str, data_dir: str | os.PathLike | None) -> tuple[DatasetSpec, Split, Path]:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
