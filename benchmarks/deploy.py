@@ -77,7 +77,10 @@ def main() -> None:
             q = quantize(graph, args.bits)
             q_sim = simulate(q, x.numpy(), progress=True)
             q_nir, q_onnx = write_nir(q, Path(tmp) / "q.nir"), write_onnx(q, Path(tmp) / "q.onnx")
-            q_paths = {"NIR -> snnTorch": snntorch_predict(q_nir, q, x.numpy()), "ONNX Runtime": onnx_predict(q_onnx, x.numpy())}
+            q_paths = {
+                "NIR -> snnTorch": snntorch_predict(q_nir, q, x.numpy()),
+                "ONNX Runtime": onnx_predict(q_onnx, x.numpy()),
+            }
         n = len(labels)
         agree = ", ".join(f"{k} {int((v == reference).sum()):,}/{n:,}" for k, v in paths.items())
         q_agree = ", ".join(f"{k} {int((v == q_sim.predictions).sum()):,}/{n:,}" for k, v in q_paths.items())

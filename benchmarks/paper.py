@@ -73,25 +73,51 @@ MAIN = [
     # The same small net sharpened one layer per 3 (then 5) epochs with a decaying learning rate.
     *[(dataset, "mnist-conv-small", _slow_small(steps)) for steps in (3, 5) for dataset in ("mnist", "fashion-mnist")],
     # Binary two epochs early, then those epochs spent training the binary net through surrogate gradients.
-    *[(dataset, "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *pool])
-      for pool in ([], _POOL_FIRST) for dataset in ("mnist", "fashion-mnist")],
+    *[
+        (dataset, "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *pool])
+        for pool in ([], _POOL_FIRST)
+        for dataset in ("mnist", "fashion-mnist")
+    ],
     # The last row on Fashion-MNIST, distilled from its unsharpened twin (three weightings of the teacher).
-    *[("fashion-mnist", "mnist-conv-small", [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *_POOL_FIRST, *_DISTIL, *distil])
-      for distil in ([], ["--distill-weight", "0.5"], ["--distill-temperature", "4"])],
+    *[
+        (
+            "fashion-mnist",
+            "mnist-conv-small",
+            [*_slow_small(3, start=1, epochs=12), "--surrogate", "0", *_POOL_FIRST, *_DISTIL, *distil],
+        )
+        for distil in ([], ["--distill-weight", "0.5"], ["--distill-temperature", "4"])
+    ],
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
     # A CIFAR-10 network small enough for a 2-core CPU (the registry's base-64 net is GPU-sized), as the
     # paper sharpens it, with surrogate gradients through the binary layers, and binary 2 epochs early.
-    *[("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", str(start), "--steps", "2", *surrogate])
-      for start, surrogate in ((4, []), (4, ["--surrogate", "0"]), (2, ["--surrogate", "0"]), (0, ["--surrogate", "0"]),
-                               (0, ["--surrogate", "0", *_POOL_FIRST]))],
+    *[
+        ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", str(start), "--steps", "2", *surrogate])
+        for start, surrogate in (
+            (4, []),
+            (4, ["--surrogate", "0"]),
+            (2, ["--surrogate", "0"]),
+            (0, ["--surrogate", "0"]),
+            (0, ["--surrogate", "0", *_POOL_FIRST]),
+        )
+    ],
     # The best of those distilled from its twin; binary sooner (after 8 epochs, or after 8 batches: straight-through
     # training of a binary net almost from the start).
     ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, *_BEST_CIFAR, *_DISTIL, "--distill-weight", "0.5"]),
-    *[("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "0", "--steps", "1", *per, "--surrogate", "0", *_POOL_FIRST])
-      for per in ([], ["--per", "batch"])],
+    *[
+        (
+            "cifar10",
+            "cifar-conv-bn",
+            [*_CIFAR_CPU, "--start-epoch", "0", "--steps", "1", *per, "--surrogate", "0", *_POOL_FIRST],
+        )
+        for per in ([], ["--per", "batch"])
+    ],
     # The same 2 epochs per layer in 782 small steps, one per batch (391 batches an epoch).
-    ("cifar10", "cifar-conv-bn", [*_CIFAR_CPU, "--start-epoch", "2", "--steps", "782", "--per", "batch", "--surrogate", "0"]),
+    (
+        "cifar10",
+        "cifar-conv-bn",
+        [*_CIFAR_CPU, "--start-epoch", "2", "--steps", "782", "--per", "batch", "--surrogate", "0"],
+    ),
     # The best CIFAR recipe 1.5x as wide (2.25x the compute): does the binary gap shrink with width?
     ("cifar10", "cifar-conv-bn", [*_cifar_cpu(24), *_BEST_CIFAR]),
 ]
@@ -100,19 +126,58 @@ MAIN_GPU = [
     ("mnist", "resnet-small", [*_COSINE, "--epochs", "30", "--start-epoch", "6", "--steps", "3", "--augment"]),
     ("mnist", "mnist-conv-bn", [*_COSINE, "--epochs", "48", "--start-epoch", "8", "--steps", "10", "--augment"]),
     ("fashion-mnist", "mnist-conv-bn", [*_COSINE, "--epochs", "30", "--start-epoch", "6", "--steps", "6", "--augment"]),
-    ("cifar10", "cifar-conv-bn", [*_COSINE, "--epochs", "56", "--start-epoch", "8", "--steps", "6", "--model-option", "base=128"]),
-    *[("cifar10", "cifar-conv-bn", [*_COSINE, "--epochs", "96", "--start-epoch", "8", "--steps", steps, "--model-option", "base=128",
-                                    "--optimizer", "adamw", "--weight-decay", "0.05", *surrogate])
-      for steps, surrogate in (("11", []), ("10", ["--surrogate", "0", *_POOL_FIRST]))],  # binary at epoch 96; at 88, then 8 binary epochs
+    (
+        "cifar10",
+        "cifar-conv-bn",
+        [*_COSINE, "--epochs", "56", "--start-epoch", "8", "--steps", "6", "--model-option", "base=128"],
+    ),
+    *[
+        (
+            "cifar10",
+            "cifar-conv-bn",
+            [
+                *_COSINE,
+                "--epochs",
+                "96",
+                "--start-epoch",
+                "8",
+                "--steps",
+                steps,
+                "--model-option",
+                "base=128",
+                "--optimizer",
+                "adamw",
+                "--weight-decay",
+                "0.05",
+                *surrogate,
+            ],
+        )
+        for steps, surrogate in (("11", []), ("10", ["--surrogate", "0", *_POOL_FIRST]))
+    ],  # binary at epoch 96; at 88, then 8 binary epochs
 ]
 NHOT = [1, 2, 4, 8, 16]
-OPTIMIZERS = [("adam", "1e-3", None), ("adadelta", "4.0", None), ("rmsprop", "1e-3", None), ("sgd", "0.1", None),
-              ("sgd", "0.01", None), ("sgd", "0.1", "0.1"), ("adam", "1e-3", "0.1")]  # (name, lr, logit scale)
+OPTIMIZERS = [
+    ("adam", "1e-3", None),
+    ("adadelta", "4.0", None),
+    ("rmsprop", "1e-3", None),
+    ("sgd", "0.1", None),
+    ("sgd", "0.01", None),
+    ("sgd", "0.1", "0.1"),
+    ("adam", "1e-3", "0.1"),
+]  # (name, lr, logit scale)
 
 
 #: Options that only steer sharpening (or distillation), with their values: the unsharpened twin leaves them
 #: out, so rows that differ only in them share one twin run.
-_SHARPENING_OPTIONS = ("--start-epoch", "--steps", "--per", "--surrogate", "--teacher", "--distill-weight", "--distill-temperature")
+_SHARPENING_OPTIONS = (
+    "--start-epoch",
+    "--steps",
+    "--per",
+    "--surrogate",
+    "--teacher",
+    "--distill-weight",
+    "--distill-temperature",
+)
 
 
 def _twin_extra(extra: list[str], epochs: str) -> list[str]:
@@ -124,7 +189,11 @@ def _twin_extra(extra: list[str], epochs: str) -> list[str]:
     for arg, following in zip(extra, [*extra[1:], None]):
         if skip:
             skip = False
-        elif arg in _SHARPENING_OPTIONS or arg == "--epochs" or (arg == "--model-option" and following == "pool_first=true"):
+        elif (
+            arg in _SHARPENING_OPTIONS
+            or arg == "--epochs"
+            or (arg == "--model-option" and following == "pool_first=true")
+        ):
             skip = True
         else:
             kept.append(arg)
@@ -146,7 +215,9 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
         if subprocess_log:
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "log.txt", "a" if resumed else "w") as log:
-                code = subprocess.call([sys.executable, "-m", "whetstone", *command], stdout=log, stderr=subprocess.STDOUT)
+                code = subprocess.call(
+                    [sys.executable, "-m", "whetstone", *command], stdout=log, stderr=subprocess.STDOUT
+                )
             if code not in (0, 1):  # 1: finished but not fully binary, which the table reports
                 raise RuntimeError(f"whetstone {' '.join(command)} failed (exit {code}); see {out / 'log.txt'}")
         else:
@@ -194,7 +265,9 @@ def _run_name(dataset: str, model: str, extra: list[str]) -> str:
 
 def _selected(only: list[str] | None, dataset: str, model: str, extra: list[str]) -> bool:
     """No --only, or one of its items is MODEL, DATASET/MODEL or a part of the row's run name."""
-    return not only or any(item in (model, f"{dataset}/{model}") or item in _run_name(dataset, model, extra) for item in only)
+    return not only or any(
+        item in (model, f"{dataset}/{model}") or item in _run_name(dataset, model, extra) for item in only
+    )
 
 
 def table_main(args: argparse.Namespace, common: list[str]) -> str:
@@ -213,7 +286,9 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
 
         def twin_argv(epochs: str) -> tuple[list[str], Path]:
             twin_extra = _twin_extra(extra, epochs)
-            return [*base, *twin_extra, "--sharpener", "none"], Path(args.out) / f"{_run_name(dataset, model, twin_extra)}-s{seed}-plain"
+            return [*base, *twin_extra, "--sharpener", "none"], Path(
+                args.out
+            ) / f"{_run_name(dataset, model, twin_extra)}-s{seed}-plain"
 
         budget = extra[extra.index("--epochs") + 1] if "--epochs" in extra else str(recipe(model).epochs)
         distil = TWIN in extra  # the twin is the teacher: it trains first
@@ -275,7 +350,9 @@ def table_study(args: argparse.Namespace, common: list[str], variants: list[tupl
             results.append(train([*common, "--model", "mnist-dense", "--seed", str(seed), *extra],
                                  Path(args.out) / f"study-{_slug(label)}-s{seed}"))  # fmt: skip
         ok = [r for r in results if r["binary"]]
-        rows.append(f"| {label} | {mean_range([r['accuracy'] for r in ok]) if ok else 'not binary'} | {len(ok)}/{len(results)} |")
+        rows.append(
+            f"| {label} | {mean_range([r['accuracy'] for r in ok]) if ok else 'not binary'} | {len(ok)}/{len(results)} |"
+        )
     return "\n".join(rows)
 
 
@@ -293,12 +370,16 @@ def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list
     runs = [*common, *dataset, "--model", "conv-autoencoder", "--seed", str(args.seeds[0])]
     sharp = train(runs, Path(args.out) / "autoencoder")
     train([*runs, "--sharpener", "none", "--epochs", str(sharp["epochs"])], Path(args.out) / "autoencoder-plain")
-    models = [model_from_checkpoint(load_checkpoint(Path(args.out) / name)) for name in ("autoencoder", "autoencoder-plain")]
+    models = [
+        model_from_checkpoint(load_checkpoint(Path(args.out) / name)) for name in ("autoencoder", "autoencoder-plain")
+    ]
     test = load_dataset(dataset[1], "test", args.data_dir)
     loader = TensorLoader.from_dataset(test, 1000)
     mse = [evaluate(model, loader, Reconstruction())[0] for model in models]
     code = models[0].encode(test.images[:1000].float() / 255)
-    rows.append(f"| {code.shape[1]} bits, {100 * float(code.mean()):.0f}% ones | **{mse[0]:.4f}** | {mse[1]:.4f} | {sharp['epochs']} |")
+    rows.append(
+        f"| {code.shape[1]} bits, {100 * float(code.mean()):.0f}% ones | **{mse[0]:.4f}** | {mse[1]:.4f} | {sharp['epochs']} |"
+    )
     images = test.images[:12].float() / 255
     with torch.no_grad():
         grid = [images, models[0](images), models[1](images)]
@@ -310,7 +391,10 @@ def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list
             axes[row, column].set_yticks([])
         axes[row, 0].set_ylabel(label, fontsize=8)
     png = (Path(args.write).parent if args.write else Path(args.out)) / "autoencoder.png"
-    figure.suptitle(f"conv-autoencoder, {dataset[1]} test: MSE {mse[0]:.4f} (binary code) vs {mse[1]:.4f} (not sharpened)", fontsize=9)
+    figure.suptitle(
+        f"conv-autoencoder, {dataset[1]} test: MSE {mse[0]:.4f} (binary code) vs {mse[1]:.4f} (not sharpened)",
+        fontsize=9,
+    )
     figure.savefig(png, dpi=100)
     plt.close(figure)
     return "\n".join(rows) + "\n\n![reconstructions](autoencoder.png)"
@@ -318,10 +402,20 @@ def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="+", choices=["main", "nhot", "optimizers", "autoencoder"],
-                        default=["main", "nhot", "optimizers", "autoencoder"])
-    parser.add_argument("--only", nargs="*", help="main table: only these rows (MODEL, DATASET/MODEL, or part of a run name, e.g. epochs-96)")
-    parser.add_argument("--set", choices=["cpu", "gpu"], default="cpu", help="main table: MAIN, or MAIN_GPU's larger budgets")
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        choices=["main", "nhot", "optimizers", "autoencoder"],
+        default=["main", "nhot", "optimizers", "autoencoder"],
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="main table: only these rows (MODEL, DATASET/MODEL, or part of a run name, e.g. epochs-96)",
+    )
+    parser.add_argument(
+        "--set", choices=["cpu", "gpu"], default="cpu", help="main table: MAIN, or MAIN_GPU's larger budgets"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="main table: runs at a time, each in its own process")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-dir")
@@ -335,7 +429,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     common = ["--threads", str(args.threads)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     dataset = ["--dataset", "mnist-mini" if args.quick else "mnist"]
-    options = f"--seeds {' '.join(map(str, args.seeds))} --threads {args.threads}" + (" --quick" if args.quick else " --data-dir ../shared/data")
+    options = f"--seeds {' '.join(map(str, args.seeds))} --threads {args.threads}" + (
+        " --quick" if args.quick else " --data-dir ../shared/data"
+    )
     if args.set == "gpu":
         options = f"--set gpu --jobs {args.jobs} " + options
     if args.only:
@@ -360,7 +456,11 @@ def main() -> None:
               "optimizers": "Optimizer comparison (issue #3)", "autoencoder": "Binary-code autoencoder (issue #3)"}  # fmt: skip
     for name, table in tables.items():
         text = header.format(name) + table
-        section, title = (f"paper-{name}-gpu", f"{titles[name]}, GPU budgets") if args.set == "gpu" and name == "main" else (f"paper-{name}", titles[name])
+        section, title = (
+            (f"paper-{name}-gpu", f"{titles[name]}, GPU budgets")
+            if args.set == "gpu" and name == "main"
+            else (f"paper-{name}", titles[name])
+        )
         print(f"\n## {title}\n\n{text}\n")
         if args.write:
             write_section(Path(args.write), section, title, text)

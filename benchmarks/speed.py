@@ -98,9 +98,13 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
 def bench_step(names: list[str], rounds: int) -> None:
     report.part = "step"
     report("\n### 1. Training step: spiking vs nn.ReLU (batch 128)\n")
-    report("Spiking: every layer mid-sharpening (uniform sharpness 0.5). Binary: every layer at sharpness 1, "
-           "learning through surrogate gradients (`--surrogate 0`).\n")
-    report("| model | spiking ms/step | binary ms/step | ReLU ms/step | spiking / ReLU (target <= 1.05) | binary / ReLU | spread |")
+    report(
+        "Spiking: every layer mid-sharpening (uniform sharpness 0.5). Binary: every layer at sharpness 1, "
+        "learning through surrogate gradients (`--surrogate 0`).\n"
+    )
+    report(
+        "| model | spiking ms/step | binary ms/step | ReLU ms/step | spiking / ReLU (target <= 1.05) | binary / ReLU | spread |"
+    )
     report("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         torch.manual_seed(0)
@@ -111,7 +115,11 @@ def bench_step(names: list[str], rounds: int) -> None:
         ws.set_model_surrogate(binary, 0.0)
         x, y = torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,))
         repeats = 30 if "dense" in name else 5
-        steps = {"spiking": train_step(model, x, y), "binary": train_step(binary, x, y), "relu": train_step(with_relu(model), x, y)}
+        steps = {
+            "spiking": train_step(model, x, y),
+            "binary": train_step(binary, x, y),
+            "relu": train_step(with_relu(model), x, y),
+        }
         times = timed_rounds(steps, repeats, rounds)
         ms = {key: 1e3 * statistics.median(values) for key, values in times.items()}
         ratios = [a / b for a, b in zip(times["spiking"], times["relu"])]
@@ -182,7 +190,10 @@ def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
             relu_seconds, reached = time.perf_counter() - started, epoch + 1
             break
     if relu_seconds is None:
-        relu_seconds, reached = time.perf_counter() - started, f">{args.epochs} (best {100 * max(r.eval_accuracy for r in trainer.history):.2f}%)"
+        relu_seconds, reached = (
+            time.perf_counter() - started,
+            f">{args.epochs} (best {100 * max(r.eval_accuracy for r in trainer.history):.2f}%)",
+        )
     lock.release()
     report("| run | epochs | wall s | test accuracy |")
     report("|---|---:|---:|---:|")
@@ -204,9 +215,15 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     torch.manual_seed(0)
     grad = surrogate.fast_sigmoid(slope=25)
     net = nn.Sequential(
-        nn.Conv2d(1, 12, 5), nn.MaxPool2d(2), snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True),
-        nn.Conv2d(12, 64, 5), nn.MaxPool2d(2), snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True),
-        nn.Flatten(), nn.Linear(64 * 4 * 4, 10), snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True, output=True),
+        nn.Conv2d(1, 12, 5),
+        nn.MaxPool2d(2),
+        snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True),
+        nn.Conv2d(12, 64, 5),
+        nn.MaxPool2d(2),
+        snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 10),
+        snn.Leaky(beta=0.5, spike_grad=grad, init_hidden=True, output=True),
     )
     steps = 25
 
@@ -246,11 +263,15 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     ours_train = sum(r["seconds"] for r in ours["history"])
     report("| method | time steps | epochs | train s | test accuracy | inference s (10,000 images) |")
     report("|---|---:|---:|---:|---:|---:|")
-    report(f"| snnTorch surrogate gradient | {steps} | {epochs} | {peer_train:.0f} | {100 * peer_accuracy:.2f}% | {peer_infer:.1f} |")
+    report(
+        f"| snnTorch surrogate gradient | {steps} | {epochs} | {peer_train:.0f} | {100 * peer_accuracy:.2f}% | {peer_infer:.1f} |"
+    )
     report(f"| whetstone (fully binary) | 1 | {len(ours['history'])} | {ours_train:.0f} | "
            f"{100 * ours['history'][-1]['eval_accuracy']:.2f}% | {ours_infer:.1f} |")  # fmt: skip
-    report(f"\ntraining time ratio snnTorch/ours: **{peer_train / ours_train:.1f}x** (target >= 5x); "
-           f"inference time steps: **{steps}x** fewer; inference wall time ratio: {peer_infer / ours_infer:.1f}x")
+    report(
+        f"\ntraining time ratio snnTorch/ours: **{peer_train / ours_train:.1f}x** (target >= 5x); "
+        f"inference time steps: **{steps}x** fewer; inference wall time ratio: {peer_infer / ours_infer:.1f}x"
+    )
 
 
 def main() -> None:
@@ -279,7 +300,9 @@ def main() -> None:
     if args.write:
         header = "\n".join(report.rows.pop("header"))
         for part, rows in report.rows.items():
-            write_section(Path(args.write), f"speed-{part}", f"Speed: {TITLES[part]} (issue #5)", header + "\n" + "\n".join(rows))
+            write_section(
+                Path(args.write), f"speed-{part}", f"Speed: {TITLES[part]} (issue #5)", header + "\n" + "\n".join(rows)
+            )
 
 
 if __name__ == "__main__":

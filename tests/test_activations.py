@@ -130,7 +130,9 @@ def test_outputs_bounded_and_monotone(s, values):
             assert torch.all((y == 0) | (y == 1))
 
 
-@pytest.mark.parametrize("cls,fn,threshold", [(ws.SpikingBReLU, brelu_reference, 0.5), (ws.SpikingSigmoid, sigmoid_reference, 0.0)])
+@pytest.mark.parametrize(
+    "cls,fn,threshold", [(ws.SpikingBReLU, brelu_reference, 0.5), (ws.SpikingSigmoid, sigmoid_reference, 0.0)]
+)
 @pytest.mark.parametrize("surrogate", [0.0, 0.6])
 def test_surrogate_keeps_the_step_forward_and_backpropagates_the_softer_slope(cls, fn, threshold, surrogate):
     # Points away from the bounded ReLU's kinks (threshold +- half its linear width), where its slope is defined.

@@ -178,7 +178,9 @@ CLI_CASES = [
 
 # -- the inputs the cases name -------------------------------------------------------------------
 def _write_idx(path: Path, array: np.ndarray, magic: bytes | None = None) -> None:
-    header = (bytes([0, 0, 0x08, array.ndim]) if magic is None else magic) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    header = (bytes([0, 0, 0x08, array.ndim]) if magic is None else magic) + b"".join(
+        d.to_bytes(4, "big") for d in array.shape
+    )
     with gzip.open(path, "wb") as handle:
         handle.write(header + array.astype(np.uint8).tobytes())
 
@@ -315,11 +317,15 @@ class Places(dict):
         elif key == "wrong_key":
             path = _tampered(root, run, key, lambda c: c["model"].__setitem__("decoder.key", torch.ones(10, 50)))
         elif key == "bad_sharpness":
-            path = _tampered(root, run, key, lambda c: c["model"].__setitem__("features.2.sharpness", torch.tensor(1.5)))
+            path = _tampered(
+                root, run, key, lambda c: c["model"].__setitem__("features.2.sharpness", torch.tensor(1.5))
+            )
         elif key == "nir":
             path = _nir_graph(run, lambda graph: None, root / "model.nir")
         elif key == "nir_nan_threshold":
-            path = _nir_graph(run, lambda graph: graph.spiking_nodes()[0].threshold.__setitem__(0, np.nan), root / "nan-threshold.nir")
+            path = _nir_graph(
+                run, lambda graph: graph.spiking_nodes()[0].threshold.__setitem__(0, np.nan), root / "nan-threshold.nir"
+            )
         elif key == "nir_nan_key":
             path = _nir_graph(run, lambda graph: graph.key.__setitem__((0, 0), np.nan), root / "nan-key.nir")
         elif key == "nir_cycle":
@@ -338,7 +344,11 @@ class Places(dict):
 
 
 def _checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _temporary_files(folder: Path) -> list[Path]:
@@ -347,7 +357,11 @@ def _temporary_files(folder: Path) -> list[Path]:
 
 def _train_runs(root: Path) -> dict[str, Path]:
     runs = {"run": root / "run", "plain_run": root / "plain", "cosine_run": root / "cosine"}
-    for name, extra in (("run", []), ("plain_run", ["--sharpener", "none", "--epochs", "1"]), ("cosine_run", ["--lr-schedule", "cosine"])):
+    for name, extra in (
+        ("run", []),
+        ("plain_run", ["--sharpener", "none", "--epochs", "1"]),
+        ("cosine_run", ["--lr-schedule", "cosine"]),
+    ):
         assert main(["train", *TINY, *extra, "--out", str(runs[name])]) == 0
     return runs
 
@@ -460,9 +474,13 @@ def small_disk(tmp_path):
     def mount(size_kib: int) -> Path:
         point = tmp_path / f"disk{len(mounted)}"
         point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(point)], capture_output=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(point)], capture_output=True, check=False
+        )
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'mount failed'}): full-disk cases not run")
+            pytest.skip(
+                f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'mount failed'}): full-disk cases not run"
+            )
         mounted.append(point)
         return point
 
@@ -517,12 +535,16 @@ def test_a_run_that_fills_its_disk_keeps_its_last_checkpoint(runs, small_disk, c
 
 # -- processes: signals, locks, two trainings at once --------------------------------------------
 def _start(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "whetstone", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "whetstone", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_file(tmp_path):
     out = tmp_path / "run"
-    process = _start(["train", *TINY, "--epochs", "200", "--start-epoch", "150", "--checkpoint-every", "1", "--out", str(out)])
+    process = _start(
+        ["train", *TINY, "--epochs", "200", "--start-epoch", "150", "--checkpoint-every", "1", "--out", str(out)]
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -565,8 +587,12 @@ def test_overwrite_replaces_a_run_only_when_asked(runs, tmp_path, capsys):
     shutil.copytree(runs["run"], out)
     assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 2
     assert len(load_checkpoint(out)["history"]) == 3  # untouched
-    assert main(["train", *TINY, "--epochs", "2", "--start-epoch", "1", "--out", str(out), "--overwrite"]) == 1  # not binary yet
-    assert len(load_checkpoint(out)["history"]) == 2 and not (out / "best.pt").exists()  # nothing of the old run is left
+    assert (
+        main(["train", *TINY, "--epochs", "2", "--start-epoch", "1", "--out", str(out), "--overwrite"]) == 1
+    )  # not binary yet
+    assert (
+        len(load_checkpoint(out)["history"]) == 2 and not (out / "best.pt").exists()
+    )  # nothing of the old run is left
 
 
 # -- fuzzing the numeric flags -------------------------------------------------------------------
@@ -583,7 +609,16 @@ NUMBERS = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flags=st.lists(st.tuples(st.sampled_from(NUMERIC_FLAGS), NUMBERS), min_size=1, max_size=3))
 def test_numeric_flags_never_crash(flags, tmp_path, capsys):
-    argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(tmp_path / "fuzz"), "--print-config"]
+    argv = [
+        "train",
+        "--model",
+        "mnist-dense",
+        "--dataset",
+        "mnist-mini",
+        "--out",
+        str(tmp_path / "fuzz"),
+        "--print-config",
+    ]
     for flag, value in flags:
         argv.append(f"{flag}={value}")
     capsys.readouterr()

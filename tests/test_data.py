@@ -135,7 +135,9 @@ def test_download_verifies_sha256(tmp_path, monkeypatch):
     served["x-labels.gz"] = gzip.compress(b"tampered")
     with pytest.raises(DatasetError, match="SHA-256 mismatch"):
         load_dataset("toy", "test", tmp_path / "other", download=True)
-    assert sorted(p.name for p in (tmp_path / "other" / "toy").iterdir()) == ["x-images.gz"]  # no partial or temporary file
+    assert sorted(p.name for p in (tmp_path / "other" / "toy").iterdir()) == [
+        "x-images.gz"
+    ]  # no partial or temporary file
 
 
 def test_cifar_zip_reader(tmp_path):

@@ -21,7 +21,9 @@ from conftest import assert_equal_where_decided, torch_threads
 
 def _optional(module: str):
     """Import an optional dependency or skip visibly, naming it."""
-    return pytest.importorskip(module, reason=f"optional dependency {module!r} is not installed (pip install -e '.[export]')")
+    return pytest.importorskip(
+        module, reason=f"optional dependency {module!r} is not installed (pip install -e '.[export]')"
+    )
 
 
 class Residual(nn.Module):
@@ -42,9 +44,16 @@ def tiny_conv_bn(residual: bool = False) -> ws.SpikingClassifier:
     if residual:
         layers.append(Residual(6))
     layers += [
-        nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), ws.SpikingBReLU(), nn.Flatten(),
-        nn.Linear(8 * 7 * 7, 64), nn.BatchNorm1d(64), ws.SpikingBReLU(),
-        nn.Linear(64, 40), nn.BatchNorm1d(40), ws.SpikingBReLU(),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        ws.SpikingBReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 7 * 7, 64),
+        nn.BatchNorm1d(64),
+        ws.SpikingBReLU(),
+        nn.Linear(64, 40),
+        nn.BatchNorm1d(40),
+        ws.SpikingBReLU(),
     ]
     return ws.SpikingClassifier(nn.Sequential(*layers), ws.key_generator(10, 40, overlapping=False, seed=0))
 
@@ -60,7 +69,9 @@ def _train_tiny(residual: bool) -> ws.SpikingClassifier:
     train = load_dataset("mnist-mini", "train")
     model = tiny_conv_bn(residual)
     loader = ws.TensorLoader.from_dataset(train, 64, shuffle=True, seed=0)
-    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 3e-3), ws.SimpleSharpener(1, steps=1), progress=False)
+    trainer = ws.Trainer(
+        model, torch.optim.Adam(model.parameters(), 3e-3), ws.SimpleSharpener(1, steps=1), progress=False
+    )
     with torch_threads(1):  # the same weights on every machine
         result = trainer.fit(loader, epochs=len(ws.spiking_layers(model)) + 2)
     assert result.fully_binary
@@ -85,7 +96,19 @@ def _torch_outputs(model, x):
 def test_graph_of_conv_bn_model_folds_bn_and_names_the_encoder(trained):
     graph = to_spiking_graph(trained, (1, 28, 28))
     ops = [n.op for n in graph.nodes]
-    assert ops == ["input", "conv2d", "spike", "maxpool2d", "conv2d", "spike", "flatten", "affine", "spike", "affine", "spike"]
+    assert ops == [
+        "input",
+        "conv2d",
+        "spike",
+        "maxpool2d",
+        "conv2d",
+        "spike",
+        "flatten",
+        "affine",
+        "spike",
+        "affine",
+        "spike",
+    ]
     assert graph.encoder == "features.0"
     assert graph.output == graph.nodes[-1].name and graph.key.shape == (10, 40)
 
@@ -169,8 +192,15 @@ def test_refuses_what_is_not_integrate_and_fire():
 def test_average_pooling_feeding_a_spiking_layer_is_exported(mini_test):
     x, _ = mini_test
     model = ws.SpikingClassifier(
-        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), ws.SpikingBReLU(1.0), nn.AvgPool2d(2), ws.SpikingBReLU(1.0),
-                      nn.Flatten(), nn.Linear(4 * 14 * 14, 20), ws.SpikingBReLU(1.0)),
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            ws.SpikingBReLU(1.0),
+            nn.AvgPool2d(2),
+            ws.SpikingBReLU(1.0),
+            nn.Flatten(),
+            nn.Linear(4 * 14 * 14, 20),
+            ws.SpikingBReLU(1.0),
+        ),
         ws.key_generator(10, 20, overlapping=False),
     ).eval()
     graph = to_spiking_graph(model, (1, 28, 28))
@@ -205,8 +235,15 @@ def test_max_pooling_of_potentials_before_a_spike_is_exported_as_spike_then_pool
     nn.init.normal_(bn.weight)  # some negative scales: folding must still happen before the pool
     nn.init.normal_(bn.running_mean, 0, 0.3)
     model = ws.SpikingClassifier(
-        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), bn, nn.MaxPool2d(2), ws.SpikingBReLU(1.0),
-                      nn.Flatten(), nn.Linear(4 * 14 * 14, 20), ws.SpikingBReLU(1.0)),
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            bn,
+            nn.MaxPool2d(2),
+            ws.SpikingBReLU(1.0),
+            nn.Flatten(),
+            nn.Linear(4 * 14 * 14, 20),
+            ws.SpikingBReLU(1.0),
+        ),
         ws.key_generator(10, 20, overlapping=False),
     ).eval()
     graph = to_spiking_graph(model, (1, 28, 28))
@@ -218,7 +255,9 @@ def test_max_pooling_of_potentials_before_a_spike_is_exported_as_spike_then_pool
     result = simulate(graph, x[:100].numpy())
     assert_equal_where_decided(result.output_spikes, model.features(x[:100]).detach().numpy(), result)
 
-    not_spiked = ws.SpikingClassifier(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Flatten()), torch.eye(2, 8))
+    not_spiked = ws.SpikingClassifier(
+        nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Flatten()), torch.eye(2, 8)
+    )
     with pytest.raises(DeployError, match=r"max pooling 'features.1'.*not binary"):
         to_spiking_graph(not_spiked, (1, 4, 4))
 
@@ -295,5 +334,7 @@ def test_cli_export_and_simulate(tmp_path, capsys):
     except ImportError:
         pytest.skip("optional dependency 'nir' is not installed: NIR export part of the CLI test not run")
     assert main(["export", str(run), "--format", "nir", "--out", str(tmp_path / "m.nir"), "--bits", "8"]) == 0
-    assert main(["simulate", str(tmp_path / "m.nir"), "--dataset", "mnist-mini", "--limit", "100", "--no-progress"]) == 0
+    assert (
+        main(["simulate", str(tmp_path / "m.nir"), "--dataset", "mnist-mini", "--limit", "100", "--no-progress"]) == 0
+    )
     assert "simulated accuracy" in capsys.readouterr().out

@@ -20,7 +20,9 @@ def _ddp_job(out_dir: str) -> int:
     train = load_dataset("mnist-mini", "train")
     model = ws.create_model("mnist-dense")
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    loader = ws.TensorLoader(train.images[:2000], train.labels[:2000], 50, shuffle=True, seed=0, rank=rank, world_size=world)
+    loader = ws.TensorLoader(
+        train.images[:2000], train.labels[:2000], 50, shuffle=True, seed=0, rank=rank, world_size=world
+    )
     trainer = ws.Trainer(ddp, torch.optim.Adam(ddp.parameters(), 1e-3), ws.AdaptiveSharpener(min_init_epochs=1, patience=0, sig_decrease=0.9, rate=1.0),
                          progress=False)  # fmt: skip
     trainer.fit(loader, epochs=6)

@@ -10,7 +10,9 @@ from whetstone.data import load_dataset
 
 
 def test_sweep_runs_trials_and_continues_its_study(tmp_path, capsys):
-    optuna = pytest.importorskip("optuna", reason="optional dependency 'optuna' not installed (pip install -e '.[sweep]')")
+    optuna = pytest.importorskip(
+        "optuna", reason="optional dependency 'optuna' not installed (pip install -e '.[sweep]')"
+    )
     argv = ["sweep", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "800", "--epochs", "4",
             "--trials", "2", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
@@ -23,7 +25,9 @@ def test_sweep_runs_trials_and_continues_its_study(tmp_path, capsys):
 
 
 def test_lightning_callback_sharpens_a_lightning_module_to_binary():
-    pl = pytest.importorskip("lightning.pytorch", reason="optional dependency 'lightning' not installed (pip install -e '.[lightning]')")
+    pl = pytest.importorskip(
+        "lightning.pytorch", reason="optional dependency 'lightning' not installed (pip install -e '.[lightning]')"
+    )
     from whetstone.integrations.lightning import SharpenerCallback
 
     class LitClassifier(pl.LightningModule):
@@ -42,7 +46,9 @@ def test_lightning_callback_sharpens_a_lightning_module_to_binary():
             return torch.optim.Adam(self.parameters(), 1e-3)
 
     train = load_dataset("mnist-mini", "train")
-    data = DataLoader(TensorDataset(train.images[:1000].float() / 255, train.labels[:1000]), batch_size=100, shuffle=True)
+    data = DataLoader(
+        TensorDataset(train.images[:1000].float() / 255, train.labels[:1000]), batch_size=100, shuffle=True
+    )
     module, sharpener = LitClassifier(), ws.SimpleSharpener(1, steps=1)
     trainer = pl.Trainer(max_epochs=20, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[SharpenerCallback(sharpener)])  # fmt: skip

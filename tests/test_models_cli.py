@@ -33,8 +33,9 @@ def test_models_build_forward_fold_and_deploy(name, shape):
     result = ws.simulate(graph, x.numpy())
     # Untrained, threshold-centred units sit close to their thresholds: compare in float64, where both
     # sides sum the same float32 weights exactly enough that only a true tie could decide differently.
-    assert_equal_where_decided(result.predictions, folded.double().predict(x.double()).numpy(), result,
-                               tolerance=1e-9, min_decided=1.0)
+    assert_equal_where_decided(
+        result.predictions, folded.double().predict(x.double()).numpy(), result, tolerance=1e-9, min_decided=1.0
+    )
 
 
 def test_pool_first_changes_only_which_unit_a_pooled_gradient_reaches():
@@ -176,7 +177,9 @@ def test_python_dash_m_whetstone_runs_the_cli():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "whetstone", "models"], check=False, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "whetstone", "models"], check=False, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "resnet-small" in result.stdout
 
 
@@ -205,7 +208,11 @@ def test_cli_distils_from_a_teacher_run_and_resumes_with_it(tmp_path, capsys, mo
     assert main(["train", *base, "--epochs", "3", "--start-epoch", "0", "--steps", "1", "--surrogate", "0", "--teacher", "teacher",
           "--distill-weight", "0.5", "--distill-temperature", "2", "--out", str(student)]) == 0  # fmt: skip
     saved = torch.load(student / "checkpoint.pt", weights_only=True)["run"]["config"]
-    assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (str(tmp_path / "teacher"), 0.5, 2.0)
+    assert (saved["teacher"], saved["distill_weight"], saved["distill_temperature"]) == (
+        str(tmp_path / "teacher"),
+        0.5,
+        2.0,
+    )
     monkeypatch.chdir(tmp_path.parent)
     assert main(["train", "--resume", str(student), "--epochs", "4", "--no-progress", "--device", "cpu"]) == 0
     assert len(json.loads((student / "history.json").read_text())) == 4

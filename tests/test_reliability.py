@@ -166,7 +166,10 @@ def test_accuracy_collapse_while_sharpening_counts_as_divergence(caplog):
     model = _model()
     trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 2e-3), ws.SimpleSharpener(0, steps=2), progress=False,
                          max_retries=1)  # fmt: skip
-    with pytest.raises(FloatingPointError, match=r"training accuracy fell to \d+\.\d% \(best \d+\.\d%\) while sharpening; gave up after 1"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"training accuracy fell to \d+\.\d% \(best \d+\.\d%\) while sharpening; gave up after 1",
+    ):
         trainer.fit(LabelsShiftFrom(_mini_loader(), start=2), epochs=4)
     assert [record.epoch for record in trainer.history] == [0, 1]  # the collapsed epoch never entered the history
     assert "rolled back to the start of epoch 3" in caplog.text

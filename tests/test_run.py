@@ -25,7 +25,13 @@ TINY = {"model": "mnist-dense", "dataset": "mnist-mini", "limit": 300, "epochs":
 
 def test_resolved_fills_only_what_was_not_given_from_the_recipe():
     config = RunConfig(model="mnist-dense", lr=0.5, out="x").resolved()
-    assert (config.dataset, config.optimizer, config.lr, config.epochs, config.sharpener) == ("mnist", "adadelta", 0.5, 21, "simple")
+    assert (config.dataset, config.optimizer, config.lr, config.epochs, config.sharpener) == (
+        "mnist",
+        "adadelta",
+        0.5,
+        21,
+        "simple",
+    )
     assert config.optimizer_options() == {"rho": 0.95, "eps": 1e-8}  # the recipe's Adadelta settings
     other = RunConfig(model="mnist-dense", optimizer="sgd", weight_decay=0.01).resolved()
     assert other.optimizer_options() == {"momentum": 0.9, "weight_decay": 0.01}  # not Adadelta's
@@ -35,19 +41,27 @@ def test_resolved_fills_only_what_was_not_given_from_the_recipe():
 def test_validate_names_the_setting_value_and_what_is_allowed():
     with pytest.raises(ConfigError) as raised:
         RunConfig(model="mnist-dense", epochs=0, out="x").resolved().validate()
-    assert str(raised.value) == "epochs must be an integer >= 1, got 0" and raised.value.as_flag().startswith("--epochs ")
+    assert str(raised.value) == "epochs must be an integer >= 1, got 0" and raised.value.as_flag().startswith(
+        "--epochs "
+    )
     assert raised.value.setting == "epochs"
 
 
 def test_toml_round_trip_and_config_files(tmp_path, capsys):
-    config = RunConfig(model="cifar-conv-bn", model_options={"base": 8, "pool_first": True}, lr=3e-3, surrogate=0.0, out="o")
+    config = RunConfig(
+        model="cifar-conv-bn", model_options={"base": 8, "pool_first": True}, lr=3e-3, surrogate=0.0, out="o"
+    )
     path = tmp_path / "c.toml"
     path.write_text(config.to_toml())
     assert RunConfig.from_toml(path) == config
     # --config, with a flag over it; --print-config prints the resolved settings and writes nothing.
     assert main(["train", "--config", str(path), "--lr", "0.01", "--out", str(tmp_path / "run"), "--print-config"]) == 0
     printed = capsys.readouterr().out
-    assert 'model = "cifar-conv-bn"' in printed and "lr = 0.01" in printed and "model_options = { base = 8, pool_first = true }" in printed
+    assert (
+        'model = "cifar-conv-bn"' in printed
+        and "lr = 0.01" in printed
+        and "model_options = { base = 8, pool_first = true }" in printed
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -68,14 +82,31 @@ def test_resume_takes_runtime_settings_refuses_contradictions_and_reads_old_chec
     saved = RunConfig(model="mnist-dense", lr=0.5, epochs=4, out="runs/a").resolved()
     config, changed = resume_config(saved, {"epochs": 6, "threads": 2, "device": "cpu", "lr": 0.5}, "runs/a")
     assert (config.epochs, config.threads, config.device, changed) == (6, 2, "cpu", ["device", "epochs", "threads"])
-    with pytest.raises(ConfigError, match=r"--lr 0.1 \(the run has 0.5\); --model mnist-conv \(the run has mnist-dense\) contradict"):
+    with pytest.raises(
+        ConfigError, match=r"--lr 0.1 \(the run has 0.5\); --model mnist-conv \(the run has mnist-dense\) contradict"
+    ):
         resume_config(saved, {"lr": 0.1, "model": "mnist-conv"}, "runs/a")
     cosine = saved.replace(lr_schedule="cosine")
     with pytest.raises(ConfigError, match="cosine schedule ends at epoch 4"):
         resume_config(cosine, {"epochs": 5}, "runs/a")
-    old = {"run": {"args": {"model": "mnist-dense", "lr": 0.5, "model_option": ["batch_norm=true"], "no_progress": True, "epochs": 4}}}
+    old = {
+        "run": {
+            "args": {
+                "model": "mnist-dense",
+                "lr": 0.5,
+                "model_option": ["batch_norm=true"],
+                "no_progress": True,
+                "epochs": 4,
+            }
+        }
+    }
     restored = saved_config(old, "old.pt")
-    assert (restored.model, restored.lr, restored.model_options, restored.progress) == ("mnist-dense", 0.5, {"batch_norm": True}, False)
+    assert (restored.model, restored.lr, restored.model_options, restored.progress) == (
+        "mnist-dense",
+        0.5,
+        {"batch_norm": True},
+        False,
+    )
 
 
 def test_build_run_assembles_a_run_that_keeps_its_best_binary_epoch(tmp_path):
@@ -123,7 +154,18 @@ def test_callbacks_see_every_hook_in_order():
     train = ws.load_dataset("mnist-mini", "train")
     loader = ws.TensorLoader(train.images[:200], train.labels[:200], 100)
     ws.Trainer(model, torch.optim.Adam(model.parameters()), callbacks=[recorder], progress=False).fit(loader, 2)
-    assert recorder.calls == ["begin", "epoch 0", "batch", "batch", "end 0", "epoch 1", "batch", "batch", "end 1", "done False"]
+    assert recorder.calls == [
+        "begin",
+        "epoch 0",
+        "batch",
+        "batch",
+        "end 0",
+        "epoch 1",
+        "batch",
+        "batch",
+        "end 1",
+        "done False",
+    ]
 
 
 def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
@@ -145,7 +187,9 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one():
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path):
-    pytest.importorskip("tensorboard", reason="optional dependency 'tensorboard' is not installed (pip install -e '.[tensorboard]')")
+    pytest.importorskip(
+        "tensorboard", reason="optional dependency 'tensorboard' is not installed (pip install -e '.[tensorboard]')"
+    )
     from whetstone.callbacks import TensorBoard
 
     config = RunConfig(**{**TINY, "epochs": 1, "sharpener": "none", "tensorboard": True}, out=str(tmp_path))
@@ -208,7 +252,13 @@ def test_module_map_no_cycles_and_a_thin_cli():
     for path in SOURCE.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in getattr(node, "names", [])]
+                if isinstance(node, ast.Import)
+                else []
+            )
             if any(name in ("cli", "whetstone.cli") or name.endswith(".cli") for name in names):
                 importers.append(path.name)
     assert importers == ["__main__.py"]

@@ -150,7 +150,9 @@ def test_surrogate_gradients_train_the_binary_network_for_the_whole_budget(mini)
     for surrogate in (None, 0.0):
         model = small_model()
         ws.set_model_surrogate(model, surrogate)
-        trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), lr=2e-3), ws.SimpleSharpener(1, steps=1), progress=False)
+        trainer = ws.Trainer(
+            model, torch.optim.Adam(model.parameters(), lr=2e-3), ws.SimpleSharpener(1, steps=1), progress=False
+        )
         assert trainer.fit(train_loader, epochs=4).history[-1].sharpness == [1, 1, 1]  # binary after epoch 4
         weights = [p.detach().clone() for p in model.parameters()]
         result = trainer.fit(train_loader, epochs=6, eval_loader=test_loader)
@@ -168,7 +170,9 @@ def test_distillation_loss_is_the_tempered_kl_divergence():
     student, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
     for temperature in (1.0, 4.0):
         p_teacher = torch.softmax(teacher / temperature, -1)
-        expected = (p_teacher * (p_teacher.log() - torch.log_softmax(student / temperature, -1))).sum(-1).mean() * temperature**2
+        expected = (p_teacher * (p_teacher.log() - torch.log_softmax(student / temperature, -1))).sum(
+            -1
+        ).mean() * temperature**2
         assert torch.allclose(distillation_loss(student, teacher, temperature), expected)
     assert distillation_loss(teacher, teacher).abs() < 1e-6  # the teacher's own logits: nothing to learn
     distillation_loss(student, teacher).backward()

@@ -69,7 +69,9 @@ def as_callback(callback: Callback | Callable[[EpochRecord], Any]) -> Callback:
         return callback
     if callable(callback):
         return _EpochFunction(callback)
-    raise ValueError(f"a callback must be a whetstone Callback or a function of an EpochRecord, got {type(callback).__name__}")
+    raise ValueError(
+        f"a callback must be a whetstone Callback or a function of an EpochRecord, got {type(callback).__name__}"
+    )
 
 
 def format_seconds(seconds: float) -> str:
@@ -203,7 +205,10 @@ class PrintSummary(Callback):
         where = [f"checkpoint {result.checkpoint}"] if result.checkpoint else []
         where += [f"best fully binary {result.best}"] if result.best else []
         where += [f"plot {trainer.folder.plot}"] if trainer.folder is not None else []
-        say(f"done in {format_seconds(time.perf_counter() - self._started)}" + (": " + ", ".join(where) if where else ""))
+        say(
+            f"done in {format_seconds(time.perf_counter() - self._started)}"
+            + (": " + ", ".join(where) if where else "")
+        )
 
 
 class HistoryFiles(Callback):
@@ -252,7 +257,9 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise ImportError("the TensorBoard logger needs tensorboard: pip install 'whetstone-snn[tensorboard]'") from error
+            raise ImportError(
+                "the TensorBoard logger needs tensorboard: pip install 'whetstone-snn[tensorboard]'"
+            ) from error
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def on_batch_end(self, trainer: Trainer, batch: int, loss: float) -> None:

@@ -205,7 +205,9 @@ class RunFolder:
         return self.lock
 
 
-def check_output_path(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False, example: str = "out") -> Path:
+def check_output_path(
+    path: str | os.PathLike, flag: str = "--out", overwrite: bool = False, example: str = "out"
+) -> Path:
     """Check that ``path`` may be written by an export or a report; returns it as a ``Path``.
 
     Refused, in one line naming ``flag``: a folder, a missing parent folder, any file of a run folder
@@ -217,7 +219,9 @@ def check_output_path(path: str | os.PathLike, flag: str = "--out", overwrite: b
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{flag} {path}: directory {path.parent} does not exist")
     if path.name in RUN_FILES and (path.parent / CHECKPOINT_NAME).exists() or path.suffix == ".pt":
-        raise ValueError(f"{flag} {path} is a checkpoint or a run's own file: whetstone never writes over those; choose another name")
+        raise ValueError(
+            f"{flag} {path} is a checkpoint or a run's own file: whetstone never writes over those; choose another name"
+        )
     if path.exists() and not overwrite:
         raise ValueError(f"{flag} {path} exists; pass --overwrite to replace it")
     return path

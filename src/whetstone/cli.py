@@ -20,10 +20,10 @@ from typing import Any, NoReturn
 
 from . import distributed
 from .callbacks import PrintEpochs, PrintSummary
-from .checkpoint import RunFolder, check_dataset, check_output_path, load_checkpoint, model_from_checkpoint
-from .data import DATASETS, DatasetError, TensorLoader, load_dataset
+from .checkpoint import RunFolder, check_output_path, load_checkpoint
+from .data import DATASETS, DatasetError
 from .files import Terminated, sigterm_raises
-from .models import list_models, model_description, recipe
+from .models import list_models, model_description
 from .run import (
     ConfigError,
     RunConfig,
@@ -54,13 +54,17 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
         below = minimum is not None and (value <= minimum if open_interval else value < minimum)
         above = maximum is not None and (value >= maximum if open_interval else value > maximum)
         if not math.isfinite(value) or below or above:
             bounds = (f" in ({minimum}, {maximum})" if open_interval else f" in [{minimum}, {maximum}]" if maximum is not None
                       else f" >= {minimum}" if minimum is not None else "")  # fmt: skip
-            raise argparse.ArgumentTypeError(f"must be a finite {'integer' if kind is int else 'number'}{bounds}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be a finite {'integer' if kind is int else 'number'}{bounds}, got {text}"
+            )
         return value
 
     return parse
@@ -68,6 +72,7 @@ def _number(kind: type, minimum: float | None = None, maximum: float | None = No
 
 _COUNT = _number(int, 1)
 _BITS = _number(int, 2, 16)
+_FRACTION = _number(float, 0, 1, open_interval=True)
 
 
 def _add_run_settings(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +90,9 @@ def _add_run_settings(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--" + name.replace("_", "-"), action="store_true", **common)
         else:
             kind = _number(kind) if kind in (int, float) else kind
-            parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=meta["choices"], metavar=meta["metavar"], **common)
+            parser.add_argument(
+                "--" + name.replace("_", "-"), type=kind, choices=meta["choices"], metavar=meta["metavar"], **common
+            )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -95,52 +102,54 @@ def make_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and sharpen it to fully binary")
     _add_run_settings(train)
-    train.add_argument("--config", metavar="FILE", help="settings from a TOML file (a run's config.toml); flags override it")
+    train.add_argument(
+        "--config", metavar="FILE", help="settings from a TOML file (a run's config.toml), under the flags"
+    )
     train.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint, with its settings")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint and settings")
     train.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
 
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--data-dir", help="data root (default: $WHETSTONE_DATA, else ~/.cache/whetstone/data)")
     data.add_argument("--download", action="store_true", help="download missing MNIST/Fashion-MNIST files")
+    bits = {"type": _BITS, "help": "quantize weights and thresholds to integers of this many bits (2-16)"}
 
-    evaluate_cmd = commands.add_parser("eval", parents=[data], help="evaluate a checkpoint and check it is fully binary")
-    evaluate_cmd.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
-    evaluate_cmd.add_argument("--dataset", choices=list(DATASETS), help="default: the dataset it was trained on")
-    evaluate_cmd.add_argument("--batch-size", type=_COUNT, default=1000)
+    ev = commands.add_parser("eval", parents=[data], help="evaluate a checkpoint and check it is fully binary")
+    ev.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
+    ev.add_argument("--dataset", choices=list(DATASETS), help="default: the dataset it was trained on")
+    ev.add_argument("--batch-size", type=_COUNT, default=1000)
 
-    export_cmd = commands.add_parser("export", help="export a fully sharpened checkpoint to NIR or ONNX")
-    export_cmd.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
-    export_cmd.add_argument("--format", choices=["nir", "onnx"], required=True)
-    export_cmd.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
-    export_cmd.add_argument("--bits", type=_BITS, help="quantize weights and thresholds to integers of this many bits (2-16)")
-    export_cmd.add_argument("--overwrite", action="store_true", help="replace an existing file (never a run's own files)")
+    ex = commands.add_parser("export", help="export a fully sharpened checkpoint to NIR or ONNX")
+    ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
+    ex.add_argument("--format", choices=["nir", "onnx"], required=True)
+    ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
+    ex.add_argument("--bits", **bits)
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing file (never a run's own files)")
 
-    simulate_cmd = commands.add_parser("simulate", parents=[data], help="run a checkpoint or NIR file in the event-driven simulator")
-    simulate_cmd.add_argument("source", help="checkpoint.pt, its run directory, or a .nir file")
-    simulate_cmd.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's (required for a .nir file)")
-    simulate_cmd.add_argument("--split", choices=["train", "test"], default="test")
-    simulate_cmd.add_argument("--limit", type=_COUNT, help="simulate only the first N images")
-    simulate_cmd.add_argument("--bits", type=_BITS, help="quantize weights and thresholds to integers of this many bits (2-16)")
-    simulate_cmd.add_argument("--arithmetic", choices=["fp32", "int8"], help="energy figures (default: int8 with --bits, else fp32)")
-    simulate_cmd.add_argument("--batch-size", type=_COUNT, default=256)
-    simulate_cmd.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
-    simulate_cmd.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    simulate_cmd.add_argument("--no-progress", action="store_true")
+    sim = commands.add_parser("simulate", parents=[data], help="run a checkpoint or NIR file in the simulator")
+    sim.add_argument("source", help="checkpoint.pt, its run directory, or a .nir file")
+    sim.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's (needed for a .nir file)")
+    sim.add_argument("--split", choices=["train", "test"], default="test")
+    sim.add_argument("--limit", type=_COUNT, help="simulate only the first N images")
+    sim.add_argument("--bits", **bits)
+    sim.add_argument("--arithmetic", choices=["fp32", "int8"], help="energy figures (default: int8 with --bits)")
+    sim.add_argument("--batch-size", type=_COUNT, default=256)
+    sim.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    sim.add_argument("--no-progress", action="store_true")
 
-    sweep = commands.add_parser("sweep", parents=[data], help="tune optimizer and sharpener with Optuna (extra 'sweep')")
-    sweep.add_argument("--model", required=True, choices=list_models(), metavar="MODEL", help=f"one of: {', '.join(list_models())}")
+    sweep = commands.add_parser("sweep", parents=[data], help="tune optimizer and sharpener with Optuna")
+    sweep.add_argument("--model", required=True, choices=list_models(), help="the model to tune")
     sweep.add_argument("--dataset", choices=list(DATASETS), help="default: the model's")
     sweep.add_argument("--trials", type=_COUNT, default=20)
     sweep.add_argument("--epochs", type=_COUNT, default=10, help="epochs per trial")
     sweep.add_argument("--out", required=True, help="folder for study.db and one run folder per trial")
-    sweep.add_argument("--holdout", type=_number(float, 0, 1, open_interval=True), default=0.1,
-                       help="fraction of the training set to score on")  # fmt: skip
+    sweep.add_argument("--holdout", type=_FRACTION, default=0.1, help="fraction of the training set to score on")
     sweep.add_argument("--limit", type=_COUNT, help="use only the first N training samples")
     sweep.add_argument("--seed", type=_number(int, 0), default=0)
 
-    demo = commands.add_parser("demo", help="mnist-dense on the bundled MNIST subset, with and without sharpening (offline)")
-    demo.add_argument("--out", default="runs/demo", help="folder of the demo's two runs (an earlier demo there is replaced)")
+    demo = commands.add_parser("demo", help="mnist-dense on bundled digits, with and without sharpening")
+    demo.add_argument("--out", default="runs/demo", help="folder of the demo's two runs (replacing an earlier demo)")
     demo.add_argument("--epochs", type=_COUNT, default=21)
     demo.add_argument("--no-progress", action="store_true")
 
@@ -201,21 +210,10 @@ def _train_process(config: RunConfig, resumed: bool) -> int:
 
 # -- eval, export, simulate ----------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .losses import Classification, Reconstruction
-    from .report import binary_report, evaluate, is_fully_binary
+    from .report import evaluate_run
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, args.checkpoint)
-    dataset = args.dataset or checkpoint["run"].get("dataset")
-    check_dataset(checkpoint, dataset, args.checkpoint)
-    test_set = load_dataset(dataset, "test", args.data_dir, args.download)
-    loader = TensorLoader.from_dataset(test_set, args.batch_size)
-    loss = Reconstruction() if recipe(checkpoint["run"]["model"]).target == "inputs" else Classification()
-    loss_value, accuracy = evaluate(model, loader, loss)
-    layers = binary_report(model, loader)
-    report = {"dataset": dataset, "samples": len(test_set), "accuracy": accuracy, "loss": loss_value,
-              "fully_binary": is_fully_binary(model, layers), "layers": [vars(layer) for layer in layers]}  # fmt: skip
-    print(json.dumps(report, indent=1))
+    figures = evaluate_run(args.checkpoint, args.dataset, args.batch_size, args.data_dir, args.download)
+    print(json.dumps(figures, indent=1))
     return 0
 
 
@@ -224,7 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .graph import graph_from_checkpoint
 
     source = Path(args.checkpoint)
-    default = (source if source.is_dir() else source.parent) / f"model{f'-int{args.bits}' if args.bits else ''}.{args.format}"
+    folder = source if source.is_dir() else source.parent
+    default = folder / f"model{f'-int{args.bits}' if args.bits else ''}.{args.format}"
     out = check_output_path(args.out or default, "--out", args.overwrite, example=f"model.{args.format}")
     graph, _, _ = graph_from_checkpoint(args.checkpoint, args.bits)
     export(graph, out, args.format)
@@ -234,45 +233,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .graph import graph_from_checkpoint, quantize
-    from .sim import simulate
+    from .report import simulate_run
 
     if args.json_out:
         check_output_path(args.json_out, "--json", args.overwrite, example="report.json")
-    if Path(args.source).suffix == ".onnx":
-        raise ValueError(f"{args.source}: simulate takes a run folder, a checkpoint or a .nir file; an ONNX file runs in onnxruntime")
-    model = None
-    if Path(args.source).suffix == ".nir":
-        from .export.nir import read_nir
-
-        if not args.dataset:
-            raise ValueError("--dataset is required to simulate a .nir file")
-        graph, dataset = read_nir(args.source), args.dataset
-        graph = quantize(graph, args.bits) if args.bits else graph
-        if DATASETS[dataset].image_shape != tuple(graph.input_shape):
-            shape = "x".join(map(str, graph.input_shape))
-            raise ValueError(f"--dataset {dataset} has {'x'.join(map(str, DATASETS[dataset].image_shape))} images but {args.source} takes {shape}")
-    else:
-        graph, model, checkpoint = graph_from_checkpoint(args.source, args.bits)
-        dataset = args.dataset or checkpoint["run"].get("dataset")
-        check_dataset(checkpoint, dataset, args.source)
-    data = load_dataset(dataset, args.split, args.data_dir, args.download)
-    images, labels = data.images[: args.limit], data.labels[: args.limit]
-    pixels = images.float().div_(255.0)
-    result = simulate(graph, pixels.numpy(), args.batch_size, progress=not args.no_progress)
     arithmetic = args.arithmetic or ("int8" if args.bits else "fp32")
+    result, figures = simulate_run(args.source, args.dataset, args.split, args.limit, args.bits, arithmetic,
+                                   args.batch_size, args.data_dir, args.download, progress=not args.no_progress)  # fmt: skip
     print(result.report(arithmetic))
-    print(f"simulated accuracy on {len(images):,} {dataset} {args.split} images: {100 * result.accuracy(labels.numpy()):.2f}%")
-    figures = {"source": args.source, "dataset": dataset, "split": args.split, "bits": args.bits,
-               **result.figures(labels.numpy(), arithmetic)}  # fmt: skip
-    if model is not None:
-        with torch.no_grad():
-            reference = torch.cat([model(chunk).argmax(1) for chunk in pixels.split(1000)]).numpy()
-        agree = int((reference == result.predictions).sum())
-        figures.update(torch_accuracy=float((reference == labels.numpy()).mean()), agreement_with_torch=agree / len(images))
-        print(f"PyTorch model: {100 * figures['torch_accuracy']:.2f}%; same class as the simulator on {agree:,} of {len(images):,} images")
+    print(
+        f"simulated accuracy on {figures['samples']:,} {figures['dataset']} {args.split} images: {figures['accuracy']:.2%}"
+    )
+    if "agreement_with_torch" in figures:
+        agree = round(figures["agreement_with_torch"] * figures["samples"])
+        print(
+            f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of {figures['samples']:,}"
+        )
     if args.json_out:
         from .files import atomic_write
 

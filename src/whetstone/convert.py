@@ -144,7 +144,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for layer_name, bn_name in pairs:
         layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"cannot fold batch norm {bn_name!r}: it keeps no running statistics (track_running_stats=False)")
+            raise ValueError(
+                f"cannot fold batch norm {bn_name!r}: it keeps no running statistics (track_running_stats=False)"
+            )
         _set_submodule(folded, layer_name, _fuse(layer, bn))
         _set_submodule(folded, bn_name, nn.Identity())
     leftover = [name for name, module in folded.named_modules() if isinstance(module, _BATCHNORMS)]
@@ -187,7 +189,8 @@ def for_inference(model: nn.Module) -> nn.Module:
             if isinstance(child, SpikingActivation):
                 if not child.is_binary:
                     where = f"{parent_name}.{name}" if parent_name else name
-                    raise ValueError(f"{where} has sharpness {child.get_sharpness():.4g}; for_inference() needs a fully sharpened model")
+                    raise ValueError(
+                        f"{where} has sharpness {child.get_sharpness():.4g}; for_inference() needs a fully sharpened model"
+                    )
                 setattr(parent, name, Heaviside(child.spike_threshold))
     return deployed
-

@@ -105,12 +105,18 @@ _DIGITS = tuple(str(d) for d in range(10))
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        "mnist", "mnist", (1, 28, 28), _DIGITS, _MNIST_SPLITS,
+        "mnist",
+        "mnist",
+        (1, 28, 28),
+        _DIGITS,
+        _MNIST_SPLITS,
         urls=("https://ossci-datasets.s3.amazonaws.com/mnist/",),
         how_to_get="pass download=True (--download), or copy the four IDX .gz files there",
     ),
     "fashion-mnist": DatasetSpec(
-        "fashion-mnist", "fashion-mnist", (1, 28, 28),
+        "fashion-mnist",
+        "fashion-mnist",
+        (1, 28, 28),
         ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
         _FASHION_SPLITS,
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -118,13 +124,20 @@ DATASETS: dict[str, DatasetSpec] = {
         mirror=True,
     ),
     "mnist-mini": DatasetSpec(
-        "mnist-mini", "mnist-mini", (1, 28, 28), _DIGITS,
-        {"train": Split("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": Split("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")},
+        "mnist-mini",
+        "mnist-mini",
+        (1, 28, 28),
+        _DIGITS,
+        {
+            "train": Split("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+            "test": Split("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+        },
         how_to_get="it ships with the package; reinstall whetstone-snn",
     ),
     "cifar10": DatasetSpec(
-        "cifar10", "cifar10-jpeg", (3, 32, 32),
+        "cifar10",
+        "cifar10-jpeg",
+        (3, 32, 32),
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         {"train": Split("cifar10-jpeg.zip", ""), "test": Split("cifar10-jpeg.zip", "")},
         how_to_get="place cifar10-jpeg.zip (train/<class>/*.jpg, test/<class>/*.jpg) there",
@@ -265,7 +278,9 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:  # CRC error, not an image, truncated
                 raise DatasetError(f"{path}: member {name} is unreadable: {error}") from None
             if pixels.shape != (32, 32, 3):
-                raise DatasetError(f"{path}: member {name} is {pixels.shape[1]}x{pixels.shape[0]} pixels, expected 32x32")
+                raise DatasetError(
+                    f"{path}: member {name} is {pixels.shape[1]}x{pixels.shape[0]} pixels, expected 32x32"
+                )
             images[index] = pixels
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 

@@ -20,9 +20,7 @@ def _check_positive_int(value: object, name: str) -> int:
     return value
 
 
-def key_generator(
-    num_classes: int, width: int, overlapping: bool = True, seed: int | None = None
-) -> Tensor:
+def key_generator(num_classes: int, width: int, overlapping: bool = True, seed: int | None = None) -> Tensor:
     """Make a random N-hot key: a float tensor (num_classes, width) of 0/1.
 
     Each row has ``width // num_classes`` ones. With ``overlapping=False`` the rows use disjoint
@@ -103,8 +101,7 @@ class SoftmaxDecode(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.width:
             raise ValueError(
-                f"SoftmaxDecode expects inputs with {self.width} features (the key's width), "
-                f"got shape {tuple(x.shape)}"
+                f"SoftmaxDecode expects inputs with {self.width} features (the key's width), got shape {tuple(x.shape)}"
             )
         return (2.0 * x - 1.0) @ self.signed_key_t.to(x.dtype)
 

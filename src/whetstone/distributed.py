@@ -18,7 +18,17 @@ import torch.distributed as dist
 
 from .files import sigterm_raises
 
-__all__ = ["WorkerError", "all_sum", "device", "init_from_env", "is_distributed", "launch", "rank", "same_on_all_ranks", "world_size"]
+__all__ = [
+    "WorkerError",
+    "all_sum",
+    "device",
+    "init_from_env",
+    "is_distributed",
+    "launch",
+    "rank",
+    "same_on_all_ranks",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:

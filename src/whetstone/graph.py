@@ -205,7 +205,9 @@ class SpikingGraph:
             extra = f" threshold={_describe_threshold(n.threshold)}" if isinstance(n, SpikeNode) else ""
             lines.append(f"{n.name:<24} {n.op:<10} <- {', '.join(n.inputs) or '-':<24} {n.shape}{extra}")
         classes, width = self.key.shape
-        lines.append(f"decoder: {classes} classes from the {width} spikes of {self.output!r}; encoder: {self.encoder!r}")
+        lines.append(
+            f"decoder: {classes} classes from the {width} spikes of {self.output!r}; encoder: {self.encoder!r}"
+        )
         return "\n".join(lines)
 
     __repr__ = summary
@@ -394,13 +396,17 @@ class _GraphBuilder:
     def flatten_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         _check_flatten(fx_node.target, module.start_dim, module.end_dim)
-        self._add(fx_node, FlattenNode(fx_node.target, [_single(self._inputs(fx_node), fx_node.target)], self._shape(fx_node)))
+        self._add(
+            fx_node, FlattenNode(fx_node.target, [_single(self._inputs(fx_node), fx_node.target)], self._shape(fx_node))
+        )
 
     def flatten_call(self, fx_node: torch.fx.Node) -> None:
         start = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("start_dim", 0)
         end = fx_node.args[2] if len(fx_node.args) > 2 else fx_node.kwargs.get("end_dim", -1)
         _check_flatten(fx_node.name, start, end)
-        self._add(fx_node, FlattenNode(fx_node.name, [_single(self._inputs(fx_node), fx_node.name)], self._shape(fx_node)))
+        self._add(
+            fx_node, FlattenNode(fx_node.name, [_single(self._inputs(fx_node), fx_node.name)], self._shape(fx_node))
+        )
 
     def decoder(self, fx_node: torch.fx.Node) -> None:
         inputs = self._inputs(fx_node)
@@ -532,7 +538,9 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
         if isinstance(node, WEIGHTED_NODES):
             spike = users[node.name]
             if len(spike) != 1 or not isinstance(spike[0], SpikeNode) or spike[0].inputs != [node.name]:
-                raise DeployError(f"{node.name!r}: quantize() needs each weighted layer to feed one spiking layer alone")
+                raise DeployError(
+                    f"{node.name!r}: quantize() needs each weighted layer to feed one spiking layer alone"
+                )
             theta = float(np.unique(spike[0].threshold)[0])
             scale = limit / max(float(np.abs(node.weight).max()), 1e-12)
             threshold = float(round(scale * theta))
@@ -543,7 +551,9 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
             new_nodes.append(dataclasses.replace(node, weight=np.round(node.weight * scale).astype(np.float32),
                                                  bias=bias.astype(np.float32)))  # fmt: skip
         elif isinstance(node, SpikeNode) and node.inputs[0] in thresholds:
-            new_nodes.append(dataclasses.replace(node, threshold=np.full_like(node.threshold, thresholds[node.inputs[0]])))
+            new_nodes.append(
+                dataclasses.replace(node, threshold=np.full_like(node.threshold, thresholds[node.inputs[0]]))
+            )
         elif isinstance(node, SpikeNode):
             raise DeployError(f"{node.name!r}: quantize() supports spiking layers fed by one Linear/Conv2d only")
         else:
@@ -562,6 +572,8 @@ def graph_from_checkpoint(path: str, bits: int | None = None) -> tuple[SpikingGr
     run = checkpoint["run"]
     shape = run.get("model_options", {}).get("input_shape")
     if shape is None and run.get("dataset") not in DATASETS:
-        raise ValueError(f"checkpoint {path} names no known dataset ({run.get('dataset')!r}): its input shape is unknown")
+        raise ValueError(
+            f"checkpoint {path} names no known dataset ({run.get('dataset')!r}): its input shape is unknown"
+        )
     graph = to_spiking_graph(model, tuple(shape) if shape else DATASETS[run["dataset"]].image_shape)
     return (quantize(graph, bits) if bits else graph), model, checkpoint

@@ -43,7 +43,12 @@ class Classification(Loss):
     conv models learn faster with a smaller scale (the registry's recipes say which)."""
 
     def __init__(self, logit_scale: float = 1.0) -> None:
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not logit_scale > 0 or not math.isfinite(logit_scale):
+        if (
+            isinstance(logit_scale, bool)
+            or not isinstance(logit_scale, (int, float))
+            or not logit_scale > 0
+            or not math.isfinite(logit_scale)
+        ):
             raise ValueError(f"logit_scale must be a positive finite number, got {logit_scale!r}")
         self.logit_scale = float(logit_scale)
 
@@ -86,12 +91,19 @@ class Distillation(Loss):
     or the ReLU model a spiking one was converted from) scores every training batch in eval mode. It is
     not saved in checkpoints: pass it again to resume."""
 
-    def __init__(self, teacher: nn.Module, weight: float = 1.0, temperature: float = 1.0, base: Loss | None = None) -> None:
+    def __init__(
+        self, teacher: nn.Module, weight: float = 1.0, temperature: float = 1.0, base: Loss | None = None
+    ) -> None:
         if not isinstance(teacher, nn.Module):
             raise ValueError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 or not math.isfinite(temperature):
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not temperature > 0
+            or not math.isfinite(temperature)
+        ):
             raise ValueError(f"distill_temperature must be positive, got {temperature!r}")
         self.base = base if base is not None else Classification()
         if self.base.reconstruct:

@@ -185,7 +185,9 @@ def create_model(
         )
     built = build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
     if pool_first and not pool_before_spikes(built):
-        raise ValueError(f"pool_first=True does not apply to model {name!r}: it has no max pooling right after a spiking activation")
+        raise ValueError(
+            f"pool_first=True does not apply to model {name!r}: it has no max pooling right after a spiking activation"
+        )
     center_on_threshold(built)
     return built if isinstance(built, SpikingAutoencoder) else SpikingClassifier(built, key)
 
@@ -202,7 +204,9 @@ def center_on_threshold(model: nn.Module) -> None:
         # Max pooling commutes with a monotone activation, so a layer pooled right before one feeds it too.
         children = [child for child in parent.children() if not isinstance(child, nn.MaxPool2d)]
         for before, after in pairwise(children):
-            feeds_spike = isinstance(after, SpikingActivation) and isinstance(before, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d))
+            feeds_spike = isinstance(after, SpikingActivation) and isinstance(
+                before, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+            )
             if feeds_spike and before.bias is not None:
                 nn.init.constant_(before.bias, after.spike_threshold)
 
@@ -227,7 +231,9 @@ def _conv_block(c_in: int, c_out: int, kernel: int, spike: type, batch_norm: boo
     "mnist-dense",
     # Adadelta's first steps scale with sqrt(eps): PyTorch's 1e-6 kills most units at lr 4.0 (93% binary),
     # Keras's 1e-7 gives 96.98%, 1e-8 fewer dead units and 97.10% (mean of 5 seeds, docs/results.md).
-    Recipe(optimizer="adadelta", lr=4.0, optimizer_options={"rho": 0.95, "eps": 1e-8}, epochs=21, start_epoch=5, steps=5),
+    Recipe(
+        optimizer="adadelta", lr=4.0, optimizer_options={"rho": 0.95, "eps": 1e-8}, epochs=21, start_epoch=5, steps=5
+    ),
     "Dense 784-256-64-<width>, the Whetstone paper's software example (10x100 key).",
 )
 def _mnist_dense(width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = False) -> nn.Module:
@@ -244,7 +250,9 @@ def _mnist_dense(width: int, spike: type, input_shape: tuple[int, int, int], bat
     Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
     "Conv 32@5x5 - pool - Conv 64@5x5 - pool - Dense 256 - <width>; batch_norm=True adds BN before each spike.",
 )
-def _mnist_conv(width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = False, kernel: int = 5) -> nn.Module:
+def _mnist_conv(
+    width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = False, kernel: int = 5
+) -> nn.Module:
     channels, height, width_px = input_shape
     return nn.Sequential(
         *_conv_block(channels, 32, kernel, spike, batch_norm),
@@ -283,7 +291,9 @@ def _mnist_conv_small(width: int, spike: type, input_shape: tuple[int, int, int]
 
     channels, height, width_px = input_shape
     flat = 64 * side(height) * side(width_px)
-    return nn.Sequential(*block(channels, 12), *block(12, 64), nn.Flatten(), *_linear_block(flat, width, spike, batch_norm))
+    return nn.Sequential(
+        *block(channels, 12), *block(12, 64), nn.Flatten(), *_linear_block(flat, width, spike, batch_norm)
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -306,7 +316,16 @@ class ResidualBlock(nn.Module):
 @register_model(
     "resnet-small",
     # 99.32% fully binary on MNIST, mean of 3 seeds (99.60% unsharpened), on a GPU: docs/results.md.
-    Recipe(optimizer="adam", lr=3e-3, epochs=30, start_epoch=6, steps=3, logit_scale=0.1, augment=True, lr_schedule="cosine"),
+    Recipe(
+        optimizer="adam",
+        lr=3e-3,
+        epochs=30,
+        start_epoch=6,
+        steps=3,
+        logit_scale=0.1,
+        augment=True,
+        lr_schedule="cosine",
+    ),
     "Residual CNN: Conv 32 - ResBlock 32 - pool - Conv 64 - ResBlock 64 - pool - Dense 256 - <width>, batch "
     "norm everywhere; skip connections between spiking layers. Any input size divisible by 4.",
 )
@@ -328,8 +347,17 @@ def _resnet_small(width: int, spike: type, input_shape: tuple[int, int, int]) ->
 @register_model(
     "cifar-conv-bn",
     # 79.54% fully binary (85.26% unsharpened) on a GPU; base=128 with 56 epochs (start 8, steps 6): 83.00%.
-    Recipe(dataset="cifar10", optimizer="adam", lr=3e-3, epochs=40, start_epoch=8, steps=4, logit_scale=0.1, augment=True,
-           lr_schedule="cosine"),
+    Recipe(
+        dataset="cifar10",
+        optimizer="adam",
+        lr=3e-3,
+        epochs=40,
+        start_epoch=8,
+        steps=4,
+        logit_scale=0.1,
+        augment=True,
+        lr_schedule="cosine",
+    ),
     "VGG-style CNN for 32x32 colour: 2x Conv 64 - pool - 2x Conv 128 - pool - 2x Conv 256 - pool - Dense 512 - "
     "<width>, 3x3 kernels, batch norm before every spike.",
 )
@@ -338,7 +366,10 @@ def _cifar_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], b
     layers: list[nn.Module] = []
     c_in = channels
     for c_out in (base, 2 * base, 4 * base):
-        layers += [*_conv_block(c_in, c_out, 3, spike, batch_norm=True), *_conv_block(c_out, c_out, 3, spike, batch_norm=True)]
+        layers += [
+            *_conv_block(c_in, c_out, 3, spike, batch_norm=True),
+            *_conv_block(c_out, c_out, 3, spike, batch_norm=True),
+        ]
         layers.append(nn.MaxPool2d(2))
         c_in = c_out
     layers.append(nn.Flatten())
@@ -369,4 +400,3 @@ def _conv_autoencoder(width: int, spike: type, input_shape: tuple[int, int, int]
         nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1), nn.Sigmoid(),
     )  # fmt: skip
     return SpikingAutoencoder(encoder, decoder)
-

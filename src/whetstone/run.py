@@ -77,7 +77,9 @@ class ConfigError(ValueError):
 
 def flag_of(setting: str) -> str:
     """The command-line flag of a :class:`RunConfig` field."""
-    return {"model_options": "--model-option", "progress": "--no-progress"}.get(setting, "--" + setting.replace("_", "-"))
+    return {"model_options": "--model-option", "progress": "--no-progress"}.get(
+        setting, "--" + setting.replace("_", "-")
+    )
 
 
 def _setting(default: Any = None, help: str = "", runtime: bool = False, choices: Sequence[str] | None = None,
@@ -105,7 +107,9 @@ class RunConfig:
     key_width: int | None = _setting(help="output units of the N-hot code (default 10 per class)")
     seed: int = _setting(0, "seed of the weights, the key and the shuffle order")
     limit: int | None = _setting(help="train on the first N training samples only (quick trials)", metavar="N")
-    holdout: float | None = _setting(help="evaluate on this last fraction of the training set instead of the test set", metavar="FRACTION")
+    holdout: float | None = _setting(
+        help="evaluate on this last fraction of the training set instead of the test set", metavar="FRACTION"
+    )
     # Optimisation.
     optimizer: str | None = _setting(help="the optimizer (default: the recipe's)", choices=tuple(OPTIMIZERS))
     lr: float | None = _setting(help="learning rate (default: the recipe's)")
@@ -129,14 +133,18 @@ class RunConfig:
                                        "the activation at sharpness S in [0, 1); training then runs all --epochs",
                                        metavar="S")  # fmt: skip
     # Distillation.
-    teacher: str | None = _setting(help="distil from this trained run (its folder or checkpoint; same dataset)", metavar="RUN")
+    teacher: str | None = _setting(
+        help="distil from this trained run (its folder or checkpoint; same dataset)", metavar="RUN"
+    )
     distill_weight: float | None = _setting(help="with --teacher: loss = (1 - W) cross-entropy + W distillation (default 1)",
                                             metavar="W")  # fmt: skip
     distill_temperature: float | None = _setting(help="with --teacher: softmax temperature of the distillation (default 1)",
                                                  metavar="T")  # fmt: skip
     deterministic: bool = _setting(False, "deterministic algorithms only (a resumed run is then bit-identical)")
     # Where and how it runs (may change when a run is resumed).
-    out: str | None = _setting(help="the run folder: checkpoints, config.toml, history, plot", runtime=True, metavar="DIR")
+    out: str | None = _setting(
+        help="the run folder: checkpoints, config.toml, history, plot", runtime=True, metavar="DIR"
+    )
     checkpoint_every: int | None = _setting(help="also checkpoint every N batches", runtime=True, metavar="N")
     device: str = _setting("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N", runtime=True)
     threads: int | None = _setting(help="torch CPU threads", runtime=True, metavar="N")
@@ -146,7 +154,9 @@ class RunConfig:
                                     runtime=True, metavar="DIR")  # fmt: skip
     download: bool = _setting(False, "download missing MNIST/Fashion-MNIST files", runtime=True)
     progress: bool = _setting(True, "show progress (a bar on a terminal, periodic lines otherwise)", runtime=True)
-    tensorboard: bool = _setting(False, "also log scalars for TensorBoard in the run's tensorboard/ folder", runtime=True)
+    tensorboard: bool = _setting(
+        False, "also log scalars for TensorBoard in the run's tensorboard/ folder", runtime=True
+    )
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -252,7 +262,9 @@ class RunConfig:
             raise ConfigError("model_options", f"must be a table of NAME = VALUE, got {self.model_options!r}")
         classes = len(DATASETS[self.dataset].classes) if self.dataset else 10
         if self.key_width is not None and self.key_width < classes:
-            raise ConfigError("key_width", f"must be at least the {classes} classes of {self.dataset}, got {self.key_width}")
+            raise ConfigError(
+                "key_width", f"must be at least the {classes} classes of {self.dataset}, got {self.key_width}"
+            )
         if self.sharpener == "scheduled":
             if not self.schedule:
                 raise ConfigError("schedule", "is needed by --sharpener scheduled, e.g. '0:2,2:4,4:6'")
@@ -264,7 +276,9 @@ class RunConfig:
         if self.distill_temperature is not None:
             _positive(self, "distill_temperature")
         if self.batch_size is not None and self.batch_size % self.nproc:
-            raise ConfigError("batch_size", f"must be divisible by the {self.nproc} processes (--nproc), got {self.batch_size}")
+            raise ConfigError(
+                "batch_size", f"must be divisible by the {self.nproc} processes (--nproc), got {self.batch_size}"
+            )
         if not self.out:
             raise ConfigError("out", "is required: the folder the run writes into (or --resume DIR)")
         resolve_device(self.device)
@@ -299,7 +313,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        return (
+            repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        )
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
     if isinstance(value, dict):
@@ -365,8 +381,11 @@ def resume_config(saved: RunConfig, given: Mapping[str, Any], folder: str) -> tu
             contradictions.append(f"{flag_of(name)} {value} (the run has {before})")
     if contradictions:
         raise ConfigError(
-            "resume", f"{folder}: " + "; ".join(contradictions) + f" {'contradicts' if len(contradictions) == 1 else 'contradict'} "
-            "the saved run: drop it to continue the run, or start a new run (another --out, or --overwrite)"
+            "resume",
+            f"{folder}: "
+            + "; ".join(contradictions)
+            + f" {'contradicts' if len(contradictions) == 1 else 'contradict'} "
+            "the saved run: drop it to continue the run, or start a new run (another --out, or --overwrite)",
         )
     return saved.replace(**changes, out=str(folder)), sorted(changes)
 
@@ -404,7 +423,9 @@ def parse_model_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def build_optimizer(name: str, parameters: Any, lr: float, options: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, parameters: Any, lr: float, options: dict[str, Any] | None = None
+) -> torch.optim.Optimizer:
     """An optimizer by name (``adam``, ``adamw``, ``adadelta``, ``rmsprop``, ``sgd`` with momentum 0.9)."""
     if name not in OPTIMIZERS:
         raise ConfigError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
@@ -413,7 +434,9 @@ def build_optimizer(name: str, parameters: Any, lr: float, options: dict[str, An
     return OPTIMIZERS[name](parameters, lr=lr, **{**OPTIMIZER_DEFAULTS.get(name, {}), **(options or {})})
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, epochs: int, final: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, epochs: int, final: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning rate times ``final + (1 - final) * (1 + cos(pi * epoch / epochs)) / 2``, per epoch."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
@@ -537,7 +560,9 @@ def build_run(
     """
     config = config.resolved().validate()
     if checkpoint is None and RunFolder(config.out).holds_run():
-        raise ValueError(f"{config.out} already holds a run: pass its checkpoint to continue it, or train into another folder")
+        raise ValueError(
+            f"{config.out} already holds a run: pass its checkpoint to continue it, or train into another folder"
+        )
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     ranks, rank = distributed.world_size(), distributed.rank()
@@ -600,4 +625,7 @@ def write_config(config: RunConfig) -> Path:
     --config RUN/config.toml --out NEW`` trains the same run again."""
     from .files import atomic_write
 
-    return atomic_write(Path(config.out) / CONFIG_NAME, "# whetstone train --config this-file --out NEW_FOLDER\n" + config.to_toml(exclude=("out",)))
+    return atomic_write(
+        Path(config.out) / CONFIG_NAME,
+        "# whetstone train --config this-file --out NEW_FOLDER\n" + config.to_toml(exclude=("out",)),
+    )

@@ -287,7 +287,9 @@ class ScheduledSharpener(Sharpener):
             try:
                 start, stop = window
             except (TypeError, ValueError):
-                raise ValueError(f"schedule[{index}] must be a (start_epoch, stop_epoch) pair, got {window!r}") from None
+                raise ValueError(
+                    f"schedule[{index}] must be a (start_epoch, stop_epoch) pair, got {window!r}"
+                ) from None
             _check_int(start, f"schedule[{index}] start_epoch")
             _check_int(stop, f"schedule[{index}] stop_epoch")
             if stop <= start:

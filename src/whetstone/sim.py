@@ -40,6 +40,7 @@ ENERGY_PER_OP = {
     "int8": EnergyModel(mac_pj=0.2 + 0.1, add_pj=0.1, source=_HOROWITZ),
 }
 
+
 @dataclass
 class _Projection:
     """The synapses of one weighted layer (Affine = a 1x1 "convolution" over one position), grouped so
@@ -97,21 +98,37 @@ class _Projection:
 def _affine_projection(weight: np.ndarray, bias: np.ndarray) -> _Projection:
     n_out, n_in = weight.shape
     return _Projection(
-        weight.T.astype(np.float64)[None], [(0, 0)], (1, 1), (0, 0), (1, 1), (n_in, 1, 1), (n_out, 1, 1),
-        bias.astype(np.float64), n_in * n_out, n_out,
+        weight.T.astype(np.float64)[None],
+        [(0, 0)],
+        (1, 1),
+        (0, 0),
+        (1, 1),
+        (n_in, 1, 1),
+        (n_out, 1, 1),
+        bias.astype(np.float64),
+        n_in * n_out,
+        n_out,
     )
 
 
 def _conv_projection(
-    weight: np.ndarray, bias: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-    stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
 ) -> _Projection:
     c_out, c_in_group, kh, kw = weight.shape
     c_in = c_in_group * groups
     full = np.zeros((c_out, c_in, kh, kw), dtype=np.float64)  # block-diagonal over groups
     per_out = c_out // groups
     for g in range(groups):
-        full[g * per_out : (g + 1) * per_out, g * c_in_group : (g + 1) * c_in_group] = weight[g * per_out : (g + 1) * per_out]
+        full[g * per_out : (g + 1) * per_out, g * c_in_group : (g + 1) * c_in_group] = weight[
+            g * per_out : (g + 1) * per_out
+        ]
     offsets = [(ky, kx) for ky in range(kh) for kx in range(kw)]
     kernels = np.stack([full[:, :, ky, kx].T for ky, kx in offsets])
     # Synapses per sample: for each offset, the output positions whose input position is inside the image.
@@ -121,12 +138,22 @@ def _conv_projection(
     cols = [np.arange(w_out) * stride[1] - padding[1] + kx * dilation[1] for kx in range(kw)]
     pairs = sum(int(((r >= 0) & (r < h)).sum()) * int(((c >= 0) & (c < w)).sum()) for r in rows for c in cols)
     return _Projection(
-        kernels, offsets, stride, padding, dilation, tuple(in_shape), tuple(out_shape), bias.astype(np.float64),
-        pairs * c_in_group * c_out, per_out,
+        kernels,
+        offsets,
+        stride,
+        padding,
+        dilation,
+        tuple(in_shape),
+        tuple(out_shape),
+        bias.astype(np.float64),
+        pairs * c_in_group * c_out,
+        per_out,
     )
 
 
-def _pool(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], maximum: bool) -> np.ndarray:
+def _pool(
+    x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], maximum: bool
+) -> np.ndarray:
     x = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
     windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
     if maximum:
@@ -203,7 +230,9 @@ class SimResult:
     def report(self, arithmetic: str = "fp32") -> str:
         """A plain-text table: per-layer spikes and rates, synaptic events against dense MACs, energy."""
         n = self.samples
-        lines = [f"{'layer':<22} {'op':<9} {'units':>7} {'spikes/img':>11} {'rate':>7} {'events/img':>12} {'dense MAC/img':>14}"]
+        lines = [
+            f"{'layer':<22} {'op':<9} {'units':>7} {'spikes/img':>11} {'rate':>7} {'events/img':>12} {'dense MAC/img':>14}"
+        ]
         for s in self.layers:
             spikes = f"{s.spikes / n:11.1f}" if s.op == "spike" else " " * 11
             rate = f"{s.spikes / (n * s.units):7.3f}" if s.op == "spike" else " " * 7
@@ -248,9 +277,7 @@ def check_images(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-def simulate(
-    graph: SpikingGraph, images: np.ndarray, batch_size: int = 256, progress: bool = False
-) -> SimResult:
+def simulate(graph: SpikingGraph, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> SimResult:
     """Run ``graph`` on ``images`` (float32 in [0, 1], shape (N, *graph.input_shape), e.g. pixels / 255)
     one time step, event by event, and decode the output spikes with the graph's key (ties -> lowest
     class). ``ValueError`` for images that are not that (raw 0-255 pixels, NaN, another shape)."""
@@ -264,7 +291,14 @@ def simulate(
             projections[node.name] = _affine_projection(node.weight, node.bias)
         elif isinstance(node, Conv2dNode):
             projections[node.name] = _conv_projection(
-                node.weight, node.bias, shapes[node.inputs[0]], node.shape, node.stride, node.padding, node.dilation, node.groups
+                node.weight,
+                node.bias,
+                shapes[node.inputs[0]],
+                node.shape,
+                node.stride,
+                node.padding,
+                node.dilation,
+                node.groups,
             )
     stats = {n.name: LayerStats(n.name, n.op, math.prod(n.shape)) for n in graph.nodes if not isinstance(n, InputNode)}
     predictions, outputs, margins = [], [], []
@@ -293,7 +327,9 @@ def simulate(
                 values[node.name] = spikes
                 stats[node.name].spikes += int(spikes.sum())
             elif isinstance(node, Pool2dNode):
-                values[node.name] = _pool(x, node.kernel_size, node.stride, node.padding, isinstance(node, MaxPool2dNode))
+                values[node.name] = _pool(
+                    x, node.kernel_size, node.stride, node.padding, isinstance(node, MaxPool2dNode)
+                )
             elif isinstance(node, FlattenNode):
                 values[node.name] = x.reshape(len(batch), -1)
             else:
@@ -303,6 +339,11 @@ def simulate(
         margins.append(margin)
         predictions.append(graph.decode(out).argmax(axis=1))
     return SimResult(
-        np.concatenate(predictions), np.concatenate(outputs), list(stats.values()), len(images), graph.encoder,
-        dict(graph.metadata), np.concatenate(margins),
+        np.concatenate(predictions),
+        np.concatenate(outputs),
+        list(stats.values()),
+        len(images),
+        graph.encoder,
+        dict(graph.metadata),
+        np.concatenate(margins),
     )

@@ -75,7 +75,10 @@ def run_sweep(base: RunConfig, out: str | Path, trials: int, epochs: int, seed: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name="whetstone", direction="maximize", storage=f"sqlite:///{out / 'study.db'}", load_if_exists=True,
+        study_name="whetstone",
+        direction="maximize",
+        storage=f"sqlite:///{out / 'study.db'}",
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
 

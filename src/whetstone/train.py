@@ -115,7 +115,9 @@ class Trainer:
         self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.is_main = distributed.rank() == 0
         self.loss = as_loss(loss)
-        if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        if checkpoint_every is not None and (
+            isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1
+        ):
             raise ValueError(f"checkpoint_every must be a positive integer or None, got {checkpoint_every!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
@@ -185,7 +187,9 @@ class Trainer:
         self._call("on_train_end", result)
         return result
 
-    def _train_epoch(self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, start_batch: int) -> tuple[float, float | None]:
+    def _train_epoch(
+        self, loader: Iterable[tuple[Tensor, Tensor]], epoch: int, start_batch: int
+    ) -> tuple[float, float | None]:
         self.model.train()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
@@ -204,8 +208,14 @@ class Trainer:
                 self.optimizer.step()
             # One bookkeeping path: this batch's loss sum, hits and size, summed over every rank (one rank
             # alone outside torch.distributed), read back in one transfer.
-            hits = (output.detach().argmax(dim=-1) == y).sum() if not self.loss.reconstruct else torch.zeros((), device=loss.device)
-            counts = torch.stack([loss.detach().double() * len(y), hits.double(), torch.tensor(float(len(y)), device=loss.device)])
+            hits = (
+                (output.detach().argmax(dim=-1) == y).sum()
+                if not self.loss.reconstruct
+                else torch.zeros((), device=loss.device)
+            )
+            counts = torch.stack(
+                [loss.detach().double() * len(y), hits.double(), torch.tensor(float(len(y)), device=loss.device)]
+            )
             loss_sum, hit_sum, size = distributed.all_sum(counts).tolist()
             loss_value = loss_sum / size
             if not math.isfinite(loss_value):
@@ -225,12 +235,16 @@ class Trainer:
             raise ValueError("the training loader yielded no samples")
         return loss_sum / count, None if self.loss.reconstruct else correct / count
 
-    def _end_epoch(self, epoch: int, train_loss: float, train_accuracy: float | None, eval_loader: Any, started: float) -> None:
+    def _end_epoch(
+        self, epoch: int, train_loss: float, train_accuracy: float | None, eval_loader: Any, started: float
+    ) -> None:
         if self.sharpener is not None:
             self.sharpener.on_epoch_end(epoch, train_loss)
         if self.scheduler is not None:
             self.scheduler.step()
-        record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks)
+        record = EpochRecord(
+            epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks
+        )
         distributed.same_on_all_ranks(record.sharpness, f"per-layer sharpness after epoch {epoch + 1}")
         if eval_loader is not None:
             record.eval_loss, record.eval_accuracy = evaluate(self.module, eval_loader, self.loss)
@@ -256,7 +270,12 @@ class Trainer:
 
     def _collapse(self, train_accuracy: float | None) -> str | None:
         """Why the epoch just trained counts as a collapse of sharpening, or None."""
-        if self.sharpener is None or not self.history or train_accuracy is None or not any(model_sharpness(self.module)):
+        if (
+            self.sharpener is None
+            or not self.history
+            or train_accuracy is None
+            or not any(model_sharpness(self.module))
+        ):
             return None
         best = max(record.train_accuracy for record in self.history)
         if train_accuracy < best - self.collapse_drop:
@@ -290,7 +309,10 @@ class Trainer:
             "epoch_totals": list(self._totals),
             "rollbacks": self.rollbacks,
             "best_score": self.best_score,
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -332,4 +354,3 @@ class Trainer:
         self.best_score = score
         if self.folder is not None and self.is_main:
             save_checkpoint(self.folder.best, model=self.module.state_dict(), run=self.run_info, record=asdict(record))
-

@@ -47,9 +47,7 @@ _ENCODER_NOTE = (
     "node '{name}' is the encoder: it receives real-valued input (pixels scaled to [0, 1]) as current; every "
     "other edge carries binary spikes. Simulate a single time step from zero membrane potential."
 )
-_DECODE_NOTE = (
-    "class = argmax over classes of (2 * output_spikes - 1) @ (2 * whetstone_key - 1)^T (ties: lowest index)"
-)
+_DECODE_NOTE = "class = argmax over classes of (2 * output_spikes - 1) @ (2 * whetstone_key - 1)^T (ties: lowest index)"
 
 
 def _require_nir():
@@ -196,9 +194,13 @@ def read_nir(path: str | Path) -> SpikingGraph:
     try:
         source = nir.read(path)
     except Exception as error:  # noqa: BLE001 - h5py and nir raise many kinds: one line
-        raise ValueError(f"{path} is not a readable NIR file: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise ValueError(
+            f"{path} is not a readable NIR file: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
     if "whetstone_key" not in source.metadata:
-        raise ValueError(f"{path}: the graph metadata has no 'whetstone_key' (decoder key); was it written by whetstone?")
+        raise ValueError(
+            f"{path}: the graph metadata has no 'whetstone_key' (decoder key); was it written by whetstone?"
+        )
     key = _array(source.metadata["whetstone_key"], "the decoder key", path)
     if key.ndim != 2 or not np.isin(key, (0.0, 1.0)).all():
         raise ValueError(f"{path}: the decoder key must be a 2-D array of 0s and 1s, got shape {key.shape}")
@@ -207,7 +209,9 @@ def read_nir(path: str | Path) -> SpikingGraph:
         if a not in incoming or b not in incoming:
             raise ValueError(f"{path}: edge {a!r} -> {b!r} names a node that does not exist")
         incoming[b].append(a)
-    names = {name: str(getattr(node, "metadata", {}).get("whetstone_name", name)) for name, node in source.nodes.items()}
+    names = {
+        name: str(getattr(node, "metadata", {}).get("whetstone_name", name)) for name, node in source.nodes.items()
+    }
     if len(set(names.values())) != len(names):
         raise ValueError(f"{path}: two nodes share a name")
     nodes: list[GraphNode] = []
@@ -227,13 +231,17 @@ def read_nir(path: str | Path) -> SpikingGraph:
             raise ValueError(f"{path}: node {key_name!r} has no input")
         elif isinstance(n, nir.Affine):
             weight = _array(n.weight, f"the weights of {key_name!r}", path)
-            node = AffineNode(name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path))
+            node = AffineNode(
+                name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path)
+            )
         elif isinstance(n, nir.Conv2d):
             c, h, w = shapes[inputs[0]]
             weight = _array(n.weight, f"the weights of {key_name!r}", path)
             k = weight.shape[2:]
             stride, pad, dil = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.stride, n.padding, n.dilation))
-            out = tuple((size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in zip((h, w), pad, dil, k, stride))
+            out = tuple(
+                (size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in zip((h, w), pad, dil, k, stride)
+            )
             node = Conv2dNode(name, inputs, (weight.shape[0], *out), weight, _array(n.bias, f"the bias of {key_name!r}", path),
                               stride, pad, dil, int(n.groups))  # fmt: skip
         elif isinstance(n, nir.AvgPool2d):
@@ -302,5 +310,7 @@ def _topological(nodes: dict, edges: list[tuple[str, str]], path: Path) -> list[
                     ready.append(b)
     if len(order) != len(nodes):
         cyclic = sorted(name for name, count in pending.items() if count > 0)
-        raise ValueError(f"{path}: the graph has a cycle through {', '.join(cyclic[:4])}; only feed-forward graphs are supported")
+        raise ValueError(
+            f"{path}: the graph has a cycle through {', '.join(cyclic[:4])}; only feed-forward graphs are supported"
+        )
     return order

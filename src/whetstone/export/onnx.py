@@ -63,24 +63,45 @@ def to_onnx(graph: SpikingGraph):
             continue
         x = summed(name, node.inputs)
         if isinstance(node, AffineNode):
-            nodes.append(helper.make_node(
-                "Gemm", [x, constant(f"{name}_weight", node.weight), constant(f"{name}_bias", node.bias)], [name],
-                name=name, transB=1,
-            ))
+            nodes.append(
+                helper.make_node(
+                    "Gemm",
+                    [x, constant(f"{name}_weight", node.weight), constant(f"{name}_bias", node.bias)],
+                    [name],
+                    name=name,
+                    transB=1,
+                )
+            )
         elif isinstance(node, Conv2dNode):
             pad_y, pad_x = node.padding
-            nodes.append(helper.make_node(
-                "Conv", [x, constant(f"{name}_weight", node.weight), constant(f"{name}_bias", node.bias)], [name],
-                name=name, kernel_shape=list(node.weight.shape[2:]), strides=list(node.stride), dilations=list(node.dilation),
-                pads=[pad_y, pad_x, pad_y, pad_x], group=node.groups,
-            ))
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [x, constant(f"{name}_weight", node.weight), constant(f"{name}_bias", node.bias)],
+                    [name],
+                    name=name,
+                    kernel_shape=list(node.weight.shape[2:]),
+                    strides=list(node.stride),
+                    dilations=list(node.dilation),
+                    pads=[pad_y, pad_x, pad_y, pad_x],
+                    group=node.groups,
+                )
+            )
         elif isinstance(node, Pool2dNode):
             maximum = isinstance(node, MaxPool2dNode)
             pad_y, pad_x = node.padding
-            nodes.append(helper.make_node(
-                "MaxPool" if maximum else "AveragePool", [x], [name], name=name, kernel_shape=list(node.kernel_size),
-                strides=list(node.stride), pads=[pad_y, pad_x, pad_y, pad_x], **({} if maximum else {"count_include_pad": 1}),
-            ))
+            nodes.append(
+                helper.make_node(
+                    "MaxPool" if maximum else "AveragePool",
+                    [x],
+                    [name],
+                    name=name,
+                    kernel_shape=list(node.kernel_size),
+                    strides=list(node.stride),
+                    pads=[pad_y, pad_x, pad_y, pad_x],
+                    **({} if maximum else {"count_include_pad": 1}),
+                )
+            )
         elif isinstance(node, FlattenNode):
             nodes.append(helper.make_node("Flatten", [x], [name], name=name, axis=1))
         elif isinstance(node, SpikeNode):
@@ -108,7 +129,8 @@ def to_onnx(graph: SpikingGraph):
     ]
     model = helper.make_model(
         helper.make_graph(nodes, "whetstone", inputs, outputs, initializers),
-        opset_imports=[helper.make_opsetid("", OPSET)], producer_name="whetstone-snn",
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="whetstone-snn",
     )
     model.doc_string = (
         f"Single-time-step binary spiking network; '{graph.encoder}' is the encoder of real-valued input "
