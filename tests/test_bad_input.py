@@ -11,6 +11,7 @@ docs/results.md.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -157,8 +158,8 @@ CLI_CASES = [
     # simulate
     _cli("simulate an ONNX file", "simulate {tmp}/model.onnx --dataset mnist-mini", "an ONNX file runs in onnxruntime"),
     _cli("simulate NIR without --dataset", "simulate {nir} --limit 10", "--dataset is required to simulate a .nir file"),
-    _cli("simulate NIR with NaN thresholds", "simulate {nir_nan_threshold} --dataset mnist-mini", "holds NaN or infinite values"),
-    _cli("simulate NIR with a NaN key", "simulate {nir_nan_key} --dataset mnist-mini", "the decoder key holds NaN or infinite values"),
+    _cli("simulate NIR with NaN thresholds", "simulate {nir_nan_threshold} --dataset mnist-mini", "NaN or infinite values in the thresholds of 'features_2'"),
+    _cli("simulate NIR with a NaN key", "simulate {nir_nan_key} --dataset mnist-mini", "NaN or infinite values in the decoder key"),
     _cli("simulate NIR with a cycle", "simulate {nir_cycle} --dataset mnist-mini", "the graph has a cycle"),
     _cli("simulate a file that is not NIR", "simulate {not_nir} --dataset mnist-mini", "is not a readable NIR file"),
     _cli("simulate NIR on a dataset of other images", "simulate {nir} --dataset cifar10", "--dataset cifar10 has 3x32x32 images but"),
@@ -637,7 +638,8 @@ def test_numeric_flags_never_crash(flags, tmp_path, capsys):
 
 def _markdown(root: Path) -> str:
     """The catalogue as a Markdown table of what the user sees."""
-    runs = _train_runs(root / "runs")
+    with contextlib.redirect_stdout(io.StringIO()):  # the table alone on stdout
+        runs = _train_runs(root / "runs")
     lines = ["| # | case | command | what the user sees (exit 2) |", "|---:|---|---|---|"]
     stream = io.StringIO()
 
@@ -653,7 +655,8 @@ def _markdown(root: Path) -> str:
         saved = sys.stderr
         sys.stderr = stream
         try:
-            code, err = run_case(case, work, runs, capture)
+            with contextlib.redirect_stdout(io.StringIO()):
+                code, err = run_case(case, work, runs, capture)
         finally:
             sys.stderr = saved
         shown = err.strip().replace(str(work), "T").replace(str(root), "T").replace("|", "\\|")

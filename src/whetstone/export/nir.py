@@ -175,7 +175,7 @@ def write_nir(graph: SpikingGraph, path: str | Path) -> Path:
 def _array(value: Any, what: str, path: Path) -> np.ndarray:
     array = np.asarray(value, dtype=np.float32)
     if not np.isfinite(array).all():
-        raise ValueError(f"{path}: {what} holds NaN or infinite values")
+        raise ValueError(f"{path}: NaN or infinite values in {what}")
     return array
 
 
