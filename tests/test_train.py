@@ -213,7 +213,7 @@ def test_a_teacher_is_frozen_and_errors_name_the_argument():
     assert loss.for_evaluation() is loss.base  # held-out data is scored without the teacher
     with pytest.raises(ValueError, match=r"distill_weight must be in \[0, 1\], got 1.5"):
         ws.Distillation(teacher, weight=1.5)
-    with pytest.raises(ValueError, match="distill_temperature must be positive, got 0"):
+    with pytest.raises(ValueError, match="distill_temperature must be a positive finite number, got 0"):
         ws.Distillation(teacher, temperature=0)
     with pytest.raises(ValueError, match="base loss must classify"):
         ws.Distillation(teacher, base=ws.Reconstruction())
