@@ -104,6 +104,7 @@ CLI_CASES = [
     _cli("--config not TOML", TRAIN + " --config {not_toml}", "not a readable TOML file"),
     _cli("--config with an unknown setting", TRAIN + " --config {unknown_setting_toml}", "--learning-rate is not a setting"),
     _cli("--config with a bad value", "train --config {bad_value_toml} --out {new}", "--lr must be a positive finite number, got -1"),
+    _cli("--config with a value of the wrong type", "train --config {bad_type_toml} --out {new}", "--data-dir must be text, got 5"),
     # train: run folders
     _cli("--out holds a finished run", "train --model mnist-dense --dataset mnist-mini --out {run}", "already holds a run (checkpoint.pt); continue it with --resume"),
     _cli("--out is a file", TRAIN.replace("{new}", "{text_file}"), "is a file, not a folder"),
@@ -279,7 +280,8 @@ class Places(dict):
         elif key.endswith("_toml"):
             path = root / f"{key}.toml"
             path.write_text({"not_toml": "lr = = 3", "unknown_setting_toml": "learning_rate = 0.1\n",
-                             "bad_value_toml": 'model = "mnist-dense"\ndataset = "mnist-mini"\nlr = -1\n'}.get(key, ""))  # fmt: skip
+                             "bad_value_toml": 'model = "mnist-dense"\ndataset = "mnist-mini"\nlr = -1\n',
+                             "bad_type_toml": 'model = "mnist-dense"\ndata_dir = 5\n'}.get(key, ""))  # fmt: skip
         elif key == "not_toml":
             return self["not_toml_toml"]
         elif key == "bad_magic":

@@ -23,7 +23,7 @@ from .callbacks import PrintEpochs, PrintSummary
 from .checkpoint import RunFolder, check_output_path, load_checkpoint
 from .data import DATASETS, DatasetError
 from .files import Terminated, sigterm_raises
-from .models import list_models, model_description
+from .models import list_models, model_description, recipe
 from .run import (
     ConfigError,
     RunConfig,
@@ -79,7 +79,8 @@ def _add_run_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`RunConfig` field (``lr`` -> ``--lr``); only flags given end up in the namespace."""
     for name, f in _RUN_FIELDS.items():
         meta, kind = f.metadata, setting_type(f)
-        common = {"help": meta["help"], "default": argparse.SUPPRESS, "dest": name}
+        shown = f" (default {f.default})" if f.default not in (None, False, True, dataclasses.MISSING) else ""
+        common = {"help": meta["help"] + shown, "default": argparse.SUPPRESS, "dest": name}
         if name == "progress":
             parser.add_argument("--no-progress", action="store_false", **common)
         elif name == "model_options":
@@ -278,7 +279,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
+        r = recipe(name)
         print(f"{name:16s} {model_description(name)}")
+        print(f"{'':16s} recipe: {r.dataset}, {r.optimizer} lr {r.lr:g}, batch {r.batch_size}, {r.epochs} epochs, "
+              f"{r.sharpener} sharpener from epoch {r.start_epoch}, {r.steps} steps/layer per {r.per}")  # fmt: skip
     return 0
 
 

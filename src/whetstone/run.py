@@ -235,9 +235,13 @@ class RunConfig:
         """Check every setting of a :meth:`resolved` config; returns it. ``ConfigError`` names the first
         bad one, its value and what is allowed."""
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
+            choices, kind, value = f.metadata.get("choices"), setting_type(f), getattr(self, f.name)
+            if value is None:
+                continue
+            wrong = isinstance(value, bool) and kind is not bool  # bool is an int to Python, not to a user
+            if wrong or not isinstance(value, (int, float) if kind is float else kind):
+                raise ConfigError(f.name, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
+            if choices and value not in choices:
                 raise ConfigError(f.name, f"must be one of {', '.join(choices)}, got {value!r}")
         _positive(self, "lr")
         _positive(self, "logit_scale")
@@ -258,8 +262,6 @@ class RunConfig:
             raise ConfigError("holdout", f"must be a fraction in (0, 1), got {self.holdout!r}")
         if self.surrogate is not None and not (_is_number(self.surrogate) and 0 <= self.surrogate < 1):
             raise ConfigError("surrogate", f"must be a sharpness in [0, 1), got {self.surrogate!r}")
-        if not isinstance(self.model_options, dict):
-            raise ConfigError("model_options", f"must be a table of NAME = VALUE, got {self.model_options!r}")
         classes = len(DATASETS[self.dataset].classes) if self.dataset else 10
         if self.key_width is not None and self.key_width < classes:
             raise ConfigError(
@@ -285,6 +287,13 @@ class RunConfig:
         return self
 
 
+_KIND_NAMES = {
+    str: "text",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "a table of NAME = VALUE",
+}
 _RECIPE_SETTINGS = ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per",
                     "logit_scale", "augment", "lr_schedule")  # fmt: skip
 
