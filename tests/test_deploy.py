@@ -1,5 +1,6 @@
 """Deployment: graph extraction, the reference simulator, NIR / ONNX export and their agreement."""
 
+import copy
 import json
 from itertools import pairwise
 
@@ -204,8 +205,47 @@ def test_average_pooling_feeding_a_spiking_layer_is_exported(mini_test):
         ws.key_generator(10, 20, overlapping=False),
     ).eval()
     graph = to_spiking_graph(model, (1, 28, 28))
+    pool, spike = graph.node("features.2"), graph.node("features.3")
+    assert pool.op == "sumpool2d" and np.all(spike.threshold == 0.5 * 4)  # sum pooling, the threshold times the window
     result = simulate(graph, x[:100].numpy())
     assert_equal_where_decided(result.output_spikes, model.features(x[:100]).detach().numpy(), result)
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AdaptiveAvgPool2d((7, 7))], ids=["avg", "adaptive-even"])
+def test_average_pooling_before_synapses_folds_into_their_weights(pool):
+    torch.manual_seed(0)
+    model = ws.SpikingClassifier(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), ws.SpikingBReLU(1.0), pool, nn.Conv2d(4, 6, 3, padding=1),
+                      ws.SpikingBReLU(1.0), nn.Flatten(), nn.Linear(6 * 7 * 7, 20), ws.SpikingBReLU(1.0)),
+        ws.key_generator(10, 20, overlapping=False),
+    ).double().eval()  # fmt: skip
+    graph = to_spiking_graph(copy.deepcopy(model).float(), (1, 14, 14))
+    assert [n.op for n in graph.nodes][3:5] == ["sumpool2d", "conv2d"]
+    expected_weight = model.features[3].weight.detach().float().numpy() / 4
+    np.testing.assert_allclose(graph.node("features.3").weight, expected_weight, rtol=1e-6)
+    x = torch.rand(50, 1, 14, 14, dtype=torch.float64)
+    result = simulate(graph, x.float().numpy())
+    expected = model.features(x).detach().numpy()
+    assert_equal_where_decided(result.output_spikes, expected, result, tolerance=1e-9, min_decided=1.0)
+
+
+def test_uneven_adaptive_pooling_folds_into_a_linear_and_is_refused_before_a_conv():
+    torch.manual_seed(0)
+    into_linear = ws.SpikingClassifier(
+        nn.Sequential(nn.Conv2d(1, 4, 3), ws.SpikingBReLU(1.0), nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(),
+                      nn.Linear(16, 20), ws.SpikingBReLU(1.0)),
+        ws.key_generator(10, 20, overlapping=False),
+    ).double().eval()  # 3x3 -> 2x2: overlapping windows of 2x2  # fmt: skip
+    graph = to_spiking_graph(copy.deepcopy(into_linear).float(), (1, 5, 5))
+    assert graph.node("features.4").weight.shape == (20, 4 * 3 * 3)  # reads the 3x3 spikes directly
+    x = torch.rand(64, 1, 5, 5, dtype=torch.float64)
+    result = simulate(graph, x.float().numpy())
+    expected = into_linear.features(x).detach().numpy()
+    assert_equal_where_decided(result.output_spikes, expected, result, tolerance=1e-9, min_decided=1.0)
+    into_conv = nn.Sequential(nn.Conv2d(1, 4, 3), ws.SpikingBReLU(1.0), nn.AdaptiveAvgPool2d((2, 2)), nn.Conv2d(4, 4, 1),
+                              ws.SpikingBReLU(1.0), nn.Flatten())  # fmt: skip
+    with pytest.raises(DeployError, match="features.3: receives adaptive average pooling with uneven windows"):
+        to_spiking_graph(ws.SpikingClassifier(into_conv, ws.key_generator(2, 16, overlapping=False)), (1, 5, 5))
 
 
 def test_quantize_gives_integer_weights_and_keeps_most_predictions(trained, mini_test):

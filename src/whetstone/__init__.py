@@ -8,7 +8,7 @@ exactly 0 or 1.
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .convert import fold_batchnorm, for_inference, pool_before_spikes, spikify
+from .convert import ConversionError, fold_batchnorm, for_inference, pool_before_spikes, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
 from .graph import DeployError, SpikingGraph, quantize, to_spiking_graph
@@ -37,6 +37,7 @@ __all__ = [
     "Callback",
     "Classification",
     "ConfigError",
+    "ConversionError",
     "DatasetError",
     "DeployError",
     "Distillation",

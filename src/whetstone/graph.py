@@ -8,8 +8,10 @@ them share one reading of the model.
 
 Semantics of a node (one time step, NIR's convention that a node sums all of its inputs):
 
-- :class:`AffineNode` / :class:`Conv2dNode` / :class:`AvgPool2dNode`: a linear map of the summed input
-  (synapses and bias current).
+- :class:`AffineNode` / :class:`Conv2dNode` / :class:`SumPool2dNode`: a linear map of the summed input
+  (synapses and bias current; sum pooling counts). Average pooling (also ``AdaptiveAvgPool2d``) is sum
+  pooling whose ``1 / window`` is folded, exactly, into the weights of the layer it feeds or into the
+  threshold of the spiking layer it feeds; uneven adaptive windows fold into a following Linear.
 - :class:`SpikeNode`: ``1[v >= threshold]``: an integrate-and-fire neuron, membrane reset after the step.
 - :class:`MaxPool2dNode`: over binary spikes, the logical OR of each window. A model may instead max-pool
   the membrane potentials right before a spiking activation (``conv - pool - spike``); since a threshold
@@ -49,6 +51,7 @@ __all__ = [
     "MaxPool2dNode",
     "SpikeNode",
     "SpikingGraph",
+    "SumPool2dNode",
     "quantize",
     "to_spiking_graph",
 ]
@@ -127,9 +130,18 @@ class MaxPool2dNode(Pool2dNode):
 
 @dataclass(eq=False, repr=False)
 class AvgPool2dNode(Pool2dNode):
-    """Average pooling (zero padding counted), a linear map."""
+    """Average pooling (zero padding counted), a linear map. (Read from NIR files; :func:`to_spiking_graph`
+    writes average pooling as :class:`SumPool2dNode` with the 1 / window scale folded into what follows.)"""
 
     op: ClassVar[str] = "avgpool2d"
+
+
+@dataclass(eq=False, repr=False)
+class SumPool2dNode(Pool2dNode):
+    """Sum pooling: each output is the sum of its window (zero padding adds nothing). Over spikes it is an
+    exact count, the form neuromorphic toolchains read (NIR ``SumPool2d``)."""
+
+    op: ClassVar[str] = "sumpool2d"
 
 
 @dataclass(eq=False, repr=False)
@@ -148,7 +160,7 @@ class FlattenNode(GraphNode):
 
 
 #: Nodes that are linear maps of their (summed) input; the first of them is the encoder.
-LINEAR_NODES = (AffineNode, Conv2dNode, AvgPool2dNode)
+LINEAR_NODES = (AffineNode, Conv2dNode, AvgPool2dNode, SumPool2dNode)
 #: Nodes with synaptic weights.
 WEIGHTED_NODES = (AffineNode, Conv2dNode)
 
@@ -230,12 +242,30 @@ def _bias(module: nn.Module, size: int) -> np.ndarray:
     return _array(module.bias) if module.bias is not None else np.zeros(size, np.float32)
 
 
+@dataclass(frozen=True)
+class _Term:
+    """One summand of a value in the traced model: the output of graph node ``name``, times ``scale``,
+    then (if ``spatial`` is set) averaged over uneven windows: a pending linear map, folded into the
+    synapses that consume it (or, before a spike, into its threshold)."""
+
+    name: str
+    scale: float = 1.0
+    spatial: np.ndarray | None = None  # (out positions, in positions) of an uneven adaptive average pooling
+    spatial_shape: tuple[int, ...] = ()  # the (C, H, W) the map reads
+    pooled_by: str = ""  # the average pooling the pending map comes from (for messages)
+
+    @property
+    def plain(self) -> bool:
+        return self.scale == 1.0 and self.spatial is None
+
+
 class _GraphBuilder:
     """Walks a traced model once, node by node; one method per kind of call (see :meth:`_handler`).
 
-    ``alias`` maps each fx node to the graph nodes whose sum it equals (a skip connection is a sum;
-    Identity and Dropout pass their input on). ``origin`` says, per graph node, whether its output is
-    binary spikes (None) or the real-valued output of which layer.
+    ``alias`` maps each fx node to the terms whose sum it equals (a skip connection is a sum; Identity
+    and Dropout pass their input on; average pooling is a sum pooling whose ``1 / window`` scale waits in
+    the term for the synapses or the threshold that absorb it). ``origin`` says, per graph node, whether
+    its output is binary spikes (None) or the real-valued output of which layer.
     """
 
     def __init__(self, traced: torch.fx.GraphModule, input_shape: tuple[int, ...], key: torch.Tensor | None) -> None:
@@ -244,7 +274,7 @@ class _GraphBuilder:
         self.input_shape = tuple(input_shape)
         self.key = key
         self.nodes: list[GraphNode] = []
-        self.alias: dict[torch.fx.Node, list[str]] = {}
+        self.alias: dict[torch.fx.Node, list[_Term]] = {}
         self.origin: dict[str, str | None] = {}
         self.output: str | None = None
         # Max pooling of potentials whose only user is a spiking activation: fx node -> (input shape, node to add).
@@ -260,6 +290,9 @@ class _GraphBuilder:
         width = int(np.prod(self._graph_node(self.output).shape))
         if key.ndim != 2 or key.shape[1] != width:
             raise DeployError(f"key of shape {key.shape} does not match the {width} output units of {self.output!r}")
+        names = [node.name for node in self.nodes]
+        if len(set(names)) != len(names):  # impossible by construction: say so loudly if it ever happens
+            raise DeployError(f"graph node names collide: {sorted(n for n in set(names) if names.count(n) > 1)}")
         graph = SpikingGraph(self.nodes, self.output, key)
         graph.metadata["encoder"] = graph.encoder
         _check_all_spikes_used(graph)
@@ -282,15 +315,17 @@ class _GraphBuilder:
             fx_node.op == "call_method" and fx_node.target == "flatten"
         ):
             return self.flatten_call
+        if fx_node.op == "call_function" and fx_node.target is nn.functional.adaptive_avg_pool2d:
+            return self.adaptive_avg_pool
         return self.unsupported_call
 
     # -- helpers -------------------------------------------------------------------------------
     def _graph_node(self, name: str) -> GraphNode:
         return next(n for n in self.nodes if n.name == name)
 
-    def _add(self, fx_node: torch.fx.Node, node: GraphNode) -> None:
+    def _add(self, fx_node: torch.fx.Node, node: GraphNode, term: _Term | None = None) -> None:
         self.nodes.append(node)
-        self.alias[fx_node] = [node.name]
+        self.alias[fx_node] = [term or _Term(node.name)]
         if isinstance(node, SpikeNode):
             self.origin[node.name] = None
         elif isinstance(node, (MaxPool2dNode, FlattenNode)):
@@ -302,11 +337,22 @@ class _GraphBuilder:
     def _shape(fx_node: torch.fx.Node) -> tuple[int, ...]:
         return tuple(fx_node.meta["tensor_meta"].shape[1:])
 
-    def _inputs(self, fx_node: torch.fx.Node) -> list[str]:
+    def _terms(self, fx_node: torch.fx.Node) -> list[_Term]:
         arg = fx_node.args[0] if fx_node.args else None
         if not isinstance(arg, torch.fx.Node):
             raise DeployError(f"{fx_node.name}: expected a tensor input, got {arg!r}")
         return self.alias[arg]
+
+    def _plain(self, fx_node: torch.fx.Node, what: str) -> list[str]:
+        """The input names of a node that takes its inputs as they are (no pending scale or pooling)."""
+        terms = self._terms(fx_node)
+        for term in terms:
+            if not term.plain:
+                raise DeployError(
+                    f"{what} receives the output of average pooling {term.pooled_by!r}, real values, not binary spikes: feed "
+                    "the pooling to a spiking layer, a Linear or a Conv2d (which absorb it exactly)"
+                )
+        return [term.name for term in terms]
 
     def _require_binary(self, inputs: list[str], what: str) -> None:
         for name in inputs:
@@ -315,6 +361,12 @@ class _GraphBuilder:
                     f"{what} receives the real-valued output of {self.origin[name]!r}, not binary spikes: put a spiking "
                     "activation after it (a linear layer or average pooling must feed a spiking layer)"
                 )
+
+    def _one_term(self, fx_node: torch.fx.Node, what: str) -> _Term:
+        terms = self._terms(fx_node)
+        if len(terms) != 1:
+            raise DeployError(f"{what}: expected one input, got the sum of {[t.name for t in terms]}")
+        return terms[0]
 
     # -- one method per kind of call -----------------------------------------------------------
     def placeholder(self, fx_node: torch.fx.Node) -> None:
@@ -326,19 +378,27 @@ class _GraphBuilder:
         result = fx_node.args[0]
         if self.key is None or not isinstance(result, torch.fx.Node):
             raise DeployError("model has no SoftmaxDecode and no key was given")
-        inputs = self.alias[result]
+        inputs = self._plain(fx_node, "the output")
         self._require_binary(inputs, "the output")
         self.output = _single(inputs, "the output")
 
     def passthrough(self, fx_node: torch.fx.Node) -> None:  # Identity, Dropout (eval mode)
-        self.alias[fx_node] = self._inputs(fx_node)
+        self.alias[fx_node] = self._terms(fx_node)
 
     def linear(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         if len(self._shape(fx_node.args[0])) != 1:
             raise DeployError(f"{fx_node.target}: Linear must receive flat (N, features) input")
-        self._add(fx_node, AffineNode(fx_node.target, self._inputs(fx_node), self._shape(fx_node), _array(module.weight),
-                                      _bias(module, module.out_features)))  # fmt: skip
+        weight, terms = _array(module.weight), self._terms(fx_node)
+        if not all(term.plain for term in terms):  # average pooling before it: fold it into the weights (exact)
+            term = self._one_term(fx_node, fx_node.target)
+            weight = weight * np.float32(term.scale)
+            if term.spatial is not None:  # (out, C, h*w) @ (h*w, H*W) -> (out, C, H*W): each input's share
+                channels = term.spatial_shape[0]
+                weight = (weight.reshape(len(weight), channels, -1) @ term.spatial).reshape(len(weight), -1)
+            terms = [_Term(term.name)]
+        bias = _bias(module, module.out_features)
+        self._add(fx_node, AffineNode(fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, bias))
 
     def conv2d(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
@@ -348,8 +408,17 @@ class _GraphBuilder:
         left, right, top, bottom = module._reversed_padding_repeated_twice
         if left != right or top != bottom:
             raise DeployError(f"{fx_node.target}: asymmetric padding cannot be exported")
+        weight, terms = _array(module.weight), self._terms(fx_node)
+        if not all(term.plain for term in terms):
+            term = self._one_term(fx_node, fx_node.target)
+            if term.spatial is not None:
+                raise DeployError(
+                    f"{fx_node.target}: receives adaptive average pooling with uneven windows, which folds only into a "
+                    "following Linear; pool to a size that divides the input, or flatten before a Linear"
+                )
+            weight, terms = weight * np.float32(term.scale), [_Term(term.name)]
         self._add(fx_node, Conv2dNode(
-            fx_node.target, self._inputs(fx_node), self._shape(fx_node), _array(module.weight), _bias(module, module.out_channels),
+            fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, _bias(module, module.out_channels),
             _pair(module.stride), (top, left), _pair(module.dilation), module.groups,
         ))  # fmt: skip
 
@@ -363,53 +432,99 @@ class _GraphBuilder:
         pool = self.pools_before_spike.pop(fx_node.args[0], None)
         shape = pool[0] if pool else self._shape(fx_node)
         threshold = np.full(shape, module.spike_threshold, dtype=np.float32)
+        terms = self._terms(fx_node)
+        if any(term.spatial is not None for term in terms):
+            raise DeployError(f"{fx_node.target}: receives adaptive average pooling with uneven windows, which folds "
+                              "only into a following Linear")  # fmt: skip
+        if len(terms) == 1 and terms[0].scale != 1.0:  # s * v >= theta  <=>  v >= theta / s: the pooling's 1/k
+            threshold = threshold / np.float32(terms[0].scale)
+        elif not all(term.plain for term in terms):  # several summands, some averaged: explicit synapses for those
+            terms = [self._scaled_synapses(fx_node, term, shape) if not term.plain else term for term in terms]
         # Several inputs are summed into the neuron: a skip connection is just more synapses.
-        self._add(fx_node, SpikeNode(fx_node.target, self._inputs(fx_node), shape, threshold))
+        self._add(fx_node, SpikeNode(fx_node.target, [t.name for t in terms], shape, threshold))
         if pool:  # a step is monotone, so step(max(v)) == max(step(v)): fire first, then OR the window
             pooled = dataclasses.replace(pool[1], inputs=[fx_node.target])
             self._add(fx_node, pooled)
+
+    def _scaled_synapses(self, fx_node: torch.fx.Node, term: _Term, shape: tuple[int, ...]) -> _Term:
+        """One synapse of weight ``term.scale`` per unit (a 1x1 depthwise convolution) from ``term``'s node."""
+        channels = shape[0]
+        name = f"{fx_node.target}.scale_{term.name}"
+        weight = np.full((channels, 1, 1, 1), term.scale, dtype=np.float32)
+        node = Conv2dNode(
+            name, [term.name], shape, weight, np.zeros(channels, np.float32), (1, 1), (0, 0), (1, 1), channels
+        )
+        self.nodes.append(node)
+        self.origin[name] = name
+        return _Term(name)
 
     def max_pool(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         settings = _pool_settings(fx_node.target, module)
         if _pair(module.dilation) != (1, 1):
             raise DeployError(f"{fx_node.target}: dilated max pooling cannot be exported")
-        inputs = self._inputs(fx_node)
+        inputs = self._plain(fx_node, f"max pooling {fx_node.target!r}")
         node = MaxPool2dNode(fx_node.target, inputs, self._shape(fx_node), *settings)
         users = list(fx_node.users)
         if any(self.origin[i] is not None for i in inputs) and len(users) == 1 and _is_spike(users[0], self.modules):
             # Max pooling of membrane potentials straight into a spike: exported as spike, then pool.
             self.pools_before_spike[fx_node] = (self._shape(fx_node.args[0]), node)
-            self.alias[fx_node] = inputs
+            self.alias[fx_node] = [_Term(name) for name in inputs]
             return
         self._require_binary(inputs, f"max pooling {fx_node.target!r}")
         self._add(fx_node, node)
 
     def avg_pool(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
-        settings = _pool_settings(fx_node.target, module)
-        if module.divisor_override is not None or (settings[2] != (0, 0) and not module.count_include_pad):
+        kernel, stride, padding = _pool_settings(fx_node.target, module)
+        if module.divisor_override is not None or (padding != (0, 0) and not module.count_include_pad):
             raise DeployError(f"{fx_node.target}: only plain average pooling can be exported")
-        inputs = [_single(self._inputs(fx_node), fx_node.target)]
-        self._add(fx_node, AvgPool2dNode(fx_node.target, inputs, self._shape(fx_node), *settings))
+        self._sum_pool(fx_node, kernel, stride, padding)
+
+    def adaptive_avg_pool(self, fx_node: torch.fx.Node) -> None:
+        channels, height, width = self._shape(fx_node.args[0])
+        _, out_h, out_w = self._shape(fx_node)
+        if height % out_h == 0 and width % out_w == 0:  # even windows: an ordinary average pooling
+            kernel = (height // out_h, width // out_w)
+            self._sum_pool(fx_node, kernel, kernel, (0, 0))
+            return
+        name = _name(fx_node)
+        term = self._one_term(fx_node, name)
+        if not term.plain:
+            raise DeployError(f"{name}: adaptive average pooling of already averaged values cannot be folded")
+        spatial = _adaptive_average_matrix((height, width), (out_h, out_w))
+        self.alias[fx_node] = [_Term(term.name, 1.0, spatial, (channels, height, width), name)]
+
+    def _sum_pool(
+        self, fx_node: torch.fx.Node, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+    ) -> None:
+        """Average pooling = sum pooling (an exact count of the inputs) whose 1 / window scale waits in the term."""
+        name = _name(fx_node)
+        term = self._one_term(fx_node, name)
+        if term.spatial is not None:
+            raise DeployError(f"{name}: pooling of unevenly averaged values cannot be folded")
+        node = SumPool2dNode(name, [term.name], self._shape(fx_node), kernel, stride, padding)
+        self._add(fx_node, node, _Term(name, term.scale / (kernel[0] * kernel[1]), pooled_by=name))
 
     def flatten_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         _check_flatten(fx_node.target, module.start_dim, module.end_dim)
-        self._add(
-            fx_node, FlattenNode(fx_node.target, [_single(self._inputs(fx_node), fx_node.target)], self._shape(fx_node))
-        )
+        self._flatten(fx_node, fx_node.target)
 
     def flatten_call(self, fx_node: torch.fx.Node) -> None:
         start = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("start_dim", 0)
         end = fx_node.args[2] if len(fx_node.args) > 2 else fx_node.kwargs.get("end_dim", -1)
         _check_flatten(fx_node.name, start, end)
-        self._add(
-            fx_node, FlattenNode(fx_node.name, [_single(self._inputs(fx_node), fx_node.name)], self._shape(fx_node))
-        )
+        self._flatten(fx_node, fx_node.name)
+
+    def _flatten(self, fx_node: torch.fx.Node, name: str) -> None:
+        term = self._one_term(fx_node, name)
+        # A pending uneven pooling is applied by the Linear after this flatten: flatten what it reads.
+        shape = (int(np.prod(term.spatial_shape)),) if term.spatial is not None else self._shape(fx_node)
+        self._add(fx_node, FlattenNode(name, [term.name], shape), dataclasses.replace(term, name=name))
 
     def decoder(self, fx_node: torch.fx.Node) -> None:
-        inputs = self._inputs(fx_node)
+        inputs = self._plain(fx_node, f"the decoder {fx_node.target!r}")
         self._require_binary(inputs, f"the decoder {fx_node.target!r}")
         self.output = _single(inputs, "the decoder")
         self.key = self.modules[fx_node.target].key
@@ -419,14 +534,14 @@ class _GraphBuilder:
         terms = [a for a in fx_node.args if isinstance(a, torch.fx.Node)]
         if len(terms) != len(fx_node.args) or fx_node.kwargs:
             raise DeployError(f"{fx_node.name}: only sums of layer outputs (skip connections) can be exported")
-        self.alias[fx_node] = [name for term in terms for name in self.alias[term]]
+        self.alias[fx_node] = [term for node in terms for term in self.alias[node]]
 
     def unsupported_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         raise DeployError(
             f"{fx_node.target}: {type(module).__name__} has no single-time-step spiking equivalent "
-            "(supported: Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, spiking activations, batch norm "
-            "folded into the layer before it, Identity, Dropout)"
+            "(supported: Linear, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, spiking activations, batch "
+            "norm (folded into the weights), Identity, Dropout)"
         )
 
     def unsupported_call(self, fx_node: torch.fx.Node) -> None:
@@ -434,6 +549,26 @@ class _GraphBuilder:
             f"{fx_node.name}: operation {fx_node.target!r} has no single-time-step spiking equivalent; "
             "use modules (nn.Flatten, pooling) and `+` for skip connections"
         )
+
+
+def _name(fx_node: torch.fx.Node) -> str:
+    """A graph node's name: the module path of a module call, else the traced call's own name."""
+    return str(fx_node.target) if fx_node.op == "call_module" else fx_node.name
+
+
+def _adaptive_average_matrix(size: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
+    """The (out_h * out_w, h * w) matrix of ``nn.AdaptiveAvgPool2d(out)`` on one channel of size ``size``:
+    window ``i`` spans ``floor(i * h / out_h)`` to ``ceil((i + 1) * h / out_h)``, as PyTorch computes it."""
+
+    def windows(n: int, m: int) -> np.ndarray:
+        matrix = np.zeros((m, n), dtype=np.float64)
+        for i in range(m):
+            start, stop = (i * n) // m, -((-(i + 1) * n) // m)
+            matrix[i, start:stop] = 1.0 / (stop - start)
+        return matrix
+
+    rows, cols = windows(size[0], out[0]), windows(size[1], out[1])
+    return np.kron(rows, cols).astype(np.float32)
 
 
 #: Which builder method handles a module, by type (first match).
@@ -444,6 +579,7 @@ _MODULE_RULES: list[tuple[type | tuple[type, ...], str]] = [
     (SpikingActivation, "spike"),
     (nn.MaxPool2d, "max_pool"),
     (nn.AvgPool2d, "avg_pool"),
+    (nn.AdaptiveAvgPool2d, "adaptive_avg_pool"),
     (nn.Flatten, "flatten_module"),
     (SoftmaxDecode, "decoder"),
 ]

@@ -1,6 +1,6 @@
 """Sharpening: mapping a model sharpness to per-layer values, and the sharpener callbacks.
 
-Spiking layers are ordered from input to output (module registration order, see
+Spiking layers are ordered from input to output (the order the forward pass calls them, see
 :func:`spiking_layers`). A sharpener is a small callback with three hooks::
 
     sharpener.on_train_begin(model)
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -44,13 +45,43 @@ log = logging.getLogger(__name__)
 _SNAP = 1e-9  # tolerance that turns 0.9999999999 (float drift of step / total * n) into a whole layer
 
 
-def spiking_layers(model: nn.Module) -> list[SpikingActivation]:
-    """The model's spiking activations, in module registration order (taken as input to output).
+# Execution order per model, with the registered spiking modules it was computed for (re-traced on change).
+_ORDER: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], list[SpikingActivation]]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    Register modules in the order data flows through them (as ``nn.Sequential`` does) for bottom-up
-    sharpening to proceed from the input upwards. A module reused at several places counts once.
+
+def spiking_layers(model: nn.Module) -> list[SpikingActivation]:
+    """The model's spiking activations in the order the forward pass calls them, input to output.
+
+    The order comes from tracing the model once (torch.fx; cached until its spiking modules change), so
+    bottom-up sharpening follows the data whatever order the modules were registered in. A model that
+    cannot be traced falls back to registration order. A module called at several places counts once,
+    at its first call (:func:`~whetstone.spikify` gives each call site its own module).
     """
-    return [m for m in model.modules() if isinstance(m, SpikingActivation)]
+    registered = [m for m in model.modules() if isinstance(m, SpikingActivation)]
+    signature = tuple(map(id, registered))
+    cached = _ORDER.get(model)
+    if cached is not None and cached[0] == signature:
+        return list(cached[1])
+    order = _execution_order(model, registered)
+    _ORDER[model] = (signature, order)
+    return list(order)
+
+
+def _execution_order(model: nn.Module, registered: list[SpikingActivation]) -> list[SpikingActivation]:
+    if len(registered) < 2:
+        return registered
+    from .convert import trace
+
+    try:
+        graph = trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable forward (Python control flow, DDP, ...): registration order
+        return registered
+    modules = dict(model.named_modules())
+    called = [modules[node.target] for node in graph.nodes if node.op == "call_module" and node.target in modules]
+    order = list(dict.fromkeys(m for m in called if isinstance(m, SpikingActivation)))
+    return order + [m for m in registered if m not in order]  # modules the forward pass never calls, last
 
 
 def model_sharpness(model: nn.Module) -> list[float]:

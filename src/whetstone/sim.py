@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from .graph import AffineNode, Conv2dNode, FlattenNode, InputNode, MaxPool2dNode, Pool2dNode, SpikeNode, SpikingGraph
+from .graph import (
+    AffineNode,
+    Conv2dNode,
+    FlattenNode,
+    InputNode,
+    MaxPool2dNode,
+    Pool2dNode,
+    SpikeNode,
+    SpikingGraph,
+    SumPool2dNode,
+)
 
 __all__ = ["ENERGY_PER_OP", "EnergyModel", "SimResult", "check_images", "simulate"]
 
@@ -151,14 +161,14 @@ def _conv_projection(
     )
 
 
-def _pool(
-    x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], maximum: bool
-) -> np.ndarray:
-    x = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+def _pool(x: np.ndarray, node: Pool2dNode) -> np.ndarray:
+    (ph, pw), kernel, stride = node.padding, node.kernel_size, node.stride
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
-    if maximum:
+    if isinstance(node, MaxPool2dNode):
         return windows.max(axis=(-2, -1))
-    return windows.sum(axis=(-2, -1)) / (kernel[0] * kernel[1])
+    total = windows.sum(axis=(-2, -1))
+    return total if isinstance(node, SumPool2dNode) else total / (kernel[0] * kernel[1])
 
 
 @dataclass
@@ -327,9 +337,7 @@ def simulate(graph: SpikingGraph, images: np.ndarray, batch_size: int = 256, pro
                 values[node.name] = spikes
                 stats[node.name].spikes += int(spikes.sum())
             elif isinstance(node, Pool2dNode):
-                values[node.name] = _pool(
-                    x, node.kernel_size, node.stride, node.padding, isinstance(node, MaxPool2dNode)
-                )
+                values[node.name] = _pool(x, node)
             elif isinstance(node, FlattenNode):
                 values[node.name] = x.reshape(len(batch), -1)
             else:

@@ -3,7 +3,9 @@
 
 Mapping (one time step; NIR sums all edges into a node):
 
-- ``AffineNode`` -> ``nir.Affine``, ``Conv2dNode`` -> ``nir.Conv2d``, ``AvgPool2dNode`` -> ``nir.AvgPool2d``.
+- ``AffineNode`` -> ``nir.Affine``, ``Conv2dNode`` -> ``nir.Conv2d`` (a grouped or depthwise convolution as its
+  dense block-diagonal equivalent: nir 1.0.8 cannot read grouped ones back), ``SumPool2dNode`` ->
+  ``nir.SumPool2d``, ``AvgPool2dNode`` -> ``nir.AvgPool2d``.
 - ``SpikeNode`` -> ``nir.IF(r=1, v_threshold, v_reset=0)``. NIR and its simulators fire on
   ``v > v_threshold`` while Whetstone fires on ``v >= theta``; the file stores ``v_threshold`` as the
   float32 just below ``theta``, which makes the two identical for every float32 membrane.
@@ -39,6 +41,7 @@ from ..graph import (
     MaxPool2dNode,
     SpikeNode,
     SpikingGraph,
+    SumPool2dNode,
 )
 
 __all__ = ["read_nir", "run_in_snntorch", "to_nir", "write_nir"]
@@ -100,9 +103,12 @@ class _NirWriter:
         self.add(node, self.nir.Affine(weight=node.weight, bias=node.bias, metadata=self.meta(node)))
 
     def conv2d(self, node: Conv2dNode) -> None:
+        # nir 1.0.8 takes a grouped convolution's input channels from weight.shape[1] (ignoring groups), so a
+        # file with one fails nir's own type check when read: write it as the dense block-diagonal equivalent.
+        weight = _dense(node.weight, node.groups)
         self.add(node, self.nir.Conv2d(
-            input_shape=tuple(self.shapes[node.inputs[0]][1:]), weight=node.weight, stride=node.stride,
-            padding=node.padding, dilation=node.dilation, groups=node.groups, bias=node.bias, metadata=self.meta(node),
+            input_shape=tuple(self.shapes[node.inputs[0]][1:]), weight=weight, stride=node.stride,
+            padding=node.padding, dilation=node.dilation, groups=1, bias=node.bias, metadata=self.meta(node),
         ))  # fmt: skip
 
     def _pool(self, node: AvgPool2dNode | MaxPool2dNode, name: str) -> Any:
@@ -111,6 +117,10 @@ class _NirWriter:
 
     def avgpool2d(self, node: AvgPool2dNode) -> None:
         self.add(node, self._pool(node, node.name))
+
+    def sumpool2d(self, node: SumPool2dNode) -> None:
+        self.add(node, self.nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                                          padding=np.array(node.padding), metadata=self.meta(node)))  # fmt: skip
 
     def maxpool2d(self, node: MaxPool2dNode) -> None:
         window = node.kernel_size[0] * node.kernel_size[1]
@@ -128,12 +138,26 @@ class _NirWriter:
                                         metadata=self.meta(node)))  # fmt: skip
 
 
+def _dense(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The (out, in, kh, kw) weights of a grouped convolution as one ungrouped convolution (zeros between groups)."""
+    if groups == 1:
+        return weight
+    out_channels, per_group, kh, kw = weight.shape
+    dense = np.zeros((out_channels, per_group * groups, kh, kw), dtype=weight.dtype)
+    per_out = out_channels // groups
+    for group in range(groups):
+        rows, cols = slice(group * per_out, (group + 1) * per_out), slice(group * per_group, (group + 1) * per_group)
+        dense[rows, cols] = weight[rows]
+    return dense
+
+
 #: The writer method of each node type.
 _WRITERS: dict[type, Callable[[_NirWriter, Any], None]] = {
     InputNode: _NirWriter.input,
     AffineNode: _NirWriter.affine,
     Conv2dNode: _NirWriter.conv2d,
     AvgPool2dNode: _NirWriter.avgpool2d,
+    SumPool2dNode: _NirWriter.sumpool2d,
     MaxPool2dNode: _NirWriter.maxpool2d,
     SpikeNode: _NirWriter.spike,
     FlattenNode: _NirWriter.flatten,
@@ -244,11 +268,12 @@ def read_nir(path: str | Path) -> SpikingGraph:
             )
             node = Conv2dNode(name, inputs, (weight.shape[0], *out), weight, _array(n.bias, f"the bias of {key_name!r}", path),
                               stride, pad, dil, int(n.groups))  # fmt: skip
-        elif isinstance(n, nir.AvgPool2d):
+        elif isinstance(n, (nir.AvgPool2d, nir.SumPool2d)):
             c, h, w = shapes[inputs[0]]
             k, s, p = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.kernel_size, n.stride, n.padding))
             out = tuple((size + 2 * pp - kk) // ss + 1 for size, pp, kk, ss in zip((h, w), p, k, s))
-            node = AvgPool2dNode(name, inputs, (c, *out), k, s, p)
+            kind = AvgPool2dNode if isinstance(n, nir.AvgPool2d) else SumPool2dNode
+            node = kind(name, inputs, (c, *out), k, s, p)
         elif isinstance(n, nir.Flatten):
             node = FlattenNode(name, inputs, (int(np.prod(shapes[inputs[0]])),))
         elif isinstance(n, nir.IF):

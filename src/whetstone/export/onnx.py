@@ -1,7 +1,7 @@
 """Export a :class:`~whetstone.graph.SpikingGraph` to ONNX: the binary network as standard operators.
 
 Each spiking layer is ``Cast(GreaterOrEqual(v, theta), float)``; a node with several inputs sums them
-(``Sum``); max pooling is ``MaxPool`` (over spikes, a logical OR). The model has one input ``input``
+(``Sum``); max pooling is ``MaxPool`` (over spikes, a logical OR); sum pooling an all-ones depthwise ``Conv``. The model has one input ``input``
 (N, *input_shape) of float32 pixels in [0, 1] and three outputs: ``spikes`` (the N-hot output code),
 ``logits`` (``(2 spikes - 1) @ (2 key - 1)^T``) and ``label`` (the argmax, ties to the lowest index).
 It runs with ONNX Runtime or any other ONNX backend.
@@ -24,6 +24,7 @@ from ..graph import (
     Pool2dNode,
     SpikeNode,
     SpikingGraph,
+    SumPool2dNode,
 )
 
 __all__ = ["OPSET", "to_onnx", "write_onnx"]
@@ -87,6 +88,15 @@ def to_onnx(graph: SpikingGraph):
                     group=node.groups,
                 )
             )
+        elif isinstance(node, SumPool2dNode):  # an all-ones depthwise convolution: exact counts
+            channels, pad_y, pad_x = node.shape[0], *node.padding
+            ones = constant(f"{name}_ones", np.ones((channels, 1, *node.kernel_size), dtype=np.float32))
+            nodes.append(
+                helper.make_node(
+                    "Conv", [x, ones], [name], name=name, kernel_shape=list(node.kernel_size),
+                    strides=list(node.stride), pads=[pad_y, pad_x, pad_y, pad_x], group=channels,
+                )
+            )  # fmt: skip
         elif isinstance(node, Pool2dNode):
             maximum = isinstance(node, MaxPool2dNode)
             pad_y, pad_x = node.padding

@@ -1,0 +1,256 @@
+"""Drop-in conversion of networks written the way torchvision writes them (no download: the layouts are
+written out here, smaller): ResNet with BasicBlock and with Bottleneck (one shared nn.ReLU per block,
+downsample shortcuts, adaptive average pooling and an fc head), VGG (features, an adaptive average pool
+with uneven windows, a classifier with Dropout) and MobileNetV2 (depthwise convolutions, ReLU6,
+inverted residuals with linear bottlenecks).
+
+Each is spikified with an N-hot head, given batch-norm statistics, sharpened to 1, and deployed: the
+simulator gives the class PyTorch gives on every input (both in float64, where only a true tie could
+differ), the NIR file passes nir's structure check and reads back to the same graph, and ONNX Runtime
+(float32) agrees on every input no membrane of which lies within float32 rounding of its threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import whetstone as ws
+
+from conftest import assert_equal_where_decided, torch_threads
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self, block: type, layers: list[int], width: int = 8, num_classes: int = 10, channels: int = 3
+    ) -> None:
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(2)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2 * width * block.expansion, num_classes)
+
+    def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+class VGG(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))  # from 3x3: uneven, overlapping windows
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 2 * 2, 32), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(32, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_planes, out_planes, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_planes),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = [ConvBNReLU(inp, hidden, kernel_size=1)] if expand_ratio != 1 else []
+        layers += [ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),  # depthwise
+                   nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup)]  # linear bottleneck  # fmt: skip
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            ConvBNReLU(3, 8, stride=2),
+            InvertedResidual(8, 8, 1, expand_ratio=1),
+            InvertedResidual(8, 12, 2, expand_ratio=3),
+            InvertedResidual(12, 12, 1, expand_ratio=3),
+            ConvBNReLU(12, 32, kernel_size=1),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, (1, 1))  # functional, as torchvision writes it
+        return self.classifier(torch.flatten(x, 1))
+
+
+NETWORKS = {
+    "resnet-basicblock": lambda: ResNet(BasicBlock, [2, 2]),
+    "resnet-bottleneck": lambda: ResNet(Bottleneck, [1, 2], width=4),
+    "vgg": VGG,
+    "mobilenet-v2": MobileNetV2,
+}
+SHAPE = (3, 16, 16)
+
+
+def _statistics(model: nn.Module) -> nn.Module:
+    """Batch-norm statistics that are not the identity, and scales that spread the units' potentials."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+            with torch.no_grad():
+                module.weight.uniform_(1.0, 3.0, generator=generator)
+                module.bias.uniform_(-0.5, 1.0, generator=generator)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, *SHAPE, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def converted(request):
+    torch.manual_seed(0)
+    with torch_threads(1):
+        model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
+        _statistics(model)
+        ws.set_model_sharpness(model, 1.0)
+        graph = ws.to_spiking_graph(model, SHAPE)
+    return request.param, model, graph
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(64, *SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_activation_call_site_is_its_own_spiking_layer(converted):
+    _, model, graph = converted
+    calls = sum(1 for node in ws.convert.trace(model).graph.nodes if node.op == "call_module"
+                and isinstance(model.get_submodule(node.target), ws.SpikingActivation))  # fmt: skip
+    layers = ws.spiking_layers(model)
+    assert calls == len(layers) == len(set(map(id, layers))) == len(graph.spiking_nodes())
+    names = [n.name for n in graph.nodes]
+    assert len(names) == len(set(names))  # every node named once
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ws.fold_batchnorm(model).modules())
+
+
+def test_the_simulator_gives_pytorchs_class_on_every_input(converted, images):
+    _, model, graph = converted
+    result = ws.simulate(graph, images.numpy())
+    with torch.no_grad():
+        expected = ws.fold_batchnorm(model).double()(images.double()).argmax(1).numpy()
+        unfolded = model.double()(images.double()).argmax(1).numpy()
+        model.float()
+    assert_equal_where_decided(result.predictions, expected, result, tolerance=1e-9, min_decided=1.0)
+    assert_equal_where_decided(result.predictions, unfolded, result, tolerance=1e-9, min_decided=1.0)
+
+
+def test_nir_passes_nirs_checks_and_reads_back_to_the_same_network(converted, images, tmp_path):
+    nir = pytest.importorskip("nir", reason="optional dependency 'nir' is not installed (pip install -e '.[export]')")
+    from whetstone.export.nir import read_nir, to_nir, write_nir
+
+    name, _, graph = converted
+    nir_graph = to_nir(graph)
+    nir_graph.validate_structure()  # nir's own check: every edge between existing nodes, no duplicates
+    assert len(nir_graph.nodes) == len(set(nir_graph.nodes))
+    back = read_nir(write_nir(graph, tmp_path / f"{name}.nir"))  # read_nir refuses cycles and shared names
+    shapes = {n.name: n.shape for n in back.nodes if not n.name.endswith("_sum")}  # (max pooling is 2 NIR nodes)
+    assert shapes == {n.name: n.shape for n in graph.nodes}
+    x = images.numpy()
+    np.testing.assert_array_equal(ws.simulate(back, x).output_spikes, ws.simulate(graph, x).output_spikes)
+    assert isinstance(nir.read(tmp_path / f"{name}.nir"), nir.NIRGraph)
+
+
+def test_onnx_runtime_gives_pytorchs_class(converted, images, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="optional dependency 'onnxruntime' is not installed")
+    from whetstone.export.onnx import write_onnx
+
+    name, model, graph = converted
+    path = write_onnx(graph, tmp_path / f"{name}.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (label,) = session.run(["label"], {"input": images.numpy()})
+    result = ws.simulate(graph, images.numpy())
+    with torch.no_grad():
+        expected = model(images).argmax(1).numpy()
+    assert_equal_where_decided(label, expected, result, min_decided=0.8)
