@@ -11,7 +11,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .convert import ConversionError, fold_batchnorm, for_inference, pool_before_spikes, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
-from .graph import DeployError, SpikingGraph, quantize, to_spiking_graph
+from .graph import DeployError, SpikingGraph, check_deployable, quantize, to_spiking_graph
 from .losses import Classification, Distillation, Reconstruction, distillation_loss
 from .models import SpikingClassifier, create_model, list_models
 from .report import binary_report, evaluate, is_fully_binary
@@ -57,6 +57,7 @@ __all__ = [
     "Trainer",
     "binary_report",
     "build_run",
+    "check_deployable",
     "create_model",
     "distillation_loss",
     "evaluate",

@@ -148,6 +148,7 @@ def spikify(
     num_classes: int | None = None,
     key_width: int | None = None,
     key_seed: int = 0,
+    input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
     """Turn every activation call site of ``model`` into its own spiking activation; returns the model to
     train (use the return value).
@@ -167,6 +168,10 @@ def spikify(
     spiking head the method needs: ``Linear(features, key_width)`` (default 10 units per class; each unit
     starts from the weights of its class's row), a spiking activation, and a
     :class:`~whetstone.SoftmaxDecode` with a disjoint key drawn from ``key_seed``.
+
+    With ``input_shape`` (one sample's, e.g. ``(3, 32, 32)``) the converted model is also checked to
+    deploy once sharpened (:func:`~whetstone.graph.check_deployable`): a layer with no single-time-step
+    spiking equivalent is named now, before any training, not at export.
     """
     if activation not in _SPIKING:
         raise ValueError(f"activation must be one of {sorted(_SPIKING)}, got {activation!r}")
@@ -178,7 +183,7 @@ def spikify(
                                   f"{str(error).splitlines()[0]}") from None  # fmt: skip
         warnings.warn(f"spikify could not trace {type(model).__name__} ({str(error).splitlines()[0]}); only its "
                       "activation modules are converted, call sites were not checked", stacklevel=2)  # fmt: skip
-        return _spikify_modules(model, activation, sharpness)
+        return _checked(_spikify_modules(model, activation, sharpness), input_shape)
     modules = dict(traced.named_modules())
     sites = [site for node in traced.graph.nodes if (site := _site(node, modules)) is not None]
     calls = [site.module for site in sites if site.module is not None]
@@ -188,7 +193,7 @@ def spikify(
         for site in sites:  # one module per call site: replace in place, keep the model's class
             if site.kind != "spiking":
                 _set_submodule(model, site.module, _spiking_for(site.kind, activation, sharpness))
-        return model
+        return _checked(model, input_shape)
     graph, result = traced.graph, traced  # a GraphModule over model's own submodules
     taken = {name for name, _ in model.named_modules()}
     seen: set[str] = set()
@@ -210,7 +215,15 @@ def spikify(
     result.graph.lint()
     result.recompile()
     result.delete_all_unused_submodules()
-    return result.train(model.training)
+    return _checked(result.train(model.training), input_shape)
+
+
+def _checked(model: nn.Module, input_shape: tuple[int, ...] | None) -> nn.Module:
+    if input_shape is not None:
+        from .graph import check_deployable  # graph builds on this module
+
+        check_deployable(model, input_shape)
+    return model
 
 
 def _spiking_for(kind: str, activation: str, sharpness: float) -> SpikingActivation:

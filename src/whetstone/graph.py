@@ -25,6 +25,7 @@ other value that crosses a layer boundary is a binary spike.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 from collections.abc import Callable
@@ -52,6 +53,7 @@ __all__ = [
     "SpikeNode",
     "SpikingGraph",
     "SumPool2dNode",
+    "check_deployable",
     "quantize",
     "to_spiking_graph",
 ]
@@ -623,6 +625,17 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
     except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
         raise DeployError(f"model does not accept input of shape {input_shape}: {str(error).splitlines()[0]}") from None
     return _GraphBuilder(traced, input_shape, key).build()
+
+
+def check_deployable(model: nn.Module, input_shape: tuple[int, ...]) -> SpikingGraph:
+    """Check, before any training, that ``model`` will deploy once sharpened: a copy is set to sharpness 1
+    and converted. Returns that graph; raises :class:`DeployError` naming the first layer that will not
+    deploy (an unsupported layer, a real-valued output, a missing decoder), with the reason."""
+    from .sharpen import set_model_sharpness
+
+    probe = copy.deepcopy(model).eval()
+    set_model_sharpness(probe, 1.0)
+    return to_spiking_graph(probe, input_shape)
 
 
 def _is_spike(fx_node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -1,0 +1,133 @@
+"""Convert your own model: a ResNet-18 written the way torchvision writes it (one shared nn.ReLU per block,
+downsample shortcuts, adaptive average pooling, an fc head), from nn.Module to a fully binary spiking
+network and a NIR file, in one page.
+
+    python examples/convert_your_model.py --data-dir ../shared/data            # full MNIST (docs/results.md)
+    python examples/convert_your_model.py --dataset mnist-mini --epochs 1 1    # the bundled digits, a minute
+
+1. Train the ordinary ReLU network (or load yours).
+2. ``ws.spikify(model, num_classes=10)``: every activation call site becomes a spiking activation, the fc
+   head an N-hot spiking head; the trained weights are kept.
+3. Fine-tune while sharpening, bottom-up, to binary spikes.
+4. ``ws.to_spiking_graph``: batch norm and the average pooling folded into the weights; run it in the
+   event-driven simulator on the whole test set and write the NIR file.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import whetstone as ws
+from whetstone.export import export
+
+
+class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock, as written there
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet18(nn.Module):  # torchvision's layout [2, 2, 2, 2]; a 3x3 stem without max pooling for small images
+    def __init__(self, width=16, channels=1, num_classes=10):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(width, 1)
+        self.layer2 = self._make_layer(2 * width, 2)
+        self.layer3 = self._make_layer(4 * width, 2)
+        self.layer4 = self._make_layer(8 * width, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, num_classes)
+
+    def _make_layer(self, planes, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample), BasicBlock(planes, planes)]
+        self.inplanes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="folder holding mnist/ (default: $WHETSTONE_DATA)")
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "mnist-mini", "cifar10"])
+    parser.add_argument("--width", type=int, default=16, help="channels of the first stage (torchvision: 64)")
+    parser.add_argument("--epochs", type=int, nargs=2, default=[4, 6], metavar=("RELU", "SHARPEN"))
+    parser.add_argument("--out", default="runs/convert", help="folder for the NIR file")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train, test = (
+        ws.load_dataset(args.dataset, "train", args.data_dir),
+        ws.load_dataset(args.dataset, "test", args.data_dir),
+    )
+    shape = tuple(train.images.shape[1:])
+    loader = ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=args.seed)
+    test_loader = ws.TensorLoader.from_dataset(test, 1000)
+    started = time.perf_counter()
+
+    # 1. The ordinary network: plain PyTorch training (any trained model of yours would do).
+    model = ResNet18(args.width, channels=shape[0], num_classes=len(train.classes))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    ws.Trainer(model, optimizer, progress=False).fit(loader, args.epochs[0])
+    relu_accuracy = ws.evaluate(model, test_loader)[1]
+    print(f"1. ReLU ResNet-18 (width {args.width}): {relu_accuracy:.2%} after {args.epochs[0]} epochs", flush=True)
+
+    # 2. Convert: one spiking activation per call site (17 of them here), and an N-hot spiking head.
+    spiking = ws.spikify(model, num_classes=len(train.classes), key_width=10 * len(train.classes))
+    layers = ws.spiking_layers(spiking)
+    print(f"2. spikified: {len(layers)} spiking layers; before sharpening {ws.evaluate(spiking, test_loader)[1]:.2%}")
+
+    # 3. Sharpen bottom-up, a little every batch, while the binary layers keep learning (surrogate gradients).
+    steps = max(1, (args.epochs[1] - 1) * len(loader) // len(layers))  # binary one epoch before the end
+    ws.set_model_surrogate(spiking, 0.0)
+    trainer = ws.Trainer(spiking, torch.optim.Adam(spiking.parameters(), 1e-3), ws.SimpleSharpener(0, steps=steps, per="batch"),
+                         ws.Classification(logit_scale=0.1), progress=False)  # fmt: skip
+    result = trainer.fit(loader, args.epochs[1], test_loader)
+    binary_accuracy = result.history[-1].eval_accuracy
+    print(f"3. sharpened: {binary_accuracy:.2%}, fully binary: {result.fully_binary}", flush=True)
+
+    # 4. Deploy: fold, simulate event by event on the whole test set, write NIR.
+    spiking.eval()  # batch norm with its running statistics, as deployed
+    graph = ws.to_spiking_graph(spiking, shape)
+    images = test.images.float().numpy() / 255
+    simulated = ws.simulate(graph, images)
+    with torch.no_grad():
+        predictions = torch.cat([spiking(x).argmax(1) for x, _ in test_loader]).numpy()
+    agreement = (simulated.predictions == predictions).mean()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    path = export(graph, Path(args.out) / "resnet18.nir", "nir")
+    print(f"4. simulator: {simulated.accuracy(test.labels.numpy()):.2%}, the same class as PyTorch on {agreement:.2%} of "
+          f"{len(images):,} test images; {simulated.synaptic_ops()[1]:,.0f} synaptic events per image; wrote {path}")  # fmt: skip
+    print(f"done in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
