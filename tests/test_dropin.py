@@ -254,3 +254,20 @@ def test_onnx_runtime_gives_pytorchs_class(converted, images, tmp_path):
     with torch.no_grad():
         expected = model(images).argmax(1).numpy()
     assert_equal_where_decided(label, expected, result, min_decided=0.8)
+
+
+def test_the_worked_example_runs_as_written(tmp_path):
+    """examples/convert_your_model.py, shrunk: the bundled digits, one epoch each, width 4."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "convert_your_model.py"
+    argv = [sys.executable, str(script), "--dataset", "mnist-mini", "--epochs", "1", "1", "--width", "4", "--threads", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "fully binary: True" in done.stdout and (tmp_path / "resnet18.nir").stat().st_size > 0
+    agreement = float(re.search(r"the same class as PyTorch on ([\d.]+)%", done.stdout).group(1))
+    assert agreement >= 99.0, done.stdout
