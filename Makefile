@@ -4,6 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The pinned CPU build of PyTorch; override (e.g. TORCH_SPEC='torch>=2.3') where another build is wanted.
 TORCH_SPEC ?= torch==2.13.0
+# The consumers the tests run our files in (tests/test_targets.py), at the versions measured in
+# docs/deploy.md. Installed without their declared dependencies: sinabs pins nir<=1.0.4 and needs samna (whose
+# package downloads from SynSense's own index at import), norse and spikingjelly declare torchvision/torchaudio
+# (a multi-GB CUDA build of torch would follow). What they really import to read and run a NIR file:
+CONSUMERS_NO_DEPS ?= norse==1.1.0 sinabs==3.1.3 spikingjelly==2.0.0 rockpool==3.1.0
+CONSUMER_NEEDS ?= pbr loguru requests scipy "spyx>=1.0"
 # Full datasets for the tests that need them (they skip, visibly, when absent).
 SHARED_DATA ?= $(abspath ../shared/data)
 
@@ -16,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(CONSUMERS_NO_DEPS)
+	$(BIN)/python -m pip install --quiet $(CONSUMER_NEEDS)
 	touch $@
 
 demo: install

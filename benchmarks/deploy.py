@@ -21,10 +21,11 @@ import torch
 from whetstone.checkpoint import load_checkpoint, model_from_checkpoint
 from whetstone.convert import fold_batchnorm
 from whetstone.data import DATASETS, load_dataset
-from whetstone.export.nir import run_in_snntorch, write_nir
 from whetstone.export.onnx import write_onnx
 from whetstone.graph import quantize, to_spiking_graph
 from whetstone.sim import simulate
+from whetstone.targets import export
+from whetstone.targets.snntorch import run as run_in_snntorch
 
 
 def torch_predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -64,7 +65,10 @@ def main() -> None:
         graph = to_spiking_graph(model, DATASETS[dataset].image_shape)
         reference = torch_predict(model, x)
         with tempfile.TemporaryDirectory() as tmp:
-            nir_path, onnx_path = write_nir(graph, Path(tmp) / "m.nir"), write_onnx(graph, Path(tmp) / "m.onnx")
+            nir_path, onnx_path = (
+                export(graph, Path(tmp) / "m.nir", "snntorch"),
+                write_onnx(graph, Path(tmp) / "m.onnx"),
+            )
             started = time.perf_counter()
             sim = simulate(graph, x.numpy(), progress=True)
             sim_seconds = time.perf_counter() - started
@@ -76,7 +80,7 @@ def main() -> None:
             }
             q = quantize(graph, args.bits)
             q_sim = simulate(q, x.numpy(), progress=True)
-            q_nir, q_onnx = write_nir(q, Path(tmp) / "q.nir"), write_onnx(q, Path(tmp) / "q.onnx")
+            q_nir, q_onnx = export(q, Path(tmp) / "q.nir", "snntorch"), write_onnx(q, Path(tmp) / "q.onnx")
             q_paths = {
                 "NIR -> snnTorch": snntorch_predict(q_nir, q, x.numpy()),
                 "ONNX Runtime": onnx_predict(q_onnx, x.numpy()),

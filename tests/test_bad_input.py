@@ -156,6 +156,19 @@ CLI_CASES = [
     _cli("export with 17 bits", "export {run} --format nir --out {tmp}/q.nir --bits 17", "must be a finite integer in [2, 16], got 17"),
     _cli("export of an unsharpened run", "export {plain_run} --format nir --out {tmp}/p.nir", "has sharpness 0; only fully sharpened layers"),
     _cli("export to an unknown format", "export {run} --format tflite", "argument --format: invalid choice: 'tflite'"),
+    # export for a target, verify in a consumer, fit on a chip
+    _cli("export for an unknown target", "export {run} --format nir --target speck2", "argument --target: invalid choice: 'speck2'"),
+    _cli("export for a NIR target as ONNX", "export {run} --format onnx --target speck", "--target speck is written as NIR: pass --format nir"),
+    _cli("export --limit without --verify", "export {run} --format nir --limit 10 --out {tmp}/l.nir", "--limit counts the images --verify runs"),
+    _cli("export a conv net for a dense-only chip", "export {conv_run} --format nir --target xylo --out {tmp}/x.nir", "features.0: Rockpool has dense layers only; this layer is a conv2d"),
+    _cli("verify for a chip that cannot run here", "verify {nir} --consumer loihi2 --dataset mnist-mini", "Lava cannot run here: lava-nc 0.10 requires Python < 3.11"),
+    _cli("verify a file written for other software", "verify {speck_nir} --consumer norse --dataset mnist-mini", "was written for speck, which Norse reads differently; export it with --target norse"),
+    _cli("verify a NIR file in onnxruntime", "verify {nir} --consumer onnx --dataset mnist-mini", "model.nir: ONNX Runtime runs .onnx files"),
+    _cli("verify on images of another shape", "verify {nir} --consumer snntorch --dataset cifar10", "--dataset cifar10 has 3x32x32 images but {tmp}/model.nir takes 1x28x28"),
+    _cli("verify a file that is missing", "verify {tmp}/gone.nir --consumer snntorch --dataset mnist-mini", "gone.nir"),
+    _cli("verify with limit 0", "verify {nir} --consumer snntorch --dataset mnist-mini --limit 0", "argument --limit: must be a finite integer >= 1, got 0"),
+    _cli("fit on a software target", "fit {run} --chip norse", "argument --chip: invalid choice: 'norse'"),
+    _cli("fit an unsharpened run", "fit {plain_run} --chip loihi2", "has sharpness 0; only fully sharpened layers"),
     # simulate
     _cli("simulate an ONNX file", "simulate {tmp}/model.onnx --dataset mnist-mini", "an ONNX file runs in onnxruntime"),
     _cli("simulate NIR without --dataset", "simulate {nir} --limit 10", "--dataset is required to simulate a .nir file"),
@@ -325,6 +338,15 @@ class Places(dict):
             )
         elif key == "nir":
             path = _nir_graph(run, lambda graph: None, root / "model.nir")
+        elif key == "speck_nir":
+            from whetstone.graph import graph_from_checkpoint
+            from whetstone.targets import export
+
+            path = export(graph_from_checkpoint(str(run))[0], root / "model-speck.nir", "speck")
+        elif key == "conv_run":  # a small convolutional run, trained the first time a case asks for it
+            path = root / "conv-run"
+            small = ["--model", "mnist-conv-small", *TINY[2:]]
+            assert main(["train", *small, "--out", str(path)]) == 0
         elif key == "nir_nan_threshold":
             path = _nir_graph(
                 run, lambda graph: graph.spiking_nodes()[0].threshold.__setitem__(0, np.nan), root / "nan-threshold.nir"
@@ -410,6 +432,18 @@ def _graph() -> ws.SpikingGraph:
     return ws.to_spiking_graph(model, (4,))
 
 
+def _conv_graph() -> ws.SpikingGraph:
+    layers = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), ws.SpikingBReLU(1.0), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+                                 ws.SpikingBReLU(1.0))  # fmt: skip
+    return ws.to_spiking_graph(ws.SpikingClassifier(layers, torch.eye(2, 4)), (1, 4, 4))
+
+
+def _targets():
+    from whetstone import targets
+
+    return targets
+
+
 API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("simulate raw 0-255 pixels", lambda: ws.simulate(_graph(), np.zeros((2, 4), np.uint8)), ValueError, "got uint8 (0-255): divide by 255"),
     ("simulate NaN pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.nan, np.float32)), ValueError, "images contain 8 NaN or infinite values"),
@@ -455,6 +489,13 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("unknown dataset", lambda: ws.load_dataset("imagenet"), ValueError, "unknown dataset 'imagenet'"),
     ("unknown split", lambda: ws.load_dataset("mnist-mini", "validation"), ValueError, "unknown split 'validation'"),
     ("spikify to an unknown activation", lambda: ws.spikify(torch.nn.ReLU(), activation="tanh"), ValueError, "activation must be one of"),
+    ("export for an unknown target", lambda: _targets().export(_graph(), "/nonexistent/m.nir", "speck2"), ValueError, "unknown target 'speck2'; choose one of"),
+    ("export a convolution for Xylo", lambda: _targets().export(_conv_graph(), "/nonexistent/m.nir", "xylo"), ws.DeployError, "0: Rockpool has dense layers only; this layer is a conv2d"),
+    ("export as TFLite", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "tflite"), ValueError, "format must be one of ['nir', 'onnx'], got 'tflite'"),
+    ("export for Speck as ONNX", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "onnx", "speck"), ValueError, "target 'speck' is written as NIR, not ONNX"),
+    ("fit report for a software target", lambda: _targets().fit_report(_graph(), "norse"), ValueError, "'norse' is not a chip with a fit report; choose one of"),
+    ("verify in software that cannot run here", lambda: _targets().verify("/nonexistent/m.nir", "loihi2", np.zeros((1, 4))), ValueError, "Lava cannot run here"),
+    ("verify an ONNX file without its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4))), ValueError, "give the graph the file was written from (reference=)"),
     ("atomic write into a missing folder", lambda: ws.files.atomic_write("/nonexistent/dir/file.txt", "x"), OSError,
      "cannot write /nonexistent/dir/file.txt: No such file or directory"),
 ]  # fmt: skip

@@ -42,7 +42,7 @@ def _commands(path: Path) -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md", "docs/deploy.md"])
 def test_documented_commands_are_accepted(document, capsys):
     commands = _commands(ROOT / document)
     assert commands

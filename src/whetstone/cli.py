@@ -1,4 +1,4 @@
-"""Command line: ``whetstone train | eval | export | simulate | sweep | demo | models``.
+"""Command line: ``whetstone train | eval | export | verify | fit | simulate | sweep | demo | models``.
 
 argv -> settings -> the library -> printed results; nothing else lives here. Errors in what the user gave
 (a bad name, a missing file, a value out of range) print one line and exit with status 2; ``--debug``
@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 from . import distributed
 from .callbacks import PrintEpochs, PrintSummary
 from .checkpoint import RunFolder, check_output_path, load_checkpoint
 from .data import DATASETS, DatasetError
 from .files import Terminated, sigterm_raises
+from .flags import BITS, COUNT, FRACTION, OneLineParser, add_run_settings, number
 from .models import list_models, model_description, recipe
 from .run import (
     ConfigError,
@@ -32,77 +31,21 @@ from .run import (
     flag_of,
     parse_model_options,
     resumed_config,
-    setting_type,
     write_config,
 )
+from .targets import CHIPS, TARGETS
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (the argument, the value and what is allowed)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"whetstone: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _number(kind: type, minimum: float | None = None, maximum: float | None = None, open_interval: bool = False) -> Any:
-    """An argparse type: a finite ``kind`` in [minimum, maximum] (or the open interval)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
-            ) from None
-        below = minimum is not None and (value <= minimum if open_interval else value < minimum)
-        above = maximum is not None and (value >= maximum if open_interval else value > maximum)
-        if not math.isfinite(value) or below or above:
-            bounds = (f" in ({minimum}, {maximum})" if open_interval else f" in [{minimum}, {maximum}]" if maximum is not None
-                      else f" >= {minimum}" if minimum is not None else "")  # fmt: skip
-            raise argparse.ArgumentTypeError(
-                f"must be a finite {'integer' if kind is int else 'number'}{bounds}, got {text}"
-            )
-        return value
-
-    return parse
-
-
-_COUNT = _number(int, 1)
-_BITS = _number(int, 2, 16)
-_FRACTION = _number(float, 0, 1, open_interval=True)
-
-
-def _add_run_settings(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`RunConfig` field (``lr`` -> ``--lr``); only flags given end up in the namespace."""
-    for name, f in _RUN_FIELDS.items():
-        meta, kind = f.metadata, setting_type(f)
-        shown = f" (default {f.default})" if f.default not in (None, False, True, dataclasses.MISSING) else ""
-        common = {"help": meta["help"] + shown, "default": argparse.SUPPRESS, "dest": name}
-        if name == "progress":
-            parser.add_argument("--no-progress", action="store_false", **common)
-        elif name == "model_options":
-            parser.add_argument("--model-option", action="append", metavar=meta["metavar"], **common)
-        elif kind is bool and f.default is None:  # a tri-state: the recipe decides unless given
-            parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, **common)
-        elif kind is bool:
-            parser.add_argument("--" + name.replace("_", "-"), action="store_true", **common)
-        else:
-            kind = _number(kind) if kind in (int, float) else kind
-            parser.add_argument(
-                "--" + name.replace("_", "-"), type=kind, choices=meta["choices"], metavar=meta["metavar"], **common
-            )
+_TARGET_NAMES = sorted([*TARGETS, *(alias for target in TARGETS.values() for alias in target.aliases)])
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="whetstone", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="whetstone", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     train = commands.add_parser("train", help="train a model and sharpen it to fully binary")
-    _add_run_settings(train)
+    add_run_settings(train)
     train.add_argument(
         "--config", metavar="FILE", help="settings from a TOML file (a run's config.toml), under the flags"
     )
@@ -113,28 +56,46 @@ def make_parser() -> argparse.ArgumentParser:
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--data-dir", help="data root (default: $WHETSTONE_DATA, else ~/.cache/whetstone/data)")
     data.add_argument("--download", action="store_true", help="download missing MNIST/Fashion-MNIST files")
-    bits = {"type": _BITS, "help": "quantize weights and thresholds to integers of this many bits (2-16)"}
+    bits = {"type": BITS, "help": "quantize weights and thresholds to integers of this many bits (2-16)"}
 
     ev = commands.add_parser("eval", parents=[data], help="evaluate a checkpoint and check it is fully binary")
     ev.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     ev.add_argument("--dataset", choices=list(DATASETS), help="default: the dataset it was trained on")
-    ev.add_argument("--batch-size", type=_COUNT, default=1000)
+    ev.add_argument("--batch-size", type=COUNT, default=1000)
 
-    ex = commands.add_parser("export", help="export a fully sharpened checkpoint to NIR or ONNX")
+    ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint to NIR or ONNX")
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     ex.add_argument("--format", choices=["nir", "onnx"], required=True)
+    ex.add_argument("--target", choices=_TARGET_NAMES, help="the software or chip the file is for (default: generic)")
     ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
     ex.add_argument("--bits", **bits)
     ex.add_argument("--overwrite", action="store_true", help="replace an existing file (never a run's own files)")
+    ex.add_argument("--verify", action="store_true", help="then run the file in the target's software on the test set")
+    ex.add_argument("--limit", type=COUNT, help="--verify on the first N test images")
+    ex.add_argument("--no-progress", action="store_true")
+
+    ve = commands.add_parser(
+        "verify", parents=[data], help="run a NIR file in a consumer's software, against the simulator"
+    )
+    ve.add_argument("file", help="a .nir file")
+    ve.add_argument("--consumer", choices=_TARGET_NAMES, required=True)
+    ve.add_argument("--dataset", choices=list(DATASETS), required=True)
+    ve.add_argument("--split", choices=["train", "test"], default="test")
+    ve.add_argument("--limit", type=COUNT, help="only the first N images")
+    ve.add_argument("--no-progress", action="store_true")
+
+    fit = commands.add_parser("fit", help="check a trained network against a chip's published limits")
+    fit.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
+    fit.add_argument("--chip", choices=list(CHIPS), required=True)
 
     sim = commands.add_parser("simulate", parents=[data], help="run a checkpoint or NIR file in the simulator")
     sim.add_argument("source", help="checkpoint.pt, its run directory, or a .nir file")
     sim.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's (needed for a .nir file)")
     sim.add_argument("--split", choices=["train", "test"], default="test")
-    sim.add_argument("--limit", type=_COUNT, help="simulate only the first N images")
+    sim.add_argument("--limit", type=COUNT, help="simulate only the first N images")
     sim.add_argument("--bits", **bits)
     sim.add_argument("--arithmetic", choices=["fp32", "int8"], help="energy figures (default: int8 with --bits)")
-    sim.add_argument("--batch-size", type=_COUNT, default=256)
+    sim.add_argument("--batch-size", type=COUNT, default=256)
     sim.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     sim.add_argument("--no-progress", action="store_true")
@@ -142,16 +103,16 @@ def make_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", parents=[data], help="tune optimizer and sharpener with Optuna")
     sweep.add_argument("--model", required=True, choices=list_models(), help="the model to tune")
     sweep.add_argument("--dataset", choices=list(DATASETS), help="default: the model's")
-    sweep.add_argument("--trials", type=_COUNT, default=20)
-    sweep.add_argument("--epochs", type=_COUNT, default=10, help="epochs per trial")
+    sweep.add_argument("--trials", type=COUNT, default=20)
+    sweep.add_argument("--epochs", type=COUNT, default=10, help="epochs per trial")
     sweep.add_argument("--out", required=True, help="folder for study.db and one run folder per trial")
-    sweep.add_argument("--holdout", type=_FRACTION, default=0.1, help="fraction of the training set to score on")
-    sweep.add_argument("--limit", type=_COUNT, help="use only the first N training samples")
-    sweep.add_argument("--seed", type=_number(int, 0), default=0)
+    sweep.add_argument("--holdout", type=FRACTION, default=0.1, help="fraction of the training set to score on")
+    sweep.add_argument("--limit", type=COUNT, help="use only the first N training samples")
+    sweep.add_argument("--seed", type=number(int, 0), default=0)
 
     demo = commands.add_parser("demo", help="mnist-dense on bundled digits, with and without sharpening")
     demo.add_argument("--out", default="runs/demo", help="folder of the demo's two runs (replacing an earlier demo)")
-    demo.add_argument("--epochs", type=_COUNT, default=21)
+    demo.add_argument("--epochs", type=COUNT, default=21)
     demo.add_argument("--no-progress", action="store_true")
 
     commands.add_parser("models", help="list the model names")
@@ -221,16 +182,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
     from .graph import graph_from_checkpoint
+    from .targets import get_target, verify_on_dataset
 
+    target = get_target(args.target or ("onnx" if args.format == "onnx" else "generic"))
+    if target.format != args.format:
+        raise ValueError(f"--target {target.name} is written as {target.format.upper()}: pass --format {target.format}")
+    if args.limit and not args.verify:
+        raise ValueError("--limit counts the images --verify runs: pass --verify too")
     source = Path(args.checkpoint)
-    folder = source if source.is_dir() else source.parent
-    default = folder / f"model{f'-int{args.bits}' if args.bits else ''}.{args.format}"
+    stem = f"model{f'-{target.name}' if target.name not in ('generic', 'onnx') else ''}{f'-int{args.bits}' if args.bits else ''}"
+    default = (source if source.is_dir() else source.parent) / f"{stem}.{args.format}"
     out = check_output_path(args.out or default, "--out", args.overwrite, example=f"model.{args.format}")
-    graph, _, _ = graph_from_checkpoint(args.checkpoint, args.bits)
-    export(graph, out, args.format)
+    graph, _, checkpoint = graph_from_checkpoint(args.checkpoint, args.bits)
+    export(graph, out, args.format, target.name)
     print(graph.summary())
-    print(f"wrote {args.format.upper()} {out} ({out.stat().st_size:,} bytes); encoder: {graph.encoder}")
+    print(f"wrote {args.format.upper()} {out} for {target.name} ({target.summary}; {out.stat().st_size:,} bytes)")
+    if target.fit is not None:
+        print(target.fit(graph).table())
+    if args.verify:
+        reference = target.prepare(graph) if args.format == "onnx" else None
+        dataset = checkpoint["run"].get("dataset")
+        result = verify_on_dataset(out, target.name, dataset, limit=args.limit, data_dir=args.data_dir, download=args.download,
+                                   reference=reference, progress=not args.no_progress)  # fmt: skip
+        print(result.line())
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .targets import verify_on_dataset
+
+    result = verify_on_dataset(args.file, args.consumer, args.dataset, args.split, args.limit, args.data_dir,
+                               args.download, progress=not args.no_progress)  # fmt: skip
+    print(result.line())
+    return 0 if result.classes_equal == result.samples else 1
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .graph import graph_from_checkpoint
+    from .targets import fit_report
+
+    report = fit_report(graph_from_checkpoint(args.checkpoint)[0], args.chip)
+    print(report.table())
+    return 0 if report.fits else 1
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -286,8 +279,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-_HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "simulate": cmd_simulate, "sweep": cmd_sweep,
-             "demo": cmd_demo, "models": cmd_models}  # fmt: skip
+_HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "verify": cmd_verify, "fit": cmd_fit,
+             "simulate": cmd_simulate, "sweep": cmd_sweep, "demo": cmd_demo, "models": cmd_models}  # fmt: skip
 #: What a user can cause: reported in one line, never as a traceback.
 _USER_ERRORS = (ValueError, DatasetError, OSError, FloatingPointError, ImportError, distributed.WorkerError)
 

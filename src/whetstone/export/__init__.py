@@ -13,17 +13,18 @@ __all__ = ["FORMATS", "export", "read_nir"]
 FORMATS = ("nir", "onnx")
 
 
-def export(graph: SpikingGraph, path: str | Path, format: str) -> Path:
-    """Write ``graph`` to ``path`` as ``format`` (``"nir"`` or ``"onnx"``); returns the path."""
-    if format == "nir":
-        from .nir import write_nir
+def export(graph: SpikingGraph, path: str | Path, format: str, target: str | None = None) -> Path:
+    """Write ``graph`` to ``path`` as ``format`` (``"nir"`` or ``"onnx"``); returns the path. A NIR file is
+    written for ``target`` (default ``generic``, the portable file; see :mod:`whetstone.targets`)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    from ..targets import export as export_for
+    from ..targets import get_target
 
-        return write_nir(graph, path)
-    if format == "onnx":
-        from .onnx import write_onnx
-
-        return write_onnx(graph, path)
-    raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    chosen = get_target(target or ("onnx" if format == "onnx" else "generic"))
+    if chosen.format != format:
+        raise ValueError(f"target {chosen.name!r} is written as {chosen.format.upper()}, not {format.upper()}")
+    return export_for(graph, path, chosen.name)
 
 
 def read_nir(path: str | Path) -> SpikingGraph:

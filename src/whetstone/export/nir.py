@@ -21,9 +21,9 @@ real-valued pixels in [0, 1]) are stored in the graph's metadata.
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,13 @@ from ..graph import (
     GraphNode,
     InputNode,
     MaxPool2dNode,
+    Pool2dNode,
     SpikeNode,
     SpikingGraph,
     SumPool2dNode,
 )
 
-__all__ = ["read_nir", "run_in_snntorch", "to_nir", "write_nir"]
+__all__ = ["GENERIC", "NirStyle", "nir_name", "read_nir", "to_nir", "write_nir"]
 
 _ENCODER_NOTE = (
     "node '{name}' is the encoder: it receives real-valued input (pixels scaled to [0, 1]) as current; every "
@@ -66,10 +67,31 @@ def _below(value: np.ndarray) -> np.ndarray:
     return np.nextafter(np.asarray(value, dtype=np.float32), np.float32(-np.inf))
 
 
-def _if_node(nir, threshold: np.ndarray, name: str):
-    threshold = np.asarray(threshold, dtype=np.float32)
-    return nir.IF(r=np.ones_like(threshold), v_threshold=_below(threshold), v_reset=np.zeros_like(threshold),
-                  metadata={"whetstone_name": name})  # fmt: skip
+@dataclass(frozen=True)
+class NirStyle:
+    """How a NIR file is written for the software that reads it (see :mod:`whetstone.targets`).
+
+    ``fires_on`` is that software's comparison: with ``">"`` (NIR's own rule) each threshold is stored as the
+    float32 just below the trained one, with ``">="`` as it is. ``pooling`` is the pooling node it reads:
+    ``"sum"`` (``SumPool2d``; max pooling of spikes becomes ``SumPool2d`` + IF firing on a count of 0.5) or
+    ``"avg"`` (``AvgPool2d``; max pooling becomes ``AvgPool2d`` + IF firing on ``0.5 / window``). ``neuron``
+    is the node a spiking layer becomes: ``"IF"``, or ``"CubaLIF"`` for software with no IF node (with no
+    synaptic decay, one step from rest of a current-based LIF is an IF). ``layout`` ``"hwc"`` orders a flattened feature map height,
+    width, channel (channels-last software). ``run`` says how to run the file in one time step."""
+
+    target: str = "generic"
+    fires_on: str = ">"
+    pooling: str = "sum"
+    neuron: str = "IF"
+    layout: str = "chw"
+    run: str = "one time step from zero membrane potential, the input held for that step"
+
+    @property
+    def rule(self) -> str:
+        return "v > v_threshold" if self.fires_on == ">" else "v >= v_threshold"
+
+
+GENERIC = NirStyle()
 
 
 def nir_name(name: str) -> str:
@@ -80,8 +102,8 @@ def nir_name(name: str) -> str:
 class _NirWriter:
     """Builds the NIR nodes and edges of a graph; one method per node type (:data:`_WRITERS`)."""
 
-    def __init__(self, nir: Any, graph: SpikingGraph) -> None:
-        self.nir, self.graph = nir, graph
+    def __init__(self, nir: Any, graph: SpikingGraph, style: NirStyle) -> None:
+        self.nir, self.graph, self.style = nir, graph, style
         self.shapes = {n.name: n.shape for n in graph.nodes}
         self.nodes: dict[str, Any] = {}
         self.edges: list[tuple[str, str]] = []
@@ -100,7 +122,10 @@ class _NirWriter:
         self.add(node, self.nir.Input(input_type={"input": np.array(node.shape)}), name="input")
 
     def affine(self, node: AffineNode) -> None:
-        self.add(node, self.nir.Affine(weight=node.weight, bias=node.bias, metadata=self.meta(node)))
+        weight, source = node.weight, self.graph.node(node.inputs[0])
+        if self.style.layout == "hwc" and isinstance(source, FlattenNode):  # columns in (H, W, C) order
+            weight = to_channels_last(weight, self.shapes[source.inputs[0]])
+        self.add(node, self.nir.Affine(weight=weight, bias=node.bias, metadata=self.meta(node)))
 
     def conv2d(self, node: Conv2dNode) -> None:
         # nir 1.0.8 takes a grouped convolution's input channels from weight.shape[1] (ignoring groups), so a
@@ -111,27 +136,42 @@ class _NirWriter:
             padding=node.padding, dilation=node.dilation, groups=1, bias=node.bias, metadata=self.meta(node),
         ))  # fmt: skip
 
-    def _pool(self, node: AvgPool2dNode | MaxPool2dNode, name: str) -> Any:
-        return self.nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
-                                  padding=np.array(node.padding), metadata={"whetstone_name": name})  # fmt: skip
+    def _pool(self, node: Pool2dNode, name: str, summed: bool) -> Any:
+        kind = self.nir.SumPool2d if summed else self.nir.AvgPool2d
+        return kind(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride), padding=np.array(node.padding),
+                    metadata={"whetstone_name": name})  # fmt: skip
 
     def avgpool2d(self, node: AvgPool2dNode) -> None:
-        self.add(node, self._pool(node, node.name))
+        self.add(node, self._pool(node, node.name, summed=False))
 
     def sumpool2d(self, node: SumPool2dNode) -> None:
-        self.add(node, self.nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
-                                          padding=np.array(node.padding), metadata=self.meta(node)))  # fmt: skip
+        if self.style.pooling != "sum":
+            raise DeployError(
+                f"{node.name}: {self.style.target} reads no sum pooling (its target turns it into AvgPool2d first)"
+            )
+        self.add(node, self._pool(node, node.name, summed=True))
 
     def maxpool2d(self, node: MaxPool2dNode) -> None:
         window = node.kernel_size[0] * node.kernel_size[1]
-        summed = f"{nir_name(node.name)}_sum"
-        self.add(node, self._pool(node, f"{node.name}_sum"), name=summed)
-        # A window mean of k / window with k >= 1 spikes must fire, k = 0 must not.
-        self.add(node, _if_node(self.nir, np.full(node.shape, 0.5 / window, dtype=np.float32), node.name), inputs=[])
-        self.edges.append((summed, nir_name(node.name)))
+        summed = self.style.pooling == "sum"
+        pooled = f"{nir_name(node.name)}_sum"
+        self.add(node, self._pool(node, f"{node.name}_sum", summed), name=pooled)
+        # A window count k (or mean k / window) with k >= 1 spikes must fire, k = 0 must not.
+        threshold = np.full(node.shape, 0.5 if summed else 0.5 / window, dtype=np.float32)
+        self.add(node, self._neuron(threshold, node.name), inputs=[])
+        self.edges.append((pooled, nir_name(node.name)))
 
     def spike(self, node: SpikeNode) -> None:
-        self.add(node, _if_node(self.nir, node.threshold, node.name))
+        self.add(node, self._neuron(node.threshold, node.name))
+
+    def _neuron(self, threshold: np.ndarray, name: str) -> Any:
+        threshold = np.asarray(threshold, dtype=np.float32)
+        stored = _below(threshold) if self.style.fires_on == ">" else threshold
+        zeros, ones, meta = np.zeros_like(threshold), np.ones_like(threshold), {"whetstone_name": name}
+        if self.style.neuron == "CubaLIF":  # no synaptic decay (tau_syn = inf): one step from rest is an IF
+            return self.nir.CubaLIF(tau_syn=np.full_like(threshold, np.inf), tau_mem=ones, r=ones, v_leak=zeros,
+                                    v_threshold=stored, v_reset=zeros, w_in=ones, metadata=meta)  # fmt: skip
+        return self.nir.IF(r=ones, v_threshold=stored, v_reset=zeros, metadata=meta)
 
     def flatten(self, node: FlattenNode) -> None:
         self.add(node, self.nir.Flatten(input_type={"input": np.array(self.shapes[node.inputs[0]])}, start_dim=0,
@@ -164,10 +204,11 @@ _WRITERS: dict[type, Callable[[_NirWriter, Any], None]] = {
 }
 
 
-def to_nir(graph: SpikingGraph):
-    """Build the ``nir.NIRGraph`` of ``graph`` (see the module docstring for the mapping)."""
+def to_nir(graph: SpikingGraph, style: NirStyle = GENERIC):
+    """Build the ``nir.NIRGraph`` of ``graph`` (see the module docstring for the mapping), written in
+    ``style`` (by default the portable one; see :mod:`whetstone.targets` for each consumer's)."""
     nir = _require_nir()
-    writer = _NirWriter(nir, graph)
+    writer = _NirWriter(nir, graph, style)
     for node in graph.nodes:
         write = _WRITERS.get(type(node))
         if write is None:
@@ -180,20 +221,44 @@ def to_nir(graph: SpikingGraph):
         "whetstone_key": graph.key.astype(np.float32),
         "encoder": _ENCODER_NOTE.format(name=nir_name(graph.encoder)),
         "decode": _DECODE_NOTE,
-        "spike_rule": "IF thresholds are stored just below theta: NIR's v > v_threshold equals Whetstone's v >= theta",
+        "whetstone_target": style.target,
+        "threshold_rule": style.rule,
+        "spike_rule": (
+            "IF thresholds are stored just below theta: NIR's v > v_threshold equals Whetstone's v >= theta"
+            if style.fires_on == ">"
+            else "IF thresholds are stored as trained: the target fires on v >= v_threshold, as Whetstone does"
+        ),
+        "layout": style.layout,
+        "run": style.run,
     }
     if "quantized_bits" in graph.metadata:
         metadata["quantized_bits"] = int(graph.metadata["quantized_bits"])
     return nir.NIRGraph(nodes=writer.nodes, edges=writer.edges, metadata=metadata)
 
 
-def write_nir(graph: SpikingGraph, path: str | Path) -> Path:
-    """Write ``graph`` as a NIR (HDF5) file, atomically (built in memory, then renamed into place: a
-    full disk leaves no half-written file); returns the path."""
+def write_nir(graph: SpikingGraph, path: str | Path, style: NirStyle = GENERIC) -> Path:
+    """Write ``graph`` as a NIR (HDF5) file in ``style``, atomically (built in memory, then renamed into
+    place: a full disk leaves no half-written file); returns the path."""
     nir = _require_nir()
     buffer = io.BytesIO()
-    nir.write(buffer, to_nir(graph))
+    nir.write(buffer, to_nir(graph, style))
     return atomic_write(path, buffer.getvalue())
+
+
+def to_channels_last(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The columns of an Affine reading a flattened (C, H, W) map, reordered for a flattened (H, W, C) one."""
+    if len(shape) != 3:
+        return weight
+    channels, height, width = shape
+    return weight.reshape(len(weight), channels, height, width).transpose(0, 2, 3, 1).reshape(len(weight), -1).copy()
+
+
+def from_channels_last(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`to_channels_last`."""
+    if len(shape) != 3:
+        return weight
+    channels, height, width = shape
+    return weight.reshape(len(weight), height, width, channels).transpose(0, 3, 1, 2).reshape(len(weight), -1).copy()
 
 
 def _array(value: Any, what: str, path: Path) -> np.ndarray:
@@ -221,6 +286,10 @@ def read_nir(path: str | Path) -> SpikingGraph:
         raise ValueError(
             f"{path} is not a readable NIR file: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from None
+    # Files of older versions say nothing of the rule: they stored thresholds just below theta.
+    strict = str(source.metadata.get("threshold_rule", "v > v_threshold")) == "v > v_threshold"
+    channels_last = str(source.metadata.get("layout", "chw")) == "hwc"
+    lif_is_if = str(source.metadata.get("whetstone_target", "")) == "rockpool"  # CubaLIF with no synaptic decay
     if "whetstone_key" not in source.metadata:
         raise ValueError(
             f"{path}: the graph metadata has no 'whetstone_key' (decoder key); was it written by whetstone?"
@@ -255,6 +324,9 @@ def read_nir(path: str | Path) -> SpikingGraph:
             raise ValueError(f"{path}: node {key_name!r} has no input")
         elif isinstance(n, nir.Affine):
             weight = _array(n.weight, f"the weights of {key_name!r}", path)
+            source_node = nodes[[node.name for node in nodes].index(inputs[0])]
+            if channels_last and isinstance(source_node, FlattenNode):  # columns in (H, W, C) order: back to (C, H, W)
+                weight = from_channels_last(weight, shapes[source_node.inputs[0]])
             node = AffineNode(
                 name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path)
             )
@@ -276,10 +348,12 @@ def read_nir(path: str | Path) -> SpikingGraph:
             node = kind(name, inputs, (c, *out), k, s, p)
         elif isinstance(n, nir.Flatten):
             node = FlattenNode(name, inputs, (int(np.prod(shapes[inputs[0]])),))
-        elif isinstance(n, nir.IF):
+        elif isinstance(n, nir.IF) or (isinstance(n, nir.CubaLIF) and lif_is_if):
             if not (np.all(n.r == 1) and (n.v_reset is None or np.all(n.v_reset == 0))):
-                raise ValueError(f"{path}: IF node {key_name!r} must have r = 1 and v_reset = 0")
-            threshold = np.nextafter(_array(n.v_threshold, f"the thresholds of {key_name!r}", path), np.float32(np.inf))
+                raise ValueError(f"{path}: {type(n).__name__} node {key_name!r} must have r = 1 and v_reset = 0")
+            threshold = _array(n.v_threshold, f"the thresholds of {key_name!r}", path)
+            if strict:  # stored just below theta for software that fires on v > v_threshold
+                threshold = np.nextafter(threshold, np.float32(np.inf))
             node = SpikeNode(name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy())
         else:
             raise ValueError(f"{path}: node {key_name!r} of type {type(n).__name__} is not supported")
@@ -289,34 +363,6 @@ def read_nir(path: str | Path) -> SpikingGraph:
         raise ValueError(f"{path}: the graph has no Output node")
     metadata = {k: v for k, v in source.metadata.items() if k != "whetstone_key"}
     return SpikingGraph(nodes, output, key, metadata)
-
-
-def run_in_snntorch(path: str | Path, images: np.ndarray) -> np.ndarray:
-    """Import the NIR file with snnTorch's importer and run it for one time step; returns the output
-    spikes (N, width) as a numpy array. An independent consumer of our NIR files.
-
-    Works around two importer behaviours of snnTorch 1.0 (see its ``import_nir``): IF nodes become
-    ``snn.Leaky`` modules with ``init_hidden=False``, which return tuples the next layer cannot take,
-    and ``nir.Flatten(start_dim=0)`` becomes ``nn.Flatten(0)``, which would flatten the batch too.
-    """
-    nir = _require_nir()
-    import snntorch
-    import snntorch.utils
-    import torch
-    from snntorch.import_nir import import_from_nir
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the importer prints progress notes
-        network = import_from_nir(nir.read(Path(path)))
-    for module in network.modules():
-        if isinstance(module, snntorch.Leaky):
-            module.init_hidden = True
-        elif isinstance(module, torch.nn.Flatten):
-            module.start_dim = 1
-    snntorch.utils.reset(network)  # zero membrane: a single step from rest
-    with torch.no_grad():
-        out = network(torch.as_tensor(np.asarray(images, dtype=np.float32)))
-    out = out[0] if isinstance(out, tuple) else out
-    return out.reshape(len(images), -1).numpy()
 
 
 def _topological(nodes: dict, edges: list[tuple[str, str]], path: Path) -> list[str]:

@@ -1,0 +1,180 @@
+"""Export targets: one file per consumer of whetstone's files, saying how a file is written for it, how it
+is run in that consumer's own software, and (for chips) what the chip's published limits allow.
+
+    graph = ws.to_spiking_graph(model, (1, 28, 28))
+    path = export(graph, "model.nir", target="speck")          # the forms Sinabs reads, 8-bit weights
+    print(verify(path, "speck", images).line())               # run in Sinabs, against the simulator
+    print(fit_report(graph, "speck").table())                 # DYNAP-CNN cores and memories
+
+``generic`` (the default) writes only what the hardware toolchains read; each named target adapts it to
+its consumer and records in the file's metadata which target and which threshold rule it was written for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..graph import SpikingGraph
+from ..sim import SimResult, simulate
+from . import generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
+from .base import FitCheck, FitReport, Target, Verification
+
+__all__ = [
+    "CHIPS",
+    "TARGETS",
+    "FitCheck",
+    "FitReport",
+    "Target",
+    "Verification",
+    "export",
+    "fit_report",
+    "get_target",
+    "verify",
+    "verify_on_dataset",
+]
+
+#: Every target by name (aliases resolve through :func:`get_target`).
+TARGETS: dict[str, Target] = {
+    target.name: target
+    for target in (
+        generic.TARGET, snntorch.TARGET, norse.TARGET, speck.TARGET, spikingjelly.TARGET, spyx.TARGET, xylo.TARGET,
+        loihi2.TARGET, spinnaker2.TARGET, onnx.TARGET,
+    )
+}  # fmt: skip
+_ALIASES = {alias: target.name for target in TARGETS.values() for alias in target.aliases}
+#: The chips with a fit report.
+CHIPS = tuple(name for name, target in TARGETS.items() if target.fit is not None)
+
+
+def get_target(name: str) -> Target:
+    """The target called ``name`` (or one of its aliases: ``sinabs``, ``lava``, ``rockpool``, ...)."""
+    key = _ALIASES.get(name, name)
+    if key not in TARGETS:
+        names = sorted([*TARGETS, *_ALIASES])
+        raise ValueError(f"unknown target {name!r}; choose one of {', '.join(names)}")
+    return TARGETS[key]
+
+
+def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Path:
+    """Write ``graph`` for ``target``: rewritten into the forms its consumer reads (refusing, by layer name,
+    what it cannot express), quantized where its chip needs it, in its format; returns the path."""
+    chosen = get_target(target)
+    prepared = chosen.prepare(graph)
+    if chosen.format == "onnx":
+        from ..export.onnx import write_onnx
+
+        return write_onnx(prepared, path)
+    from ..export.nir import write_nir
+
+    return write_nir(prepared, path, chosen.style)
+
+
+def verify(
+    path: str | Path,
+    consumer: str,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    reference: SpikingGraph | None = None,
+    expected: SimResult | None = None,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> Verification:
+    """Run the file at ``path`` in ``consumer``'s own software for one time step on ``images`` (float pixels
+    in [0, 1]) and compare, image by image, its output spikes and decoded classes with the reference
+    simulator's on ``reference`` (default: the NIR file read back). ``expected``, the reference already
+    simulated on these images, saves simulating it again; the consumer runs ``batch_size`` images at a
+    time. ``ImportError`` naming what to install when the consumer is missing, ``ValueError`` when it
+    cannot run here at all."""
+    chosen = get_target(consumer)
+    if chosen.run is None:
+        raise ValueError(f"{chosen.consumer} cannot run here: {chosen.unavailable}")
+    if Path(path).suffix != f".{chosen.format}":
+        raise ValueError(f"{path}: {chosen.consumer} runs .{chosen.format} files")
+    if reference is None:
+        if chosen.format != "nir":
+            raise ValueError(f"{path}: give the graph the file was written from (reference=) to verify it")
+        from ..export.nir import read_nir
+
+        reference = read_nir(path)
+        _check_written_for(path, reference.metadata.get("whetstone_target"), chosen)
+    images = np.asarray(images, dtype=np.float32)
+    if images[0].size != int(np.prod(reference.input_shape)):
+        shapes = ["x".join(map(str, shape)) for shape in (images.shape[1:], reference.input_shape)]
+        raise ValueError(f"the images are {shapes[0]} but {path} takes {shapes[1]}")
+    images = images.reshape(len(images), *reference.input_shape)
+    if expected is None:
+        expected = simulate(reference, images, progress=progress)
+    elif len(expected.output_spikes) != len(images):
+        raise ValueError(f"expected holds {len(expected.output_spikes)} images' spikes, not {len(images)}")
+    try:
+        chunks = range(0, len(images), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=chosen.consumer, unit="batch")
+        spikes = np.concatenate([np.asarray(chosen.run(Path(path), images[i : i + batch_size])).reshape(
+            len(images[i : i + batch_size]), -1) for i in chunks])  # fmt: skip
+    except ImportError as error:
+        raise ImportError(
+            f"verifying in {chosen.consumer} needs it installed: {chosen.unavailable} ({error})"
+        ) from None
+    classes = reference.decode(spikes).argmax(axis=1)
+    accuracy = float((classes == np.asarray(labels)).mean()) if labels is not None else None
+    return Verification(chosen.consumer, len(images), int((spikes == expected.output_spikes).all(axis=1).sum()),
+                        int((classes == expected.predictions).sum()), accuracy)  # fmt: skip
+
+
+def _check_written_for(path: str | Path, written_for: object, chosen: Target) -> None:
+    """Refuse a file written for software that reads it differently (another threshold rule, pooling,
+    neuron form or layout): its spikes would differ from the simulator's for no fault of the consumer."""
+    written_for = "generic" if written_for is None else written_for  # a file without it is read as NIR means it
+    styles = {target.style.target: target.style for target in TARGETS.values()}
+    style = styles.get(str(written_for))
+    same = style is not None and dataclasses.replace(style, target="", run="") == dataclasses.replace(
+        chosen.style, target="", run=""
+    )
+    if not same:
+        raise ValueError(
+            f"{path} was written for {written_for}, which {chosen.consumer} reads differently; "
+            f"export it with --target {chosen.name} to run it there"
+        )
+
+
+def verify_on_dataset(
+    path: str | Path,
+    consumer: str,
+    dataset: str,
+    split: str = "test",
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    reference: SpikingGraph | None = None,
+    progress: bool = False,
+) -> Verification:
+    """:func:`verify` on the first ``limit`` images of a dataset split, with its labels."""
+    from ..data import DATASETS, load_dataset
+
+    if reference is None and Path(path).suffix == ".nir":  # the shapes checked before any data is read
+        from ..export.nir import read_nir
+
+        takes = read_nir(path).input_shape
+    else:
+        takes = reference.input_shape if reference is not None else None
+    has = DATASETS[dataset].image_shape
+    if takes is not None and int(np.prod(has)) != int(np.prod(takes)):
+        shapes = ["x".join(map(str, shape)) for shape in (has, takes)]
+        raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {path} takes {shapes[1]}")
+    data = load_dataset(dataset, split, data_dir, download)
+    images = data.images[:limit].float().div_(255.0).numpy()
+    return verify(path, consumer, images, data.labels[:limit].numpy(), reference, progress=progress)
+
+
+def fit_report(graph: SpikingGraph, chip: str) -> FitReport:
+    """Check ``graph`` against ``chip``'s published limits (``speck``, ``loihi2``, ``spinnaker2``, ``xylo``)."""
+    chosen = get_target(chip)
+    if chosen.fit is None:
+        raise ValueError(f"{chip!r} is not a chip with a fit report; choose one of {', '.join(CHIPS)}")
+    return chosen.fit(graph)

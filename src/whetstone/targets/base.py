@@ -1,0 +1,281 @@
+"""What every export target shares: the :class:`Target` record, the graph rewrites targets need before a
+file is written, the check of a file in its consumer's own software (:class:`Verification`) and the chip
+fit report (:class:`FitReport`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..export.nir import GENERIC, NirStyle
+from ..graph import (
+    AffineNode,
+    AvgPool2dNode,
+    Conv2dNode,
+    DeployError,
+    FlattenNode,
+    GraphNode,
+    InputNode,
+    MaxPool2dNode,
+    SpikeNode,
+    SpikingGraph,
+    SumPool2dNode,
+    quantize,
+)
+
+__all__ = ["FitCheck", "FitReport", "Target", "Verification", "average_pools", "chain_only", "positive_thresholds"]
+
+
+@dataclass(frozen=True)
+class FitCheck:
+    """One limit of a chip, checked against one part of the graph."""
+
+    part: str  # the layer (or "network") checked
+    limit: str  # what the chip allows
+    value: str  # what the graph needs
+    fits: bool
+    source: str  # where the limit is published
+
+
+@dataclass
+class FitReport:
+    """Whether a graph fits a chip, limit by limit (see :meth:`table`)."""
+
+    chip: str
+    checks: list[FitCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return all(check.fits for check in self.checks)
+
+    def failures(self) -> list[FitCheck]:
+        return [check for check in self.checks if not check.fits]
+
+    def table(self) -> str:
+        """A plain-text table: part, limit, needed, fits, source; then the notes and the verdict."""
+        rows = [("part", "limit", "needed", "fits", "source")]
+        rows += [(c.part, c.limit, c.value, "yes" if c.fits else "NO", c.source) for c in self.checks]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+        lines += [f"note: {note}" for note in self.notes]
+        verdict = "fits" if self.fits else f"does NOT fit ({len(self.failures())} limit(s) exceeded)"
+        return "\n".join([*lines, f"{self.chip}: the network {verdict}"])
+
+
+@dataclass
+class Verification:
+    """A file run in its consumer's own software, against the reference simulator, on the same images."""
+
+    consumer: str
+    samples: int
+    spikes_equal: int  # samples whose every output spike is the simulator's
+    classes_equal: int  # samples decoded to the simulator's class
+    accuracy: float | None = None  # of the consumer's classes, when labels were given
+
+    @property
+    def agreement(self) -> float:
+        return self.classes_equal / self.samples
+
+    def line(self) -> str:
+        accuracy = f"; accuracy {self.accuracy:.2%}" if self.accuracy is not None else ""
+        return (f"{self.consumer}: the same class as the simulator on {self.classes_equal:,} of {self.samples:,} images, "
+                f"the same output spikes on {self.spikes_equal:,}{accuracy}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """An export target: the software (and chip) a file is written for.
+
+    ``prepare`` rewrites the graph into the forms that software reads (and refuses, naming the layer, what
+    it cannot express); ``style`` says how the NIR file is written; ``run`` runs a file in that software for
+    one time step and returns its output spikes (N, width), or is None where the software cannot run here
+    (``unavailable`` says why); ``fit`` checks a graph against the chip's published limits.
+    """
+
+    name: str
+    consumer: str
+    summary: str
+    style: NirStyle = GENERIC
+    aliases: tuple[str, ...] = ()
+    prepare: Callable[[SpikingGraph], SpikingGraph] = lambda graph: graph
+    run: Callable[[Path, np.ndarray], np.ndarray] | None = None
+    unavailable: str = ""
+    fit: Callable[[SpikingGraph], FitReport] | None = None
+    format: str = "nir"
+
+    def with_style(self, **changes: Any) -> Target:
+        return dataclasses.replace(self, style=dataclasses.replace(self.style, **changes))
+
+
+# -- graph rewrites --------------------------------------------------------------------------------
+def _replace_nodes(graph: SpikingGraph, nodes: Sequence[GraphNode]) -> SpikingGraph:
+    return SpikingGraph(list(nodes), graph.output, graph.key.copy(), dict(graph.metadata))
+
+
+def average_pools(graph: SpikingGraph, target: str) -> SpikingGraph:
+    """Sum pooling as average pooling, for software that reads AvgPool2d: each pooling's window ``k`` moves
+    into what reads it (a spiking layer's threshold over ``k``, a layer's weights times ``k``), exactly."""
+    users = graph.consumers()
+    factor: dict[str, float] = {}  # a node whose output is k times smaller than before, by k
+    nodes: list[GraphNode] = []
+    for node in graph.nodes:
+        scales = {factor[name] for name in node.inputs if name in factor}
+        if isinstance(node, SumPool2dNode):
+            if node.inputs[0] in factor:
+                raise DeployError(f"{node.name}: two poolings in a row cannot be written for {target}")
+            factor[node.name] = float(node.kernel_size[0] * node.kernel_size[1])
+            node = AvgPool2dNode(node.name, node.inputs, node.shape, node.kernel_size, node.stride, node.padding)
+        elif scales:
+            if len(scales) > 1 or len(node.inputs) > 1:
+                raise DeployError(f"{node.name}: sums a pooled input with others; {target} cannot express it exactly")
+            (k,) = scales
+            if isinstance(node, FlattenNode):
+                factor[node.name] = k
+            elif isinstance(node, SpikeNode):
+                node = dataclasses.replace(node, threshold=(node.threshold / np.float32(k)).astype(np.float32))
+            elif isinstance(node, (AffineNode, Conv2dNode)):
+                node = dataclasses.replace(node, weight=(node.weight * np.float32(k)).astype(np.float32))
+            else:
+                raise DeployError(f"{node.name}: a {node.op} after sum pooling cannot be written for {target}")
+        nodes.append(node)
+    if any(name in factor and not users[name] for name in factor):
+        raise DeployError(f"the output is pooled: {target} cannot express it")
+    return _replace_nodes(graph, nodes)
+
+
+def chain_only(graph: SpikingGraph, target: str) -> SpikingGraph:
+    """Refuse a graph that is not a plain chain (a skip connection, a node read twice)."""
+    users = graph.consumers()
+    for node in graph.nodes:
+        if len(node.inputs) > 1 or len(users[node.name]) > 1:
+            raise DeployError(
+                f"{node.name}: {target} runs layers in a chain only; this graph branches here (a skip connection)"
+            )
+    return graph
+
+
+def dense_only(graph: SpikingGraph, target: str) -> SpikingGraph:
+    """Keep only dense layers (a leading flatten is dropped: the input is given flat); refuse the rest."""
+    nodes: list[GraphNode] = []
+    flat = int(np.prod(graph.input_shape))
+    renamed: dict[str, str] = {}
+    for node in graph.nodes:
+        if isinstance(node, InputNode):
+            nodes.append(dataclasses.replace(node, shape=(flat,)))
+        elif isinstance(node, FlattenNode) and node.inputs == ["input"]:
+            renamed[node.name] = "input"
+        elif isinstance(node, (AffineNode, SpikeNode)):
+            nodes.append(dataclasses.replace(node, inputs=[renamed.get(name, name) for name in node.inputs]))
+        else:
+            raise DeployError(f"{node.name}: {target} has dense layers only; this layer is a {node.op}")
+    return chain_only(_replace_nodes(graph, nodes), target)
+
+
+def positive_thresholds(graph: SpikingGraph, target: str) -> SpikingGraph:
+    """Refuse spiking layers whose threshold is not positive (the software divides by it)."""
+    for node in graph.nodes:
+        if isinstance(node, SpikeNode) and not np.all(node.threshold > 0):
+            raise DeployError(
+                f"{node.name}: {target} needs positive thresholds, this layer fires at {float(node.threshold.min()):g}"
+            )
+    return graph
+
+
+def no_padded_pools(graph: SpikingGraph, target: str) -> SpikingGraph:
+    for node in graph.nodes:
+        if isinstance(node, (SumPool2dNode, MaxPool2dNode)) and node.padding != (0, 0):
+            raise DeployError(f"{node.name}: {target} pools without padding; this pooling pads by {node.padding}")
+    return graph
+
+
+# -- what a graph needs of a chip ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Population:
+    """A spiking layer as a chip sees it: its neurons and the synapses into them."""
+
+    name: str
+    neurons: int
+    shape: tuple[int, ...]
+    synapses: int  # into this layer, dense count (every weight, zeros included)
+    fan_in: int  # synapses into one neuron
+    weights: int  # stored weight values (a convolution shares its kernel)
+    sources: tuple[GraphNode, ...]  # the weighted layers (or skip connections) feeding it
+    pooled: bool  # a spiking layer that only ORs a window of spikes (max pooling), no weights
+    reads_pixels: bool  # fed by the real-valued input (the encoder's layer)
+
+
+def populations(graph: SpikingGraph) -> list[Population]:
+    """Every spiking layer of ``graph`` with its synapses (max pooling counts as a layer of its own: on a
+    chip it is neurons firing on a window count)."""
+    by_name = {node.name: node for node in graph.nodes}
+    result = []
+    for node in graph.nodes:
+        if isinstance(node, MaxPool2dNode):
+            k = node.kernel_size[0] * node.kernel_size[1]
+            neurons = int(np.prod(node.shape))
+            result.append(Population(node.name, neurons, node.shape, neurons * k, k, 0, (node,), True, False))
+            continue
+        if not isinstance(node, SpikeNode):
+            continue
+        sources = tuple(by_name[name] for name in node.inputs)
+        synapses = fan_in = weights = 0
+        for source in sources:
+            layer = by_name[source.inputs[0]] if isinstance(source, SumPool2dNode) else source
+            if isinstance(layer, AffineNode):
+                synapses += layer.weight.size
+                fan_in += layer.weight.shape[1]
+                weights += layer.weight.size
+            elif isinstance(layer, Conv2dNode):
+                per_neuron = int(np.prod(layer.weight.shape[1:]))
+                synapses += per_neuron * int(np.prod(layer.shape))
+                fan_in += per_neuron
+                weights += layer.weight.size
+            else:  # a skip connection of spikes: one synapse per unit
+                synapses += int(np.prod(node.shape))
+                fan_in += 1
+        reads_pixels = any(graph.encoder in (s.name, *s.inputs) for s in sources)
+        result.append(Population(node.name, int(np.prod(node.shape)), node.shape, synapses, fan_in, weights, sources, False,
+                                 reads_pixels))  # fmt: skip
+    return result
+
+
+def branches(nir_graph: Any) -> bool:
+    """True when a NIR graph is not a plain chain (some node has two inputs or two outputs)."""
+    outgoing, incoming = Counter(a for a, _ in nir_graph.edges), Counter(b for _, b in nir_graph.edges)
+    return any(count > 1 for count in (*outgoing.values(), *incoming.values()))
+
+
+def torch_module_of(nir_graph: Any, import_node: Callable[[Any], Any]) -> Any:
+    """The NIR graph as a torch module built from ``import_node`` (a consumer's own node mapping) by
+    nirtorch's graph interpreter, which runs a branching graph in a correct (topological) order."""
+    import nir
+    import nirtorch
+
+    node_map = {type(n): import_node for n in nir_graph.nodes.values() if not isinstance(n, (nir.Input, nir.Output))}
+    return nirtorch.nir_to_torch(nir_graph, node_map)
+
+
+def at_most_bits(graph: SpikingGraph, bits: int) -> SpikingGraph:
+    """``graph`` if its weights are integers of at most ``bits`` bits already, else quantized to ``bits``."""
+    held = weight_bits(graph)
+    return graph if held is not None and held <= bits else quantize(graph, bits)
+
+
+def weight_bits_check(graph: SpikingGraph, bits: int, source: str) -> FitCheck:
+    """The chip's weight precision against the graph's (a float graph is quantized on export)."""
+    held = weight_bits(graph)
+    needed = f"{held} bits" if held else "float (export quantizes)"
+    return FitCheck("network", f"weights <= {bits} bits", needed, held is None or held <= bits, source)
+
+
+def weight_bits(graph: SpikingGraph) -> int | None:
+    """The bits of the graph's integer weights (from :func:`~whetstone.graph.quantize`), or None if float."""
+    bits = graph.metadata.get("quantized_bits")
+    return int(bits) if bits is not None else None

@@ -1,0 +1,94 @@
+"""``xylo``: NIR for Rockpool 3.1, SynSense's toolchain for the Xylo chips, and a fit report against
+Xylo Audio 2 (SYNS61201).
+
+What Rockpool needs (measured with rockpool 3.1.0, nir 1.0.8): its NIR importer reads Affine/Linear and
+the LIF family only (no IF, no convolution, pooling or flatten), and its ``nir.LIF`` import reads a
+``tau_mem`` that nir 1.0.8's LIF does not have. A spiking layer is therefore written as a ``CubaLIF`` with
+no synaptic decay (``tau_syn = inf``, ``tau_mem = r = w_in = 1``, no leak): one step from rest of
+Rockpool's ``LIFTorch`` (``isyn += input; isyn *= exp(-dt/tau_syn); V = V exp(-dt/tau_mem) + isyn``) is
+an IF; it fires on ``V >= threshold`` (thresholds stored as trained) with several spikes when
+``V >= 2 threshold``: set ``max_spikes_per_dt = 1`` after import. The input is
+given flat (the leading flatten is dropped). Chip limits (rockpool 3.1.0,
+``devices/xylo/syns61201``): 16 input channels, 1000 hidden neurons, 8 output neurons (``xa2_devkit_utils``,
+``xylo_mapper.mapper``), int8 weights and int16 thresholds (``xylo_mapper``); the inputs are event counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..export.nir import NirStyle
+from ..graph import SpikingGraph
+from .base import FitCheck, FitReport, Target, at_most_bits, dense_only, populations, weight_bits_check
+
+STYLE = NirStyle(target="rockpool", fires_on=">=", neuron="CubaLIF",
+                 run="rockpool from_nir; max_spikes_per_dt=1 on every LIFTorch; flat input; one step")  # fmt: skip
+SOURCE = "rockpool 3.1.0 devices/xylo/syns61201"
+INPUTS, HIDDEN, OUTPUTS, WEIGHT_BITS, THRESHOLD_BITS = 16, 1000, 8, 8, 16
+
+
+def fit(graph: SpikingGraph) -> FitReport:
+    """The graph against Xylo Audio 2's limits."""
+    report = FitReport("Xylo Audio 2 (SYNS61201)")
+    layers = populations(graph)
+    inputs = int(np.prod(graph.input_shape))
+    report.checks.append(
+        FitCheck("input", f"<= {INPUTS} input channels", f"{inputs}", inputs <= INPUTS, f"{SOURCE}/xa2_devkit_utils.py")
+    )
+    report.checks.append(FitCheck("input", "event counts", "real-valued pixels", False, f"{SOURCE}/xylo_sim.py"))
+    kinds = sorted({node.op for node in graph.nodes} - {"input", "affine", "spike", "flatten"})
+    report.checks.append(
+        FitCheck("network", "dense layers only", ", ".join(kinds) or "dense", not kinds, f"{SOURCE}/xylo_mapper.py")
+    )
+    hidden = sum(p.neurons for p in layers[:-1])
+    report.checks.append(
+        FitCheck(
+            "hidden layers", f"<= {HIDDEN} neurons in all", f"{hidden:,}", hidden <= HIDDEN, f"{SOURCE}/xylo_mapper.py"
+        )
+    )
+    outputs = layers[-1].neurons if layers else 0
+    report.checks.append(FitCheck(layers[-1].name if layers else "output", f"<= {OUTPUTS} output neurons", f"{outputs}",
+                                  outputs <= OUTPUTS, f"{SOURCE}/xylo_mapper.py"))  # fmt: skip
+    report.checks.append(weight_bits_check(graph, WEIGHT_BITS, f"{SOURCE}/xylo_mapper.py"))
+    report.notes.append(
+        "an N-hot output code needs N x classes output neurons: 8 allow at most 8 classes with a 1-hot code"
+    )
+    return report
+
+
+def _prepare(graph: SpikingGraph) -> SpikingGraph:
+    graph = dense_only(graph, "Rockpool")
+    return at_most_bits(graph, WEIGHT_BITS)
+
+
+def run(path: Path, images: np.ndarray) -> np.ndarray:
+    """The output spikes (N, width) of the file run for one time step in Rockpool."""
+    import nir
+    import torch
+    from rockpool.nn.modules.torch.lif_torch import LIFTorch
+    from rockpool.nn.modules.torch.nir import from_nir
+
+    network = from_nir(nir.read(Path(path)))
+    for module in network.modules():
+        if isinstance(module, LIFTorch):
+            module.max_spikes_per_dt = torch.tensor(1.0)
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32).reshape(len(images), 1, -1))  # (batch, time, features)
+    with torch.no_grad():
+        out = network(x)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.reshape(len(images), -1).detach().numpy()
+
+
+TARGET = Target(
+    name="xylo",
+    consumer="Rockpool",
+    summary="dense layers as CubaLIF (no decay), 8-bit weights, v >= threshold; Xylo Audio 2 fit report",
+    style=STYLE,
+    aliases=("rockpool",),
+    prepare=_prepare,
+    run=run,
+    unavailable="pip install --no-deps rockpool",
+    fit=fit,
+)

@@ -1,0 +1,171 @@
+"""Deploy anywhere: files written for each target, run in that consumer's own software for one time step,
+give the reference simulator's spikes; chips get fit reports; what a target cannot express is refused by
+layer name. A consumer that is not installed is skipped, visibly (CI installs every one that installs here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import whetstone as ws
+from whetstone.export.nir import read_nir
+from whetstone.graph import DeployError
+from whetstone.targets import TARGETS, export, fit_report, get_target, verify
+
+from conftest import assert_equal_where_decided
+
+#: The Python module each consumer is imported as, and how to install it.
+CONSUMERS = {
+    "snntorch": ("snntorch", "pip install snntorch"),
+    "norse": ("norse", "pip install --no-deps norse"),
+    "speck": ("sinabs", "pip install --no-deps sinabs pbr"),
+    "spikingjelly": ("spikingjelly", "pip install --no-deps spikingjelly loguru requests scipy"),
+    "spyx": ("spyx", "pip install spyx"),
+    "xylo": ("rockpool", "pip install --no-deps rockpool"),
+    "onnx": ("onnxruntime", "pip install onnxruntime"),
+}
+#: What each network is, and which consumers can express it (the rest refuse it by name).
+NETWORKS = {
+    "dense": ("trained_dense", set(CONSUMERS)),
+    "conv-maxpool": ("trained", set(CONSUMERS) - {"xylo"}),
+    "residual": ("trained_residual", set(CONSUMERS) - {"xylo", "spyx"}),
+}
+
+
+def _consumer(name: str) -> None:
+    module, install = CONSUMERS[name]
+    pytest.importorskip(module, reason=f"consumer {module!r} is not installed ({install})")
+
+
+def _cases():
+    for network in NETWORKS:
+        for consumer in CONSUMERS:
+            for bits in (None, 6):  # 6 bits: more membranes exactly on a threshold than 8, the harder case
+                yield pytest.param(
+                    network, consumer, bits, id=f"{network}-{consumer}-{f'int{bits}' if bits else 'float'}"
+                )
+
+
+@pytest.mark.parametrize(("network", "consumer", "bits"), list(_cases()))
+def test_each_consumer_runs_the_file_written_for_it(network, consumer, bits, request, mini_test, tmp_path):
+    graph = ws.to_spiking_graph(request.getfixturevalue(NETWORKS[network][0]), (1, 28, 28))
+    graph = ws.quantize(graph, bits) if bits else graph
+    target = get_target(consumer)
+    suffix = "onnx" if target.format == "onnx" else "nir"
+    if consumer not in NETWORKS[network][1]:  # refused before anything is written, naming the layer
+        with pytest.raises(DeployError, match="runs layers in a chain only|has dense layers only"):
+            export(graph, tmp_path / f"m.{suffix}", consumer)
+        assert not list(tmp_path.iterdir())
+        return
+    _consumer(consumer)
+    x, labels = mini_test
+    images = x[:300].numpy()
+    path = export(graph, tmp_path / f"m.{suffix}", consumer)
+    prepared = target.prepare(graph)  # what the file holds (8-bit integers for chip targets)
+    reference = ws.simulate(prepared, images.reshape(len(images), *prepared.input_shape))
+    spikes = target.run(path, images)
+    if prepared.metadata.get("quantized_bits"):  # integer sums: exact on every image, ties included
+        np.testing.assert_array_equal(spikes, reference.output_spikes)
+    else:
+        assert_equal_where_decided(spikes, reference.output_spikes, reference)
+    if suffix == "nir":  # the file says what it was written for, and reads back to the same network
+        back = read_nir(path)
+        assert back.metadata["whetstone_target"] == target.style.target
+        np.testing.assert_array_equal(ws.simulate(back, images.reshape(len(images), *back.input_shape)).output_spikes,
+                                      reference.output_spikes)  # fmt: skip
+    result = verify(path, consumer, images, labels[:300].numpy(), reference=prepared if suffix == "onnx" else None)
+    assert result.samples == 300 and result.accuracy is not None
+    assert result.classes_equal >= 0.9 * 300 and (bits is None or result.spikes_equal == 300)
+
+
+def test_the_generic_file_holds_only_what_hardware_toolchains_read(trained, trained_residual, tmp_path):
+    nir = pytest.importorskip("nir", reason="optional dependency 'nir' is not installed")
+    from whetstone.export.nir import to_nir
+
+    for model in (trained, trained_residual):
+        graph = to_nir(ws.to_spiking_graph(model, (1, 28, 28)))
+        kinds = {type(node).__name__ for node in graph.nodes.values()}
+        assert kinds <= {"Input", "Output", "Affine", "Conv2d", "Flatten", "SumPool2d", "IF"}, kinds
+        assert graph.metadata["whetstone_target"] == "generic" and graph.metadata["threshold_rule"] == "v > v_threshold"
+    snntorch = get_target("snntorch")
+    snntorch_file = to_nir(snntorch.prepare(ws.to_spiking_graph(trained, (1, 28, 28))), snntorch.style)
+    assert any(isinstance(node, nir.AvgPool2d) for node in snntorch_file.nodes.values())
+
+
+def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, trained_dense):
+    conv = ws.to_spiking_graph(trained, (1, 28, 28))
+    speck = fit_report(conv, "speck")
+    assert not speck.fits  # its encoder reads pixels; Speck reads DVS events
+    failure = speck.failures()[0]
+    assert failure.part == "features.2" and failure.value == "real-valued pixels" and "sinabs" in failure.source
+    assert all("core" in check.value for check in speck.checks if check.limit.startswith("kernel"))
+    assert fit_report(conv, "loihi2").fits and fit_report(conv, "spinnaker2").fits
+    xylo = fit_report(ws.to_spiking_graph(trained_dense, (1, 28, 28)), "xylo")
+    failed = {c.limit: c.value for c in xylo.failures()}
+    assert failed["<= 16 input channels"] == "784" and int(failed["<= 8 output neurons"]) > 8
+    assert not xylo.fits and "<= 1000 neurons in all" not in failed  # its hidden layers fit
+    assert "Xylo Audio 2 (SYNS61201): the network does NOT fit" in xylo.table()
+    with pytest.raises(ValueError, match="'norse' is not a chip with a fit report; choose one of speck"):
+        fit_report(conv, "norse")
+
+
+def test_targets_that_cannot_run_here_say_why(trained, tmp_path):
+    graph = ws.to_spiking_graph(trained, (1, 28, 28))
+    for name, reason in (("loihi2", "requires Python < 3.11"), ("lava", "requires Python < 3.11"),
+                         ("spinnaker2", "not on the package index")):  # fmt: skip
+        path = export(graph, tmp_path / f"{name}.nir", name)  # the file is written (8-bit, generic forms)
+        assert read_nir(path).metadata["quantized_bits"] == 8
+        with pytest.raises(ValueError, match=reason):
+            verify(path, name, np.zeros((1, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="unknown target 'speck2'; choose one of"):
+        get_target("speck2")
+    assert {
+        "generic",
+        "snntorch",
+        "norse",
+        "speck",
+        "spikingjelly",
+        "spyx",
+        "xylo",
+        "loihi2",
+        "spinnaker2",
+        "onnx",
+    } == set(TARGETS)
+
+
+def test_cli_exports_for_a_target_verifies_and_fits(tmp_path, capsys):
+    _consumer("speck")
+    _consumer("norse")
+    from whetstone.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "600", "--epochs", "4",
+                 "--start-epoch", "0", "--steps", "1", "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert (
+        main(
+            ["export", str(run), "--format", "nir", "--target", "speck", "--verify", "--limit", "200", "--no-progress"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert f"wrote NIR {run / 'model-speck.nir'} for speck" in printed and "Speck (DYNAP-CNN): the network" in printed
+    assert "Sinabs: the same class as the simulator on 200 of 200 images, the same output spikes on 200" in printed
+    speck_file, norse_file = str(run / "model-speck.nir"), str(tmp_path / "norse.nir")
+    assert main(["export", str(run), "--format", "nir", "--target", "norse", "--out", norse_file, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert (
+        main(
+            ["verify", norse_file, "--consumer", "norse", "--dataset", "mnist-mini", "--limit", "100", "--no-progress"]
+        )
+        == 0
+    )
+    assert "Norse: the same class as the simulator on 100 of 100 images" in capsys.readouterr().out
+    # A file written for other software is refused, not run into different spikes.
+    assert main(["verify", speck_file, "--consumer", "norse", "--dataset", "mnist-mini", "--no-progress"]) == 2
+    assert (
+        "was written for speck, which Norse reads differently; export it with --target norse" in capsys.readouterr().err
+    )
+    assert main(["fit", str(run), "--chip", "xylo"]) == 1  # 784 inputs: it does not fit
+    assert "does NOT fit" in capsys.readouterr().out
