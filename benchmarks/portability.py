@@ -78,6 +78,7 @@ def measure(name: str, graph: SpikingGraph, dataset: str, args: argparse.Namespa
                             progress=not args.no_progress)  # fmt: skip
             records.append({**record, "samples": result.samples, "spikes_equal": result.spikes_equal,
                             "classes_equal": result.classes_equal, "accuracy": result.accuracy,
+                            "decided": result.decided, "decided_spikes_equal": result.decided_spikes_equal,
                             "seconds": time.perf_counter() - started})  # fmt: skip
             print(records[-1], flush=True)
     return records
@@ -99,7 +100,10 @@ def detail_table(records: list[dict]) -> list[str]:
             )
         else:
             n = r["samples"]
-            lines.append(f"| {r['network']} | {r['target']} ({r['software']}) | {r['weights']} | {r['spikes_equal']:,}/{n:,} | "
+            spikes = f"{r['spikes_equal']:,}/{n:,}"
+            if r.get("decided") is not None and r["decided"] < n:
+                spikes += f" ({r['decided_spikes_equal']:,}/{r['decided']:,} decided)"
+            lines.append(f"| {r['network']} | {r['target']} ({r['software']}) | {r['weights']} | {spikes} | "
                          f"{r['classes_equal']:,}/{n:,} | {r['accuracy']:.2%} | {r['seconds']:.0f} |")  # fmt: skip
     return lines
 
@@ -107,6 +111,15 @@ def detail_table(records: list[dict]) -> list[str]:
 def _share(count: int, total: int) -> str:
     """A share that reads 100% only when it is all (99.996% is 99.99%)."""
     return "100%" if count == total else f"{math.floor(count / total * 10000) / 100:.2f}%"
+
+
+def _cell(record: dict) -> str:
+    """The share of images with the simulator's spikes; ``*`` where every image that differs has a membrane
+    within float32 rounding of its threshold (the float64 simulator and a float32 engine may round apart)."""
+    cell = _share(record["spikes_equal"], record["samples"])
+    if record["spikes_equal"] < record["samples"] and record.get("decided") == record.get("decided_spikes_equal"):
+        cell += "*"
+    return cell
 
 
 def matrix(records: list[dict]) -> list[str]:
@@ -124,10 +137,7 @@ def matrix(records: list[dict]) -> list[str]:
                 reason = next(r["refused"] for r in found.values() if "refused" in r)
                 cells.append("cannot: " + reason.split(": ", 1)[-1].split(";")[0])
                 continue
-            shares = [
-                f"{found[w]['spikes_equal'] / found[w]['samples']:.0%}" if w in found else "-"
-                for w in ("float32", "int8")
-            ]
+            shares = [_cell(found[w]) if w in found else "-" for w in ("float32", "int8")]
             cells.append(" / ".join(shares))
         lines.append(f"| {network} | " + " | ".join(cells) + " |")
     return lines
@@ -161,8 +171,12 @@ def main() -> None:
             name, graph, dataset = load_source(source)
             records += measure(name, graph, dataset, args, Path(folder))
             fit_rows += fits(name, graph)
-    text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *matrix(records), "", *detail_table(records),
-                      "", *fit_rows])  # fmt: skip
+    legend = ("Cells: the share of test images on which the file, run in that software, gives the simulator's "
+              "output spikes, float32 / int8 weights (a chip target writes 8-bit weights only); `*`: every image that "
+              "differs has a membrane within float32 rounding of a threshold (\"decided\" images: none does), where "
+              "the float64 simulator and a float32 engine may round apart.")  # fmt: skip
+    text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *matrix(records), "", legend, "",
+                      *detail_table(records), "", *fit_rows])  # fmt: skip
     print(text)
     if args.write:
         write_section(

@@ -9,6 +9,9 @@
               network with nn.ReLU, batch 1 and 256, in inference mode.
 4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
               accuracy, training time and inference time.  (--full, needs snntorch)
+5. conversion: SpikingJelly's rate-coding ANN-to-SNN conversion of the same CNN trained with ReLU, at
+              T = 1..32 time steps, vs ours at T = 1: accuracy and inference time.  (--full or
+              --conversion, needs spikingjelly)
 
     python benchmarks/speed.py [--full] [--data-dir ../shared/data] [--threads 1] [--write docs/results.md]
 
@@ -32,8 +35,9 @@ from whetstone.checkpoint import RunFolder
 
 from _common import machine, write_section
 
-TITLES = {"step": "training step", "binary": "time to a fully binary network", "inference": "inference",
-          "peer": "against snnTorch"}  # fmt: skip
+TITLES = {"step": "training step (issue #5)", "binary": "time to a fully binary network (issue #5)",
+          "inference": "inference (issue #5)", "peer": "against snnTorch (issue #5)",
+          "conversion": "against ANN-to-SNN conversion (issue #21)"}  # fmt: skip
 
 
 class Report:
@@ -274,6 +278,80 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     )
 
 
+def bench_conversion(data_dir: str | None, threads: int, out: Path, epochs: int = 20) -> None:
+    """SpikingJelly's RateCodingRecipe (IF neurons, soft reset, thresholds from the 99.9th percentile of
+    activations on 40 training batches) on the CNN trained with ReLU, against our single step; both trained
+    for ``epochs`` epochs of Adam under cosine decay."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
+
+    report.part = "conversion"
+    report(f"\n### 5. Against ANN-to-SNN conversion (SpikingJelly, same CNN, {threads} thread, full MNIST)\n")
+    torch.manual_seed(0)
+    ann = nn.Sequential(
+        nn.Conv2d(1, 12, 5), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(12, 64, 5), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10),
+    )  # fmt: skip
+    train = ws.load_dataset("mnist", "train", data_dir)
+    test = ws.load_dataset("mnist", "test", data_dir)
+    loader = ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=0)
+    optimizer = torch.optim.Adam(ann.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        ann.train()
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(ann(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    ann_train = time.perf_counter() - started
+    ann.eval()
+    test_batches = list(ws.TensorLoader.from_dataset(test, 1000))
+    with torch.no_grad():
+        ann_accuracy = sum(int((ann(x).argmax(1) == y).sum()) for x, y in test_batches) / len(test)
+    calibration = [x for _, (x, _) in zip(range(40), ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=1))]
+    started = time.perf_counter()
+    snn = Converter(RateCodingRecipe(calibration, mode="99.9%")).convert(ann)
+    convert_seconds = time.perf_counter() - started
+    report(f"ReLU CNN: {epochs} epochs of Adam 1e-3, cosine decay ({ann_train:.0f} s), {100 * ann_accuracy:.2f}% test "
+           f"accuracy; converted in {convert_seconds:.1f} s.\n")  # fmt: skip
+    report("| method | time steps | test accuracy | inference s (10,000 images) |")
+    report("|---|---:|---:|---:|")
+    for steps in (1, 2, 4, 8, 16, 32):
+        correct, started = 0, time.perf_counter()
+        with torch.no_grad():
+            for x, y in test_batches:
+                functional.reset_net(snn)
+                counts = sum(snn(x) for _ in range(steps))
+                correct += int((counts.argmax(1) == y).sum())
+        report(
+            f"| SpikingJelly rate-coded conversion | {steps} | {100 * correct / len(test):.2f}% | {time.perf_counter() - started:.1f} |"
+        )
+    # Ours: the same epochs, sharpened bottom-up over 3 epochs a layer from epoch 3, surrogate gradients.
+    config = ws.RunConfig(model="mnist-conv-small", dataset="mnist", threads=threads, progress=False, data_dir=data_dir,
+                          out=str(out / "binary-long"), epochs=epochs, start_epoch=3, steps=3, per="epoch",
+                          lr_schedule="cosine", surrogate=0.0)  # fmt: skip
+    ours_train, _ = run_train(config)
+    binary = out / "binary-long"
+    model = ws.create_model("mnist-conv-small")
+    model.load_state_dict(ws.load_checkpoint(binary)["model"])
+    deployed = ws.for_inference(model)
+    correct, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        for x, y in test_batches:
+            correct += int((deployed(x).argmax(1) == y).sum())
+    report(f"| whetstone, fully binary ({epochs} epochs, {ours_train:.0f} s) | 1 | {100 * correct / len(test):.2f}% | "
+           f"{time.perf_counter() - started:.1f} |")  # fmt: skip
+    report(
+        f"\n`whetstone train --model mnist-conv-small --dataset mnist --epochs {epochs} --start-epoch 3 --steps 3 "
+        "--per epoch --lr-schedule cosine --surrogate 0` gives the whetstone row."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also the full-training comparisons (2 and 4)")
@@ -281,15 +359,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-epochs", type=int, default=1)
+    parser.add_argument("--conversion", action="store_true", help="only the ANN-to-SNN conversion comparison (5)")
     parser.add_argument("--out", default="runs/speed")
     parser.add_argument("--write", help="replace the speed section of this markdown file (docs/results.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    report(f"Measured with `python benchmarks/speed.py {'--full ' if args.full else ''}--threads {args.threads}` on "
+    flags = ("--full " if args.full else "") + ("--conversion " if args.conversion else "")
+    report(f"Measured with `python benchmarks/speed.py {flags}--threads {args.threads}` on "
            f"{machine()}.")  # fmt: skip
     names = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"]
-    bench_step(names, args.rounds)
-    bench_inference(names, args.rounds)
+    if args.conversion:
+        bench_conversion(args.data_dir, args.threads, Path(args.out))
+    else:
+        bench_step(names, args.rounds)
+        bench_inference(names, args.rounds)
     if args.full:
         out = Path(args.out)
         bench_time_to_binary(args.data_dir, args.threads, out)
@@ -297,12 +380,11 @@ def main() -> None:
             bench_peer(args.data_dir, args.threads, out, args.peer_epochs)
         except ImportError as error:
             report(f"\n(snnTorch comparison skipped: {error})")
+        bench_conversion(args.data_dir, args.threads, out)
     if args.write:
         header = "\n".join(report.rows.pop("header"))
         for part, rows in report.rows.items():
-            write_section(
-                Path(args.write), f"speed-{part}", f"Speed: {TITLES[part]} (issue #5)", header + "\n" + "\n".join(rows)
-            )
+            write_section(Path(args.write), f"speed-{part}", f"Speed: {TITLES[part]}", header + "\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ class Verification:
     spikes_equal: int  # samples whose every output spike is the simulator's
     classes_equal: int  # samples decoded to the simulator's class
     accuracy: float | None = None  # of the consumer's classes, when labels were given
+    decided: int | None = None  # samples with no membrane within float32 rounding of a threshold (float graphs)
+    decided_spikes_equal: int | None = None  # of those, the samples whose every output spike is the simulator's
 
     @property
     def agreement(self) -> float:
@@ -85,8 +87,12 @@ class Verification:
 
     def line(self) -> str:
         accuracy = f"; accuracy {self.accuracy:.2%}" if self.accuracy is not None else ""
+        rounding = ""
+        if self.decided is not None and self.decided < self.samples:
+            rounding = (f" ({self.decided_spikes_equal:,} of the {self.decided:,} images where no membrane lies within "
+                        "float32 rounding of a threshold)")  # fmt: skip
         return (f"{self.consumer}: the same class as the simulator on {self.classes_equal:,} of {self.samples:,} images, "
-                f"the same output spikes on {self.spikes_equal:,}{accuracy}")  # fmt: skip
+                f"the same output spikes on {self.spikes_equal:,}{rounding}{accuracy}")  # fmt: skip
 
 
 @dataclass(frozen=True)

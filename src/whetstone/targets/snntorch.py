@@ -43,8 +43,12 @@ def run(path: Path, images: np.ndarray) -> np.ndarray:
         elif isinstance(module, torch.nn.Flatten):
             module.start_dim = 1
     snntorch.utils.reset(network)  # zero membrane: a single step from rest
-    with torch.no_grad():
-        out = network(torch.as_tensor(np.asarray(images, dtype=np.float32)))
+    try:
+        with torch.no_grad():
+            out = network(torch.as_tensor(np.asarray(images, dtype=np.float32)))
+    finally:  # snnTorch keeps every neuron ever built (and its membranes) in a class-level list
+        ours = {id(module) for module in network.modules()}
+        snntorch.SpikingNeuron.instances[:] = [n for n in snntorch.SpikingNeuron.instances if id(n) not in ours]
     out = out[0] if isinstance(out, tuple) else out
     return out.reshape(len(images), -1).numpy()
 
