@@ -9,6 +9,8 @@
               network with nn.ReLU, batch 1 and 256, in inference mode.
 4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
               accuracy, training time and inference time.  (--full, needs snntorch)
+6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
+              and 512, on the GPU when there is one.  (--precision)
 5. conversion: SpikingJelly's rate-coding ANN-to-SNN conversion of the same CNN trained with ReLU, at
               T = 1..32 time steps, vs ours at T = 1: accuracy and inference time.  (--full or
               --conversion, needs spikingjelly)
@@ -37,7 +39,8 @@ from _common import machine, write_section
 
 TITLES = {"step": "training step (issue #5)", "binary": "time to a fully binary network (issue #5)",
           "inference": "inference (issue #5)", "peer": "against snnTorch (issue #5)",
-          "conversion": "against ANN-to-SNN conversion (issue #21)"}  # fmt: skip
+          "conversion": "against ANN-to-SNN conversion (issue #21)",
+          "precision": "training step per precision (issue #21)"}  # fmt: skip
 
 
 class Report:
@@ -87,16 +90,50 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> Callable[[], None]:
+    """One training step as the Trainer takes it: the forward pass under autocast at ``precision``."""
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")
 
     def step() -> None:
-        loss = nn.functional.cross_entropy(model(x), y)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=precision != "fp32"):
+            loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if x.is_cuda:
+            torch.cuda.synchronize()
 
     return step
+
+
+def bench_precision(names: list[str], rounds: int, device: str) -> None:
+    """Samples per second of the spiking training step per precision (autocast), and against nn.ReLU."""
+    report.part = "precision"
+    report(f"\n### 6. Training step per precision ({device})\n")
+    report(
+        "| model | batch | precision | spiking samples/s | ReLU samples/s | spiking / ReLU time | vs fp32 (spiking) |"
+    )
+    report("|---|---:|---|---:|---:|---:|---:|")
+    for name in names:
+        for batch in (128, 512):
+            torch.manual_seed(0)
+            model = ws.create_model(name).to(device)
+            ws.set_model_sharpness(model, 0.5, bottom_up=False)
+            relu = with_relu(model)
+            x, y = torch.rand(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
+            steps = {}
+            for precision in ("fp32", "bf16", "fp16"):
+                steps[f"spiking {precision}"] = train_step(model, x, y, precision)
+                steps[f"relu {precision}"] = train_step(relu, x, y, precision)
+            times = timed_rounds(steps, 30 if "dense" in name else 3, rounds)
+            median = {key: statistics.median(values) for key, values in times.items()}
+            for precision in ("fp32", "bf16", "fp16"):
+                spiking, plain = median[f"spiking {precision}"], median[f"relu {precision}"]
+                report(f"| {name} | {batch} | {precision} | {batch / spiking:,.0f} | {batch / plain:,.0f} | "
+                       f"{spiking / plain:.2f} | {median['spiking fp32'] / spiking:.2f}x |")  # fmt: skip
 
 
 def bench_step(names: list[str], rounds: int) -> None:
@@ -360,16 +397,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-epochs", type=int, default=1)
     parser.add_argument("--conversion", action="store_true", help="only the ANN-to-SNN conversion comparison (5)")
+    parser.add_argument("--precision", action="store_true", help="only the training step per precision (6)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="runs/speed")
     parser.add_argument("--write", help="replace the speed section of this markdown file (docs/results.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    flags = ("--full " if args.full else "") + ("--conversion " if args.conversion else "")
+    flags = "".join(f"--{name} " for name in ("full", "conversion", "precision") if getattr(args, name))
     report(f"Measured with `python benchmarks/speed.py {flags}--threads {args.threads}` on "
            f"{machine()}.")  # fmt: skip
     names = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"]
     if args.conversion:
         bench_conversion(args.data_dir, args.threads, Path(args.out))
+    elif args.precision:
+        bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device)
     else:
         bench_step(names, args.rounds)
         bench_inference(names, args.rounds)

@@ -63,14 +63,19 @@ def _model():
     return ws.create_model("mnist-dense")
 
 
-@pytest.mark.parametrize("cosine", [False, True], ids=["constant-lr", "cosine-lr"])
-def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine):
+@pytest.mark.parametrize(
+    ("cosine", "precision"),
+    [(False, "fp32"), (True, "fp32"), (False, "bf16"), (False, "fp16")],
+    ids=["constant-lr", "cosine-lr", "bf16", "fp16-loss-scaled"],
+)
+def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, precision):
     from whetstone.run import cosine_schedule
 
     def trainer(model, out=None, every=None):
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
         return ws.Trainer(model, optimizer, ws.SimpleSharpener(1, steps=1), out_dir=out, progress=False,
-                          checkpoint_every=every, scheduler=cosine_schedule(optimizer, 5) if cosine else None)  # fmt: skip
+                          checkpoint_every=every, scheduler=cosine_schedule(optimizer, 5) if cosine else None,
+                          precision=precision)  # fmt: skip
 
     full_model = _model()
     full = trainer(full_model)

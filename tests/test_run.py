@@ -128,6 +128,21 @@ def test_build_run_assembles_a_run_that_keeps_its_best_binary_epoch(tmp_path):
     assert load_checkpoint(tmp_path)["run"]["config"]["surrogate"] == 0.0
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_but_reports_the_deployed_float32_network(tmp_path, precision):
+    """Autocast changes the training arithmetic only: the accuracy a run reports, the binary check and best.pt
+    are the float32 network's, the one that is deployed (test_deploy checks the simulator against it)."""
+    config = RunConfig(**{**TINY, "epochs": 4}, precision=precision, out=str(tmp_path))
+    with torch_threads(1):
+        result = build_run(config).fit()
+        assert result.fully_binary
+        model = ws.model_from_checkpoint(load_checkpoint(tmp_path), str(tmp_path)).eval()
+        test = ws.load_dataset("mnist-mini", "test")
+        reported = result.history[-1].eval_accuracy
+        assert ws.evaluate(model, ws.TensorLoader.from_dataset(test, 1000))[1] == reported  # float32, no autocast
+    assert load_checkpoint(tmp_path)["run"]["config"]["precision"] == precision
+
+
 class Recorder(Callback):
     def __init__(self):
         self.calls = []

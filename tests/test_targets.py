@@ -96,7 +96,10 @@ def test_the_generic_file_holds_only_what_hardware_toolchains_read(trained, trai
     assert any(isinstance(node, nir.AvgPool2d) for node in snntorch_file.nodes.values())
 
 
-def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, trained_dense):
+def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, trained_dense, trained_residual):
+    residual = ws.to_spiking_graph(trained_residual, (1, 28, 28))
+    pixels = [c.part for c in fit_report(residual, "speck").failures() if c.value == "real-valued pixels"]
+    assert pixels == [residual.spiking_nodes()[0].name]  # the encoder's layer; its skip connection carries spikes
     conv = ws.to_spiking_graph(trained, (1, 28, 28))
     speck = fit_report(conv, "speck")
     assert not speck.fits  # its encoder reads pixels; Speck reads DVS events

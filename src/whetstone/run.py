@@ -34,7 +34,7 @@ from .data import DATASETS, ImageDataset, TensorLoader, augmentation, check_avai
 from .losses import Classification, Distillation, Loss, Reconstruction
 from .models import create_model, list_models, recipe
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_surrogate
-from .train import EpochRecord, Trainer, TrainResult
+from .train import PRECISIONS, EpochRecord, Trainer, TrainResult
 
 __all__ = [
     "OPTIMIZERS",
@@ -141,6 +141,9 @@ class RunConfig:
     distill_temperature: float | None = _setting(help="with --teacher: softmax temperature of the distillation (default 1)",
                                                  metavar="T")  # fmt: skip
     deterministic: bool = _setting(False, "deterministic algorithms only (a resumed run is then bit-identical)")
+    precision: str = _setting("fp32", "training arithmetic: bf16 or fp16 autocast for the forward pass (evaluation, the "
+                              "binary check and the reported accuracy stay float32: the deployed network's)",
+                              choices=PRECISIONS)  # fmt: skip
     # Where and how it runs (may change when a run is resumed).
     out: str | None = _setting(
         help="the run folder: checkpoints, config.toml, history, plot", runtime=True, metavar="DIR"
@@ -603,7 +606,7 @@ def build_run(
         extra.append(TensorBoard(Path(config.out) / "tensorboard"))
     trainer = Trainer(
         trained, optimizer, build_sharpener(config), _loss(config, device), scheduler=scheduler, callbacks=extra,
-        out_dir=config.out, progress=config.progress, checkpoint_every=config.checkpoint_every,
+        out_dir=config.out, progress=config.progress, checkpoint_every=config.checkpoint_every, precision=config.precision,
         run_info={"model": config.model, "model_options": options, "dataset": config.dataset, "config": config.to_dict()},
     )  # fmt: skip
     if checkpoint is not None:

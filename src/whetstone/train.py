@@ -29,6 +29,10 @@ from .losses import Loss, as_loss
 from .report import LayerReport, binary_report, evaluate, is_fully_binary
 from .sharpen import Sharpener, model_sharpness
 
+#: Training arithmetic (``Trainer(precision=...)``): the forward pass under autocast in this type.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 log = logging.getLogger(__name__)
 
 __all__ = ["EpochRecord", "TrainResult", "Trainer"]
@@ -109,6 +113,7 @@ class Trainer:
         checkpoint_every: int | None = None,
         max_retries: int = 3,
         collapse_drop: float = 0.2,
+        precision: str = "fp32",
     ) -> None:
         self.model, self.optimizer, self.sharpener, self.scheduler = model, optimizer, sharpener, scheduler
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
@@ -124,6 +129,12 @@ class Trainer:
         if not 0.0 < collapse_drop <= 1.0:
             raise ValueError(f"collapse_drop must be in (0, 1], got {collapse_drop!r}")
         self.checkpoint_every, self.max_retries, self.collapse_drop = checkpoint_every, max_retries, collapse_drop
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        device = next(self.module.parameters(), torch.zeros(0)).device.type
+        # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
         self.folder = RunFolder(out_dir) if out_dir is not None else None
         self.run_info = dict(run_info or {})
         self.callbacks: list[Callback] = [ProgressBar()] if progress else []
@@ -200,12 +211,14 @@ class Trainer:
         else:  # any other deterministic iterable: replay and drop the batches already trained
             batches = itertools.islice(iter(loader), start_batch, None)
         for batch, (x, y) in enumerate(batches, start=start_batch):
-            output = self.model(x)
-            loss = self.loss(output, x, y)
+            with torch.autocast(x.device.type, dtype=_DTYPES[self.precision], enabled=self.precision != "fp32"):
+                output = self.model(x)
+                loss = self.loss(output, x, y)
             if loss.requires_grad:  # a fully binary network passes no gradient: nothing left to learn
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             # One bookkeeping path: this batch's loss sum, hits and size, summed over every rank (one rank
             # alone outside torch.distributed), read back in one transfer.
             hits = (
@@ -309,6 +322,7 @@ class Trainer:
             "epoch_totals": list(self._totals),
             "rollbacks": self.rollbacks,
             "best_score": self.best_score,
+            "scaler": self.scaler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -330,6 +344,8 @@ class Trainer:
         self._totals = [float(value) for value in state.get("epoch_totals", (0.0, 0.0, 0.0))]
         self.rollbacks = state.get("rollbacks", 0)
         self.best_score = state.get("best_score")
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         rng = state.get("rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"])

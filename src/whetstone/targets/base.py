@@ -246,7 +246,10 @@ def populations(graph: SpikingGraph) -> list[Population]:
             else:  # a skip connection of spikes: one synapse per unit
                 synapses += int(np.prod(node.shape))
                 fan_in += 1
-        reads_pixels = any(graph.encoder in (s.name, *s.inputs) for s in sources)
+        # The encoder reads the real-valued input (directly, or through a sum pooling of it); a skip connection
+        # from the encoder's own spiking layer carries spikes.
+        reads_pixels = any(s.name == graph.encoder or (isinstance(s, SumPool2dNode) and s.inputs[0] == graph.encoder)
+                           for s in sources)  # fmt: skip
         result.append(Population(node.name, int(np.prod(node.shape)), node.shape, synapses, fan_in, weights, sources, False,
                                  reads_pixels))  # fmt: skip
     return result
