@@ -3,19 +3,20 @@
 1. step:      one training step (forward, backward, Adam) of the spiking network vs the same network with
               nn.ReLU, same batch; every layer mid-sharpening (uniform sharpness 0.5) so gradients flow
               everywhere, and every layer binary, learning through surrogate gradients.
-2. binary:    wall time of a full sharpening run to a fully binary network vs training the same network
-              with nn.ReLU for as many epochs as it takes to reach the accuracy it ends with.  (--full)
+2. binary:    wall time of sharpening runs to a fully binary network (the recipe, and binary from the first
+              batches with surrogate gradients for 1-3 epochs) vs training the same network with nn.ReLU
+              until it reaches the accuracy each ends with.  (--full)
 3. inference: the deployed binary network (``ws.for_inference``: batch norm folded, in-place Heaviside) vs the same folded
               network with nn.ReLU, batch 1 and 256, in inference mode.
 4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
               accuracy, training time and inference time.  (--full, needs snntorch)
-6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
-              and 512, on the GPU when there is one.  (--precision)
 5. conversion: SpikingJelly's rate-coding ANN-to-SNN conversion of the same CNN trained with ReLU, at
               T = 1..32 time steps, vs ours at T = 1: accuracy and inference time.  (--full or
-              --conversion, needs spikingjelly)
+              --only conversion, needs spikingjelly)
+6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
+              and 512, on the GPU when there is one (--device).
 
-    python benchmarks/speed.py [--full] [--data-dir ../shared/data] [--threads 1] [--write docs/results.md]
+    python benchmarks/speed.py [--full | --only PART] [--data-dir ../shared/data] [--threads 1] [--write docs/results.md]
 
 Timings are medians over rounds; the spread printed is (max - min) / median over the rounds.
 """
@@ -210,38 +211,51 @@ def run_train(config: ws.RunConfig) -> tuple[float, dict]:
 
 
 def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
-    """The sharpening run vs the ReLU run of the same network reaching the accuracy the binary one ends with."""
+    """Sharpening runs to a fully binary network (the recipe, and binary from the first batches with surrogate
+    gradients for 1-3 epochs) vs the same network with nn.ReLU: the time it takes to reach each accuracy."""
     report.part = "binary"
     report("\n### 2. Time to a fully binary network (mnist-conv-small, full MNIST)\n")
     base = ws.RunConfig(model="mnist-conv-small", dataset="mnist", threads=threads, progress=False, data_dir=data_dir)
-    spike_seconds, spiking = run_train(base.replace(out=str(out / "binary")))
-    target = spiking["history"][-1]["eval_accuracy"]
-    # The ReLU network: same model, recipe and data, activations never sharpened and swapped for ReLU.
+    fast = {"start_epoch": 0, "steps": 1, "per": "batch", "surrogate": 0.0}  # binary after 3 batches, then learns on
+    runs = {"the recipe (one epoch a layer)": base.replace(out=str(out / "binary"))}
+    for epochs in (1, 2, 3):
+        runs[f"binary from batch 3, surrogate, {epochs} epoch(s)"] = base.replace(
+            out=str(out / f"fast{epochs}"), epochs=epochs, **fast
+        )
+    binary = {}
+    for name, config in runs.items():
+        seconds, checkpoint = run_train(config)
+        binary[name] = (seconds, len(checkpoint["history"]), checkpoint["history"][-1]["eval_accuracy"])
+    # The ReLU network: same model, recipe and data, activations never sharpened and swapped for ReLU; the time
+    # at the end of each epoch and the accuracy it has then.
     relu = base.replace(out=str(out / "relu"), sharpener="none", epochs=10)
     lock = RunFolder(relu.out).claim(overwrite=True)
     run = ws.build_run(relu)
     trainer, args = run.trainer, run.config
     trainer.model = trainer.module = with_relu(trainer.model)
     trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), args.lr)
-    started, relu_seconds, reached = time.perf_counter(), None, None
+    started, curve = time.perf_counter(), []
+    target = max(accuracy for _, _, accuracy in binary.values())
     for epoch in range(args.epochs):
         trainer.fit(run.train_loader, epoch + 1, run.eval_loader)
-        accuracy = trainer.history[-1].eval_accuracy
-        if accuracy >= target and relu_seconds is None:
-            relu_seconds, reached = time.perf_counter() - started, epoch + 1
+        curve.append((time.perf_counter() - started, trainer.history[-1].eval_accuracy))
+        if curve[-1][1] >= target:
             break
-    if relu_seconds is None:
-        relu_seconds, reached = (
-            time.perf_counter() - started,
-            f">{args.epochs} (best {100 * max(r.eval_accuracy for r in trainer.history):.2f}%)",
-        )
     lock.release()
-    report("| run | epochs | wall s | test accuracy |")
-    report("|---|---:|---:|---:|")
-    report(f"| sharpening to fully binary | {len(spiking['history'])} | {spike_seconds:.0f} | {100 * target:.2f}% |")
-    report(f"| same net with ReLU, until it reaches {100 * target:.2f}% | {reached} | {relu_seconds:.0f} | "
-           f"{100 * trainer.history[-1].eval_accuracy:.2f}% |")  # fmt: skip
-    report(f"\nratio (target <= 1.3): **{spike_seconds / relu_seconds:.2f}**")
+    report(
+        "| sharpening run | epochs | wall s | test accuracy (fully binary) | ReLU net: epochs to reach it | ReLU s | ratio |"
+    )
+    report("|---|---:|---:|---:|---:|---:|---:|")
+    for name, (seconds, epochs, accuracy) in binary.items():
+        reached = next(((i + 1, t) for i, (t, a) in enumerate(curve) if a >= accuracy), None)
+        if reached is None:
+            report(f"| {name} | {epochs} | {seconds:.0f} | {100 * accuracy:.2f}% | >{len(curve)} | - | - |")
+        else:
+            report(f"| {name} | {epochs} | {seconds:.0f} | {100 * accuracy:.2f}% | {reached[0]} | {reached[1]:.0f} | "
+                   f"**{seconds / reached[1]:.2f}** |")  # fmt: skip
+    report(
+        f"\nReLU test accuracy after each epoch: {', '.join(f'{100 * a:.2f}%' for _, a in curve)}. Target ratio <= 1.5."
+    )
 
 
 def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> None:
@@ -391,37 +405,35 @@ def bench_conversion(data_dir: str | None, threads: int, out: Path, epochs: int 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="also the full-training comparisons (2 and 4)")
+    parser.add_argument("--full", action="store_true", help="also the full-training comparisons (2, 4 and 5)")
+    parser.add_argument("--only", choices=list(TITLES), help="run this part alone")
     parser.add_argument("--data-dir")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-epochs", type=int, default=1)
-    parser.add_argument("--conversion", action="store_true", help="only the ANN-to-SNN conversion comparison (5)")
-    parser.add_argument("--precision", action="store_true", help="only the training step per precision (6)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for part 6")
     parser.add_argument("--out", default="runs/speed")
     parser.add_argument("--write", help="replace the speed section of this markdown file (docs/results.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    flags = "".join(f"--{name} " for name in ("full", "conversion", "precision") if getattr(args, name))
-    report(f"Measured with `python benchmarks/speed.py {flags}--threads {args.threads}` on "
-           f"{machine()}.")  # fmt: skip
-    names = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"]
-    if args.conversion:
-        bench_conversion(args.data_dir, args.threads, Path(args.out))
-    elif args.precision:
-        bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device)
-    else:
-        bench_step(names, args.rounds)
-        bench_inference(names, args.rounds)
-    if args.full:
-        out = Path(args.out)
-        bench_time_to_binary(args.data_dir, args.threads, out)
-        try:
-            bench_peer(args.data_dir, args.threads, out, args.peer_epochs)
-        except ImportError as error:
-            report(f"\n(snnTorch comparison skipped: {error})")
-        bench_conversion(args.data_dir, args.threads, out)
+    flags = ("--full " if args.full else "") + (f"--only {args.only} " if args.only else "")
+    report(f"Measured with `python benchmarks/speed.py {flags}--threads {args.threads}` on {machine()}.")
+    names, out = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"], Path(args.out)
+    parts = {
+        "step": lambda: bench_step(names, args.rounds),
+        "inference": lambda: bench_inference(names, args.rounds),
+        "binary": lambda: bench_time_to_binary(args.data_dir, args.threads, out),
+        "peer": lambda: bench_peer(args.data_dir, args.threads, out, args.peer_epochs),
+        "conversion": lambda: bench_conversion(args.data_dir, args.threads, out),
+        "precision": lambda: bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device),
+    }
+    chosen = (
+        [args.only]
+        if args.only
+        else ["step", "inference", "precision"] + (["binary", "peer", "conversion"] if args.full else [])
+    )
+    for part in chosen:
+        parts[part]()
     if args.write:
         header = "\n".join(report.rows.pop("header"))
         for part, rows in report.rows.items():
