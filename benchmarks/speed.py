@@ -15,6 +15,8 @@
               --only conversion, needs spikingjelly)
 6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
               and 512, on the GPU when there is one (--device).
+7. onnx:      ONNX Runtime inference of the 8-bit network in integer arithmetic (uint8 x int8) and of the
+              float binary network vs the same folded network with ReLU, batch 1 and 256.
 
     python benchmarks/speed.py [--full | --only PART] [--data-dir ../shared/data] [--threads 1] [--write docs/results.md]
 
@@ -30,6 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,7 +44,8 @@ from _common import machine, write_section
 TITLES = {"step": "training step (issue #5)", "binary": "time to a fully binary network (issue #5)",
           "inference": "inference (issue #5)", "peer": "against snnTorch (issue #5)",
           "conversion": "against ANN-to-SNN conversion (issue #21)",
-          "precision": "training step per precision (issue #21)"}  # fmt: skip
+          "precision": "training step per precision (issue #21)",
+          "onnx": "integer inference in ONNX Runtime (issue #21)"}  # fmt: skip
 
 
 class Report:
@@ -200,6 +204,90 @@ def bench_inference(names: list[str], rounds: int) -> None:
             ratios = [b / a for a, b in zip(times["binary"], times["relu"])]  # throughput ratio
             report(f"| {name} | {batch} | {batch / statistics.median(times['binary']):,.0f} | "
                    f"{batch / statistics.median(times['relu']):,.0f} | {statistics.median(ratios):.3f} | {spread(ratios):.0%} |")  # fmt: skip
+
+
+def _torch_inference(net: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def call() -> None:
+        with torch.inference_mode():
+            net(x)
+
+    return call
+
+
+def _relu_onnx(binary_onnx):
+    """The float ONNX model with each spiking layer's GreaterOrEqual + Cast replaced by Relu: the same folded
+    network with ReLU activations, in the same runtime."""
+    from onnx import helper
+
+    model = copy.deepcopy(binary_onnx)
+    kept = []
+    compares = {n.output[0]: n for n in model.graph.node if n.op_type == "GreaterOrEqual"}
+    for node in model.graph.node:
+        if node.op_type == "GreaterOrEqual":
+            continue
+        if node.op_type == "Cast" and node.input[0] in compares:
+            node = helper.make_node("Relu", [compares[node.input[0]].input[0]], list(node.output), name=node.name)
+        kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    unused = [init for init in model.graph.initializer if init.name.endswith("_threshold")]
+    for init in unused:
+        model.graph.initializer.remove(init)
+    return model
+
+
+def bench_onnx(names: list[str], rounds: int) -> None:
+    """ONNX Runtime, one thread: the 8-bit network in integer arithmetic (``--target onnx-int8``) and the
+    float binary network, against the same folded network with ReLU; PyTorch's for reference."""
+    import onnxruntime as ort
+
+    from whetstone.export.onnx import to_onnx
+    from whetstone.export.onnx_integer import to_integer_onnx
+
+    report.part = "onnx"
+    report("\n### 7. Inference in ONNX Runtime: integer (int8) and float binary networks vs the folded ReLU network\n")
+    report("| model | batch | int8 samples/s | float binary samples/s | ReLU samples/s | int8 / ReLU (target >= 1.5) | "
+           "PyTorch ReLU samples/s | spikes as the int8 simulator (mnist-mini, 1,000) |")  # fmt: skip
+    report("|---|---:|---:|---:|---:|---:|---:|---:|")
+    test = ws.load_dataset("mnist-mini", "test")
+    pixels = test.images.float().div(255).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    for name in names:
+        torch.manual_seed(0)
+        model = ws.create_model(name)
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model.train()
+            with torch.no_grad():
+                model(torch.rand(256, 1, 28, 28))
+        ws.set_model_sharpness(model, 1.0)
+        model.eval()
+        graph = ws.quantize(ws.to_spiking_graph(model, (1, 28, 28)), 8)
+        binary = to_onnx(graph)
+        sessions = {
+            "int8": ort.InferenceSession(
+                to_integer_onnx(graph).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            ),
+            "float": ort.InferenceSession(binary.SerializeToString(), options, providers=["CPUExecutionProvider"]),
+            "relu": ort.InferenceSession(
+                _relu_onnx(binary).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            ),
+        }
+        same = int(
+            (sessions["int8"].run(["spikes"], {"input": pixels})[0] == ws.simulate(graph, pixels).output_spikes)
+            .all(1)
+            .sum()
+        )
+        relu_torch = ws.fold_batchnorm(with_relu(model))
+        for batch in (1, 256):
+            x = pixels[:batch] if batch <= len(pixels) else np.resize(pixels, (batch, *pixels.shape[1:]))
+            calls = {key: (lambda s=session, x=x: s.run(["label"], {"input": x})) for key, session in sessions.items()}
+            calls["torch"] = _torch_inference(relu_torch, torch.as_tensor(x))
+            repeats = 200 if batch == 1 else 5
+            times = timed_rounds(calls, repeats, rounds)
+            rate = {key: batch / statistics.median(values) for key, values in times.items()}
+            report(f"| {name} | {batch} | {rate['int8']:,.0f} | {rate['float']:,.0f} | {rate['relu']:,.0f} | "
+                   f"**{rate['int8'] / rate['relu']:.2f}** | {rate['torch']:,.0f} | {same:,}/{len(pixels):,} |")  # fmt: skip
 
 
 def run_train(config: ws.RunConfig) -> tuple[float, dict]:
@@ -426,6 +514,7 @@ def main() -> None:
         "peer": lambda: bench_peer(args.data_dir, args.threads, out, args.peer_epochs),
         "conversion": lambda: bench_conversion(args.data_dir, args.threads, out),
         "precision": lambda: bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device),
+        "onnx": lambda: bench_onnx(["mnist-dense", "mnist-conv-small", "mnist-conv", "mnist-conv-bn"], args.rounds),
     }
     chosen = (
         [args.only]

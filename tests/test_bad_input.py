@@ -496,6 +496,8 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("export a convolution for Xylo", lambda: _targets().export(_conv_graph(), "/nonexistent/m.nir", "xylo"), ws.DeployError, "0: Rockpool has dense layers only; this layer is a conv2d"),
     ("export as TFLite", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "tflite"), ValueError, "format must be one of ['nir', 'onnx'], got 'tflite'"),
     ("export for Speck as ONNX", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "onnx", "speck"), ValueError, "target 'speck' is written as NIR, not ONNX"),
+    ("integer ONNX of a float graph", lambda: __import__("whetstone.export.onnx_integer").export.onnx_integer.to_integer_onnx(_graph()),
+     ws.DeployError, "integer ONNX needs a graph quantized to at most 8 bits (quantize(graph, 8)), got float weights"),
     ("fit report for a software target", lambda: _targets().fit_report(_graph(), "norse"), ValueError, "'norse' is not a chip with a fit report; choose one of"),
     ("verify in software that cannot run here", lambda: _targets().verify("/nonexistent/m.nir", "loihi2", np.zeros((1, 4))), ValueError, "Lava cannot run here"),
     ("verify an ONNX file without its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4))), ValueError, "give the graph the file was written from (reference=)"),

@@ -247,6 +247,34 @@ def _umask() -> int:
     return mask
 
 
+def test_a_sigterm_whose_exception_a_destructor_swallowed_still_stops_the_block(monkeypatch):
+    """Python ignores an exception raised in __del__ (or a weakref callback, which garbage collection runs
+    anywhere): a SIGTERM landing there must still stop the run, at the next safe point."""
+    import signal
+    import sys
+
+    from whetstone.files import Terminated, raise_if_terminated, sigterm_raises
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_type))
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the Python-level handler runs here, and its exception is ignored
+                pass
+
+    reached = []
+    with pytest.raises(Terminated), sigterm_raises():
+        SignalledWhileCollected()  # collected at once
+        reached.append("after the swallowed signal")
+        raise_if_terminated()
+        reached.append("never")
+    assert reached == ["after the swallowed signal"]
+    assert ignored == [Terminated]  # Python did swallow the handler's exception
+    raise_if_terminated()  # outside the block nothing is pending
+
+
 def test_run_folder_claim_refuses_a_run_unless_resumed_or_overwritten(tmp_path):
     folder = RunFolder(tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"x")

@@ -156,20 +156,38 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread when the process receives SIGTERM (see :func:`sigterm_raises`)."""
 
 
+#: SIGTERMs received inside :func:`sigterm_raises` whose exception may not have unwound anything yet.
+_pending: list[int] = []
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` if a SIGTERM arrived whose exception was swallowed: Python ignores an
+    exception raised in a ``__del__`` or a weakref callback (garbage collection can run one anywhere), so a
+    long loop calls this at safe points (the trainer, after every batch)."""
+    if _pending:
+        raise Terminated(f"terminated by signal {_pending[-1]}")
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Inside the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) instead of killing
     the process outright, so it unwinds like Ctrl-C: temporary files are removed, the last complete
-    checkpoint stays. Only in the main thread (elsewhere signals cannot be handled); restored after."""
+    checkpoint stays. A signal whose exception was swallowed on the way (see :func:`raise_if_terminated`)
+    is raised when the block ends. Only in the main thread (elsewhere signals cannot be handled); restored
+    after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
+        _pending.append(signum)
         raise Terminated(f"terminated by signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _pending.clear()
     try:
         yield
+        raise_if_terminated()
     finally:
+        _pending.clear()
         signal.signal(signal.SIGTERM, previous)

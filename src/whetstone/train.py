@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from . import distributed
 from .callbacks import Callback, HistoryFiles, HistoryPlot, ProgressBar, as_callback
 from .checkpoint import RunFolder, save_checkpoint
+from .files import raise_if_terminated
 from .losses import Loss, as_loss
 from .report import LayerReport, binary_report, evaluate, is_fully_binary
 from .sharpen import Sharpener, model_sharpness
@@ -237,6 +238,7 @@ class Trainer:
                 self.sharpener.on_batch_end(batch, loss_value)
             self._totals = [self._totals[0] + loss_sum, self._totals[1] + hit_sum, self._totals[2] + size]
             self.position = (epoch, batch + 1)
+            raise_if_terminated()  # a SIGTERM whose exception a garbage-collection callback swallowed
             self._call("on_batch_end", batch, loss_value)
             last = self.batches_per_epoch is not None and batch + 1 >= self.batches_per_epoch
             if self.checkpoint_every and (batch + 1) % self.checkpoint_every == 0 and not last:

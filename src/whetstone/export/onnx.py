@@ -9,6 +9,7 @@ It runs with ONNX Runtime or any other ONNX backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,22 +122,9 @@ def to_onnx(graph: SpikingGraph):
         else:
             raise DeployError(f"{name}: {type(node).__name__} has no ONNX mapping")
 
-    width = graph.key.shape[1]
-    signed_key = constant("signed_key_t", (2.0 * graph.key.astype(np.float32) - 1.0).T.copy())
-    two, one = constant("two", np.float32(2.0)), constant("one", np.float32(1.0))
-    nodes += [
-        helper.make_node("Flatten", [graph.output], ["spikes"], name="spikes", axis=1),
-        helper.make_node("Mul", ["spikes", two], ["spikes_x2"], name="spikes_x2"),
-        helper.make_node("Sub", ["spikes_x2", one], ["signed_spikes"], name="signed_spikes"),
-        helper.make_node("MatMul", ["signed_spikes", signed_key], ["logits"], name="logits"),
-        helper.make_node("ArgMax", ["logits"], ["label"], name="label", axis=1, keepdims=0, select_last_index=0),
-    ]
+    tail, outputs = decoder_nodes(graph, graph.output, constant)
+    nodes += tail
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *graph.input_shape])]
-    outputs = [
-        helper.make_tensor_value_info("spikes", TensorProto.FLOAT, ["N", width]),
-        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", graph.key.shape[0]]),
-        helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-    ]
     model = helper.make_model(
         helper.make_graph(nodes, "whetstone", inputs, outputs, initializers),
         opset_imports=[helper.make_opsetid("", OPSET)],
@@ -148,6 +136,29 @@ def to_onnx(graph: SpikingGraph):
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def decoder_nodes(graph: SpikingGraph, output: str, constant: Callable[[str, np.ndarray], str]) -> tuple[list, list]:
+    """The nodes that read the output spikes (the float tensor ``output``) into the three outputs
+    ``spikes``, ``logits`` and ``label``, and those outputs' value infos."""
+    from onnx import TensorProto, helper
+
+    width = graph.key.shape[1]
+    signed_key = constant("signed_key_t", (2.0 * graph.key.astype(np.float32) - 1.0).T.copy())
+    two, one = constant("two", np.float32(2.0)), constant("one", np.float32(1.0))
+    nodes = [
+        helper.make_node("Flatten", [output], ["spikes"], name="spikes", axis=1),
+        helper.make_node("Mul", ["spikes", two], ["spikes_x2"], name="spikes_x2"),
+        helper.make_node("Sub", ["spikes_x2", one], ["signed_spikes"], name="signed_spikes"),
+        helper.make_node("MatMul", ["signed_spikes", signed_key], ["logits"], name="logits"),
+        helper.make_node("ArgMax", ["logits"], ["label"], name="label", axis=1, keepdims=0, select_last_index=0),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("spikes", TensorProto.FLOAT, ["N", width]),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", graph.key.shape[0]]),
+        helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+    ]
+    return nodes, outputs
 
 
 def write_onnx(graph: SpikingGraph, path: str | Path) -> Path:

@@ -42,7 +42,7 @@ TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
         generic.TARGET, snntorch.TARGET, norse.TARGET, speck.TARGET, spikingjelly.TARGET, spyx.TARGET, xylo.TARGET,
-        loihi2.TARGET, spinnaker2.TARGET, onnx.TARGET,
+        loihi2.TARGET, spinnaker2.TARGET, onnx.TARGET, onnx.INTEGER,
     )
 }  # fmt: skip
 _ALIASES = {alias: target.name for target in TARGETS.values() for alias in target.aliases}
@@ -64,6 +64,8 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Pa
     what it cannot express), quantized where its chip needs it, in its format; returns the path."""
     chosen = get_target(target)
     prepared = chosen.prepare(graph)
+    if chosen.write is not None:
+        return chosen.write(prepared, Path(path))
     if chosen.format == "onnx":
         from ..export.onnx import write_onnx
 

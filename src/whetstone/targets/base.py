@@ -115,6 +115,7 @@ class Target:
     unavailable: str = ""
     fit: Callable[[SpikingGraph], FitReport] | None = None
     format: str = "nir"
+    write: Callable[[SpikingGraph, Path], Path] | None = None  # a writer of its own (default: the format's)
 
     def with_style(self, **changes: Any) -> Target:
         return dataclasses.replace(self, style=dataclasses.replace(self.style, **changes))
