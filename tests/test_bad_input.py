@@ -160,6 +160,7 @@ CLI_CASES = [
     # export for a target, verify in a consumer, fit on a chip
     _cli("export for an unknown target", "export {run} --format nir --target speck2", "argument --target: invalid choice: 'speck2'"),
     _cli("export for a NIR target as ONNX", "export {run} --format onnx --target speck", "--target speck is written as NIR: pass --format nir"),
+    _cli("export 12-bit weights for an 8-bit chip", "export {run} --format nir --target speck --bits 12 --out {tmp}/s.nir", "--bits 12: --target speck holds at most 8-bit weights"),
     _cli("export --limit without --verify", "export {run} --format nir --limit 10 --out {tmp}/l.nir", "--limit counts the images --verify runs"),
     _cli("export a conv net for a dense-only chip", "export {conv_run} --format nir --target xylo --out {tmp}/x.nir", "features.0: Rockpool has dense layers only; this layer is a conv2d"),
     _cli("verify for a chip that cannot run here", "verify {nir} --consumer loihi2 --dataset mnist-mini", "Lava cannot run here: lava-nc 0.10 requires Python < 3.11"),

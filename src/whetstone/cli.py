@@ -194,6 +194,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     default = (source if source.is_dir() else source.parent) / f"{stem}.{args.format}"
     out = check_output_path(args.out or default, "--out", args.overwrite, example=f"model.{args.format}")
     graph, _, checkpoint = graph_from_checkpoint(args.checkpoint, args.bits)
+    written = target.prepare(graph).metadata.get("quantized_bits")
+    if args.bits and written != args.bits:  # a chip's precision, not the one asked for: say so, write nothing
+        raise ValueError(f"--bits {args.bits}: --target {target.name} holds at most {written}-bit weights")
     export(graph, out, args.format, target.name)
     print(graph.summary())
     print(f"wrote {args.format.upper()} {out} for {target.name} ({target.summary}; {out.stat().st_size:,} bytes)")
