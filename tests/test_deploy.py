@@ -312,3 +312,24 @@ def test_cli_export_and_simulate(tmp_path, capsys):
         main(["simulate", str(tmp_path / "m.nir"), "--dataset", "mnist-mini", "--limit", "100", "--no-progress"]) == 0
     )
     assert "simulated accuracy" in capsys.readouterr().out
+
+
+def test_a_membrane_readout_deploys_the_linear_output_layer_as_scores(tmp_path, mini_test):
+    """A network ending in a Linear (a Q-network's action values) reads its output layer's potentials."""
+    from whetstone.export.nir import read_nir, write_nir
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), ws.SpikingBReLU(sharpness=1.0), nn.Linear(32, 4)).eval()
+    images = mini_test[0][:100]
+    graph = ws.to_spiking_graph(model, (1, 28, 28), readout="membrane")
+    assert graph.readout == "membrane" and graph.output == "3" and graph.key.shape == (4, 4)
+    result = ws.simulate(graph, images.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(result.output_spikes, model(images).numpy(), rtol=1e-5, atol=1e-5)
+    back = read_nir(write_nir(graph, tmp_path / "q.nir"))
+    assert back.readout == "membrane"
+    np.testing.assert_array_equal(ws.simulate(back, images.numpy()).output_spikes, result.output_spikes)
+    with pytest.raises(DeployError, match="model has no SoftmaxDecode"):
+        ws.to_spiking_graph(model, (1, 28, 28))
+    with pytest.raises(DeployError, match="readout must be one of"):
+        ws.to_spiking_graph(model, (1, 28, 28), readout="rates")

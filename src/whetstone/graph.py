@@ -18,6 +18,11 @@ Semantics of a node (one time step, NIR's convention that a node sums all of its
   is monotone, that is exported exactly as spike, then max pooling.
 - :class:`FlattenNode`: a reshape (C, H, W) -> (C*H*W,).
 
+Time (:func:`whetstone.sim.simulate` with sequences): an input that names a node at or after this one in
+``nodes`` is a recurrent edge read with a one-step delay (its value at the previous step; zeros at the
+first), and a spiking node keeps ``leak`` times its membrane into the next step (reset to zero on a spike).
+A graph with neither is the single-step network, whatever the number of steps.
+
 Nodes are named after the module they come from (``features.2``), as everywhere else in whetstone. The
 first linear layer receives the real-valued input (pixels scaled to [0, 1]): it is the encoder. Every
 other value that crosses a layer boundary is a binary spike.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,9 +154,13 @@ class SumPool2dNode(Pool2dNode):
 
 @dataclass(eq=False, repr=False)
 class SpikeNode(GraphNode):
-    """Integrate-and-fire neurons in one step: ``1[v >= threshold]`` (one threshold per unit)."""
+    """Integrate-and-fire neurons: ``1[v >= threshold]`` (one threshold per unit). Over time steps the
+    membrane is ``v_t = leak * v_(t-1) + input_t``, reset to zero on a spike: ``leak = 0`` (the default)
+    clears it after every step, Whetstone's neuron; ``leak = 1`` is an integrate-and-fire neuron that
+    carries its membrane."""
 
     threshold: np.ndarray
+    leak: float = 0.0
     op: ClassVar[str] = "spike"
 
 
@@ -165,20 +175,30 @@ class FlattenNode(GraphNode):
 LINEAR_NODES = (AffineNode, Conv2dNode, AvgPool2dNode, SumPool2dNode)
 #: Nodes with synaptic weights.
 WEIGHTED_NODES = (AffineNode, Conv2dNode)
+#: How a graph's output is read: N-hot spikes through the key, or a linear layer's membrane potentials.
+READOUTS = ("spikes", "membrane")
 
 
 @dataclass(repr=False)
 class SpikingGraph:
     """A network of integrate-and-fire layers with its N-hot decoder.
 
-    ``nodes`` are in topological order, starting with the single :class:`InputNode`; ``output`` names
-    the binary node read by the decoder, whose ``key`` is a {0, 1} array (classes, width).
+    ``nodes`` are in order of computation, starting with the single :class:`InputNode` (an input naming a
+    later node is a recurrent edge, delayed one step); ``output`` names the node read by the decoder. With
+    ``readout="spikes"`` it is binary and ``key`` is a {0, 1} array (classes, width) of N-hot codes; with
+    ``readout="membrane"`` it is a linear layer whose values (membrane potentials of neurons that never fire)
+    are the scores, and ``key`` is the identity.
     """
 
     nodes: list[GraphNode]
     output: str
     key: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    readout: str = "spikes"
+
+    def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
     def node(self, name: str) -> GraphNode:
         """The node called ``name``; ``KeyError`` listing the names if there is none."""
@@ -199,6 +219,34 @@ class SpikingGraph:
     def spiking_nodes(self) -> list[SpikeNode]:
         return [n for n in self.nodes if isinstance(n, SpikeNode)]
 
+    def delayed_edges(self) -> list[tuple[str, str]]:
+        """The recurrent edges ``(source, target)``: inputs that name a node at or after their target in
+        ``nodes``, read with a one-step delay."""
+        position = {n.name: i for i, n in enumerate(self.nodes)}
+        return [(name, n.name) for i, n in enumerate(self.nodes) for name in n.inputs if position[name] >= i]
+
+    @property
+    def is_temporal(self) -> bool:
+        """Whether the graph has state across time steps (recurrent edges or leaky membranes): it then runs
+        on sequences, and its steps are not independent."""
+        return bool(self.delayed_edges()) or any(n.leak != 0 for n in self.spiking_nodes())
+
+    def as_steps(self, inputs: np.ndarray) -> np.ndarray:
+        """``inputs`` as sequences (N, T, *input_shape). A temporal graph whose metadata gives ``steps``
+        reads each sample's values in order, ``steps`` chunks of ``input_shape`` (an image row by row);
+        sequences pass as they are, and a single-step graph's inputs become sequences of one step."""
+        array = np.asarray(inputs)
+        shape = tuple(self.input_shape)
+        if array.ndim >= 2 and array.shape[2:] == shape and array.ndim == len(shape) + 2:
+            return array
+        steps = int(self.metadata.get("steps", 1))
+        if array.ndim >= 1 and math.prod(array.shape[1:]) == steps * math.prod(shape) and len(array):
+            return array.reshape(len(array), steps, *shape)
+        raise ValueError(
+            f"inputs must have shape (N, T, {', '.join(map(str, shape))}) or hold {steps} step(s) of "
+            f"{shape} per sample, got {array.shape}"
+        )
+
     def consumers(self) -> dict[str, list[GraphNode]]:
         """For each node name, the nodes it feeds."""
         users: dict[str, list[GraphNode]] = {n.name: [] for n in self.nodes}
@@ -208,19 +256,25 @@ class SpikingGraph:
         return users
 
     def decode(self, spikes: np.ndarray) -> np.ndarray:
-        """Class logits ``(2 spikes - 1) @ (2 key - 1)^T`` (integers, as float32)."""
+        """Class scores: ``(2 spikes - 1) @ (2 key - 1)^T`` (integers, as float32), or the output layer's
+        values themselves with ``readout="membrane"``."""
+        if self.readout == "membrane":
+            return np.asarray(spikes, dtype=np.float32)
         signed = 2.0 * np.asarray(spikes, dtype=np.float32) - 1.0
         return signed @ (2.0 * self.key.astype(np.float32) - 1.0).T
 
     def summary(self) -> str:
         """One line per node: name, type, inputs, output shape (and thresholds), then the decoder."""
-        lines = []
+        lines, delayed = [], set(self.delayed_edges())
         for n in self.nodes:
             extra = f" threshold={_describe_threshold(n.threshold)}" if isinstance(n, SpikeNode) else ""
-            lines.append(f"{n.name:<24} {n.op:<10} <- {', '.join(n.inputs) or '-':<24} {n.shape}{extra}")
+            extra += f" leak={n.leak:g}" if isinstance(n, SpikeNode) and n.leak else ""
+            inputs = ", ".join(f"{i}(t-1)" if (i, n.name) in delayed else i for i in n.inputs) or "-"
+            lines.append(f"{n.name:<24} {n.op:<10} <- {inputs:<24} {n.shape}{extra}")
         classes, width = self.key.shape
+        read = "spikes" if self.readout == "spikes" else "membrane potentials"
         lines.append(
-            f"decoder: {classes} classes from the {width} spikes of {self.output!r}; encoder: {self.encoder!r}"
+            f"decoder: {classes} classes from the {width} {read} of {self.output!r}; encoder: {self.encoder!r}"
         )
         return "\n".join(lines)
 
@@ -270,8 +324,11 @@ class _GraphBuilder:
     its output is binary spikes (None) or the real-valued output of which layer.
     """
 
-    def __init__(self, traced: torch.fx.GraphModule, input_shape: tuple[int, ...], key: torch.Tensor | None) -> None:
+    def __init__(
+        self, traced: torch.fx.GraphModule, input_shape: tuple[int, ...], key: torch.Tensor | None, readout: str
+    ) -> None:
         self.traced = traced
+        self.readout = readout
         self.modules = dict(traced.named_modules())
         self.input_shape = tuple(input_shape)
         self.key = key
@@ -286,6 +343,8 @@ class _GraphBuilder:
     def build(self) -> SpikingGraph:
         for fx_node in self.traced.graph.nodes:
             self._handler(fx_node)(fx_node)
+        if self.output is not None and self.readout == "membrane":
+            self.key = torch.eye(int(np.prod(self._graph_node(self.output).shape)))
         if self.output is None or self.key is None:
             raise DeployError("model has no SoftmaxDecode and no key was given")
         key = _array(self.key)
@@ -295,7 +354,7 @@ class _GraphBuilder:
         names = [node.name for node in self.nodes]
         if len(set(names)) != len(names):  # impossible by construction: say so loudly if it ever happens
             raise DeployError(f"graph node names collide: {sorted(n for n in set(names) if names.count(n) > 1)}")
-        graph = SpikingGraph(self.nodes, self.output, key)
+        graph = SpikingGraph(self.nodes, self.output, key, readout=self.readout)
         graph.metadata["encoder"] = graph.encoder
         _check_all_spikes_used(graph)
         return graph
@@ -378,9 +437,17 @@ class _GraphBuilder:
         if self.output is not None:
             return  # the decoder already named the output
         result = fx_node.args[0]
-        if self.key is None or not isinstance(result, torch.fx.Node):
+        if not isinstance(result, torch.fx.Node) or (self.key is None and self.readout == "spikes"):
             raise DeployError("model has no SoftmaxDecode and no key was given")
         inputs = self._plain(fx_node, "the output")
+        if self.readout == "membrane":
+            self.output = _single(inputs, "the output")
+            if not isinstance(self._graph_node(self.output), WEIGHTED_NODES):
+                raise DeployError(
+                    f"readout='membrane' reads a Linear or Conv2d layer's potentials; the output is {self.output!r}, "
+                    f"a {self._graph_node(self.output).op}"
+                )
+            return
         self._require_binary(inputs, "the output")
         self.output = _single(inputs, "the output")
 
@@ -593,8 +660,13 @@ def _pool_settings(where: str, module: nn.Module) -> tuple[tuple[int, int], tupl
     return _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
 
 
-def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.Tensor | None = None) -> SpikingGraph:
+def to_spiking_graph(
+    model: nn.Module, input_shape: tuple[int, ...], key: torch.Tensor | None = None, readout: str = "spikes"
+) -> SpikingGraph:
     """Fold batch norm and convert a fully sharpened model into a :class:`SpikingGraph`.
+
+    A model that runs in time (a recurrent network) builds its own graph: a module of it with a method
+    ``spiking_graph(key, prefix)`` (:class:`~whetstone.recurrent.RecurrentSpiking`) returns it.
 
     Args:
         model: a spiking classifier (e.g. from :func:`~whetstone.create_model`): layers, spiking
@@ -602,12 +674,22 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
             ``key`` for a model that returns the output spikes itself).
         input_shape: shape of one input sample, e.g. ``(1, 28, 28)``.
         key: the decoder key when ``model`` has no ``SoftmaxDecode``.
+        readout: ``"spikes"`` (N-hot output spikes) or ``"membrane"``: the model ends in a Linear (or
+            Conv2d) whose values are the scores, read as the membrane potentials of neurons that never
+            fire (a Q-network's action values).
 
     Raises:
         DeployError: naming the layer, when something cannot run exactly as integrate-and-fire neurons
             in one time step (an unsharpened activation, average pooling whose output is not turned into
             spikes, an unsupported operation, ...).
     """
+    if readout not in READOUTS:
+        raise DeployError(f"readout must be one of {READOUTS}, got {readout!r}")
+    for path, module in model.named_modules():  # a model that runs in time writes its own graph
+        if callable(getattr(module, "spiking_graph", None)):
+            decoders = [m for m in model.modules() if isinstance(m, SoftmaxDecode)]
+            return module.spiking_graph(key if key is not None or not decoders else decoders[0].key,
+                                        f"{path}." if path else "")  # fmt: skip
     input_shape = tuple(int(v) for v in input_shape)
     if not input_shape or min(input_shape) < 1:
         raise DeployError(f"input_shape must be positive sizes, e.g. (1, 28, 28), got {input_shape}")
@@ -624,7 +706,7 @@ def to_spiking_graph(model: nn.Module, input_shape: tuple[int, ...], key: torch.
         ShapeProp(traced).propagate(example)
     except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
         raise DeployError(f"model does not accept input of shape {input_shape}: {str(error).splitlines()[0]}") from None
-    return _GraphBuilder(traced, input_shape, key).build()
+    return _GraphBuilder(traced, input_shape, key, readout).build()
 
 
 def check_deployable(model: nn.Module, input_shape: tuple[int, ...]) -> SpikingGraph:
@@ -736,7 +818,9 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
     for node in graph.nodes:
         nodes += inserted.get(node.name, [])
         nodes.append(replaced.get(node.name, node))
-    return SpikingGraph(nodes, graph.output, graph.key.copy(), {**graph.metadata, "quantized_bits": bits})
+    return SpikingGraph(
+        nodes, graph.output, graph.key.copy(), {**graph.metadata, "quantized_bits": bits}, graph.readout
+    )
 
 
 def _identity_synapses(name: str, source: GraphNode, weight: float) -> GraphNode:

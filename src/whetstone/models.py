@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
+from .recurrent import RecurrentSpiking
 
 __all__ = [
     "ResidualBlock",
@@ -97,6 +98,7 @@ class Recipe:
     # "constant", or "cosine": the learning rate falls along half a cosine to 1/100 of lr at the last epoch.
     lr_schedule: str = "constant"
     target: str = "labels"  # "inputs" for autoencoders: the loss compares the output with the input
+    surrogate: float | None = None  # binary layers keep learning with this sharpness's slope (see --surrogate)
 
 
 @dataclass(frozen=True)
@@ -376,6 +378,33 @@ def _cifar_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], b
     layers += _linear_block(4 * base * (height // 8) * (width_px // 8), 8 * base, spike, batch_norm=True)
     layers += _linear_block(8 * base, width, spike, batch_norm=True)
     return nn.Sequential(*layers)
+
+
+@register_model(
+    "rnn",
+    # Sharpened late, the recurrent layer's rising slope destabilises the trained dynamics (accuracy
+    # collapses past sharpness ~0.6): it is made binary in the first batches and learns by surrogate gradients.
+    Recipe(
+        optimizer="adam",
+        lr=1e-3,
+        epochs=60,
+        start_epoch=1,
+        steps=10,
+        per="batch",
+        logit_scale=0.1,
+        lr_schedule="cosine",
+        surrogate=0.0,
+    ),
+    "Recurrent spiking network reading an image row by row (sequential MNIST: 28 steps of 28 pixels): "
+    "Dense <hidden> with recurrent synapses delayed one step, then Dense <width> read at the last step.",
+)
+def _rnn(width: int, spike: type, input_shape: tuple[int, int, int], hidden: int = 128) -> RecurrentSpiking:
+    channels, height, width_px = input_shape
+    if channels != 1:
+        raise ValueError(f"rnn reads one-channel images row by row, got {channels} channels")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
+    return RecurrentSpiking(height, width_px, hidden, width, spike)
 
 
 @register_model(

@@ -298,7 +298,7 @@ _KIND_NAMES = {
     dict: "a table of NAME = VALUE",
 }
 _RECIPE_SETTINGS = ("dataset", "optimizer", "lr", "batch_size", "epochs", "sharpener", "start_epoch", "steps", "per",
-                    "logit_scale", "augment", "lr_schedule")  # fmt: skip
+                    "logit_scale", "augment", "lr_schedule", "surrogate")  # fmt: skip
 
 
 def _absolute(path: str) -> str:

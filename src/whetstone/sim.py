@@ -1,6 +1,7 @@
 """Reference integrate-and-fire simulator (numpy), with spike, synaptic-operation and energy counts.
 
-It runs a :class:`~whetstone.graph.SpikingGraph` the way event-driven hardware does: only the inputs
+It runs a :class:`~whetstone.graph.SpikingGraph` the way event-driven hardware does, one time step or
+a sequence of them (recurrent edges and membranes carried over steps): only the inputs
 that are active (a spike, or a non-zero pixel at the encoder) deliver their outgoing synapses into the
 membranes, and a neuron fires when ``bias + sum of delivered weights >= threshold``. Synapses are stored
 as weight vectors per (input channel, kernel offset), so each event delivers one vector in a numpy
@@ -199,6 +200,10 @@ class SimResult:
     #: and so are the sums of integer graphs from :func:`~whetstone.deploy.quantize`: there a margin of 0
     #: is an exact tie, which every engine decides alike.)
     margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: Time steps run per sample (1 for a single-step network).
+    steps: int = 1
+    #: The values at every step (N, T, *shape) of the nodes named in ``simulate(..., record=...)``.
+    recorded: dict[str, np.ndarray] = field(default_factory=dict)
 
     def decided(self, tolerance: float = 1e-5) -> np.ndarray:
         """Boolean mask of the samples whose every spike decision is further than ``tolerance`` from its
@@ -245,7 +250,7 @@ class SimResult:
         ]
         for s in self.layers:
             spikes = f"{s.spikes / n:11.1f}" if s.op == "spike" else " " * 11
-            rate = f"{s.spikes / (n * s.units):7.3f}" if s.op == "spike" else " " * 7
+            rate = f"{s.spikes / (n * s.units * self.steps):7.3f}" if s.op == "spike" else " " * 7  # per unit and step
             events = f"{s.events / n:12.0f}" if s.dense_macs else " " * 12
             dense = f"{s.dense_macs / n:14.0f}" if s.dense_macs else " " * 14
             lines.append(f"{s.name:<22} {s.op:<9} {s.units:>7} {spikes} {rate} {events} {dense}")
@@ -287,13 +292,7 @@ def check_images(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
-def simulate(graph: SpikingGraph, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> SimResult:
-    """Run ``graph`` on ``images`` (float32 in [0, 1], shape (N, *graph.input_shape), e.g. pixels / 255)
-    one time step, event by event, and decode the output spikes with the graph's key (ties -> lowest
-    class). ``ValueError`` for images that are not that (raw 0-255 pixels, NaN, another shape)."""
-    images = check_images(images, graph.input_shape)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+def _projections(graph: SpikingGraph) -> dict[str, _Projection]:
     shapes = {n.name: n.shape for n in graph.nodes}
     projections: dict[str, _Projection] = {}
     for node in graph.nodes:
@@ -310,48 +309,117 @@ def simulate(graph: SpikingGraph, images: np.ndarray, batch_size: int = 256, pro
                 node.dilation,
                 node.groups,
             )
+    return projections
+
+
+def simulate(
+    graph: SpikingGraph,
+    inputs: np.ndarray,
+    batch_size: int = 256,
+    progress: bool = False,
+    record: tuple[str, ...] = (),
+) -> SimResult:
+    """Run ``graph`` event by event and decode its output at the last step with the graph's key (ties ->
+    lowest class).
+
+    ``inputs`` are float32 in [0, 1] (e.g. pixels / 255): images (N, *graph.input_shape), run for one time
+    step, or sequences (N, T, *graph.input_shape), run for T steps. A temporal graph (recurrent edges,
+    leaky membranes: :attr:`SpikingGraph.is_temporal`) takes sequences, or images it reads as its
+    ``steps`` (:meth:`SpikingGraph.as_steps`: an image row by row). At each step every node sums its
+    inputs; a recurrent input gives its node's value of the previous step (zeros at the first); a spiking
+    node's membrane keeps ``leak`` times its value after the reset. ``record`` names nodes whose values at
+    every step are returned in :attr:`SimResult.recorded` as (N, T, *shape). ``ValueError`` for inputs
+    that are not that (raw 0-255 pixels, NaN, another shape)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    names = {n.name for n in graph.nodes}
+    unknown = [name for name in record if name not in names]
+    if unknown:
+        raise ValueError(f"record names no node of the graph: {unknown}; nodes are {sorted(names)}")
+    array = np.asarray(inputs)
+    sequences = array.ndim == len(graph.input_shape) + 2 and array.shape[2:] == tuple(graph.input_shape)
+    if graph.is_temporal and not sequences:
+        array, sequences = graph.as_steps(array), True
+    if sequences:
+        steps = check_images(array, array.shape[1:])
+    else:
+        steps = check_images(array, graph.input_shape)[:, None]
+    projections = _projections(graph)
     stats = {n.name: LayerStats(n.name, n.op, math.prod(n.shape)) for n in graph.nodes if not isinstance(n, InputNode)}
     predictions, outputs, margins = [], [], []
-    starts = range(0, len(images), batch_size)
+    recorded: dict[str, list[np.ndarray]] = {name: [] for name in record}
+    starts = range(0, len(steps), batch_size)
     for lo in tqdm(starts, desc="simulate", unit="batch", disable=not progress, leave=False):
-        batch = images[lo : lo + batch_size]
-        values: dict[str, np.ndarray] = {}
-        margin = np.full(len(batch), np.inf)
-        for node in graph.nodes:
-            if isinstance(node, InputNode):
-                values[node.name] = batch
-                continue
-            x = values[node.inputs[0]]
-            for other in node.inputs[1:]:
-                x = x + values[other]
-            if node.name in projections:
-                membrane, events = projections[node.name].deliver(x)
-                values[node.name] = membrane.reshape(len(batch), *node.shape)
-                stats[node.name].events += events
-                stats[node.name].dense_macs += len(batch) * projections[node.name].synapses_per_sample
-            elif isinstance(node, SpikeNode):
-                spikes = (x >= node.threshold).astype(np.float32)
-                if any(name in projections for name in node.inputs):  # real-valued synaptic sums: can round
-                    distance = np.abs(x - node.threshold).reshape(len(batch), -1).min(axis=1)
-                    margin = np.minimum(margin, distance)
-                values[node.name] = spikes
-                stats[node.name].spikes += int(spikes.sum())
-            elif isinstance(node, Pool2dNode):
-                values[node.name] = _pool(x, node)
-            elif isinstance(node, FlattenNode):
-                values[node.name] = x.reshape(len(batch), -1)
-            else:
-                raise ValueError(f"{node.name}: the simulator cannot run a {type(node).__name__}")
-        out = values[graph.output].reshape(len(batch), -1)
-        outputs.append(out.astype(np.uint8))
+        batch = steps[lo : lo + batch_size]
+        out, margin, trace = _run_batch(graph, projections, stats, batch, record)
+        outputs.append(out if graph.readout == "membrane" else out.astype(np.uint8))
         margins.append(margin)
         predictions.append(graph.decode(out).argmax(axis=1))
+        for name in record:
+            recorded[name].append(trace[name])
     return SimResult(
         np.concatenate(predictions),
         np.concatenate(outputs),
         list(stats.values()),
-        len(images),
+        len(steps),
         graph.encoder,
         dict(graph.metadata),
         np.concatenate(margins),
+        steps.shape[1],
+        {name: np.concatenate(parts) for name, parts in recorded.items()},
     )
+
+
+def _run_batch(
+    graph: SpikingGraph,
+    projections: dict[str, _Projection],
+    stats: dict[str, LayerStats],
+    batch: np.ndarray,
+    record: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One batch of sequences (B, T, *input_shape) through every step: the output layer's values at the
+    last step, each sample's decision margin over all steps, and the recorded nodes' values (B, T, ...)."""
+    size = len(batch)
+    delayed = {source for source, _ in graph.delayed_edges()}
+    shapes = {n.name: n.shape for n in graph.nodes}
+    previous = {name: np.zeros((size, *shapes[name])) for name in delayed}  # their values at t - 1
+    membranes = {n.name: np.zeros((size, *n.shape)) for n in graph.spiking_nodes() if n.leak}
+    margin = np.full(size, np.inf)
+    trace: dict[str, list[np.ndarray]] = {name: [] for name in record}
+    for t in range(batch.shape[1]):
+        values: dict[str, np.ndarray] = {}
+        for node in graph.nodes:
+            if isinstance(node, InputNode):
+                values[node.name] = batch[:, t]
+                continue
+            # An input not computed yet in this step is a recurrent edge: its value at the previous step.
+            x = values[node.inputs[0]] if node.inputs[0] in values else previous[node.inputs[0]]
+            for other in node.inputs[1:]:
+                x = x + (values[other] if other in values else previous[other])
+            if node.name in projections:
+                membrane, events = projections[node.name].deliver(x)
+                values[node.name] = membrane.reshape(size, *node.shape)
+                stats[node.name].events += events
+                stats[node.name].dense_macs += size * projections[node.name].synapses_per_sample
+            elif isinstance(node, SpikeNode):
+                if node.leak:
+                    x = x + node.leak * membranes[node.name]
+                spikes = x >= node.threshold
+                if node.leak:
+                    membranes[node.name] = np.where(spikes, 0.0, x)
+                if any(name in projections for name in node.inputs):  # real-valued synaptic sums: can round
+                    distance = np.abs(x - node.threshold).reshape(size, -1).min(axis=1)
+                    margin = np.minimum(margin, distance)
+                values[node.name] = spikes.astype(np.float32)
+                stats[node.name].spikes += int(spikes.sum())
+            elif isinstance(node, Pool2dNode):
+                values[node.name] = _pool(x, node)
+            elif isinstance(node, FlattenNode):
+                values[node.name] = x.reshape(size, -1)
+            else:
+                raise ValueError(f"{node.name}: the simulator cannot run a {type(node).__name__}")
+        for name in record:
+            trace[name].append(values[name])
+        previous = {name: values[name] for name in delayed}
+    out = values[graph.output].reshape(size, -1)
+    return out, margin, {name: np.stack(parts, axis=1) for name, parts in trace.items()}

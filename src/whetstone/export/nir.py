@@ -13,6 +13,13 @@ Mapping (one time step; NIR sums all edges into a node):
   IF firing when the window's mean exceeds half of ``1 / window size``, i.e. when any input spiked.
 - ``FlattenNode`` -> ``nir.Flatten(start_dim=0)`` (NIR shapes have no batch dimension).
 
+A graph that runs in time (recurrent edges, leaky membranes) is written with its dynamics: a recurrent
+edge is an edge of a cycle (NIR's form of recurrence; the graph metadata lists them under
+``whetstone_delayed_edges``, each read one step late), and each spiking layer is ``nir.LIF`` with
+``tau = dt / (1 - leak)``, ``r = tau / dt``, ``v_leak = 0`` at ``dt = whetstone_dt`` (1e-4 s, snnTorch's
+import step): one Euler step of it is ``v = leak * v + input``, reset to 0 on a spike (a neuron with
+``leak = 1`` is an IF). A membrane readout (``readout="membrane"``) ends in the linear layer itself.
+
 NIR importers build PyTorch modules named after the nodes, so node names are written with ``_`` for
 ``.`` (``features.2`` -> ``features_2``); each node's metadata keeps the whetstone name, which
 :func:`read_nir` restores. The decoder key and a note on the encoder (the first layer receives
@@ -51,6 +58,8 @@ _ENCODER_NOTE = (
     "node '{name}' is the encoder: it receives real-valued input (pixels scaled to [0, 1]) as current; every "
     "other edge carries binary spikes. Simulate a single time step from zero membrane potential."
 )
+#: The time step at which a temporal graph's LIF nodes are written (snnTorch's NIR import uses 1e-4 s).
+DT = 1e-4
 _DECODE_NOTE = "class = argmax over classes of (2 * output_spikes - 1) @ (2 * whetstone_key - 1)^T (ties: lowest index)"
 
 
@@ -162,6 +171,14 @@ class _NirWriter:
         self.edges.append((pooled, nir_name(node.name)))
 
     def spike(self, node: SpikeNode) -> None:
+        if self.graph.is_temporal and node.leak != 1:  # its membrane decays (leak 0: cleared) between steps
+            threshold = np.asarray(node.threshold, dtype=np.float32)
+            stored = _below(threshold) if self.style.fires_on == ">" else threshold
+            tau = np.full_like(threshold, DT / (1.0 - node.leak))
+            zeros = np.zeros_like(threshold)
+            self.add(node, self.nir.LIF(tau=tau, r=tau / np.float32(DT), v_leak=zeros, v_threshold=stored,
+                                        v_reset=zeros, metadata={**self.meta(node), "whetstone_leak": float(node.leak)}))  # fmt: skip
+            return
         self.add(node, self._neuron(node.threshold, node.name))
 
     def _neuron(self, threshold: np.ndarray, name: str) -> Any:
@@ -219,7 +236,9 @@ def to_nir(graph: SpikingGraph, style: NirStyle = GENERIC):
     metadata = {
         "producer": "whetstone-snn",
         "whetstone_key": graph.key.astype(np.float32),
-        "encoder": _ENCODER_NOTE.format(name=nir_name(graph.encoder)),
+        "encoder": _ENCODER_NOTE.format(name=nir_name(graph.encoder)).replace(
+            "Simulate a single time step from zero membrane potential." if graph.is_temporal else "\0", ""
+        ),
         "decode": _DECODE_NOTE,
         "whetstone_target": style.target,
         "threshold_rule": style.rule,
@@ -233,6 +252,14 @@ def to_nir(graph: SpikingGraph, style: NirStyle = GENERIC):
     }
     if "quantized_bits" in graph.metadata:
         metadata["quantized_bits"] = int(graph.metadata["quantized_bits"])
+    if graph.is_temporal:
+        delayed = ";".join(f"{nir_name(a)}>{nir_name(b)}" for a, b in graph.delayed_edges())
+        metadata.update(whetstone_delayed_edges=delayed, whetstone_dt=DT, steps=int(graph.metadata.get("steps", 1)),
+                        run="step by step, membranes carried (LIF with the leak of each layer), recurrent edges one "
+                            "step late; the class is decoded from the output at the last step")  # fmt: skip
+    if graph.readout != "spikes":
+        metadata.update(whetstone_readout=graph.readout, decode="scores = the output layer's values (membrane "
+                        "potentials of neurons that never fire); class = argmax")  # fmt: skip
     return nir.NIRGraph(nodes=writer.nodes, edges=writer.edges, metadata=metadata)
 
 
@@ -295,6 +322,11 @@ def read_nir(path: str | Path) -> SpikingGraph:
             f"{path}: the graph metadata has no 'whetstone_key' (decoder key); was it written by whetstone?"
         )
     key = _array(source.metadata["whetstone_key"], "the decoder key", path)
+    readout = str(source.metadata.get("whetstone_readout", "spikes"))
+    dt = float(source.metadata.get("whetstone_dt", DT))
+    delayed = {
+        tuple(edge.split(">")) for edge in str(source.metadata.get("whetstone_delayed_edges", "")).split(";") if edge
+    }
     if key.ndim != 2 or not np.isin(key, (0.0, 1.0)).all():
         raise ValueError(f"{path}: the decoder key must be a 2-D array of 0s and 1s, got shape {key.shape}")
     incoming: dict[str, list[str]] = {name: [] for name in source.nodes}
@@ -310,7 +342,8 @@ def read_nir(path: str | Path) -> SpikingGraph:
     nodes: list[GraphNode] = []
     shapes: dict[str, tuple[int, ...]] = {}
     output = None
-    for key_name in _topological(source.nodes, source.edges, path):
+    forward = [e for e in source.edges if tuple(e) not in delayed]
+    for key_name in _topological(source.nodes, forward, path, frozenset(b for _, b in delayed)):
         n, name = source.nodes[key_name], names[key_name]
         inputs = [names[i] for i in incoming[key_name]]
         if isinstance(n, nir.Input):
@@ -324,7 +357,7 @@ def read_nir(path: str | Path) -> SpikingGraph:
             raise ValueError(f"{path}: node {key_name!r} has no input")
         elif isinstance(n, nir.Affine):
             weight = _array(n.weight, f"the weights of {key_name!r}", path)
-            source_node = nodes[[node.name for node in nodes].index(inputs[0])]
+            source_node = next((node for node in nodes if node.name == inputs[0]), None)  # None: a recurrent edge
             if channels_last and isinstance(source_node, FlattenNode):  # columns in (H, W, C) order: back to (C, H, W)
                 weight = from_channels_last(weight, shapes[source_node.inputs[0]])
             node = AffineNode(
@@ -354,7 +387,25 @@ def read_nir(path: str | Path) -> SpikingGraph:
             threshold = _array(n.v_threshold, f"the thresholds of {key_name!r}", path)
             if strict:  # stored just below theta for software that fires on v > v_threshold
                 threshold = np.nextafter(threshold, np.float32(np.inf))
-            node = SpikeNode(name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy())
+            # In a file that runs in time an IF carries its membrane from step to step (leak 1).
+            node = SpikeNode(name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy(),
+                             1.0 if "whetstone_dt" in source.metadata else 0.0)  # fmt: skip
+        elif isinstance(n, nir.LIF):  # a temporal graph's neuron: v = leak * v + input for r = tau / dt, v_leak = 0
+            tau = _array(n.tau, f"the time constants of {key_name!r}", path)
+            leak = np.unique(1.0 - np.float32(dt) / tau)
+            if leak.size != 1 or not (
+                np.allclose(n.r * dt / tau, 1) and np.all(n.v_leak == 0) and np.all(n.v_reset == 0)
+            ):
+                raise ValueError(
+                    f"{path}: LIF node {key_name!r} must have one tau, r = tau / dt, v_leak = 0 and v_reset = 0"
+                )
+            threshold = _array(n.v_threshold, f"the thresholds of {key_name!r}", path)
+            if strict:
+                threshold = np.nextafter(threshold, np.float32(np.inf))
+            leak_value = float(getattr(n, "metadata", {}).get("whetstone_leak", round(float(leak[0]), 6)))
+            node = SpikeNode(
+                name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy(), leak_value
+            )
         else:
             raise ValueError(f"{path}: node {key_name!r} of type {type(n).__name__} is not supported")
         nodes.append(node)
@@ -362,17 +413,21 @@ def read_nir(path: str | Path) -> SpikingGraph:
     if output is None:
         raise ValueError(f"{path}: the graph has no Output node")
     metadata = {k: v for k, v in source.metadata.items() if k != "whetstone_key"}
-    return SpikingGraph(nodes, output, key, metadata)
+    return SpikingGraph(nodes, output, key, metadata, readout)
 
 
-def _topological(nodes: dict, edges: list[tuple[str, str]], path: Path) -> list[str]:
+def _topological(
+    nodes: dict, edges: list[tuple[str, str]], path: Path, late: frozenset[str] = frozenset()
+) -> list[str]:
+    """The nodes in an order where each comes after its inputs along ``edges``; the ``late`` ones (the
+    readers of a recurrent edge) as late as that allows, so the input and the encoder come first."""
     pending = {name: 0 for name in nodes}
     for _, b in edges:
         pending[b] += 1
     ready = [name for name, count in pending.items() if count == 0]
     order = []
     while ready:
-        name = ready.pop(0)
+        name = ready.pop(next((i for i, n in enumerate(ready) if n not in late), 0))
         order.append(name)
         for a, b in edges:
             if a == name:
@@ -382,6 +437,7 @@ def _topological(nodes: dict, edges: list[tuple[str, str]], path: Path) -> list[
     if len(order) != len(nodes):
         cyclic = sorted(name for name, count in pending.items() if count > 0)
         raise ValueError(
-            f"{path}: the graph has a cycle through {', '.join(cyclic[:4])}; only feed-forward graphs are supported"
+            f"{path}: the graph has a cycle through {', '.join(cyclic[:4])} that its metadata does not list as recurrent "
+            "(whetstone_delayed_edges)"
         )
     return order

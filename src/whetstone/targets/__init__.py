@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..graph import SpikingGraph
+from ..graph import DeployError, SpikingGraph
 from ..sim import SimResult, simulate
 from . import generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
 from .base import FitCheck, FitReport, Target, Verification
@@ -63,6 +63,11 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Pa
     """Write ``graph`` for ``target``: rewritten into the forms its consumer reads (refusing, by layer name,
     what it cannot express), quantized where its chip needs it, in its format; returns the path."""
     chosen = get_target(target)
+    if graph.is_temporal and not chosen.runs_in_time:
+        raise DeployError(
+            f"--target {chosen.name}: the graph runs in time (recurrent edges or leaky membranes), which whetstone "
+            f"writes for {', '.join(n for n, t in TARGETS.items() if t.runs_in_time)} only"
+        )
     prepared = chosen.prepare(graph)
     if chosen.write is not None:
         return chosen.write(prepared, Path(path))
@@ -104,10 +109,16 @@ def verify(
         reference = read_nir(path)
         _check_written_for(path, reference.metadata.get("whetstone_target"), chosen)
     images = np.asarray(images, dtype=np.float32)
-    if images[0].size != int(np.prod(reference.input_shape)):
+    if reference.is_temporal:
+        if not chosen.runs_in_time:
+            raise ValueError(f"{path} runs in time (recurrent or leaky); whetstone runs such files in "
+                             f"{', '.join(n for n, t in TARGETS.items() if t.runs_in_time)} only")  # fmt: skip
+        images = reference.as_steps(images)  # (N, T, *input_shape)
+    elif images[0].size != int(np.prod(reference.input_shape)):
         shapes = ["x".join(map(str, shape)) for shape in (images.shape[1:], reference.input_shape)]
         raise ValueError(f"the images are {shapes[0]} but {path} takes {shapes[1]}")
-    images = images.reshape(len(images), *reference.input_shape)
+    else:
+        images = images.reshape(len(images), *reference.input_shape)
     if expected is None:
         expected = simulate(reference, images, progress=progress)
     elif len(expected.output_spikes) != len(images):
@@ -172,9 +183,13 @@ def verify_on_dataset(
     if reference is None and Path(path).suffix == ".nir":  # the shapes checked before any data is read
         from ..export.nir import read_nir
 
-        takes = read_nir(path).input_shape
+        graph = read_nir(path)
     else:
-        takes = reference.input_shape if reference is not None else None
+        graph = reference
+    takes = None
+    if graph is not None:
+        steps = int(graph.metadata.get("steps", 1)) if graph.is_temporal else 1
+        takes = (steps, *graph.input_shape) if steps > 1 else graph.input_shape
     has = DATASETS[dataset].image_shape
     if takes is not None and int(np.prod(has)) != int(np.prod(takes)):
         shapes = ["x".join(map(str, shape)) for shape in (has, takes)]

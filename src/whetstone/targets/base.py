@@ -116,6 +116,7 @@ class Target:
     fit: Callable[[SpikingGraph], FitReport] | None = None
     format: str = "nir"
     write: Callable[[SpikingGraph, Path], Path] | None = None  # a writer of its own (default: the format's)
+    runs_in_time: bool = False  # writes and runs graphs with recurrent edges and membranes carried over steps
 
     def with_style(self, **changes: Any) -> Target:
         return dataclasses.replace(self, style=dataclasses.replace(self.style, **changes))
@@ -123,7 +124,7 @@ class Target:
 
 # -- graph rewrites --------------------------------------------------------------------------------
 def _replace_nodes(graph: SpikingGraph, nodes: Sequence[GraphNode]) -> SpikingGraph:
-    return SpikingGraph(list(nodes), graph.output, graph.key.copy(), dict(graph.metadata))
+    return SpikingGraph(list(nodes), graph.output, graph.key.copy(), dict(graph.metadata), graph.readout)
 
 
 def average_pools(graph: SpikingGraph, target: str) -> SpikingGraph:

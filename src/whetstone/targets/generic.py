@@ -17,4 +17,5 @@ TARGET = Target(
     consumer="any NIR reader",
     summary="portable NIR: Affine, Conv2d, Flatten, SumPool2d, IF (v > v_threshold)",
     style=GENERIC,
+    runs_in_time=True,
 )
