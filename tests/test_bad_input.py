@@ -177,6 +177,7 @@ CLI_CASES = [
     _cli("simulate NIR with NaN thresholds", "simulate {nir_nan_threshold} --dataset mnist-mini", "NaN or infinite values in the thresholds of 'features_2'"),
     _cli("simulate NIR with a NaN key", "simulate {nir_nan_key} --dataset mnist-mini", "NaN or infinite values in the decoder key"),
     _cli("simulate NIR with a cycle", "simulate {nir_cycle} --dataset mnist-mini", "the graph has a cycle"),
+    _cli("simulate with an unknown tie-break", "simulate {run} --tie-break random --limit 10", "argument --tie-break: invalid choice: 'random'"),
     _cli("simulate a file that is not NIR", "simulate {not_nir} --dataset mnist-mini", "is not a readable NIR file"),
     _cli("simulate NIR on a dataset of other images", "simulate {nir} --dataset cifar10", "--dataset cifar10 has 3x32x32 images but"),
     _cli("simulate with limit 0", "simulate {run} --limit 0", "argument --limit: must be a finite integer >= 1, got 0"),

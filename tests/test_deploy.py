@@ -333,3 +333,20 @@ def test_a_membrane_readout_deploys_the_linear_output_layer_as_scores(tmp_path, 
         ws.to_spiking_graph(model, (1, 28, 28))
     with pytest.raises(DeployError, match="readout must be one of"):
         ws.to_spiking_graph(model, (1, 28, 28), readout="rates")
+
+
+def test_ties_in_the_decode_go_to_the_class_the_output_membranes_support_most():
+    # Two classes with disjoint 2-hot codes over 4 output units; each unit fires on its own input.
+    key = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], np.float32)
+    nodes = [ws.graph.InputNode("input", [], (4,)),
+             ws.graph.AffineNode("out", ["input"], (4,), np.eye(4, dtype=np.float32), np.zeros(4, np.float32)),
+             ws.graph.SpikeNode("spikes", ["out"], (4,), np.full(4, 0.5, np.float32))]  # fmt: skip
+    graph = ws.SpikingGraph(nodes, "spikes", key)
+    # One unit of each code fires: a tie (score 0 each). Class 1's units lie nearer their firing side.
+    inputs = np.array([[0.6, 0.1, 0.9, 0.45], [0.9, 0.45, 0.6, 0.1], [1.0, 1.0, 0.0, 0.0]], np.float32)
+    lowest = simulate(graph, inputs)
+    membrane = simulate(graph, inputs, tie_break="membrane")
+    assert lowest.predictions.tolist() == [0, 0, 0]
+    assert membrane.predictions.tolist() == [1, 0, 0]  # only the tie changes; a clear win stays
+    with pytest.raises(ValueError, match="tie_break must be one of \\('lowest', 'membrane'\\), got 'random'"):
+        simulate(graph, inputs, tie_break="random")

@@ -22,7 +22,7 @@ from .checkpoint import RunFolder, check_output_path, load_checkpoint
 from .data import DATASETS, DatasetError
 from .files import Terminated, sigterm_raises
 from .flags import BITS, COUNT, FRACTION, OneLineParser, add_run_settings, number
-from .models import list_models, model_description, recipe
+from .models import OTHER_NETWORKS, list_models, model_description, recipe
 from .run import (
     ConfigError,
     RunConfig,
@@ -33,6 +33,7 @@ from .run import (
     resumed_config,
     write_config,
 )
+from .sim import TIE_BREAKS
 from .targets import CHIPS, TARGETS
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -96,6 +97,8 @@ def make_parser() -> argparse.ArgumentParser:
     sim.add_argument("--bits", **bits)
     sim.add_argument("--arithmetic", choices=["fp32", "int8"], help="energy figures (default: int8 with --bits)")
     sim.add_argument("--batch-size", type=COUNT, default=256)
+    sim.add_argument("--tie-break", choices=TIE_BREAKS, default="lowest",
+                     help="classes whose decode scores tie: the lowest index, or the one the output membranes support most")  # fmt: skip
     sim.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     sim.add_argument("--no-progress", action="store_true")
@@ -236,7 +239,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         check_output_path(args.json_out, "--json", args.overwrite, example="report.json")
     arithmetic = args.arithmetic or ("int8" if args.bits else "fp32")
     result, figures = simulate_run(args.source, args.dataset, args.split, args.limit, args.bits, arithmetic,
-                                   args.batch_size, args.data_dir, args.download, progress=not args.no_progress)  # fmt: skip
+                                   args.batch_size, args.data_dir, args.download, progress=not args.no_progress,
+                                   tie_break=args.tie_break)  # fmt: skip
     print(result.report(arithmetic))
     print(
         f"simulated accuracy on {figures['samples']:,} {figures['dataset']} {args.split} images: {figures['accuracy']:.2%}"
@@ -279,6 +283,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:16s} {model_description(name)}")
         print(f"{'':16s} recipe: {r.dataset}, {r.optimizer} lr {r.lr:g}, batch {r.batch_size}, {r.epochs} epochs, "
               f"{r.sharpener} sharpener from epoch {r.start_epoch}, {r.steps} steps/layer per {r.per}")  # fmt: skip
+    print("\nbeyond classifiers (Python API; not trained by `whetstone train`):")
+    for name, (entry, description, command) in OTHER_NETWORKS.items():
+        print(f"{name:16s} {description}")
+        print(f"{'':16s} {entry}; run: {command}")
     return 0
 
 

@@ -605,6 +605,13 @@ class _GraphBuilder:
             raise DeployError(f"{fx_node.name}: only sums of layer outputs (skip connections) can be exported")
         self.alias[fx_node] = [term for node in terms for term in self.alias[node]]
 
+    def upsample(self, fx_node: torch.fx.Node) -> None:
+        raise DeployError(
+            f"{fx_node.target}: up-sampling (nn.Upsample) cannot be exported: NIR has no up-sampling node and no "
+            "neuromorphic toolchain reads one; the network runs in PyTorch only (a transposed convolution would be "
+            "a Conv2d with stride < 1, which NIR cannot express either)"
+        )
+
     def unsupported_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         raise DeployError(
@@ -651,6 +658,7 @@ _MODULE_RULES: list[tuple[type | tuple[type, ...], str]] = [
     (nn.AdaptiveAvgPool2d, "adaptive_avg_pool"),
     (nn.Flatten, "flatten_module"),
     (SoftmaxDecode, "decoder"),
+    (nn.Upsample, "upsample"),
 ]
 
 

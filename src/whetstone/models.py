@@ -123,6 +123,19 @@ def register_model(name: str, recipe: Recipe | None = None, description: str = "
     return decorate
 
 
+#: Networks built by their own module rather than the classifier registry: name -> (Python entry point, what
+#: it is, how to run it). `whetstone models` lists them after the registry.
+OTHER_NETWORKS: dict[str, tuple[str, str, str]] = {
+    "q-network": ("whetstone.rl.q_network", ("Deep Q-network: Dense 128 - Dense 128 binary spikes, action values as "
+                  "membrane potentials (CartPole-v1, gymnasium)"), "python examples/dqn.py"),
+    "segmenter": ("whetstone.segmentation.segmentation_network", ("Fully convolutional segmentation of digits on a "
+                  "32x64 canvas: binary strided encoder, nearest up-sampling, per-pixel scores (PyTorch only: NIR "
+                  "has no up-sampling)"), "python examples/segmentation.py"),
+    "random-walk": ("whetstone.randomwalk.random_walk_circuit", ("Spiking circuit estimating the 1-D diffusion "
+                    "equation's solution from random walks (built, not trained)"), "python examples/random_walk.py"),
+}  # fmt: skip
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
     return sorted(_REGISTRY)

@@ -7,6 +7,7 @@ precision the network is deployed in, so the accuracy reported is the deployed n
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -182,9 +183,11 @@ def simulate_run(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     progress: bool = False,
+    tie_break: str = "lowest",
 ) -> tuple[Any, dict[str, Any]]:
     """Run a trained run (its folder or a checkpoint) or a ``.nir`` file in the event-driven simulator
-    on the first ``limit`` images of a dataset split, quantized to ``bits`` if given. Returns the
+    on the first ``limit`` images of a dataset split, quantized to ``bits`` if given, ties in the decode
+    broken by ``tie_break`` (see :func:`~whetstone.sim.simulate`). Returns the
     :class:`~whetstone.sim.SimResult` and plain figures: accuracy, operations and energy per image, per
     layer activity, and for a checkpoint the PyTorch model's accuracy and its agreement with the simulator."""
     from .checkpoint import check_dataset
@@ -204,7 +207,8 @@ def simulate_run(
             raise ValueError("--dataset is required to simulate a .nir file")
         graph = read_nir(path)
         graph = quantize(graph, bits) if bits else graph
-        if DATASETS[dataset].image_shape != tuple(graph.input_shape):
+        steps = int(graph.metadata.get("steps", 1)) if graph.is_temporal else 1
+        if math.prod(DATASETS[dataset].image_shape) != steps * math.prod(graph.input_shape):
             shapes = ["x".join(map(str, shape)) for shape in (DATASETS[dataset].image_shape, graph.input_shape)]
             raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {source} takes {shapes[1]}")
     else:
@@ -213,12 +217,13 @@ def simulate_run(
         check_dataset(checkpoint, dataset, str(source))
     data = load_dataset(dataset, split, data_dir, download)
     images, labels = data.images[:limit].float().div_(255.0), data.labels[:limit].numpy()
-    result = simulate(graph, images.numpy(), batch_size, progress=progress)
+    result = simulate(graph, images.numpy(), batch_size, progress=progress, tie_break=tie_break)
     figures = {
         "source": str(source),
         "dataset": dataset,
         "split": split,
         "bits": bits,
+        "tie_break": tie_break,
         **result.figures(labels, arithmetic),
     }
     if model is not None:

@@ -31,7 +31,10 @@ from .graph import (
     SumPool2dNode,
 )
 
-__all__ = ["ENERGY_PER_OP", "EnergyModel", "SimResult", "check_images", "simulate"]
+__all__ = ["ENERGY_PER_OP", "TIE_BREAKS", "EnergyModel", "SimResult", "check_images", "simulate"]
+
+#: How :func:`simulate` picks among classes whose decode scores tie.
+TIE_BREAKS = ("lowest", "membrane")
 
 
 @dataclass(frozen=True)
@@ -318,9 +321,10 @@ def simulate(
     batch_size: int = 256,
     progress: bool = False,
     record: tuple[str, ...] = (),
+    tie_break: str = "lowest",
 ) -> SimResult:
-    """Run ``graph`` event by event and decode its output at the last step with the graph's key (ties ->
-    lowest class).
+    """Run ``graph`` event by event and decode its output at the last step with the graph's key (ties:
+    see ``tie_break``).
 
     ``inputs`` are float32 in [0, 1] (e.g. pixels / 255): images (N, *graph.input_shape), run for one time
     step, or sequences (N, T, *graph.input_shape), run for T steps. A temporal graph (recurrent edges,
@@ -329,7 +333,15 @@ def simulate(
     inputs; a recurrent input gives its node's value of the previous step (zeros at the first); a spiking
     node's membrane keeps ``leak`` times its value after the reset. ``record`` names nodes whose values at
     every step are returned in :attr:`SimResult.recorded` as (N, T, *shape). ``ValueError`` for inputs
-    that are not that (raw 0-255 pixels, NaN, another shape)."""
+    that are not that (raw 0-255 pixels, NaN, another shape).
+
+    N-hot decode scores are integers, so classes can tie. ``tie_break="lowest"`` takes the lowest class
+    index (argmax's rule); ``"membrane"`` reads the output neurons' membrane potentials too (where the
+    hardware lets them be read) and among the tied classes takes the one whose code the potentials
+    support most: the largest ``(v - threshold) @ (2 key - 1)^T`` (when the output is a spiking layer;
+    otherwise the lowest index)."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     names = {n.name for n in graph.nodes}
@@ -351,10 +363,10 @@ def simulate(
     starts = range(0, len(steps), batch_size)
     for lo in tqdm(starts, desc="simulate", unit="batch", disable=not progress, leave=False):
         batch = steps[lo : lo + batch_size]
-        out, margin, trace = _run_batch(graph, projections, stats, batch, record)
+        out, margin, trace, membrane = _run_batch(graph, projections, stats, batch, record)
         outputs.append(out if graph.readout == "membrane" else out.astype(np.uint8))
         margins.append(margin)
-        predictions.append(graph.decode(out).argmax(axis=1))
+        predictions.append(_classify(graph, out, membrane if tie_break == "membrane" else None))
         for name in record:
             recorded[name].append(trace[name])
     return SimResult(
@@ -376,15 +388,17 @@ def _run_batch(
     stats: dict[str, LayerStats],
     batch: np.ndarray,
     record: tuple[str, ...],
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """One batch of sequences (B, T, *input_shape) through every step: the output layer's values at the
-    last step, each sample's decision margin over all steps, and the recorded nodes' values (B, T, ...)."""
+    last step, each sample's decision margin over all steps, the recorded nodes' values (B, T, ...) and
+    the output spiking layer's ``v - threshold`` at the last step (None for a membrane readout)."""
     size = len(batch)
     delayed = {source for source, _ in graph.delayed_edges()}
     shapes = {n.name: n.shape for n in graph.nodes}
     previous = {name: np.zeros((size, *shapes[name])) for name in delayed}  # their values at t - 1
     membranes = {n.name: np.zeros((size, *n.shape)) for n in graph.spiking_nodes() if n.leak}
     margin = np.full(size, np.inf)
+    output_membrane = None  # the output spiking layer's v - threshold at the last step
     trace: dict[str, list[np.ndarray]] = {name: [] for name in record}
     for t in range(batch.shape[1]):
         values: dict[str, np.ndarray] = {}
@@ -412,6 +426,8 @@ def _run_batch(
                     margin = np.minimum(margin, distance)
                 values[node.name] = spikes.astype(np.float32)
                 stats[node.name].spikes += int(spikes.sum())
+                if node.name == graph.output:
+                    output_membrane = x - node.threshold
             elif isinstance(node, Pool2dNode):
                 values[node.name] = _pool(x, node)
             elif isinstance(node, FlattenNode):
@@ -422,4 +438,15 @@ def _run_batch(
             trace[name].append(values[name])
         previous = {name: values[name] for name in delayed}
     out = values[graph.output].reshape(size, -1)
-    return out, margin, {name: np.stack(parts, axis=1) for name, parts in trace.items()}
+    return out, margin, {name: np.stack(parts, axis=1) for name, parts in trace.items()}, output_membrane
+
+
+def _classify(graph: SpikingGraph, out: np.ndarray, membrane: np.ndarray | None) -> np.ndarray:
+    """The decoded class of each sample; with ``membrane`` (the output neurons' ``v - threshold``), ties
+    in the decode score go to the class whose code the potentials support most."""
+    scores = graph.decode(out)
+    if membrane is None or graph.readout != "spikes":
+        return scores.argmax(axis=1)
+    support = membrane.reshape(len(out), -1) @ (2.0 * graph.key.astype(np.float64) - 1.0).T
+    tied = scores == scores.max(axis=1, keepdims=True)
+    return np.where(tied, support, -np.inf).argmax(axis=1)
