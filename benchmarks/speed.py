@@ -14,7 +14,8 @@
               T = 1..32 time steps, vs ours at T = 1: accuracy and inference time.  (--full or
               --only conversion, needs spikingjelly)
 6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
-              and 512, on the GPU when there is one (--device).
+              and 512, and channels-last for the conv nets (--channels-last), on the GPU when there is one
+              (--device).
 7. onnx:      ONNX Runtime inference of the 8-bit network in integer arithmetic (uint8 x int8) and of the
               float binary network vs the same folded network with ReLU, batch 1 and 256.
 
@@ -133,12 +134,22 @@ def bench_precision(names: list[str], rounds: int, device: str) -> None:
             for precision in ("fp32", "bf16", "fp16"):
                 steps[f"spiking {precision}"] = train_step(model, x, y, precision)
                 steps[f"relu {precision}"] = train_step(relu, x, y, precision)
+            conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+            if conv:  # --channels-last: the same model and batch in NHWC
+                nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                x_nhwc = x.contiguous(memory_format=torch.channels_last)
+                for precision in ("fp32", "bf16"):
+                    steps[f"nhwc {precision}"] = train_step(nhwc, x_nhwc, y, precision)
             times = timed_rounds(steps, 30 if "dense" in name else 3, rounds)
             median = {key: statistics.median(values) for key, values in times.items()}
             for precision in ("fp32", "bf16", "fp16"):
                 spiking, plain = median[f"spiking {precision}"], median[f"relu {precision}"]
                 report(f"| {name} | {batch} | {precision} | {batch / spiking:,.0f} | {batch / plain:,.0f} | "
                        f"{spiking / plain:.2f} | {median['spiking fp32'] / spiking:.2f}x |")  # fmt: skip
+            for precision in ("fp32", "bf16") if conv else ():
+                spiking = median[f"nhwc {precision}"]
+                report(f"| {name} | {batch} | {precision} + channels_last | {batch / spiking:,.0f} | | | "
+                       f"{median['spiking fp32'] / spiking:.2f}x |")  # fmt: skip
 
 
 def bench_step(names: list[str], rounds: int) -> None:

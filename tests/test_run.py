@@ -2,6 +2,7 @@
 files (config.toml, best.pt, history.csv), callbacks, locks and atomic writes, and the module map."""
 
 import ast
+import copy
 import io
 import json
 import os
@@ -315,3 +316,29 @@ def test_history_json_is_what_the_checkpoint_holds(tmp_path):
     config = RunConfig(**TINY, out=str(tmp_path))
     build_run(config).fit()
     assert json.loads((tmp_path / "history.json").read_text()) == load_checkpoint(tmp_path)["history"]
+
+
+def test_channels_last_trains_the_same_network_in_another_memory_layout(tmp_path, mini_test):
+    """--channels-last changes only how tensors are laid out: the model is NHWC while training, computes what
+    the default layout computes (forward passes agree to float rounding; training then drifts apart only as
+    far as rounding at the bounded ReLU's corners lets it), and its checkpoint loads into an ordinary model."""
+    torch.manual_seed(0)
+    model = ws.create_model("mnist-conv-small").eval()
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = mini_test[0][:64]
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x.contiguous(memory_format=torch.channels_last)), model(x), rtol=0, atol=1e-4)
+    accuracy = {}
+    for layout in (False, True):
+        config = ws.RunConfig(model="mnist-conv-small", dataset="mnist-mini", limit=2000, epochs=5, start_epoch=2, steps=1, per="epoch",
+                              seed=0, threads=1, progress=False, out=str(tmp_path / f"cl{layout}"), channels_last=layout)  # fmt: skip
+        run = ws.build_run(config)
+        if layout:
+            conv = run.model.features[4].weight  # the second conv: 12 input channels
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        accuracy[layout] = run.fit().history[-1].eval_accuracy
+        trained = ws.model_from_checkpoint(ws.load_checkpoint(tmp_path / f"cl{layout}"))
+        assert trained.features[4].weight.is_contiguous()  # an ordinary model again
+    assert accuracy[False] > 0.8 and abs(accuracy[True] - accuracy[False]) < 0.03
+    with pytest.raises(ws.ConfigError, match="channels_last"):
+        ws.RunConfig(model="mnist-dense", channels_last="yes").validate()

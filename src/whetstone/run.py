@@ -151,6 +151,8 @@ class RunConfig:
     checkpoint_every: int | None = _setting(help="also checkpoint every N batches", runtime=True, metavar="N")
     device: str = _setting("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N", runtime=True)
     threads: int | None = _setting(help="torch CPU threads", runtime=True, metavar="N")
+    channels_last: bool = _setting(False, "conv nets: activations and weights channels-last (NHWC), faster on CPUs "
+                                   "with oneDNN and on GPUs (1.3-1.4x a step on this project's CPU)", runtime=True)  # fmt: skip
     nproc: int = _setting(1, "processes for distributed data parallel training (gloo on CPU, nccl on GPU)",
                           runtime=True, metavar="N")  # fmt: skip
     data_dir: str | None = _setting(help="data root (default: $WHETSTONE_DATA, else ~/.cache/whetstone/data)",
@@ -594,6 +596,8 @@ def build_run(
     except (ValueError, TypeError) as error:
         raise ConfigError("model_options", f": {error}") from None
     set_model_surrogate(model, config.surrogate)
+    if config.channels_last:  # before DDP wraps it: DDP keeps the parameters it was given
+        model.to(memory_format=torch.channels_last)
     trained: nn.Module = model
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
         # A fully sharpened layer passes no gradient (without --surrogate), so the parameters below it go unused.
@@ -607,6 +611,7 @@ def build_run(
     trainer = Trainer(
         trained, optimizer, build_sharpener(config), _loss(config, device), scheduler=scheduler, callbacks=extra,
         out_dir=config.out, progress=config.progress, checkpoint_every=config.checkpoint_every, precision=config.precision,
+        channels_last=config.channels_last,
         run_info={"model": config.model, "model_options": options, "dataset": config.dataset, "config": config.to_dict()},
     )  # fmt: skip
     if checkpoint is not None:

@@ -87,6 +87,10 @@ class Trainer:
             more than ``collapse_drop`` below its best while sharpening) is rolled back to its start and
             retried with the sharpening rate halved, before giving up with ``FloatingPointError``.
         collapse_drop: the fall in training accuracy (a fraction) that counts as a collapse.
+        precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast for the training forward pass.
+        channels_last: train on channels-last (NHWC) batches of images, with the model's weights
+            converted too (a ``DistributedDataParallel`` model must be converted before it is wrapped);
+            1.3-1.4x faster a step on the conv nets on a oneDNN CPU.
 
     In a ``torch.distributed`` process group, pass the ``DistributedDataParallel``-wrapped model: each
     batch's loss and accuracy counts are summed over all ranks before the sharpener sees them (so every
@@ -115,6 +119,7 @@ class Trainer:
         max_retries: int = 3,
         collapse_drop: float = 0.2,
         precision: str = "fp32",
+        channels_last: bool = False,
     ) -> None:
         self.model, self.optimizer, self.sharpener, self.scheduler = model, optimizer, sharpener, scheduler
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
@@ -133,6 +138,11 @@ class Trainer:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
+        self.channels_last = channels_last
+        if channels_last and self.module is model:  # a DDP-wrapped model must be converted before wrapping
+            self.module.to(memory_format=torch.channels_last)
         device = next(self.module.parameters(), torch.zeros(0)).device.type
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
         self.scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
@@ -212,6 +222,8 @@ class Trainer:
         else:  # any other deterministic iterable: replay and drop the batches already trained
             batches = itertools.islice(iter(loader), start_batch, None)
         for batch, (x, y) in enumerate(batches, start=start_batch):
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(x.device.type, dtype=_DTYPES[self.precision], enabled=self.precision != "fp32"):
                 output = self.model(x)
                 loss = self.loss(output, x, y)
