@@ -350,3 +350,15 @@ def test_ties_in_the_decode_go_to_the_class_the_output_membranes_support_most():
     assert membrane.predictions.tolist() == [1, 0, 0]  # only the tie changes; a clear win stays
     with pytest.raises(ValueError, match="tie_break must be one of \\('lowest', 'membrane'\\), got 'random'"):
         simulate(graph, inputs, tie_break="random")
+
+
+def test_a_membrane_readout_is_written_only_where_it_is_read_as_such(tmp_path):
+    from whetstone.targets import export
+
+    model = nn.Sequential(nn.Linear(4, 8), ws.SpikingBReLU(sharpness=1.0), nn.Linear(8, 2)).eval()
+    graph = ws.to_spiking_graph(model, (4,), readout="membrane")
+    for target, suffix in (("onnx", "onnx"), ("snntorch", "nir"), ("speck", "nir")):
+        with pytest.raises(DeployError, match=f"--target {target}: the graph's output is read as membrane potentials"):
+            export(graph, tmp_path / f"q.{suffix}", target)
+    assert not list(tmp_path.iterdir())
+    assert export(graph, tmp_path / "q.nir", "generic").is_file()

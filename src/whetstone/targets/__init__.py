@@ -68,6 +68,11 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Pa
             f"--target {chosen.name}: the graph runs in time (recurrent edges or leaky membranes), which whetstone "
             f"writes for {', '.join(n for n, t in TARGETS.items() if t.runs_in_time)} only"
         )
+    if graph.readout != "spikes" and chosen.name != "generic":
+        raise DeployError(
+            f"--target {chosen.name}: the graph's output is read as membrane potentials (readout={graph.readout!r}), "
+            "which whetstone writes as the generic NIR file only"
+        )
     prepared = chosen.prepare(graph)
     if chosen.write is not None:
         return chosen.write(prepared, Path(path))
