@@ -185,19 +185,26 @@ def bench_step(names: list[str], rounds: int) -> None:
                f"{binary_ratio:.3f} | {spread(ratios):.0%} |")  # fmt: skip
 
 
+def binary_model(name: str) -> nn.Module:
+    """Registry model ``name`` (seed 0) at sharpness 1, its batch norms holding non-trivial running
+    statistics to fold."""
+    torch.manual_seed(0)
+    model = ws.create_model(name)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(256, 1, 28, 28))
+    ws.set_model_sharpness(model, 1.0)
+    return model
+
+
 def bench_inference(names: list[str], rounds: int) -> None:
     report.part = "inference"
     report("\n### 3. Inference: deployed binary network vs the same folded network with nn.ReLU\n")
     report("| model | batch | binary samples/s | ReLU samples/s | ratio (target >= 1.0) | spread |")
     report("|---|---:|---:|---:|---:|---:|")
     for name in names:
-        torch.manual_seed(0)
-        model = ws.create_model(name)
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            model.train()
-            with torch.no_grad():
-                model(torch.rand(256, 1, 28, 28))  # non-trivial running statistics to fold
-        ws.set_model_sharpness(model, 1.0)
+        model = binary_model(name)
         binary = ws.for_inference(model)
         relu = ws.fold_batchnorm(with_relu(model))
         for batch in (1, 256):
@@ -265,13 +272,7 @@ def bench_onnx(names: list[str], rounds: int) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     for name in names:
-        torch.manual_seed(0)
-        model = ws.create_model(name)
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            model.train()
-            with torch.no_grad():
-                model(torch.rand(256, 1, 28, 28))
-        ws.set_model_sharpness(model, 1.0)
+        model = binary_model(name)
         model.eval()
         graph = ws.quantize(ws.to_spiking_graph(model, (1, 28, 28)), 8)
         binary = to_onnx(graph)

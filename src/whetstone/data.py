@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import positive_int
 from .files import atomic_write
 
 __all__ = [
@@ -367,8 +368,7 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int(batch_size, "batch_size")
         if len(images) != len(labels):
             raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
         self.device = torch.device(device) if device is not None else images.device

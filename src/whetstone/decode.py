@@ -11,13 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .checks import positive_int
+
 __all__ = ["SoftmaxDecode", "key_generator", "validate_key"]
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def key_generator(num_classes: int, width: int, overlapping: bool = True, seed: int | None = None) -> Tensor:
@@ -32,8 +28,8 @@ def key_generator(num_classes: int, width: int, overlapping: bool = True, seed: 
         overlapping: allow classes to share output units.
         seed: seed of the random draw; ``None`` draws from PyTorch's global generator.
     """
-    _check_positive_int(num_classes, "num_classes")
-    _check_positive_int(width, "width")
+    positive_int(num_classes, "num_classes")
+    positive_int(width, "width")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if width < num_classes:

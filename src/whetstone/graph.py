@@ -231,6 +231,13 @@ class SpikingGraph:
         on sequences, and its steps are not independent."""
         return bool(self.delayed_edges()) or any(n.leak != 0 for n in self.spiking_nodes())
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of what one sample holds: ``(steps, *input_shape)`` for a temporal graph whose
+        metadata gives ``steps`` (an image read row by row), else ``input_shape``."""
+        steps = int(self.metadata.get("steps", 1)) if self.is_temporal else 1
+        return (steps, *self.input_shape) if steps > 1 else tuple(self.input_shape)
+
     def as_steps(self, inputs: np.ndarray) -> np.ndarray:
         """``inputs`` as sequences (N, T, *input_shape). A temporal graph whose metadata gives ``steps``
         reads each sample's values in order, ``steps`` chunks of ``input_shape`` (an image row by row);

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
+from .checks import positive_int
 from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
 from .recurrent import RecurrentSpiking
@@ -415,9 +416,7 @@ def _rnn(width: int, spike: type, input_shape: tuple[int, int, int], hidden: int
     channels, height, width_px = input_shape
     if channels != 1:
         raise ValueError(f"rnn reads one-channel images row by row, got {channels} channels")
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
-    return RecurrentSpiking(height, width_px, hidden, width, spike)
+    return RecurrentSpiking(height, width_px, positive_int(hidden, "hidden"), width, spike)
 
 
 @register_model(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import int_at_least, positive_int
 from .graph import AffineNode, InputNode, SpikeNode, SpikingGraph
 from .sim import simulate
 
@@ -40,8 +41,7 @@ def random_walk_circuit(sites: int) -> SpikingGraph:
     """The circuit for a line of ``sites`` positions (walkers leaving it are lost: make it wide enough).
     Its input at each step is ``sites + 2`` values: the starting site (one-hot, first step only), then
     the two random bits."""
-    if isinstance(sites, bool) or not isinstance(sites, int) or sites < 2:
-        raise ValueError(f"sites must be an integer >= 2, got {sites!r}")
+    int_at_least(sites, "sites", 2)
     f32 = np.float32
     # The move neurons: blocks [right, left, stay_a, stay_b] of ``sites``, each reading its own site.
     at_site = np.tile(np.eye(sites, dtype=f32), (4, 1))  # (4 sites, sites)
@@ -115,8 +115,7 @@ def diffuse(walkers: int, steps: int, sites: int, seed: int = 0, chunk: int = 20
     """Run ``walkers`` walkers from the middle site for ``steps`` moves through the circuit (in chunks of
     ``chunk`` walkers) and count them per site after each move."""
     for name, value in (("walkers", walkers), ("steps", steps), ("chunk", chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(value, name)
     graph = random_walk_circuit(sites)
     rng = np.random.default_rng(seed)
     start = sites // 2

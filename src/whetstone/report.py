@@ -207,9 +207,8 @@ def simulate_run(
             raise ValueError("--dataset is required to simulate a .nir file")
         graph = read_nir(path)
         graph = quantize(graph, bits) if bits else graph
-        steps = int(graph.metadata.get("steps", 1)) if graph.is_temporal else 1
-        if math.prod(DATASETS[dataset].image_shape) != steps * math.prod(graph.input_shape):
-            shapes = ["x".join(map(str, shape)) for shape in (DATASETS[dataset].image_shape, graph.input_shape)]
+        if math.prod(DATASETS[dataset].image_shape) != math.prod(graph.sample_shape):
+            shapes = ["x".join(map(str, shape)) for shape in (DATASETS[dataset].image_shape, graph.sample_shape)]
             raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {source} takes {shapes[1]}")
     else:
         graph, model, checkpoint = graph_from_checkpoint(str(source), bits)

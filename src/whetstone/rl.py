@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .activations import SpikingBReLU
+from .checks import positive_int
 from .models import center_on_threshold
 from .sharpen import SimpleSharpener, set_model_surrogate
 
@@ -92,9 +93,7 @@ class DQNConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "buffer", "chunk", "sharpen_steps", "eval_episodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.env_id not in OBSERVATION_BOUNDS:
             raise ValueError(f"env_id must be one of {sorted(OBSERVATION_BOUNDS)}, got {self.env_id!r}")
         if self.activation not in ("brelu", "relu") or (self.activation == "relu" and self.sharpen):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import SpikingBReLU
+from .checks import positive_int
 from .models import center_on_threshold
 
 __all__ = ["CANVAS", "SpikingSegmenter", "digit_canvases", "mean_iou", "segmentation_network"]
@@ -30,8 +31,7 @@ def digit_canvases(
 ) -> tuple[Tensor, Tensor]:
     """``count`` canvases (count, 1, 32, 64) float in [0, 1] and their per-pixel labels (count, 32, 64)
     int64, from 28 x 28 digit ``images`` (uint8 or float in [0, 1]) and their ``labels``."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"count must be a positive integer, got {count!r}")
+    positive_int(count, "count")
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise ValueError(f"images must have shape (N, 1, 28, 28), got {tuple(images.shape)}")
     pixels = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
@@ -80,8 +80,7 @@ class SpikingSegmenter(nn.Module):
 def segmentation_network(classes: int = 11, width: int = 32) -> SpikingSegmenter:
     """A :class:`SpikingSegmenter` at sharpness 0."""
     for name, value in (("classes", classes), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int(value, name)
     return SpikingSegmenter(classes, width)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from .activations import SpikingActivation, check_sharpness, check_surrogate
+from .checks import int_at_least
 
 __all__ = [
     "AdaptiveSharpener",
@@ -134,12 +135,6 @@ def set_model_surrogate(model: nn.Module, value: float | None) -> None:
         layer.set_surrogate(value)
 
 
-def _check_int(value: object, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_positive(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -171,7 +166,7 @@ class Sharpener:
                 "the model has no spiking layers to sharpen; convert it first with whetstone.spikify(model)"
             )
         if batches_per_epoch is not None:
-            self.batches_per_epoch = _check_int(batches_per_epoch, "batches_per_epoch", minimum=1)
+            self.batches_per_epoch = int_at_least(batches_per_epoch, "batches_per_epoch", minimum=1)
         self.model, self.layers = model, layers
         self._check_layers()
         if self._pending_sharpness is not None:
@@ -256,8 +251,8 @@ class SimpleSharpener(Sharpener):
 
     def __init__(self, start_epoch: int, steps: int = 4, per: str = "epoch", bottom_up: bool = True) -> None:
         super().__init__()
-        self.start_epoch = _check_int(start_epoch, "start_epoch")
-        self.steps = _check_int(steps, "steps", minimum=1)
+        self.start_epoch = int_at_least(start_epoch, "start_epoch")
+        self.steps = int_at_least(steps, "steps", minimum=1)
         if per not in ("epoch", "batch"):
             raise ValueError(f"per must be 'epoch' or 'batch', got {per!r}")
         self.per = per
@@ -321,8 +316,8 @@ class ScheduledSharpener(Sharpener):
                 raise ValueError(
                     f"schedule[{index}] must be a (start_epoch, stop_epoch) pair, got {window!r}"
                 ) from None
-            _check_int(start, f"schedule[{index}] start_epoch")
-            _check_int(stop, f"schedule[{index}] stop_epoch")
+            int_at_least(start, f"schedule[{index}] start_epoch")
+            int_at_least(stop, f"schedule[{index}] stop_epoch")
             if stop <= start:
                 raise ValueError(f"schedule[{index}] must have stop_epoch > start_epoch, got ({start}, {stop})")
             windows.append((start, stop))
@@ -400,12 +395,12 @@ class AdaptiveSharpener(Sharpener):
         bottom_up: bool = True,
     ) -> None:
         super().__init__()
-        self.min_init_epochs = _check_int(min_init_epochs, "min_init_epochs")
+        self.min_init_epochs = int_at_least(min_init_epochs, "min_init_epochs")
         self.rate = _check_positive(rate, "rate")
         self.cz_rate = _check_positive(cz_rate, "cz_rate")
         self.critical = check_sharpness(critical, name="critical")
         self.first_layer_relative_rate = _check_positive(first_layer_relative_rate, "first_layer_relative_rate")
-        self.patience = _check_int(patience, "patience")
+        self.patience = int_at_least(patience, "patience")
         self.sig_increase = _check_positive(sig_increase, "sig_increase")
         self.sig_decrease = _check_positive(sig_decrease, "sig_decrease")
         self.bottom_up = bool(bottom_up)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from .checks import positive_int
 from .graph import (
     AffineNode,
     Conv2dNode,
@@ -342,8 +343,7 @@ def simulate(
     otherwise the lowest index)."""
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     names = {n.name for n in graph.nodes}
     unknown = [name for name in record if name not in names]
     if unknown:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from . import distributed
 from .callbacks import Callback, HistoryFiles, HistoryPlot, ProgressBar, as_callback
 from .checkpoint import RunFolder, save_checkpoint
+from .checks import positive_int
 from .files import raise_if_terminated
 from .losses import Loss, as_loss
 from .report import LayerReport, binary_report, evaluate, is_fully_binary
@@ -176,9 +177,7 @@ class Trainer:
         checked to be exactly 0/1; ``TrainResult.fully_binary`` says whether the network is a
         single-time-step spiking network.
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        self.epochs = epochs
+        self.epochs = positive_int(epochs, "epochs")
         self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
         if self.sharpener is not None:
             self.sharpener.on_train_begin(self.module, batches_per_epoch=self.batches_per_epoch)

@@ -44,7 +44,7 @@ def _require_onnx():
 
 def to_onnx(graph: SpikingGraph):
     """Build the ``onnx.ModelProto`` of ``graph`` (checked with ``onnx.checker``)."""
-    onnx = _require_onnx()
+    _require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, initializers = [], []
@@ -123,17 +123,25 @@ def to_onnx(graph: SpikingGraph):
             raise DeployError(f"{name}: {type(node).__name__} has no ONNX mapping")
 
     tail, outputs = decoder_nodes(graph, graph.output, constant)
-    nodes += tail
+    return checked_model(
+        graph, nodes + tail, initializers, outputs, "whetstone",
+        f"Single-time-step binary spiking network; '{graph.encoder}' is the encoder of real-valued input "
+        "(pixels in [0, 1]); every spiking layer is Cast(GreaterOrEqual(v, theta)).",
+    )  # fmt: skip
+
+
+def checked_model(graph: SpikingGraph, nodes: list, initializers: list, outputs: list, name: str, doc: str):
+    """The ONNX model of ``nodes`` reading ``graph``'s input (float, batch ``N``), checked by onnx."""
+    onnx = _require_onnx()
+    from onnx import TensorProto, helper
+
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *graph.input_shape])]
     model = helper.make_model(
-        helper.make_graph(nodes, "whetstone", inputs, outputs, initializers),
+        helper.make_graph(nodes, name, inputs, outputs, initializers),
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="whetstone-snn",
     )
-    model.doc_string = (
-        f"Single-time-step binary spiking network; '{graph.encoder}' is the encoder of real-valued input "
-        "(pixels in [0, 1]); every spiking layer is Cast(GreaterOrEqual(v, theta))."
-    )
+    model.doc_string = doc
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -33,7 +33,7 @@ from ..graph import (
     SpikeNode,
     SpikingGraph,
 )
-from .onnx import OPSET, _require_onnx, decoder_nodes
+from .onnx import _require_onnx, checked_model, decoder_nodes
 
 __all__ = ["to_integer_onnx", "write_integer_onnx"]
 
@@ -76,7 +76,7 @@ def _spike_bias(bias: np.ndarray, threshold: float) -> np.ndarray:
 
 def to_integer_onnx(graph: SpikingGraph):
     """Build the integer ``onnx.ModelProto`` of a quantized ``graph`` (see the module docstring)."""
-    onnx = _require_onnx()
+    _require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     _check(graph)
@@ -143,18 +143,11 @@ def to_integer_onnx(graph: SpikingGraph):
     )
     nodes.append(helper.make_node("Div", ["output_u8_as_float", levels], ["output_spikes"], name="output_spikes"))
     tail, outputs = decoder_nodes(graph, "output_spikes", constant)
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *graph.input_shape])]
-    model = helper.make_model(
-        helper.make_graph(nodes + tail, "whetstone-integer", inputs, outputs, initializers),
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="whetstone-snn",
-    )
-    model.doc_string = (
+    return checked_model(
+        graph, nodes + tail, initializers, outputs, "whetstone-integer",
         f"Single-time-step binary spiking network in integer arithmetic ({graph.metadata['quantized_bits']}-bit "
-        "weights, uint8 activations u = 255 x, one QLinearConv per spiking layer); pixels must be multiples of 1/255."
-    )
-    onnx.checker.check_model(model, full_check=True)
-    return model
+        "weights, uint8 activations u = 255 x, one QLinearConv per spiking layer); pixels must be multiples of 1/255.",
+    )  # fmt: skip
 
 
 def write_integer_onnx(graph: SpikingGraph, path: str | Path) -> Path:

@@ -191,10 +191,7 @@ def verify_on_dataset(
         graph = read_nir(path)
     else:
         graph = reference
-    takes = None
-    if graph is not None:
-        steps = int(graph.metadata.get("steps", 1)) if graph.is_temporal else 1
-        takes = (steps, *graph.input_shape) if steps > 1 else graph.input_shape
+    takes = graph.sample_shape if graph is not None else None
     has = DATASETS[dataset].image_shape
     if takes is not None and int(np.prod(has)) != int(np.prod(takes)):
         shapes = ["x".join(map(str, shape)) for shape in (has, takes)]

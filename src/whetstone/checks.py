@@ -1,0 +1,20 @@
+"""Checks of arguments the library's functions share: each returns the value or raises a one-line
+``ValueError`` naming the argument, the value and what is allowed (``True`` is not an integer here)."""
+
+from __future__ import annotations
+
+__all__ = ["int_at_least", "positive_int"]
+
+
+def int_at_least(value: object, name: str, minimum: int = 0) -> int:
+    """``value`` if it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` if it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
