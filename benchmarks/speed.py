@@ -6,7 +6,8 @@
 2. binary:    wall time of sharpening runs to a fully binary network (the recipe, and binary from the first
               batches with surrogate gradients for 1-3 epochs) vs training the same network with nn.ReLU
               until it reaches the accuracy each ends with.  (--full)
-3. inference: the deployed binary network (``ws.for_inference``: batch norm folded, in-place Heaviside) vs the same folded
+3. inference: the deployed binary network (``ws.for_inference``: batch norm folded, in-place Heaviside) and its
+              8-bit integer network (``ws.for_inference(bits=8)``: uint8 spikes, int8 kernels) vs the same folded
               network with nn.ReLU, batch 1 and 256, in inference mode.
 4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
               accuracy, training time and inference time.  (--full, needs snntorch)
@@ -199,29 +200,34 @@ def binary_model(name: str) -> nn.Module:
 
 
 def bench_inference(names: list[str], rounds: int) -> None:
+    from whetstone.integer import IntegerNetwork
+
     report.part = "inference"
     report("\n### 3. Inference: deployed binary network vs the same folded network with nn.ReLU\n")
-    report("| model | batch | binary samples/s | ReLU samples/s | ratio (target >= 1.0) | spread |")
-    report("|---|---:|---:|---:|---:|---:|")
+    report("| model | batch | binary samples/s | ReLU samples/s | binary / ReLU (target >= 1.0) | spread | "
+           "8-bit integer samples/s | integer / ReLU (target >= 1.5) | spread |")  # fmt: skip
+    report("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    engine = ""
     for name in names:
         model = binary_model(name)
         binary = ws.for_inference(model)
+        integer = ws.for_inference(model, bits=8, input_shape=(1, 28, 28))
+        assert isinstance(integer, IntegerNetwork)
+        engine = integer.engine + (", pixels as two channels (no VNNI)" if integer.pair_split else "")
         relu = ws.fold_batchnorm(with_relu(model))
         for batch in (1, 256):
             x = torch.rand(batch, 1, 28, 28)
-
-            def run(net: nn.Module, x: torch.Tensor = x) -> Callable[[], None]:
-                def call() -> None:
-                    with torch.inference_mode():
-                        net(x)
-
-                return call
-
             repeats = (200 if batch == 1 else 10) if "dense" in name else (50 if batch == 1 else 3)
-            times = timed_rounds({"binary": run(binary), "relu": run(relu)}, repeats, rounds)
-            ratios = [b / a for a, b in zip(times["binary"], times["relu"])]  # throughput ratio
-            report(f"| {name} | {batch} | {batch / statistics.median(times['binary']):,.0f} | "
-                   f"{batch / statistics.median(times['relu']):,.0f} | {statistics.median(ratios):.3f} | {spread(ratios):.0%} |")  # fmt: skip
+            calls = {
+                key: _torch_inference(net, x) for key, net in (("binary", binary), ("int8", integer), ("relu", relu))
+            }
+            times = timed_rounds(calls, repeats, rounds)
+            rate = {key: batch / statistics.median(values) for key, values in times.items()}
+            ratios = {key: [r / t for t, r in zip(times[key], times["relu"])] for key in ("binary", "int8")}
+            report(f"| {name} | {batch} | {rate['binary']:,.0f} | {rate['relu']:,.0f} | "
+                   f"{statistics.median(ratios['binary']):.3f} | {spread(ratios['binary']):.0%} | {rate['int8']:,.0f} | "
+                   f"**{statistics.median(ratios['int8']):.2f}** | {spread(ratios['int8']):.0%} |")  # fmt: skip
+    report(f"\nInteger engine: {engine}.")
 
 
 def _torch_inference(net: nn.Module, x: torch.Tensor) -> Callable[[], None]:

@@ -430,9 +430,12 @@ def test_the_catalogue_covers_at_least_80_cases():
 
 
 # -- the Python API ------------------------------------------------------------------------------
+def _model() -> ws.SpikingClassifier:
+    return ws.SpikingClassifier(torch.nn.Sequential(torch.nn.Linear(4, 4), ws.SpikingBReLU(1.0)), torch.eye(2, 4))
+
+
 def _graph() -> ws.SpikingGraph:
-    model = ws.SpikingClassifier(torch.nn.Sequential(torch.nn.Linear(4, 4), ws.SpikingBReLU(1.0)), torch.eye(2, 4))
-    return ws.to_spiking_graph(model, (4,))
+    return ws.to_spiking_graph(_model(), (4,))
 
 
 def _conv_graph() -> ws.SpikingGraph:
@@ -500,6 +503,16 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("export for Speck as ONNX", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "onnx", "speck"), ValueError, "target 'speck' is written as NIR, not ONNX"),
     ("integer ONNX of a float graph", lambda: __import__("whetstone.export.onnx_integer").export.onnx_integer.to_integer_onnx(_graph()),
      ws.DeployError, "integer ONNX needs a graph quantized to at most 8 bits (quantize(graph, 8)), got float weights"),
+    ("integer network of a float graph", lambda: ws.IntegerNetwork(_graph()), ws.DeployError,
+     "the integer network needs a graph quantized to at most 8 bits (quantize(graph, 8)), got float weights"),
+    ("integer network on an unknown engine", lambda: ws.IntegerNetwork(ws.quantize(_graph(), 8), engine="cuda"), ValueError,
+     "engine must be one of ('auto', 'onednn', 'float'), got 'cuda'"),
+    ("integer network fed the wrong shape", lambda: ws.IntegerNetwork(ws.quantize(_graph(), 8))(torch.zeros(2, 5)), ValueError,
+     "input must be (N, 4), got (2, 5)"),
+    ("for_inference at 9 bits", lambda: ws.for_inference(_model(), bits=9, input_shape=(4,)), ValueError,
+     "bits must be an integer in [2, 8] (int8 kernels) or None, got 9"),
+    ("for_inference in integers without a shape", lambda: ws.for_inference(_model(), bits=8), ValueError,
+     "for_inference(bits=...) needs input_shape"),
     ("fit report for a software target", lambda: _targets().fit_report(_graph(), "norse"), ValueError, "'norse' is not a chip with a fit report; choose one of"),
     ("verify in software that cannot run here", lambda: _targets().verify("/nonexistent/m.nir", "loihi2", np.zeros((1, 4))), ValueError, "Lava cannot run here"),
     ("verify an ONNX file without its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4))), ValueError, "give the graph the file was written from (reference=)"),

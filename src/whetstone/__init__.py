@@ -12,6 +12,7 @@ from .convert import ConversionError, fold_batchnorm, for_inference, pool_before
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
 from .graph import DeployError, SpikingGraph, check_deployable, quantize, to_spiking_graph
+from .integer import IntegerNetwork
 from .losses import Classification, Distillation, Reconstruction, distillation_loss
 from .models import SpikingClassifier, create_model, list_models
 from .report import binary_report, evaluate, is_fully_binary
@@ -41,6 +42,7 @@ __all__ = [
     "DatasetError",
     "DeployError",
     "Distillation",
+    "IntegerNetwork",
     "Reconstruction",
     "RunConfig",
     "ScheduledSharpener",

@@ -562,13 +562,30 @@ class Heaviside(nn.Module):
         return f"threshold={float(self.threshold)}"
 
 
-def for_inference(model: nn.Module) -> nn.Module:
+def for_inference(
+    model: nn.Module, *, bits: int | None = None, input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
     """An eval-mode copy of a fully sharpened ``model`` for fast PyTorch inference: batch norm folded,
     and each spiking activation replaced by a :class:`Heaviside` step that overwrites its input in place
     when no gradient is needed (so a forward hook on the layer before it would see spikes).
 
-    Raises ``ValueError`` naming a spiking activation that is not at sharpness 1.
+    With ``bits`` (2-8) it is instead the integer network of the model's graph quantized to ``bits``
+    (:class:`~whetstone.integer.IntegerNetwork`: uint8 spikes, int8 weights, oneDNN's int8 kernels on x86
+    CPUs), which needs ``input_shape`` (one sample's, e.g. ``(1, 28, 28)``). It gives the quantized graph's
+    spikes exactly, as ``simulate(quantize(graph, bits), images)`` and the ``onnx-int8`` file do.
+
+    Raises ``ValueError`` naming a spiking activation that is not at sharpness 1, and
+    :class:`~whetstone.graph.DeployError` for a graph the integer network cannot run.
     """
+    if bits is not None:
+        from .graph import quantize, to_spiking_graph
+        from .integer import IntegerNetwork
+
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"bits must be an integer in [2, 8] (int8 kernels) or None, got {bits!r}")
+        if input_shape is None:
+            raise ValueError("for_inference(bits=...) needs input_shape, one sample's shape such as (1, 28, 28)")
+        return IntegerNetwork(quantize(to_spiking_graph(model, tuple(input_shape)), bits)).eval()
     deployed = fold_batchnorm(model)
     for parent_name, parent in list(deployed.named_modules()):
         for name, child in list(parent.named_children()):

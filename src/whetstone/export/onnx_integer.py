@@ -23,49 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write
-from ..graph import (
-    AffineNode,
-    Conv2dNode,
-    DeployError,
-    FlattenNode,
-    InputNode,
-    MaxPool2dNode,
-    SpikeNode,
-    SpikingGraph,
-)
+from ..graph import AffineNode, FlattenNode, MaxPool2dNode, SpikeNode, SpikingGraph
+from ..integer import check_integer_chain
 from .onnx import _require_onnx, checked_model, decoder_nodes
 
 __all__ = ["to_integer_onnx", "write_integer_onnx"]
 
 LEVELS = 255  # a uint8 activation u stands for u / LEVELS
 OUTPUT_SCALE = 1.0 / 65536  # (acc + bias) * (1/255) / OUTPUT_SCALE >= 257 for acc + bias >= 1: saturates to 255
-
-
-def _check(graph: SpikingGraph) -> None:
-    bits = graph.metadata.get("quantized_bits")
-    if bits is None or int(bits) > 8:
-        raise DeployError(
-            f"integer ONNX needs a graph quantized to at most 8 bits (quantize(graph, 8)), got {bits or 'float'} weights"
-        )
-    users = graph.consumers()
-    for node in graph.nodes:
-        if isinstance(node, (AffineNode, Conv2dNode)):
-            feeds = users[node.name]
-            if len(feeds) != 1 or not isinstance(feeds[0], SpikeNode) or feeds[0].inputs != [node.name]:
-                raise DeployError(
-                    f"{node.name}: integer ONNX needs each weighted layer to feed one spiking layer alone (no skip "
-                    "connection or sum pooling); write the float ONNX file for this graph"
-                )
-        elif isinstance(node, SpikeNode):
-            if len(node.inputs) != 1 or not isinstance(graph.node(node.inputs[0]), (AffineNode, Conv2dNode)):
-                raise DeployError(
-                    f"{node.name}: integer ONNX runs spiking layers fed by one Linear or Conv2d only (no skip "
-                    "connection or sum pooling); write the float ONNX file for this graph"
-                )
-            if np.unique(node.threshold).size != 1:
-                raise DeployError(f"{node.name}: integer ONNX needs one threshold per spiking layer")
-        elif not isinstance(node, (InputNode, MaxPool2dNode, FlattenNode)):
-            raise DeployError(f"{node.name}: a {node.op} has no integer ONNX mapping")
 
 
 def _spike_bias(bias: np.ndarray, threshold: float) -> np.ndarray:
@@ -79,7 +44,7 @@ def to_integer_onnx(graph: SpikingGraph):
     _require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    _check(graph)
+    check_integer_chain(graph, "integer ONNX", "write the float ONNX file for this graph")
     nodes, initializers = [], []
 
     def constant(name: str, value: np.ndarray) -> str:
