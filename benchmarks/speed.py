@@ -435,16 +435,16 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     )
 
 
-def bench_conversion(data_dir: str | None, threads: int, out: Path, epochs: int = 20) -> None:
-    """SpikingJelly's RateCodingRecipe (IF neurons, soft reset, thresholds from the 99.9th percentile of
-    activations on 40 training batches) on the CNN trained with ReLU, against our single step; both trained
-    for ``epochs`` epochs of Adam under cosine decay."""
+CONVERSION_STEPS = (1, 2, 4, 8, 16, 32)
+
+
+def _converted_accuracies(seed: int, data_dir: str | None, epochs: int) -> tuple[float, dict[int, tuple[float, float]]]:
+    """SpikingJelly's conversion of the CNN trained with ReLU from ``seed``: the ReLU network's test accuracy
+    and, for each number of time steps, (test accuracy, inference seconds for the 10,000 images)."""
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
 
-    report.part = "conversion"
-    report(f"\n### 5. Against ANN-to-SNN conversion (SpikingJelly, same CNN, {threads} thread, full MNIST)\n")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ann = nn.Sequential(
         nn.Conv2d(1, 12, 5), nn.BatchNorm2d(12), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(12, 64, 5), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
@@ -452,10 +452,9 @@ def bench_conversion(data_dir: str | None, threads: int, out: Path, epochs: int 
     )  # fmt: skip
     train = ws.load_dataset("mnist", "train", data_dir)
     test = ws.load_dataset("mnist", "test", data_dir)
-    loader = ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=0)
+    loader = ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=seed)
     optimizer = torch.optim.Adam(ann.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
-    started = time.perf_counter()
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         ann.train()
@@ -465,47 +464,82 @@ def bench_conversion(data_dir: str | None, threads: int, out: Path, epochs: int 
             loss.backward()
             optimizer.step()
             schedule.step()
-    ann_train = time.perf_counter() - started
     ann.eval()
     test_batches = list(ws.TensorLoader.from_dataset(test, 1000))
     with torch.no_grad():
         ann_accuracy = sum(int((ann(x).argmax(1) == y).sum()) for x, y in test_batches) / len(test)
     calibration = [x for _, (x, _) in zip(range(40), ws.TensorLoader.from_dataset(train, 128, shuffle=True, seed=1))]
-    started = time.perf_counter()
     snn = Converter(RateCodingRecipe(calibration, mode="99.9%")).convert(ann)
-    convert_seconds = time.perf_counter() - started
-    report(f"ReLU CNN: {epochs} epochs of Adam 1e-3, cosine decay ({ann_train:.0f} s), {100 * ann_accuracy:.2f}% test "
-           f"accuracy; converted in {convert_seconds:.1f} s.\n")  # fmt: skip
-    report("| method | time steps | test accuracy | inference s (10,000 images) |")
-    report("|---|---:|---:|---:|")
-    for steps in (1, 2, 4, 8, 16, 32):
+    results = {}
+    for steps in CONVERSION_STEPS:
         correct, started = 0, time.perf_counter()
         with torch.no_grad():
             for x, y in test_batches:
                 functional.reset_net(snn)
                 counts = sum(snn(x) for _ in range(steps))
                 correct += int((counts.argmax(1) == y).sum())
-        report(
-            f"| SpikingJelly rate-coded conversion | {steps} | {100 * correct / len(test):.2f}% | {time.perf_counter() - started:.1f} |"
-        )
-    # Ours: the same epochs, sharpened bottom-up over 3 epochs a layer from epoch 3, surrogate gradients.
+        results[steps] = (correct / len(test), time.perf_counter() - started)
+    return ann_accuracy, results
+
+
+def _binary_accuracies(
+    seed: int, data_dir: str | None, threads: int, out: Path, epochs: int
+) -> tuple[float, float, float]:
+    """Ours from ``seed``: test accuracy of the fully binary network with the lowest-index and the membrane
+    tie-break, and the inference seconds of ``for_inference`` on the 10,000 images."""
+    folder = out / f"binary-long-seed{seed}"
     config = ws.RunConfig(model="mnist-conv-small", dataset="mnist", threads=threads, progress=False, data_dir=data_dir,
-                          out=str(out / "binary-long"), epochs=epochs, start_epoch=3, steps=3, per="epoch",
-                          lr_schedule="cosine", surrogate=0.0)  # fmt: skip
-    ours_train, _ = run_train(config)
-    binary = out / "binary-long"
+                          out=str(folder), epochs=epochs, start_epoch=3, steps=3, per="epoch", lr_schedule="cosine",
+                          surrogate=0.0, seed=seed)  # fmt: skip
+    run_train(config)
     model = ws.create_model("mnist-conv-small")
-    model.load_state_dict(ws.load_checkpoint(binary)["model"])
+    model.load_state_dict(ws.load_checkpoint(folder)["model"])
+    model.eval()
+    test = ws.load_dataset("mnist", "test", data_dir)
     deployed = ws.for_inference(model)
     correct, started = 0, time.perf_counter()
     with torch.inference_mode():
-        for x, y in test_batches:
+        for x, y in ws.TensorLoader.from_dataset(test, 1000):
             correct += int((deployed(x).argmax(1) == y).sum())
-    report(f"| whetstone, fully binary ({epochs} epochs, {ours_train:.0f} s) | 1 | {100 * correct / len(test):.2f}% | "
-           f"{time.perf_counter() - started:.1f} |")  # fmt: skip
+    seconds = time.perf_counter() - started
+    images, labels = test.images.float().div(255).numpy(), test.labels.numpy()
+    graph = ws.to_spiking_graph(model, (1, 28, 28))
+    membrane = ws.simulate(graph, images, batch_size=1000, tie_break="membrane").predictions
+    return correct / len(test), float((membrane == labels).mean()), seconds
+
+
+def bench_conversion(data_dir: str | None, threads: int, out: Path, seeds: list[int], epochs: int = 20) -> None:
+    """SpikingJelly's RateCodingRecipe (IF neurons, soft reset, thresholds from the 99.9th percentile of
+    activations on 40 training batches) on the CNN trained with ReLU, against our single step; both trained
+    for ``epochs`` epochs of Adam under cosine decay, from each of ``seeds``."""
+    report.part = "conversion"
+    report(f"\n### 5. Against ANN-to-SNN conversion (SpikingJelly, same CNN, {threads} thread, full MNIST)\n")
+    ann, converted, ours = {}, {}, {}
+    for seed in seeds:
+        ann[seed], converted[seed] = _converted_accuracies(seed, data_dir, epochs)
+        ours[seed] = _binary_accuracies(seed, data_dir, threads, out, epochs)
+        print(f"seed {seed}: ReLU {ann[seed]:.4f}, converted {converted[seed]}, ours {ours[seed]}", flush=True)
+
+    def cells(values: list[float]) -> str:
+        return " | ".join(f"{100 * v:.2f}%" for v in values) + f" | **{100 * statistics.mean(values):.2f}%**"
+
+    report(f"ReLU CNN: {epochs} epochs of Adam 1e-3, cosine decay: {cells([ann[s] for s in seeds])} test accuracy "
+           f"(seeds {', '.join(map(str, seeds))}, then the mean).\n")  # fmt: skip
+    report(f"| method | time steps | {' | '.join(f'seed {s}' for s in seeds)} | mean | inference s (10,000 images) |")
+    report("|---|---:|" + "---:|" * (len(seeds) + 2))
+    first = seeds[0]
+    for steps in CONVERSION_STEPS:
+        report(f"| SpikingJelly rate-coded conversion | {steps} | {cells([converted[s][steps][0] for s in seeds])} | "
+               f"{converted[first][steps][1]:.1f} |")  # fmt: skip
+    report(
+        f"| whetstone, fully binary, lowest-index decode | 1 | {cells([ours[s][0] for s in seeds])} | {ours[first][2]:.1f} |"
+    )
+    report(f"| whetstone, fully binary, membrane tie-break | 1 | {cells([ours[s][1] for s in seeds])} | |")
     report(
         f"\n`whetstone train --model mnist-conv-small --dataset mnist --epochs {epochs} --start-epoch 3 --steps 3 "
-        "--per epoch --lr-schedule cosine --surrogate 0` gives the whetstone row."
+        "--per epoch --lr-schedule cosine --surrogate 0 --seed S` gives the whetstone rows (`whetstone simulate RUN "
+        "--tie-break membrane` the second); inference seconds are seed "
+        f"{first}'s, the binary one in PyTorch (`for_inference`)."
     )
 
 
@@ -517,12 +551,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-epochs", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="for part 5, e.g. --seeds 0 1 2 3 4")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for part 6")
     parser.add_argument("--out", default="runs/speed")
     parser.add_argument("--write", help="replace the speed section of this markdown file (docs/results.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = ("--full " if args.full else "") + (f"--only {args.only} " if args.only else "")
+    flags += f"--seeds {' '.join(map(str, args.seeds))} " if args.seeds != [0] else ""
     report(f"Measured with `python benchmarks/speed.py {flags}--threads {args.threads}` on {machine()}.")
     names, out = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"], Path(args.out)
     parts = {
@@ -530,7 +566,7 @@ def main() -> None:
         "inference": lambda: bench_inference(names, args.rounds),
         "binary": lambda: bench_time_to_binary(args.data_dir, args.threads, out),
         "peer": lambda: bench_peer(args.data_dir, args.threads, out, args.peer_epochs),
-        "conversion": lambda: bench_conversion(args.data_dir, args.threads, out),
+        "conversion": lambda: bench_conversion(args.data_dir, args.threads, out, args.seeds),
         "precision": lambda: bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device),
         "onnx": lambda: bench_onnx(["mnist-dense", "mnist-conv-small", "mnist-conv", "mnist-conv-bn"], args.rounds),
     }

@@ -129,6 +129,21 @@ def test_build_run_assembles_a_run_that_keeps_its_best_binary_epoch(tmp_path):
     assert load_checkpoint(tmp_path)["run"]["config"]["surrogate"] == 0.0
 
 
+def test_lr_scaling_follows_the_batch_size_from_the_recipes(tmp_path):
+    base = RunConfig(
+        model="mnist-conv-bn", batch_size=512, out=str(tmp_path)
+    ).resolved()  # recipe: adam 3e-3, batch 128
+    assert base.scaled_lr() == 3e-3
+    assert base.replace(lr_scaling="linear").scaled_lr() == pytest.approx(12e-3)
+    assert base.replace(lr_scaling="sqrt").scaled_lr() == pytest.approx(6e-3)
+    assert base.replace(lr_scaling="sqrt", batch_size=128).scaled_lr() == pytest.approx(3e-3)
+    assert base.replace(lr=1e-2, lr_scaling="sqrt", batch_size=32).scaled_lr() == pytest.approx(5e-3)  # --lr scaled too
+    run = build_run(RunConfig(**{**TINY, "batch_size": 32, "lr_scaling": "linear"}, out=str(tmp_path / "run")))
+    assert run.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(run.config.lr * 32 / 128)
+    with pytest.raises(ws.ConfigError, match="lr_scaling must be one of none, linear, sqrt, got 'cube'"):
+        base.replace(lr_scaling="cube").validate()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_trains_but_reports_the_deployed_float32_network(tmp_path, precision):
     """Autocast changes the training arithmetic only: the accuracy a run reports, the binary check and best.pt

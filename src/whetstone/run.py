@@ -59,6 +59,8 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 #: Options an optimizer gets unless the recipe gives its own: ``sgd`` means SGD with momentum 0.9.
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9}}
 SHARPENERS = ("simple", "scheduled", "adaptive", "none")
+#: How --lr follows --batch-size (see RunConfig.scaled_lr).
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 class ConfigError(ValueError):
@@ -115,6 +117,9 @@ class RunConfig:
     lr: float | None = _setting(help="learning rate (default: the recipe's)")
     weight_decay: float | None = _setting(help="the optimizer's weight decay (decoupled for adamw)")
     batch_size: int | None = _setting(help="samples per optimizer step, over all processes")
+    lr_scaling: str = _setting("none", "scale --lr (read as the rate for the recipe's batch) with --batch-size: linear "
+                               "(x batch / recipe batch, for SGD), sqrt (x its square root, for the Adam family) or none",
+                               choices=LR_SCALINGS)  # fmt: skip
     epochs: int | None = _setting(help="maximum epochs (training stops once fully binary, unless --surrogate)")
     lr_schedule: str | None = _setting(help="cosine: the learning rate falls along half a cosine to lr/100 at --epochs",
                                        choices=("constant", "cosine"))  # fmt: skip
@@ -223,6 +228,16 @@ class RunConfig:
         if self.teacher:  # saved absolute: the run resumes from any folder
             filled["teacher"] = _absolute(self.teacher)
         return self.replace(**filled)
+
+    def scaled_lr(self) -> float:
+        """The learning rate the optimizer gets: ``lr`` times ``batch_size / b`` (``lr_scaling="linear"``) or
+        its square root (``"sqrt"``), ``b`` the batch size of the model's recipe; ``lr`` itself under "none"."""
+        if self.lr is None:
+            raise ConfigError("lr", "is unset: call scaled_lr() on a resolved() config")
+        if self.lr_scaling == "none" or self.batch_size is None:
+            return self.lr
+        ratio = self.batch_size / recipe(self.model).batch_size
+        return self.lr * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
 
     def optimizer_options(self) -> dict[str, Any]:
         """Constructor options of the optimizer: the recipe's when it is the recipe's optimizer, and the
@@ -603,7 +618,7 @@ def build_run(
         # A fully sharpened layer passes no gradient (without --surrogate), so the parameters below it go unused.
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                                       find_unused_parameters=True)  # fmt: skip
-    optimizer = build_optimizer(config.optimizer, trained.parameters(), config.lr, config.optimizer_options())
+    optimizer = build_optimizer(config.optimizer, trained.parameters(), config.scaled_lr(), config.optimizer_options())
     scheduler = cosine_schedule(optimizer, config.epochs) if config.lr_schedule == "cosine" else None
     extra = list(callbacks)
     if config.tensorboard:
