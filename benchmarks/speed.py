@@ -16,7 +16,7 @@
               --only conversion, needs spikingjelly)
 6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
               and 512, and channels-last for the conv nets (--channels-last), on the GPU when there is one
-              (--device).
+              (--device); with --compile also the step through torch.compile (--compile of whetstone train).
 7. onnx:      ONNX Runtime inference of the 8-bit network in integer arithmetic (uint8 x int8) and of the
               float binary network vs the same folded network with ReLU, batch 1 and 256.
 
@@ -116,8 +116,9 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: st
     return step
 
 
-def bench_precision(names: list[str], rounds: int, device: str) -> None:
-    """Samples per second of the spiking training step per precision (autocast), and against nn.ReLU."""
+def bench_precision(names: list[str], rounds: int, device: str, compiled: bool = False) -> None:
+    """Samples per second of the spiking training step per precision (autocast), and against nn.ReLU; with
+    ``compiled``, also the step through ``torch.compile`` (the first call of each compiles: untimed)."""
     report.part = "precision"
     report(f"\n### 6. Training step per precision ({device})\n")
     report(
@@ -141,6 +142,11 @@ def bench_precision(names: list[str], rounds: int, device: str) -> None:
                 x_nhwc = x.contiguous(memory_format=torch.channels_last)
                 for precision in ("fp32", "bf16"):
                     steps[f"nhwc {precision}"] = train_step(nhwc, x_nhwc, y, precision)
+            if compiled:  # --compile; timed_rounds warms each step up once, which compiles it
+                steps["compiled fp32"] = train_step(torch.compile(model), x, y)
+                steps["compiled relu fp32"] = train_step(torch.compile(relu), x, y)
+                if conv:
+                    steps["compiled nhwc bf16"] = train_step(torch.compile(nhwc), x_nhwc, y, "bf16")
             times = timed_rounds(steps, 30 if "dense" in name else 3, rounds)
             median = {key: statistics.median(values) for key, values in times.items()}
             for precision in ("fp32", "bf16", "fp16"):
@@ -150,6 +156,14 @@ def bench_precision(names: list[str], rounds: int, device: str) -> None:
             for precision in ("fp32", "bf16") if conv else ():
                 spiking = median[f"nhwc {precision}"]
                 report(f"| {name} | {batch} | {precision} + channels_last | {batch / spiking:,.0f} | | | "
+                       f"{median['spiking fp32'] / spiking:.2f}x |")  # fmt: skip
+            if compiled:
+                spiking, plain = median["compiled fp32"], median["compiled relu fp32"]
+                report(f"| {name} | {batch} | fp32 + compile | {batch / spiking:,.0f} | {batch / plain:,.0f} | "
+                       f"{spiking / plain:.2f} | {median['spiking fp32'] / spiking:.2f}x |")  # fmt: skip
+            if compiled and conv:
+                spiking = median["compiled nhwc bf16"]
+                report(f"| {name} | {batch} | bf16 + channels_last + compile | {batch / spiking:,.0f} | | | "
                        f"{median['spiking fp32'] / spiking:.2f}x |")  # fmt: skip
 
 
@@ -551,6 +565,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peer-epochs", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="part 6: also the step through torch.compile")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="for part 5, e.g. --seeds 0 1 2 3 4")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for part 6")
     parser.add_argument("--out", default="runs/speed")
@@ -558,6 +573,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = ("--full " if args.full else "") + (f"--only {args.only} " if args.only else "")
+    flags += "--compile " if args.compile else ""
     flags += f"--seeds {' '.join(map(str, args.seeds))} " if args.seeds != [0] else ""
     report(f"Measured with `python benchmarks/speed.py {flags}--threads {args.threads}` on {machine()}.")
     names, out = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"], Path(args.out)
@@ -567,7 +583,7 @@ def main() -> None:
         "binary": lambda: bench_time_to_binary(args.data_dir, args.threads, out),
         "peer": lambda: bench_peer(args.data_dir, args.threads, out, args.peer_epochs),
         "conversion": lambda: bench_conversion(args.data_dir, args.threads, out, args.seeds),
-        "precision": lambda: bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device),
+        "precision": lambda: bench_precision(["mnist-dense", "mnist-conv-bn"], args.rounds, args.device, args.compile),
         "onnx": lambda: bench_onnx(["mnist-dense", "mnist-conv-small", "mnist-conv", "mnist-conv-bn"], args.rounds),
     }
     chosen = (

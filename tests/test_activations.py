@@ -170,3 +170,26 @@ def test_set_model_surrogate_reaches_every_layer_and_not_the_state_dict():
     assert "surrogate" not in " ".join(model.state_dict())
     ws.set_model_surrogate(model, None)
     assert all(layer.surrogate is None for layer in ws.spiking_layers(model))
+
+
+@pytest.mark.parametrize("activation", [ws.SpikingBReLU, ws.SpikingSigmoid])
+def test_compiled_forward_reads_the_sharpness_buffer_and_branches_on_binary_alone(activation):
+    """Under torch.compile a soft layer reads its sharpness from the buffer (a graph input), so changing
+    it recompiles nothing; turning binary does, once. The values are the eager layer's."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    layer = activation(0.0)
+    layer.set_surrogate(0.0)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.linspace(-2, 2, 101, requires_grad=True)
+    for sharpness in (0.0, 0.3, 0.7, 0.99, 1.0, 1.0):
+        layer.set_sharpness(sharpness)
+        out = compiled(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        (expected_grad,) = torch.autograd.grad(layer(x).sum(), x)
+        torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+    assert torch.equal(out, (x >= layer.spike_threshold).float())  # the exact step once binary
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # soft (any sharpness), binary

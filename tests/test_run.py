@@ -144,6 +144,25 @@ def test_lr_scaling_follows_the_batch_size_from_the_recipes(tmp_path):
         base.replace(lr_scaling="cube").validate()
 
 
+def test_compiled_training_step_trains_the_same_network(tmp_path):
+    """--compile: inductor compiles one graph per pattern of binary layers (4 for 3 layers, whatever the
+    per-batch sharpness values), and trains what the eager step trains, up to float rounding."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    settings = {**TINY, "epochs": 4, "steps": 3, "per": "batch", "surrogate": 0.0}  # 3 batches an epoch
+    with torch_threads(1):
+        compiled = build_run(RunConfig(**settings, compile=True, out=str(tmp_path / "compiled"))).fit()
+        eager = build_run(RunConfig(**settings, out=str(tmp_path / "eager"))).fit()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 5  # and once for the shorter last batch
+    assert compiled.fully_binary and eager.fully_binary
+    for ours, theirs in zip(compiled.history, eager.history, strict=True):
+        assert ours.sharpness == theirs.sharpness
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=0.02)
+        assert abs(ours.eval_accuracy - theirs.eval_accuracy) <= 0.03
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_trains_but_reports_the_deployed_float32_network(tmp_path, precision):
     """Autocast changes the training arithmetic only: the accuracy a run reports, the binary check and best.pt

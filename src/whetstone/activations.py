@@ -97,12 +97,37 @@ class _StepWithSigmoidSlope(torch.autograd.Function):
         return grad * ctx.gain * y * (1 - y), None
 
 
-def _brelu_gain(sharpness: float) -> float:
+def _brelu_gain(sharpness: float | Tensor) -> float | Tensor:
     return 1.0 / (1.0 - sharpness + SHARPNESS_EPSILON)
 
 
-def _sigmoid_gain(sharpness: float) -> float:
+def _sigmoid_gain(sharpness: float | Tensor) -> float | Tensor:
     return _SIGMOID_BASE_GAIN / (1.0 - sharpness + SHARPNESS_EPSILON)
+
+
+def _brelu_step(x: Tensor, surrogate: float | None) -> Tensor:
+    if surrogate is None or not (x.requires_grad and torch.is_grad_enabled()):
+        return _heaviside(x, 0.5)
+    return _StepWithBReLUSlope.apply(x, _brelu_gain(surrogate))
+
+
+def _brelu_soft(x: Tensor, sharpness: float | Tensor) -> Tensor:
+    gain = _brelu_gain(sharpness)
+    # Same function as the formula, in two elementwise passes forward and two backward (hardtanh's
+    # backward is one fused kernel): within a few percent of a ReLU's cost (benchmarks/speed.py).
+    return F.hardtanh(x.mul(gain).add_(0.5 - 0.5 * gain), 0.0, 1.0)
+
+
+def _sigmoid_step(x: Tensor, surrogate: float | None) -> Tensor:
+    if surrogate is None or not (x.requires_grad and torch.is_grad_enabled()):
+        return _heaviside(x, 0.0)
+    return _StepWithSigmoidSlope.apply(x, _sigmoid_gain(surrogate))
+
+
+def _sigmoid_soft(x: Tensor, sharpness: float | Tensor) -> Tensor:
+    # PyTorch's sigmoid is stable for any input, so the original's overflow guard (clamping k x to
+    # [-40, 40]) is not needed: the values differ only below 1e-17 and the gradients below 1e-16.
+    return torch.sigmoid(x.mul(_sigmoid_gain(sharpness)))
 
 
 def spiking_brelu(x: Tensor, sharpness: float, surrogate: float | None = None) -> Tensor:
@@ -111,14 +136,7 @@ def spiking_brelu(x: Tensor, sharpness: float, surrogate: float | None = None) -
     ``s < 1``: ``clamp((x - 0.5) / (1 - s + lam) + 0.5, 0, 1)``; ``s == 1``: ``1[x >= 0.5]``, whose
     gradient is zero, or with ``surrogate`` set the slope of this function at sharpness ``surrogate``.
     """
-    if sharpness >= 1.0:
-        if surrogate is None or not (x.requires_grad and torch.is_grad_enabled()):
-            return _heaviside(x, 0.5)
-        return _StepWithBReLUSlope.apply(x, _brelu_gain(surrogate))
-    gain = _brelu_gain(sharpness)
-    # Same function as the formula, in two elementwise passes forward and two backward (hardtanh's
-    # backward is one fused kernel): within a few percent of a ReLU's cost (benchmarks/speed.py).
-    return F.hardtanh(x.mul(gain).add_(0.5 - 0.5 * gain), 0.0, 1.0)
+    return _brelu_step(x, surrogate) if sharpness >= 1.0 else _brelu_soft(x, sharpness)
 
 
 def spiking_sigmoid(x: Tensor, sharpness: float, surrogate: float | None = None) -> Tensor:
@@ -128,14 +146,7 @@ def spiking_sigmoid(x: Tensor, sharpness: float, surrogate: float | None = None)
     ``s == 1``: ``1[x >= 0]``, whose gradient is zero, or with ``surrogate`` set the slope of this
     function at sharpness ``surrogate``.
     """
-    if sharpness >= 1.0:
-        if surrogate is None or not (x.requires_grad and torch.is_grad_enabled()):
-            return _heaviside(x, 0.0)
-        return _StepWithSigmoidSlope.apply(x, _sigmoid_gain(surrogate))
-    gain = _sigmoid_gain(sharpness)
-    # PyTorch's sigmoid is stable for any input, so the original's overflow guard (clamping k x to
-    # [-40, 40]) is not needed: the values differ only below 1e-17 and the gradients below 1e-16.
-    return torch.sigmoid(x.mul(gain))
+    return _sigmoid_step(x, surrogate) if sharpness >= 1.0 else _sigmoid_soft(x, sharpness)
 
 
 class SpikingActivation(nn.Module):
@@ -143,7 +154,9 @@ class SpikingActivation(nn.Module):
 
     The sharpness lives in a 0-dim float buffer named ``sharpness`` so that ``state_dict`` carries it.
     Change it with :meth:`set_sharpness` (which validates); a Python copy is kept so ``forward`` can
-    branch on it without reading the buffer (a device sync on GPU) at every call.
+    branch on it without reading the buffer (a device sync on GPU) at every call. Under ``torch.compile``
+    the forward pass branches on whether the layer is binary alone and reads a soft layer's sharpness from
+    the buffer: a Python float would be compiled in as a constant, one graph per value.
 
     ``surrogate`` (default None) is a training setting, not part of the model's state: see
     :meth:`set_surrogate`.
@@ -156,7 +169,7 @@ class SpikingActivation(nn.Module):
         super().__init__()
         value = check_sharpness(sharpness)
         self.register_buffer("sharpness", torch.tensor(value, dtype=torch.float32))
-        self._sharpness = value
+        self._sharpness, self._binary = value, value >= 1.0
         self.surrogate: float | None = None
         self.register_load_state_dict_post_hook(_refresh_sharpness_after_load)
 
@@ -164,7 +177,7 @@ class SpikingActivation(nn.Module):
         """Set the sharpness; ``ValueError`` unless ``value`` is in [0, 1]."""
         value = check_sharpness(value)
         self.sharpness.fill_(value)
-        self._sharpness = value
+        self._sharpness, self._binary = value, value >= 1.0
 
     def set_surrogate(self, value: float | None) -> None:
         """Let the layer learn once binary: at sharpness 1 its forward pass stays the exact step, but
@@ -180,7 +193,11 @@ class SpikingActivation(nn.Module):
     @property
     def is_binary(self) -> bool:
         """True when the activation is exactly the Heaviside step (sharpness 1)."""
-        return self._sharpness >= 1.0
+        return self._binary
+
+    def _soft_sharpness(self) -> float | Tensor:
+        """The sharpness a soft forward pass uses: the Python copy, or the buffer under ``torch.compile``."""
+        return self.sharpness if torch.compiler.is_compiling() else self._sharpness
 
     def extra_repr(self) -> str:
         surrogate = "" if self.surrogate is None else f", surrogate={self.surrogate:.4g}"
@@ -190,6 +207,7 @@ class SpikingActivation(nn.Module):
 def _refresh_sharpness_after_load(module: nn.Module, incompatible_keys: object) -> None:
     value = float(module.sharpness)
     module._sharpness = check_sharpness(value, name=f"loaded sharpness of {type(module).__name__}")
+    module._binary = value >= 1.0
 
 
 class SpikingBReLU(SpikingActivation):
@@ -205,7 +223,7 @@ class SpikingBReLU(SpikingActivation):
     spike_threshold = 0.5
 
     def forward(self, x: Tensor) -> Tensor:
-        return spiking_brelu(x, self._sharpness, self.surrogate)
+        return _brelu_step(x, self.surrogate) if self._binary else _brelu_soft(x, self._soft_sharpness())
 
 
 class SpikingSigmoid(SpikingActivation):
@@ -214,4 +232,4 @@ class SpikingSigmoid(SpikingActivation):
     spike_threshold = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
-        return spiking_sigmoid(x, self._sharpness, self.surrogate)
+        return _sigmoid_step(x, self.surrogate) if self._binary else _sigmoid_soft(x, self._soft_sharpness())
