@@ -11,6 +11,7 @@
 # CUDA PyTorch; whetstone runs from src/ (PYTHONPATH), nothing is installed. From the repository root:
 #   OUT=$OUT bash benchmarks/gpu_figures.sh                                   # on the GPU machine
 #   SMOKE=1 PY=.venv/bin/python OUT=/tmp/gpu bash benchmarks/gpu_figures.sh   # minutes on a CPU, tiny budgets
+# COMPILE=1 adds the torch.compile rows to the step table (a few minutes of compilation: a second call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder the results go to}
@@ -28,8 +29,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>/dev/nu
 
 # 1. The step (writes its own markdown section into a copy of docs/results.md).
 cp docs/results.md "$OUT/results.md"
-$PY benchmarks/speed.py --only precision --device "$DEVICE" --rounds "$ROUNDS" --write "$OUT/results.md" \
-    > "$OUT/step.log" 2>&1 || echo "step benchmark failed: see step.log" >> "$OUT/errors.txt"
+$PY benchmarks/speed.py --only precision --device "$DEVICE" --rounds "$ROUNDS" ${COMPILE:+--compile} \
+    --write "$OUT/results.md" > "$OUT/step.log" 2>&1 || echo "step benchmark failed: see step.log" >> "$OUT/errors.txt"
 
 # 2. Runs side by side; each resumes if its folder holds a checkpoint.
 train() {  # NAME, then extra flags
