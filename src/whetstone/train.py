@@ -150,9 +150,8 @@ class Trainer:
             self.module.to(memory_format=torch.channels_last)
         if not isinstance(compile, bool):
             raise ValueError(f"compile must be True or False, got {compile!r}")
-        # The training forward pass (and so its backward): compiled, or the model itself. Evaluation, the 0/1
-        # check and checkpoints use the model: the float32 network that is deployed.
-        self._train_forward: Callable[[Tensor], Tensor] = torch.compile(model) if compile else model
+        self.compile = compile
+        self._compiled: tuple[nn.Module, Callable[[Tensor], Tensor]] | None = None  # (model, its compiled form)
         device = next(self.module.parameters(), torch.zeros(0)).device.type
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
         self.scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
@@ -289,6 +288,16 @@ class Trainer:
         self._save_best(record)
         self._save_checkpoint()
         self._call("on_epoch_end", record)
+
+    def _train_forward(self, x: Tensor) -> Tensor:
+        """The training forward pass (and so its backward): the model's, or with ``compile`` its compiled
+        form, made for whichever model ``self.model`` holds. Evaluation, the 0/1 check and checkpoints use
+        the model itself: the float32 network that is deployed."""
+        if not self.compile:
+            return self.model(x)
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1](x)
 
     def _call(self, hook: str, *args: Any) -> None:
         if self.is_main:
