@@ -168,3 +168,24 @@ def test_refuses_what_it_cannot_run_exactly(trained_residual):
 def _binary(model: nn.Module) -> nn.Module:
     ws.set_model_sharpness(model, 1.0)
     return model.eval()
+
+
+def test_copies_pickles_and_loaded_weights_after_a_forward_pass(trained, mini_test):
+    """oneDNN's packed weights (made at the first call, opaque) stay out of copies and pickles, and a
+    state dict loaded later is what runs, not the weights packed before."""
+    import copy
+    import io
+
+    images, _ = mini_test
+    network = ws.for_inference(trained, bits=8, input_shape=(1, 28, 28))
+    expected = _spikes(network, images)
+    np.testing.assert_array_equal(_spikes(copy.deepcopy(network), images), expected)
+    buffer = io.BytesIO()
+    torch.save(network, buffer)
+    buffer.seek(0)
+    np.testing.assert_array_equal(_spikes(torch.load(buffer, weights_only=False), images), expected)
+    other = ws.for_inference(trained, bits=4, input_shape=(1, 28, 28))  # other integers, the same layout
+    other_spikes = _spikes(other, images)
+    assert not np.array_equal(other_spikes, expected)
+    network.load_state_dict(other.state_dict())
+    np.testing.assert_array_equal(_spikes(network, images), other_spikes)

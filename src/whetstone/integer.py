@@ -9,10 +9,12 @@ The layers run on oneDNN's int8 kernels where PyTorch has them (x86 CPUs): the c
 product, the comparison and the uint8 spikes in one call (``torch.ops.onednn.qconv2d_pointwise`` with the
 bias ``1 - c`` and a clamp to [0, 1]). CPUs without VNNI sum pairs of products in 16 bits, with saturation:
 inputs up to 128 never reach it (128 x 127 x 2 = 32,512 < 32,767), so there each pixel is fed as two
-channels, ``min(p, 128)`` and the rest, under the same weights. Float32 is the engine elsewhere
-(``engine="float"``, other CPUs, GPUs). Every partial sum is an integer below ``2**24`` (checked when the
-network is built), so both engines are exact: the spikes are those of :func:`~whetstone.sim.simulate` on
-the quantized graph, ties included, for images whose pixels are multiples of 1/255 (8-bit images).
+channels, ``min(p, 128)`` and the rest, under the same weights. Matrix products under 2**18 multiply-adds
+sum in float32 (a oneDNN call costs ~16 us whatever its size), and so does every layer on other CPUs
+(``engine="float"``). Every partial sum is an integer below ``2**24`` (checked when the network is built), so
+both engines are exact: the spikes are those of :func:`~whetstone.sim.simulate` on the quantized graph, ties
+included, for images whose pixels are multiples of 1/255 (8-bit images). On a GPU the float engine runs too,
+but its exactness is not tested there (cuDNN may choose Winograd or FFT convolutions, which round).
 
 It takes the graphs that the integer ONNX file takes (:func:`check_integer_chain`): chains of convolutions
 and linears each feeding one spiking layer, max pooling and flatten, at most 8-bit weights.
@@ -41,7 +43,7 @@ from .graph import (
 
 __all__ = ["ENGINES", "IntegerNetwork", "check_integer_chain", "cpu_has_vnni", "onednn_available"]
 
-#: How the spike-fed layers sum: oneDNN's int8 kernels, float32, or the first that this machine runs.
+#: How the layers sum: oneDNN's int8 kernels, float32, or oneDNN where this machine runs it.
 ENGINES = ("auto", "onednn", "float")
 PIXEL_LEVELS = 255  # a pixel x is read as round(255 x)
 SMALL_PRODUCT = 2**18  # multiply-adds under which a matrix product runs in float32 (oneDNN's call costs ~16 us)
@@ -82,28 +84,24 @@ def check_integer_chain(graph: SpikingGraph, consumer: str, instead: str) -> Non
             raise DeployError(f"{node.name}: a {node.op} has no {consumer} mapping")
 
 
+@functools.cache
 def onednn_available() -> bool:
-    """Whether this PyTorch runs oneDNN's int8 convolution here (probed once on a 1x1 image)."""
-    global _ONEDNN
-    if _ONEDNN is None:
-        try:
-            ones = torch.ones(1, dtype=torch.float32)
-            packed = torch.ops.onednn.qconv_prepack(
-                torch.ones(1, 1, 1, 1, dtype=torch.int8), ones, 1.0, 0, [1, 1], [0, 0], [1, 1], 1, None
-            )
-            out = torch.ops.onednn.qconv2d_pointwise(
-                torch.ones(1, 1, 1, 1, dtype=torch.uint8), 1.0, 0, packed, ones, torch.zeros(1, dtype=torch.int64),
-                None, [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "",
-            )  # fmt: skip
-            _ONEDNN = bool(out.item() == 1.0)
-        except (RuntimeError, AttributeError, NotImplementedError):
-            _ONEDNN = False
-    return _ONEDNN
+    """Whether this PyTorch runs oneDNN's int8 convolution here (probed once, on a 1x1 image)."""
+    try:
+        ones = torch.ones(1, dtype=torch.float32)
+        packed = torch.ops.onednn.qconv_prepack(
+            torch.ones(1, 1, 1, 1, dtype=torch.int8), ones, 1.0, 0, [1, 1], [0, 0], [1, 1], 1, None
+        )
+        out = torch.ops.onednn.qconv2d_pointwise(
+            torch.ones(1, 1, 1, 1, dtype=torch.uint8), 1.0, 0, packed, ones, torch.zeros(1, dtype=torch.int64),
+            None, [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "",
+        )  # fmt: skip
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return bool(out.item() == 1.0)
 
 
-_ONEDNN: bool | None = None
-
-
+@functools.cache
 def cpu_has_vnni() -> bool:
     """Whether this CPU sums int8 products in 32 bits (AVX-512 VNNI or AVX-VNNI, read from /proc/cpuinfo);
     ``False`` where that cannot be read, which costs speed, never exactness."""
@@ -151,6 +149,12 @@ class IntegerSpikingLayer(nn.Module):
         #: The integer each unit's accumulator must reach to fire (per output channel of a convolution).
         self.register_buffer("first", torch.tensor(first, dtype=torch.float32))
         self._packed: torch.Tensor | None = None  # made on first use, with _ones, _zeros and _bias
+        self.register_load_state_dict_post_hook(_forget_packed)
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the opaque packed weights behind
+        state = dict(super().__getstate__())
+        state["_packed"] = None
+        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         small = not self.conv and x.shape[0] * self.weight.numel() < SMALL_PRODUCT
@@ -192,6 +196,11 @@ class IntegerSpikingLayer(nn.Module):
         kind = "conv2d" if self.conv else "linear"
         split = ", pixels as two channels" if self.pair_split and self.engine == "onednn" else ""
         return f"{self.name}: {kind} {tuple(self.weight.shape)}, input levels {self.levels}, {self.engine}{split}"
+
+
+def _forget_packed(layer: IntegerSpikingLayer, incompatible_keys: object) -> None:
+    """After ``load_state_dict``: drop oneDNN's copy of the old weights; the next call packs the new ones."""
+    layer._packed = None
 
 
 class IntegerMaxPool2d(nn.Module):
