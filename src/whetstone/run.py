@@ -157,7 +157,7 @@ class RunConfig:
     device: str = _setting("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N", runtime=True)
     threads: int | None = _setting(help="torch CPU threads", runtime=True, metavar="N")
     channels_last: bool = _setting(False, "conv nets: activations and weights channels-last (NHWC), faster on CPUs "
-                                   "with oneDNN and on GPUs (1.3-1.4x a step on this project's CPU)", runtime=True)  # fmt: skip
+                                   "with oneDNN and on GPUs (1.1-1.2x a step on this project's CPU)", runtime=True)  # fmt: skip
     compile: bool = _setting(False, "compile the training step with torch.compile (inductor): the first step of each "
                              "pattern of binary layers compiles (~20 s on a CPU); evaluation stays eager float32",
                              runtime=True)  # fmt: skip
