@@ -5,14 +5,14 @@
               everywhere, and every layer binary, learning through surrogate gradients.
 2. binary:    wall time of sharpening runs to a fully binary network (the recipe, and binary from the first
               batches with surrogate gradients for 1-3 epochs) vs training the same network with nn.ReLU
-              until it reaches the accuracy each ends with.  (--full)
+              until it reaches the accuracy each ends with (read every quarter epoch).  (--full)
 3. inference: the deployed binary network (``ws.for_inference``: batch norm folded, in-place Heaviside) and its
               8-bit integer network (``ws.for_inference(bits=8)``: uint8 spikes, int8 kernels) vs the same folded
               network with nn.ReLU, batch 1 and 256, in inference mode.
 4. peer:      snnTorch's surrogate-gradient training of the same CNN over 25 time steps vs ours: test
               accuracy, training time and inference time.  (--full, needs snntorch)
 5. conversion: SpikingJelly's rate-coding ANN-to-SNN conversion of the same CNN trained with ReLU, at
-              T = 1..32 time steps, vs ours at T = 1: accuracy and inference time.  (--full or
+              T = 1..32 time steps, vs ours at T = 1: accuracy and inference time, per seed (--seeds).  (--full or
               --only conversion, needs spikingjelly)
 6. precision: samples/s of the training step under autocast (fp32, bf16, fp16), spiking vs ReLU, batch 128
               and 512, and channels-last for the conv nets (--channels-last), on the GPU when there is one
