@@ -555,8 +555,9 @@ def bench_conversion(data_dir: str | None, threads: int, out: Path, seeds: list[
     def cells(values: list[float]) -> str:
         return " | ".join(f"{100 * v:.2f}%" for v in values) + f" | **{100 * statistics.mean(values):.2f}%**"
 
-    report(f"ReLU CNN: {epochs} epochs of Adam 1e-3, cosine decay: {cells([ann[s] for s in seeds])} test accuracy "
-           f"(seeds {', '.join(map(str, seeds))}, then the mean).\n")  # fmt: skip
+    relu = ", ".join(f"{100 * ann[s]:.2f}%" for s in seeds)
+    report(f"ReLU CNN: {epochs} epochs of Adam 1e-3, cosine decay: {relu} test accuracy (seeds "
+           f"{', '.join(map(str, seeds))}; mean {100 * statistics.mean(ann.values()):.2f}%).\n")  # fmt: skip
     report(f"| method | time steps | {' | '.join(f'seed {s}' for s in seeds)} | mean | inference s (10,000 images) |")
     report("|---|---:|" + "---:|" * (len(seeds) + 2))
     first = seeds[0]
