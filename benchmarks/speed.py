@@ -598,7 +598,9 @@ def main() -> None:
     names, out = ["mnist-dense", "mnist-conv-small", "mnist-conv-bn"], Path(args.out)
     parts = {
         "step": lambda: bench_step(names, args.rounds),
-        "inference": lambda: bench_inference(names, args.rounds),
+        "inference": lambda: bench_inference(
+            ["mnist-dense", "mnist-conv-small", "mnist-conv", "mnist-conv-bn"], args.rounds
+        ),
         "binary": lambda: bench_time_to_binary(args.data_dir, args.threads, out),
         "peer": lambda: bench_peer(args.data_dir, args.threads, out, args.peer_epochs),
         "conversion": lambda: bench_conversion(args.data_dir, args.threads, out, args.seeds),
