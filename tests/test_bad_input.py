@@ -509,6 +509,8 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      "engine must be one of ('auto', 'onednn', 'float'), got 'cuda'"),
     ("integer network fed the wrong shape", lambda: ws.IntegerNetwork(ws.quantize(_graph(), 8))(torch.zeros(2, 5)), ValueError,
      "input must be (N, 4), got (2, 5)"),
+    ("integer network fed raw pixels", lambda: ws.IntegerNetwork(ws.quantize(_graph(), 8))(torch.zeros(2, 4, dtype=torch.uint8)),
+     ValueError, "input must be float images in [0, 1] (pixels / 255), got torch.uint8"),
     ("for_inference at 9 bits", lambda: ws.for_inference(_model(), bits=9, input_shape=(4,)), ValueError,
      "bits must be an integer in [2, 8] (int8 kernels) or None, got 9"),
     ("for_inference in integers without a shape", lambda: ws.for_inference(_model(), bits=8), ValueError,

@@ -226,7 +226,7 @@ class IntegerMaxPool2d(nn.Module):
 
 class IntegerNetwork(nn.Module):
     """The integer network of a ``graph`` quantized to at most 8 bits (see the module docstring): takes
-    float images in [0, 1] (read as ``round(255 x)``), returns the output layer's spikes as float32 0/1,
+    float images in [0, 1] (read as ``round(255 x)``, clamped to [0, 255]), returns the output layer's spikes as float32 0/1,
     the same as :func:`~whetstone.convert.for_inference` returns for the float network.
 
     ``engine`` is ``"onednn"`` (int8 kernels), ``"float"`` (float32 sums) or ``"auto"``: oneDNN where
@@ -268,6 +268,8 @@ class IntegerNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"input must be (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+        if not x.is_floating_point():  # raw 0-255 pixels would all read as 1
+            raise ValueError(f"input must be float images in [0, 1] (pixels / 255), got {x.dtype}")
         u = x.float().clamp(0, 1).mul_(PIXEL_LEVELS).round_().to(torch.uint8)
         if u.dim() == 4:
             u = u.contiguous(memory_format=torch.channels_last)
