@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue #21's GPU figures in one prepared run, sized for a lent accelerator (about 9 minutes):
 #   1. the training step per precision and layout on the GPU (speed.py part 6), and
-#   2. CIFAR-10 runs side by side on the one GPU (bf16, channels-last, batch 512, cosine schedule), each a
-#      fully binary run and its unsharpened twin, with history and checkpoints every epoch in runs/gpu/
-#      (ignored, kept on a warm machine between calls): a stopped call is rerun with the same command and
-#      every run resumes where it stopped.
+#   2. CIFAR-10 runs side by side on the one GPU (bf16, channels-last, batch 512, cosine schedule, losses read
+#      back every 50 batches), each a fully binary run and its unsharpened twin, with history and checkpoints
+#      every epoch in runs/gpu/ (ignored, kept on a warm machine between calls): a stopped call is rerun with
+#      the same command and every run resumes where it stopped.
 # Results go to $OUT (the device tool brings that folder back). Before the call, copy the CIFAR zip into
 # the ignored data/ folder (mkdir -p data/cifar10-jpeg && cp ../shared/data/cifar10-jpeg/cifar10-jpeg.zip
 # data/cifar10-jpeg/) and name "data" in the device call's carry. The GPU machine's own python3 holds a
@@ -37,12 +37,13 @@ train() {  # NAME, then extra flags
     local name=$1; shift
     local folder="$RUNS/$name"
     if [ -f "$folder/checkpoint.pt" ]; then
-        $PY -m whetstone train --resume "$folder" --data-dir "$DATA" --no-progress >> "$OUT/runs/$name.log" 2>&1
+        $PY -m whetstone train --resume "$folder" --data-dir "$DATA" --no-progress --sync-every 50 \
+            >> "$OUT/runs/$name.log" 2>&1
     else
         $PY -m whetstone train --model cifar-conv-bn --dataset "$DATASET" --data-dir "$DATA" --device "$DEVICE" \
             --model-option base="$BASE" --model-option pool_first=true --epochs "$EPOCHS" --lr-schedule cosine \
             --optimizer adamw --weight-decay 0.05 --precision bf16 --channels-last --batch-size 512 --lr 0.006 \
-            --augment --seed 0 --no-progress --out "$folder" $LIMIT "$@" > "$OUT/runs/$name.log" 2>&1
+            --augment --seed 0 --no-progress --sync-every 50 --out "$folder" $LIMIT "$@" > "$OUT/runs/$name.log" 2>&1
     fi
 }
 train binary --start-epoch 8 --steps 6 --surrogate 0 &

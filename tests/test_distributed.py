@@ -24,7 +24,7 @@ def _ddp_job(out_dir: str) -> int:
         train.images[:2000], train.labels[:2000], 50, shuffle=True, seed=0, rank=rank, world_size=world
     )
     trainer = ws.Trainer(ddp, torch.optim.Adam(ddp.parameters(), 1e-3), ws.AdaptiveSharpener(min_init_epochs=1, patience=0, sig_decrease=0.9, rate=1.0),
-                         progress=False)  # fmt: skip
+                         progress=False, sync_every=3)  # fmt: skip  # losses summed over ranks in windows of 3
     trainer.fit(loader, epochs=6)
     seen = {"sharpness": [r.sharpness for r in trainer.history], "loss": [r.train_loss for r in trainer.history],
             "layers": ws.model_sharpness(model)}  # fmt: skip

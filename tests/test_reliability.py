@@ -64,18 +64,18 @@ def _model():
 
 
 @pytest.mark.parametrize(
-    ("cosine", "precision"),
-    [(False, "fp32"), (True, "fp32"), (False, "bf16"), (False, "fp16")],
-    ids=["constant-lr", "cosine-lr", "bf16", "fp16-loss-scaled"],
+    ("cosine", "precision", "sync_every"),
+    [(False, "fp32", 1), (True, "fp32", 1), (False, "bf16", 1), (False, "fp16", 1), (False, "fp32", 4)],
+    ids=["constant-lr", "cosine-lr", "bf16", "fp16-loss-scaled", "read-back-every-4-batches"],
 )
-def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, precision):
+def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, precision, sync_every):
     from whetstone.run import cosine_schedule
 
-    def trainer(model, out=None, every=None):
+    def trainer(model, out=None, every=None, sync=1):
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
         return ws.Trainer(model, optimizer, ws.SimpleSharpener(1, steps=1), out_dir=out, progress=False,
                           checkpoint_every=every, scheduler=cosine_schedule(optimizer, 5) if cosine else None,
-                          precision=precision)  # fmt: skip
+                          precision=precision, sync_every=sync)  # fmt: skip
 
     full_model = _model()
     full = trainer(full_model)
@@ -85,7 +85,7 @@ def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, pre
         pass
 
     model = _model()
-    first = trainer(model, tmp_path, every=3)
+    first = trainer(model, tmp_path, every=3, sync=sync_every)  # the interrupted run reads losses back in windows
     calls = {"n": 0}
     original = first.sharpener.on_batch_end
 
@@ -105,6 +105,9 @@ def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, pre
     second.load_state_dict(checkpoint)
     second.fit(_mini_loader(), epochs=5)
     _same_weights(full_model.state_dict(), second_model.state_dict())
+    for ours, theirs in zip(second.history, full.history, strict=True):  # the same bookkeeping, in any window
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-12)
+        assert ours.train_accuracy == theirs.train_accuracy
     if cosine:  # the schedule continued from where it was, not from the start
         assert second.scheduler.last_epoch == full.scheduler.last_epoch == len(full.history) >= 3
         assert second.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"] < 1e-3 / 2
@@ -123,11 +126,12 @@ class NaNOnce:
         return value * float("nan") if self.calls == self.at_call else value
 
 
-def test_non_finite_loss_while_sharpening_rolls_back_and_slows_down(caplog):
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_non_finite_loss_while_sharpening_rolls_back_and_slows_down(caplog, sync_every):
     model = _model()
     sharpener = ws.SimpleSharpener(1, steps=1)
     trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), sharpener, NaNOnce(at_call=15),
-                         progress=False)  # fmt: skip
+                         progress=False, sync_every=sync_every)  # fmt: skip
     result = trainer.fit(_mini_loader(), epochs=12)
     assert [r.rollbacks for r in result.history][:3] == [0, 1, 0]  # epoch 1 (calls 11-20) was retried once
     assert sharpener.steps == 2  # halved rate: two steps per layer from then on
@@ -178,3 +182,24 @@ def test_accuracy_collapse_while_sharpening_counts_as_divergence(caplog):
         trainer.fit(LabelsShiftFrom(_mini_loader(), start=2), epochs=4)
     assert [record.epoch for record in trainer.history] == [0, 1]  # the collapsed epoch never entered the history
     assert "rolled back to the start of epoch 3" in caplog.text
+
+
+@pytest.mark.parametrize(("sync_every", "reads"), [(1, 10), (4, 4), (100, 2)])
+def test_losses_are_read_back_once_a_window(monkeypatch, sync_every, reads):
+    """--sync-every N: one device-to-host read a window of N batches (and at the first and last batch of an
+    epoch), not one a batch; the epoch's figures are the same."""
+    from whetstone import distributed
+
+    calls = []
+    all_sum = distributed.all_sum
+    monkeypatch.setattr(distributed, "all_sum", lambda tensor: calls.append(1) or all_sum(tensor))
+    model = _model()
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), progress=False, sync_every=sync_every)
+    loader = _mini_loader()
+    assert len(loader) == 10
+    record = trainer.fit(loader, epochs=1).history[0]
+    assert len(calls) == reads
+    model = _model()
+    every_batch = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), progress=False).fit(loader, epochs=1)
+    assert record.train_loss == pytest.approx(every_batch.history[0].train_loss, rel=1e-12)
+    assert record.train_accuracy == every_batch.history[0].train_accuracy

@@ -161,6 +161,9 @@ class RunConfig:
     compile: bool = _setting(False, "compile the training step with torch.compile (inductor): the first step of each "
                              "pattern of binary layers compiles (~20 s on a CPU); evaluation stays eager float32",
                              runtime=True)  # fmt: skip
+    sync_every: int = _setting(1, "read training losses back from the device every N batches (1: every batch); a "
+                               "larger N lets a GPU run ahead of the CPU; progress shows each window's mean loss",
+                               runtime=True, metavar="N")  # fmt: skip
     nproc: int = _setting(1, "processes for distributed data parallel training (gloo on CPU, nccl on GPU)",
                           runtime=True, metavar="N")  # fmt: skip
     data_dir: str | None = _setting(help="data root (default: $WHETSTONE_DATA, else ~/.cache/whetstone/data)",
@@ -277,6 +280,7 @@ class RunConfig:
         _at_least(self, "limit", 1)
         _at_least(self, "checkpoint_every", 1)
         _at_least(self, "threads", 1)
+        _at_least(self, "sync_every", 1)
         _at_least(self, "nproc", 1)
         _at_least(self, "key_width", 2)
         if self.weight_decay is not None and not (_is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf):
@@ -631,6 +635,7 @@ def build_run(
         out_dir=config.out, progress=config.progress, checkpoint_every=config.checkpoint_every, precision=config.precision,
         channels_last=config.channels_last,
         compile=config.compile,
+        sync_every=config.sync_every,
         run_info={"model": config.model, "model_options": options, "dataset": config.dataset, "config": config.to_dict()},
     )  # fmt: skip
     if checkpoint is not None:
