@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import urllib.request
 import zipfile
@@ -40,6 +41,7 @@ __all__ = [
     "TensorLoader",
     "augmentation",
     "check_available",
+    "check_holds",
     "load_dataset",
     "random_crop_flip",
     "read_idx",
@@ -294,6 +296,15 @@ def _files(name: str, split: str, data_dir: str | os.PathLike | None) -> tuple[D
         raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
     root = _PACKAGE_DATA if name == "mnist-mini" else resolve_data_dir(data_dir)
     return spec, spec.splits[split], root / spec.folder
+
+
+def check_holds(dataset: str, shape: tuple[int, ...], source: object) -> None:
+    """``ValueError`` unless each image of ``dataset`` holds as many values as one sample of ``shape``, what
+    ``source`` (a file, named in the message) takes: an image read row by row holds its steps' values."""
+    has = DATASETS[dataset].image_shape
+    if math.prod(has) != math.prod(shape):
+        shapes = ["x".join(map(str, dims)) for dims in (has, shape)]
+        raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {source} takes {shapes[1]}")
 
 
 def check_available(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,

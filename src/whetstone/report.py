@@ -7,7 +7,6 @@ precision the network is deployed in, so the accuracy reported is the deployed n
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -191,7 +190,7 @@ def simulate_run(
     :class:`~whetstone.sim.SimResult` and plain figures: accuracy, operations and energy per image, per
     layer activity, and for a checkpoint the PyTorch model's accuracy and its agreement with the simulator."""
     from .checkpoint import check_dataset
-    from .data import DATASETS, load_dataset
+    from .data import check_holds, load_dataset
     from .graph import graph_from_checkpoint, quantize
     from .sim import simulate
 
@@ -207,9 +206,7 @@ def simulate_run(
             raise ValueError("--dataset is required to simulate a .nir file")
         graph = read_nir(path)
         graph = quantize(graph, bits) if bits else graph
-        if math.prod(DATASETS[dataset].image_shape) != math.prod(graph.sample_shape):
-            shapes = ["x".join(map(str, shape)) for shape in (DATASETS[dataset].image_shape, graph.sample_shape)]
-            raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {source} takes {shapes[1]}")
+        check_holds(dataset, graph.sample_shape, source)
     else:
         graph, model, checkpoint = graph_from_checkpoint(str(source), bits)
         dataset = dataset or checkpoint["run"].get("dataset")
