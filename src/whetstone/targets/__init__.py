@@ -48,6 +48,8 @@ TARGETS: dict[str, Target] = {
 _ALIASES = {alias: target.name for target in TARGETS.values() for alias in target.aliases}
 #: The chips with a fit report.
 CHIPS = tuple(name for name, target in TARGETS.items() if target.fit is not None)
+#: The targets that write and run graphs that run in time (recurrent edges, membranes carried over steps).
+IN_TIME = tuple(name for name, target in TARGETS.items() if target.runs_in_time)
 
 
 def get_target(name: str) -> Target:
@@ -66,7 +68,7 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Pa
     if graph.is_temporal and not chosen.runs_in_time:
         raise DeployError(
             f"--target {chosen.name}: the graph runs in time (recurrent edges or leaky membranes), which whetstone "
-            f"writes for {', '.join(n for n, t in TARGETS.items() if t.runs_in_time)} only"
+            f"writes for {', '.join(IN_TIME)} only"
         )
     if graph.readout != "spikes" and chosen.name != "generic":
         raise DeployError(
@@ -116,8 +118,9 @@ def verify(
     images = np.asarray(images, dtype=np.float32)
     if reference.is_temporal:
         if not chosen.runs_in_time:
-            raise ValueError(f"{path} runs in time (recurrent or leaky); whetstone runs such files in "
-                             f"{', '.join(n for n, t in TARGETS.items() if t.runs_in_time)} only")  # fmt: skip
+            raise ValueError(
+                f"{path} runs in time (recurrent or leaky); whetstone runs such files in {', '.join(IN_TIME)} only"
+            )
         images = reference.as_steps(images)  # (N, T, *input_shape)
     elif images[0].size != int(np.prod(reference.input_shape)):
         shapes = ["x".join(map(str, shape)) for shape in (images.shape[1:], reference.input_shape)]
@@ -183,7 +186,7 @@ def verify_on_dataset(
     progress: bool = False,
 ) -> Verification:
     """:func:`verify` on the first ``limit`` images of a dataset split, with its labels."""
-    from ..data import DATASETS, load_dataset
+    from ..data import check_holds, load_dataset
 
     if reference is None and Path(path).suffix == ".nir":  # the shapes checked before any data is read
         from ..export.nir import read_nir
@@ -191,11 +194,8 @@ def verify_on_dataset(
         graph = read_nir(path)
     else:
         graph = reference
-    takes = graph.sample_shape if graph is not None else None
-    has = DATASETS[dataset].image_shape
-    if takes is not None and int(np.prod(has)) != int(np.prod(takes)):
-        shapes = ["x".join(map(str, shape)) for shape in (has, takes)]
-        raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {path} takes {shapes[1]}")
+    if graph is not None:
+        check_holds(dataset, graph.sample_shape, path)
     data = load_dataset(dataset, split, data_dir, download)
     images = data.images[:limit].float().div_(255.0).numpy()
     return verify(path, consumer, images, data.labels[:limit].numpy(), reference, progress=progress)
