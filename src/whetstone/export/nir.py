@@ -172,8 +172,7 @@ class _NirWriter:
 
     def spike(self, node: SpikeNode) -> None:
         if self.graph.is_temporal and node.leak != 1:  # its membrane decays (leak 0: cleared) between steps
-            threshold = np.asarray(node.threshold, dtype=np.float32)
-            stored = _below(threshold) if self.style.fires_on == ">" else threshold
+            threshold, stored = self._thresholds(node.threshold)
             tau = np.full_like(threshold, DT / (1.0 - node.leak))
             zeros = np.zeros_like(threshold)
             self.add(node, self.nir.LIF(tau=tau, r=tau / np.float32(DT), v_leak=zeros, v_threshold=stored,
@@ -181,9 +180,13 @@ class _NirWriter:
             return
         self.add(node, self._neuron(node.threshold, node.name))
 
-    def _neuron(self, threshold: np.ndarray, name: str) -> Any:
+    def _thresholds(self, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The thresholds as float32, and as stored for this style (just below them for ``v > v_threshold``)."""
         threshold = np.asarray(threshold, dtype=np.float32)
-        stored = _below(threshold) if self.style.fires_on == ">" else threshold
+        return threshold, _below(threshold) if self.style.fires_on == ">" else threshold
+
+    def _neuron(self, threshold: np.ndarray, name: str) -> Any:
+        threshold, stored = self._thresholds(threshold)
         zeros, ones, meta = np.zeros_like(threshold), np.ones_like(threshold), {"whetstone_name": name}
         if self.style.neuron == "CubaLIF":  # no synaptic decay (tau_syn = inf): one step from rest is an IF
             return self.nir.CubaLIF(tau_syn=np.full_like(threshold, np.inf), tau_mem=ones, r=ones, v_leak=zeros,
@@ -339,6 +342,15 @@ def read_nir(path: str | Path) -> SpikingGraph:
     }
     if len(set(names.values())) != len(names):
         raise ValueError(f"{path}: two nodes share a name")
+
+    def read_threshold(neuron: Any, key_name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A neuron's thresholds, one per unit of ``shape``: theta itself where the file stored it just
+        below theta for software that fires on ``v > v_threshold``."""
+        threshold = _array(neuron.v_threshold, f"the thresholds of {key_name!r}", path)
+        if strict:
+            threshold = np.nextafter(threshold, np.float32(np.inf))
+        return np.broadcast_to(threshold, shape).copy()
+
     nodes: list[GraphNode] = []
     shapes: dict[str, tuple[int, ...]] = {}
     output = None
@@ -384,11 +396,8 @@ def read_nir(path: str | Path) -> SpikingGraph:
         elif isinstance(n, nir.IF) or (isinstance(n, nir.CubaLIF) and lif_is_if):
             if not (np.all(n.r == 1) and (n.v_reset is None or np.all(n.v_reset == 0))):
                 raise ValueError(f"{path}: {type(n).__name__} node {key_name!r} must have r = 1 and v_reset = 0")
-            threshold = _array(n.v_threshold, f"the thresholds of {key_name!r}", path)
-            if strict:  # stored just below theta for software that fires on v > v_threshold
-                threshold = np.nextafter(threshold, np.float32(np.inf))
             # In a file that runs in time an IF carries its membrane from step to step (leak 1).
-            node = SpikeNode(name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy(),
+            node = SpikeNode(name, inputs, shapes[inputs[0]], read_threshold(n, key_name, shapes[inputs[0]]),
                              1.0 if "whetstone_dt" in source.metadata else 0.0)  # fmt: skip
         elif isinstance(n, nir.LIF):  # a temporal graph's neuron: v = leak * v + input for r = tau / dt, v_leak = 0
             tau = _array(n.tau, f"the time constants of {key_name!r}", path)
@@ -399,12 +408,9 @@ def read_nir(path: str | Path) -> SpikingGraph:
                 raise ValueError(
                     f"{path}: LIF node {key_name!r} must have one tau, r = tau / dt, v_leak = 0 and v_reset = 0"
                 )
-            threshold = _array(n.v_threshold, f"the thresholds of {key_name!r}", path)
-            if strict:
-                threshold = np.nextafter(threshold, np.float32(np.inf))
             leak_value = float(getattr(n, "metadata", {}).get("whetstone_leak", round(float(leak[0]), 6)))
             node = SpikeNode(
-                name, inputs, shapes[inputs[0]], np.broadcast_to(threshold, shapes[inputs[0]]).copy(), leak_value
+                name, inputs, shapes[inputs[0]], read_threshold(n, key_name, shapes[inputs[0]]), leak_value
             )
         else:
             raise ValueError(f"{path}: node {key_name!r} of type {type(n).__name__} is not supported")
