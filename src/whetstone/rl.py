@@ -43,11 +43,15 @@ def _gymnasium():
     return gymnasium
 
 
-def unit_observations(observations: np.ndarray, env_id: str) -> np.ndarray:
-    """Observations (N, dims) scaled by :data:`OBSERVATION_BOUNDS` into [0, 1], clipped, float32."""
+def _bounds(env_id: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if env_id not in OBSERVATION_BOUNDS:
         raise ValueError(f"env_id must be one of {sorted(OBSERVATION_BOUNDS)}, got {env_id!r}")
-    low, high = (np.asarray(b, np.float32) for b in OBSERVATION_BOUNDS[env_id])
+    return OBSERVATION_BOUNDS[env_id]
+
+
+def unit_observations(observations: np.ndarray, env_id: str) -> np.ndarray:
+    """Observations (N, dims) scaled by :data:`OBSERVATION_BOUNDS` into [0, 1], clipped, float32."""
+    low, high = (np.asarray(b, np.float32) for b in _bounds(env_id))
     return np.clip((np.asarray(observations, np.float32) - low) / (high - low), 0.0, 1.0)
 
 
@@ -94,8 +98,7 @@ class DQNConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "buffer", "chunk", "sharpen_steps", "eval_episodes"):
             positive_int(getattr(self, name), name)
-        if self.env_id not in OBSERVATION_BOUNDS:
-            raise ValueError(f"env_id must be one of {sorted(OBSERVATION_BOUNDS)}, got {self.env_id!r}")
+        _bounds(self.env_id)
         if self.activation not in ("brelu", "relu") or (self.activation == "relu" and self.sharpen):
             raise ValueError(f"activation must be 'brelu', or 'relu' with sharpen=False; got {self.activation!r}")
         if not 0 < self.gamma <= 1:
@@ -132,8 +135,11 @@ def train_dqn(config: DQNConfig = DQNConfig(), progress: Callable[[dict], None] 
     taken = torch.zeros(config.buffer, dtype=torch.long)
     rewards = torch.zeros(config.buffer)
     ends = torch.zeros(config.buffer)
-    observation, _ = env.reset(seed=config.seed)
-    state = torch.from_numpy(unit_observations(observation[None], config.env_id)[0])
+
+    def scaled(observation: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(unit_observations(observation[None], config.env_id)[0])
+
+    state = scaled(env.reset(seed=config.seed)[0])
     best: tuple[float, dict] | None = None
     result = DQNResult(model)
     started, losses = time.perf_counter(), []
@@ -146,14 +152,13 @@ def train_dqn(config: DQNConfig = DQNConfig(), progress: Callable[[dict], None] 
             with torch.no_grad():
                 action = int(model(state[None]).argmax())
         observation, reward, terminated, truncated, _ = env.step(action)
-        following = torch.from_numpy(unit_observations(observation[None], config.env_id)[0])
+        following = scaled(observation)
         slot, stored = step % config.buffer, step + 1
         states[slot], next_states[slot], taken[slot] = state, following, action
         rewards[slot], ends[slot] = float(reward), float(terminated)  # a time limit is not an end of the task
         state = following
         if terminated or truncated:
-            observation, _ = env.reset(seed=int(rng.integers(2**31)))
-            state = torch.from_numpy(unit_observations(observation[None], config.env_id)[0])
+            state = scaled(env.reset(seed=int(rng.integers(2**31)))[0])
         if stored >= config.learn_start:
             index = torch.from_numpy(rng.integers(min(stored, config.buffer), size=config.batch_size))
             with torch.no_grad():  # double DQN: the model picks the next action, the target network values it
