@@ -618,10 +618,10 @@ def build_run(
     except (ValueError, TypeError) as error:
         raise ConfigError("model_options", f": {error}") from None
     set_model_surrogate(model, config.surrogate)
-    if config.channels_last:  # before DDP wraps it: DDP keeps the parameters it was given
-        model.to(memory_format=torch.channels_last)
     trained: nn.Module = model
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts
+        if config.channels_last:  # DDP keeps the parameters it was given (the Trainer converts an unwrapped model)
+            model.to(memory_format=torch.channels_last)
         # A fully sharpened layer passes no gradient (without --surrogate), so the parameters below it go unused.
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                                       find_unused_parameters=True)  # fmt: skip
