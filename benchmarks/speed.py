@@ -396,6 +396,17 @@ class QuarterEpochAccuracy(ws.Callback):
             self.paused += time.perf_counter() - stopped
 
 
+def deployed_accuracy(model: nn.Module, test) -> tuple[float, float]:
+    """Test accuracy of a fully binary ``model`` deployed with ``for_inference``, and the seconds its
+    inference over the test set took (batches of 1000)."""
+    deployed = ws.for_inference(model)
+    correct, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        for x, y in ws.TensorLoader.from_dataset(test, 1000):
+            correct += int((deployed(x).argmax(1) == y).sum())
+    return correct / len(test), time.perf_counter() - started
+
+
 def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> None:
     """snnTorch tutorial recipe (Leaky beta 0.5, fast sigmoid slope 25, Adam 1e-2, batch 128, 25 steps)
     on the same CNN, against our run of bench_time_to_binary."""
@@ -445,14 +456,7 @@ def bench_peer(data_dir: str | None, threads: int, out: Path, epochs: int) -> No
     peer_infer, peer_accuracy = time.perf_counter() - started, correct / len(test)
 
     ours = ws.load_checkpoint(out / "binary")
-    model = ws.create_model("mnist-conv-small")
-    model.load_state_dict(ours["model"])
-    deployed = ws.for_inference(model)
-    started, correct = time.perf_counter(), 0
-    with torch.inference_mode():
-        for x, y in ws.TensorLoader.from_dataset(test, 1000):
-            correct += int((deployed(x).argmax(1) == y).sum())
-    ours_infer = time.perf_counter() - started
+    _, ours_infer = deployed_accuracy(ws.model_from_checkpoint(ours), test)
     ours_train = sum(r["seconds"] for r in ours["history"])
     report("| method | time steps | epochs | train s | test accuracy | inference s (10,000 images) |")
     report("|---|---:|---:|---:|---:|---:|")
@@ -523,21 +527,14 @@ def _binary_accuracies(
     config = ws.RunConfig(model="mnist-conv-small", dataset="mnist", threads=threads, progress=False, data_dir=data_dir,
                           out=str(folder), epochs=epochs, start_epoch=3, steps=3, per="epoch", lr_schedule="cosine",
                           surrogate=0.0, seed=seed)  # fmt: skip
-    run_train(config)
-    model = ws.create_model("mnist-conv-small")
-    model.load_state_dict(ws.load_checkpoint(folder)["model"])
-    model.eval()
+    _, checkpoint = run_train(config)
+    model = ws.model_from_checkpoint(checkpoint)
     test = ws.load_dataset("mnist", "test", data_dir)
-    deployed = ws.for_inference(model)
-    correct, started = 0, time.perf_counter()
-    with torch.inference_mode():
-        for x, y in ws.TensorLoader.from_dataset(test, 1000):
-            correct += int((deployed(x).argmax(1) == y).sum())
-    seconds = time.perf_counter() - started
+    accuracy, seconds = deployed_accuracy(model, test)
     images, labels = test.images.float().div(255).numpy(), test.labels.numpy()
     graph = ws.to_spiking_graph(model, (1, 28, 28))
     membrane = ws.simulate(graph, images, batch_size=1000, tie_break="membrane").predictions
-    return correct / len(test), float((membrane == labels).mean()), seconds
+    return accuracy, float((membrane == labels).mean()), seconds
 
 
 def bench_conversion(data_dir: str | None, threads: int, out: Path, seeds: list[int], epochs: int = 20) -> None:
