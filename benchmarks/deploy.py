@@ -18,14 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whetstone.checkpoint import load_checkpoint, model_from_checkpoint
-from whetstone.convert import fold_batchnorm
+from whetstone.checkpoint import load_checkpoint
 from whetstone.data import DATASETS, load_dataset
 from whetstone.export.onnx import write_onnx
-from whetstone.graph import quantize, to_spiking_graph
+from whetstone.graph_builder import to_spiking_graph
+from whetstone.quantization import quantize
+from whetstone.restore import model_from_checkpoint
 from whetstone.sim import simulate
 from whetstone.targets import export
 from whetstone.targets.snntorch import run as run_in_snntorch
+from whetstone.tracing import fold_batchnorm
 
 
 def torch_predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import torch
 
-from whetstone.checkpoint import HISTORY_NAME, load_checkpoint, model_from_checkpoint
+from whetstone.checkpoint import HISTORY_NAME, load_checkpoint
 from whetstone.models import recipe
+from whetstone.restore import model_from_checkpoint
 
 from _common import machine, write_section
 
@@ -240,9 +241,9 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
 
 def folded_accuracy(run: Path, dataset: str, data_dir: str | None) -> float:
     """Test accuracy of the run's model after folding its batch norm into the weights."""
-    from whetstone.convert import fold_batchnorm
     from whetstone.data import TensorLoader, load_dataset
     from whetstone.report import evaluate
+    from whetstone.tracing import fold_batchnorm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = fold_batchnorm(model_from_checkpoint(load_checkpoint(run))).to(device)

@@ -20,7 +20,9 @@ import torch
 
 from whetstone.data import load_dataset
 from whetstone.export.nir import read_nir
-from whetstone.graph import DeployError, SpikingGraph, graph_from_checkpoint, quantize
+from whetstone.graph import DeployError, SpikingGraph
+from whetstone.quantization import quantize
+from whetstone.restore import graph_from_checkpoint
 from whetstone.sim import simulate
 from whetstone.targets import CHIPS, TARGETS, export, fit_report, verify
 

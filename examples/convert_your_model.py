@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import whetstone as ws
-from whetstone.export import export
+from whetstone.targets import export
 
 
 class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock, as written there
@@ -123,7 +123,7 @@ def main() -> None:
         predictions = torch.cat([spiking(x).argmax(1) for x, _ in test_loader]).numpy()
     agreement = (simulated.predictions == predictions).mean()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = export(graph, Path(args.out) / "resnet18.nir", "nir")
+    path = export(graph, Path(args.out) / "resnet18.nir")  # the generic NIR file
     print(f"4. simulator: {simulated.accuracy(test.labels.numpy()):.2%}, the same class as PyTorch on {agreement:.2%} of "
           f"{len(images):,} test images; {simulated.synaptic_ops()[1]:,.0f} synaptic events per image; wrote {path}")  # fmt: skip
     print(f"done in {time.perf_counter() - started:.0f} s")

@@ -157,6 +157,7 @@ CLI_CASES = [
     _cli("export with 17 bits", "export {run} --format nir --out {tmp}/q.nir --bits 17", "must be a finite integer in [2, 16], got 17"),
     _cli("export of an unsharpened run", "export {plain_run} --format nir --out {tmp}/p.nir", "has sharpness 0; only fully sharpened layers"),
     _cli("export to an unknown format", "export {run} --format tflite", "argument --format: invalid choice: 'tflite'"),
+    _cli("export NIR to a .onnx name", "export {run} --format nir --out {tmp}/m.onnx", "--out {tmp}/m.onnx: a NIR file's name ends in .nir, e.g. m.nir"),
     # export for a target, verify in a consumer, fit on a chip
     _cli("export for an unknown target", "export {run} --format nir --target speck2", "argument --target: invalid choice: 'speck2'"),
     _cli("export for a NIR target as ONNX", "export {run} --format onnx --target speck", "--target speck is written as NIR: pass --format nir"),
@@ -253,7 +254,7 @@ def _tampered(root: Path, run: Path, name: str, mutate: Callable[[dict], None]) 
 
 def _nir_graph(run: Path, change: Callable[[ws.SpikingGraph], None], path: Path) -> Path:
     from whetstone.export.nir import write_nir
-    from whetstone.graph import graph_from_checkpoint
+    from whetstone.restore import graph_from_checkpoint
 
     graph, _, _ = graph_from_checkpoint(str(run))
     change(graph)
@@ -342,7 +343,7 @@ class Places(dict):
         elif key == "nir":
             path = _nir_graph(run, lambda graph: None, root / "model.nir")
         elif key == "speck_nir":
-            from whetstone.graph import graph_from_checkpoint
+            from whetstone.restore import graph_from_checkpoint
             from whetstone.targets import export
 
             path = export(graph_from_checkpoint(str(run))[0], root / "model-speck.nir", "speck")
@@ -501,8 +502,8 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("spikify to an unknown activation", lambda: ws.spikify(torch.nn.ReLU(), activation="tanh"), ValueError, "activation must be one of"),
     ("export for an unknown target", lambda: _targets().export(_graph(), "/nonexistent/m.nir", "speck2"), ValueError, "unknown target 'speck2'; choose one of"),
     ("export a convolution for Xylo", lambda: _targets().export(_conv_graph(), "/nonexistent/m.nir", "xylo"), ws.DeployError, "0: Rockpool has dense layers only; this layer is a conv2d"),
-    ("export as TFLite", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "tflite"), ValueError, "format must be one of ['nir', 'onnx'], got 'tflite'"),
-    ("export for Speck as ONNX", lambda: __import__("whetstone.export").export.export(_graph(), "/nonexistent/m", "onnx", "speck"), ValueError, "target 'speck' is written as NIR, not ONNX"),
+    ("export ONNX to a .nir name", lambda: _targets().export(_graph(), "/nonexistent/m.nir", "onnx"), ValueError, "path '/nonexistent/m.nir': target 'onnx' is written as ONNX; name the file m.onnx"),
+    ("export for Speck with no extension", lambda: _targets().export(_graph(), "/nonexistent/m", "speck"), ValueError, "path '/nonexistent/m': target 'speck' is written as NIR; name the file m.nir"),
     ("integer ONNX of a float graph", lambda: __import__("whetstone.export.onnx_integer").export.onnx_integer.to_integer_onnx(_graph()),
      ws.DeployError, "integer ONNX needs a graph quantized to at most 8 bits (quantize(graph, 8)), got float weights"),
     ("integer network of a float graph", lambda: ws.IntegerNetwork(_graph()), ws.DeployError,

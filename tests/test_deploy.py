@@ -13,7 +13,9 @@ from torch import nn
 
 import whetstone as ws
 from whetstone.cli import main
-from whetstone.graph import WEIGHTED_NODES, DeployError, quantize, to_spiking_graph
+from whetstone.graph import WEIGHTED_NODES, DeployError
+from whetstone.graph_builder import to_spiking_graph
+from whetstone.quantization import quantize
 from whetstone.sim import simulate
 
 from conftest import assert_equal_where_decided, tiny_conv_bn

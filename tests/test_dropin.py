@@ -206,7 +206,7 @@ def images():
 
 def test_every_activation_call_site_is_its_own_spiking_layer(converted):
     _, model, graph = converted
-    calls = sum(1 for node in ws.convert.trace(model).graph.nodes if node.op == "call_module"
+    calls = sum(1 for node in ws.tracing.trace(model).graph.nodes if node.op == "call_module"
                 and isinstance(model.get_submodule(node.target), ws.SpikingActivation))  # fmt: skip
     layers = ws.spiking_layers(model)
     assert calls == len(layers) == len(set(map(id, layers))) == len(graph.spiking_nodes())

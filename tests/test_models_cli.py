@@ -168,7 +168,7 @@ def test_cli_surrogate_trains_past_binary_and_survives_resume(tmp_path, capsys):
 
 
 def test_parse_model_options_types():
-    from whetstone.run import parse_model_options
+    from whetstone.config import parse_model_options
 
     assert parse_model_options(["base=128", "scale=0.5", "batch_norm=false", "name=wide"]) == {
         "base": 128, "scale": 0.5, "batch_norm": False, "name": "wide"}  # fmt: skip

@@ -7,16 +7,21 @@ exactly 0 or 1.
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
 from .callbacks import Callback
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .convert import ConversionError, fold_batchnorm, for_inference, pool_before_spikes, spikify
+from .checkpoint import load_checkpoint
+from .config import ConfigError, RunConfig
+from .convert import ConversionError, pool_before_spikes, spikify
 from .data import DatasetError, TensorLoader, load_dataset
 from .decode import SoftmaxDecode, key_generator
-from .graph import DeployError, SpikingGraph, check_deployable, quantize, to_spiking_graph
+from .graph import DeployError, SpikingGraph
+from .graph_builder import check_deployable, to_spiking_graph
+from .inference import for_inference
 from .integer import IntegerNetwork
 from .losses import Classification, Distillation, Reconstruction, distillation_loss
 from .models import SpikingClassifier, create_model, list_models
+from .quantization import quantize
 from .report import binary_report, evaluate, is_fully_binary
-from .run import ConfigError, RunConfig, build_run
+from .restore import model_from_checkpoint
+from .run import build_run
 from .sharpen import (
     AdaptiveSharpener,
     ScheduledSharpener,
@@ -29,6 +34,7 @@ from .sharpen import (
     spiking_layers,
 )
 from .sim import SimResult, simulate
+from .tracing import fold_batchnorm
 from .train import Trainer
 
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 A callback overrides any of the hooks below; the :class:`~whetstone.train.Trainer` calls them on the
 main process only (rank 0 under ``torch.distributed``). A plain function ``fn(record)`` passed as a
-callback is called at the end of every epoch with its :class:`~whetstone.train.EpochRecord`.
+callback is called at the end of every epoch with its :class:`~whetstone.history.EpochRecord`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
+from .checkpoint import HISTORY_CSV_NAME, HISTORY_NAME, PLOT_NAME, RunFolder
 from .files import atomic_write
-
-if TYPE_CHECKING:
-    from .train import EpochRecord, Trainer, TrainResult
+from .history import EpochRecord, TrainResult
+from .plot import plot_history
 
 __all__ = [
     "Callback",
@@ -34,6 +34,18 @@ __all__ = [
     "as_callback",
     "format_seconds",
 ]
+
+
+class Trainer(Protocol):
+    """What a callback may read of the :class:`~whetstone.train.Trainer` that calls it (the trainer itself
+    is passed; this names the part the callbacks here rely on, so that this module needs nothing above it)."""
+
+    epochs: int  # the epoch budget of the current fit
+    batches_per_epoch: int | None
+    history: list[EpochRecord]
+    folder: RunFolder | None  # the run folder, None when nothing is written
+
+    position: tuple[int, int]  # (epoch, batch) of the next batch to train
 
 
 class Callback:
@@ -216,8 +228,6 @@ class HistoryFiles(Callback):
     layer's sharpness) in ``folder``, rewritten atomically after every epoch."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        from .checkpoint import HISTORY_CSV_NAME, HISTORY_NAME
-
         self.json_path = Path(folder) / HISTORY_NAME
         self.csv_path = Path(folder) / HISTORY_CSV_NAME
 
@@ -239,13 +249,9 @@ class HistoryPlot(Callback):
     every epoch."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        from .checkpoint import PLOT_NAME
-
         self.path = Path(folder) / PLOT_NAME
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
-        from .plot import plot_history
-
         plot_history(trainer.history, self.path)
 
 

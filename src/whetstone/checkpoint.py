@@ -1,5 +1,5 @@
-"""Checkpoints and run folders: atomic save, validated load, the model rebuilt from a checkpoint, and a
-folder layout that no command ever writes over.
+"""Checkpoints and run folders: atomic save, validated load, and a folder layout that no command ever
+writes over. What a checkpoint rebuilds (the model, its graph) is :mod:`whetstone.restore`.
 
 A run folder holds::
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .files import FolderLock, atomic_write
 
@@ -31,10 +31,8 @@ __all__ = [
     "HISTORY_NAME",
     "PLOT_NAME",
     "RunFolder",
-    "check_dataset",
     "check_output_path",
     "load_checkpoint",
-    "model_from_checkpoint",
     "save_checkpoint",
 ]
 
@@ -59,7 +57,7 @@ def save_checkpoint(path: str | os.PathLike, **content: Any) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
-def _kind(value: object) -> str:
+def describe_kind(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a bare tensor of shape {tuple(value.shape)}"
     return f"a {type(value).__name__}"
@@ -88,66 +86,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"cannot load checkpoint {path}: {reason}") from None
     weights = content.get("model") if isinstance(content, dict) else None
     if not isinstance(weights, dict) or not weights or not all(isinstance(v, Tensor) for v in weights.values()):
-        what = _kind(content) if not isinstance(content, dict) else "a dict without the model's weights under 'model'"
+        what = (
+            describe_kind(content)
+            if not isinstance(content, dict)
+            else "a dict without the model's weights under 'model'"
+        )
         raise ValueError(f"{path} is not a whetstone checkpoint: it holds {what}")
     return content
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpoint") -> nn.Module:
-    """Rebuild a registry model from a checkpoint written by the trainer, in eval mode.
-
-    ``ValueError`` (one line, starting with ``source``) when the checkpoint names no registered model,
-    or its weights do not fit the model it names (another model's weights, other options, tampering)."""
-    from .models import create_model
-
-    run = checkpoint.get("run")
-    if not isinstance(run, dict) or not isinstance(run.get("model"), str):
-        raise ValueError(f"{source} names no registered model; load its 'model' state_dict into your own model")
-    options = run.get("model_options", {})
-    if not isinstance(options, dict):
-        raise ValueError(f"{source}: its model options are {_kind(options)}, not a dict")
-    try:
-        model = create_model(run["model"], **options)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{source}: cannot rebuild its model: {error}") from None
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{source}: its weights do not fit model {run['model']!r}: {_mismatch(error)}") from None
-    return model.eval()
-
-
-def _mismatch(error: RuntimeError) -> str:
-    """The first problem of a ``load_state_dict`` error, in one line."""
-    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-    if not lines:
-        return str(error).splitlines()[0]
-    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-    first = lines[0]
-    return (first[:200] + "...") + more if len(first) > 200 else first + more
-
-
-def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the checkpoint") -> None:
-    """``ValueError`` unless the checkpoint's model takes the images of ``dataset`` (channels, height,
-    width) and decodes as many classes as it has."""
-    from .data import DATASETS
-
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
-    spec = DATASETS[dataset]
-    run = checkpoint.get("run") or {}
-    shape = run.get("model_options", {}).get("input_shape")
-    trained_on = run.get("dataset")
-    if shape is not None and tuple(shape) != spec.image_shape:
-        raise ValueError(
-            f"--dataset {dataset} has {'x'.join(map(str, spec.image_shape))} images but the model in "
-            f"{source} takes {'x'.join(map(str, shape))} (it was trained on {trained_on})"
-        )
-    key = checkpoint["model"].get("decoder.key")
-    if key is not None and key.shape[0] != len(spec.classes):
-        raise ValueError(
-            f"--dataset {dataset} has {len(spec.classes)} classes but the model in {source} decodes {key.shape[0]}"
-        )
 
 
 class RunFolder:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["int_at_least", "positive_int"]
+__all__ = ["int_at_least", "is_number", "positive_int"]
 
 
 def int_at_least(value: object, name: str, minimum: int = 0) -> int:
@@ -18,3 +18,8 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or a float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

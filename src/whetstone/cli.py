@@ -19,20 +19,12 @@ from pathlib import Path
 from . import distributed
 from .callbacks import PrintEpochs, PrintSummary
 from .checkpoint import RunFolder, check_output_path, load_checkpoint
+from .config import ConfigError, RunConfig, flag_of, parse_model_options, resumed_config, write_config
 from .data import DATASETS, DatasetError
-from .files import Terminated, sigterm_raises
+from .files import Terminated, atomic_write, sigterm_raises
 from .flags import BITS, COUNT, FRACTION, OneLineParser, add_run_settings, number
 from .models import OTHER_NETWORKS, list_models, model_description, recipe
-from .run import (
-    ConfigError,
-    RunConfig,
-    build_run,
-    check_before_workers,
-    flag_of,
-    parse_model_options,
-    resumed_config,
-    write_config,
-)
+from .run import build_run, check_before_workers
 from .sim import TIE_BREAKS
 from .targets import CHIPS, TARGETS
 
@@ -175,7 +167,7 @@ def _train_process(config: RunConfig, resumed: bool) -> int:
 
 # -- eval, export, simulate ----------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .report import evaluate_run
+    from .run_report import evaluate_run
 
     figures = evaluate_run(args.checkpoint, args.dataset, args.batch_size, args.data_dir, args.download)
     print(json.dumps(figures, indent=1))
@@ -183,9 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
-    from .graph import graph_from_checkpoint
-    from .targets import get_target, verify_on_dataset
+    from .restore import graph_from_checkpoint
+    from .targets import export, get_target, verify_on_dataset
 
     target = get_target(args.target or ("onnx" if args.format == "onnx" else "generic"))
     if target.format != args.format:
@@ -196,11 +187,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     stem = f"model{f'-{target.name}' if target.name not in ('generic', 'onnx') else ''}{f'-int{args.bits}' if args.bits else ''}"
     default = (source if source.is_dir() else source.parent) / f"{stem}.{args.format}"
     out = check_output_path(args.out or default, "--out", args.overwrite, example=f"model.{args.format}")
+    if out.suffix != f".{args.format}":
+        raise ValueError(
+            f"--out {out}: a {args.format.upper()} file's name ends in .{args.format}, e.g. {out.stem}.{args.format}"
+        )
     graph, _, checkpoint = graph_from_checkpoint(args.checkpoint, args.bits)
     written = target.prepare(graph).metadata.get("quantized_bits")
     if args.bits and written != args.bits:  # a chip's precision, not the one asked for: say so, write nothing
         raise ValueError(f"--bits {args.bits}: --target {target.name} holds at most {written}-bit weights")
-    export(graph, out, args.format, target.name)
+    export(graph, out, target.name)
     print(graph.summary())
     print(f"wrote {args.format.upper()} {out} for {target.name} ({target.summary}; {out.stat().st_size:,} bytes)")
     if target.fit is not None:
@@ -224,7 +219,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .graph import graph_from_checkpoint
+    from .restore import graph_from_checkpoint
     from .targets import fit_report
 
     report = fit_report(graph_from_checkpoint(args.checkpoint)[0], args.chip)
@@ -233,7 +228,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .report import simulate_run
+    from .run_report import simulate_run
 
     if args.json_out:
         check_output_path(args.json_out, "--json", args.overwrite, example="report.json")
@@ -251,8 +246,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of {figures['samples']:,}"
         )
     if args.json_out:
-        from .files import atomic_write
-
         atomic_write(args.json_out, json.dumps(figures, indent=1))
     return 0
 

@@ -11,10 +11,11 @@ import torch
 
 from .callbacks import PrintEpochs, format_seconds
 from .checkpoint import RunFolder
+from .config import RunConfig, write_config
+from .history import TrainResult
 from .report import evaluate
-from .run import RunConfig, build_run, write_config
+from .run import build_run
 from .sharpen import set_model_sharpness
-from .train import TrainResult
 
 __all__ = ["run_demo"]
 

@@ -1,4 +1,4 @@
-"""Command-line flags: the settings of a run (:class:`~whetstone.run.RunConfig` fields) as ``whetstone
+"""Command-line flags: the settings of a run (:class:`~whetstone.config.RunConfig` fields) as ``whetstone
 train`` options, numbers checked as they are parsed, and usage errors in one line."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Any, NoReturn
 
-from .run import RunConfig, setting_type
+from .config import RunConfig, setting_type
 
 __all__ = ["BITS", "COUNT", "FRACTION", "OneLineParser", "add_run_settings", "number"]
 

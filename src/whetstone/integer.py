@@ -2,7 +2,7 @@
 
 Activations are ``uint8``: the input pixels ``p = round(255 x)`` and the spikes (1). A weighted layer and
 the spiking layer it feeds form one integer layer: the accumulator ``acc = sum(u w)`` of the uint8 inputs
-and the int8 weights of :func:`~whetstone.graph.quantize` is ``L (W x)`` exactly, with ``L`` 255 for pixels
+and the int8 weights of :func:`~whetstone.quantization.quantize` is ``L (W x)`` exactly, with ``L`` 255 for pixels
 and 1 for spikes, and the layer fires where ``acc >= c``, ``c = ceil(-L (b - theta))`` an integer per unit.
 
 The layers run on oneDNN's int8 kernels where PyTorch has them (x86 CPUs): the convolution or matrix
@@ -227,7 +227,7 @@ class IntegerMaxPool2d(nn.Module):
 class IntegerNetwork(nn.Module):
     """The integer network of a ``graph`` quantized to at most 8 bits (see the module docstring): takes
     float images in [0, 1] (read as ``round(255 x)``, clamped to [0, 255]), returns the output layer's spikes as float32 0/1,
-    the same as :func:`~whetstone.convert.for_inference` returns for the float network.
+    the same as :func:`~whetstone.inference.for_inference` returns for the float network.
 
     ``engine`` is ``"onednn"`` (int8 kernels), ``"float"`` (float32 sums) or ``"auto"``: oneDNN where
     :func:`onednn_available`. ``pair_split`` (default: where the CPU lacks VNNI, :func:`cpu_has_vnni`) feeds

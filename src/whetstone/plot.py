@@ -12,7 +12,7 @@ __all__ = ["plot_history"]
 
 
 def plot_history(history: Sequence, path: str | os.PathLike) -> None:
-    """Write a three-panel PNG of ``history`` (a list of :class:`~whetstone.train.EpochRecord`), atomically."""
+    """Write a three-panel PNG of ``history`` (a list of :class:`~whetstone.history.EpochRecord`), atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)

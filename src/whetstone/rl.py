@@ -25,6 +25,7 @@ from .activations import SpikingBReLU
 from .checks import positive_int
 from .models import center_on_threshold
 from .sharpen import SimpleSharpener, set_model_surrogate
+from .sim import simulate
 
 __all__ = ["OBSERVATION_BOUNDS", "DQNConfig", "DQNResult", "evaluate_policy", "graph_policy", "q_network", "train_dqn"]
 
@@ -211,8 +212,6 @@ def torch_policy(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 def graph_policy(graph) -> Callable[[np.ndarray], np.ndarray]:
     """Greedy actions of a deployed Q-network (a membrane-readout :class:`SpikingGraph`), run in the
     reference simulator for a batch of scaled observations."""
-    from .sim import simulate
-
     return lambda observations: simulate(graph, observations).predictions
 
 

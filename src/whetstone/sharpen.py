@@ -29,6 +29,7 @@ from torch import nn
 
 from .activations import SpikingActivation, check_sharpness, check_surrogate
 from .checks import int_at_least
+from .tracing import trace
 
 __all__ = [
     "AdaptiveSharpener",
@@ -73,8 +74,6 @@ def spiking_layers(model: nn.Module) -> list[SpikingActivation]:
 def _execution_order(model: nn.Module, registered: list[SpikingActivation]) -> list[SpikingActivation]:
     if len(registered) < 2:
         return registered
-    from .convert import trace
-
     try:
         graph = trace(model).graph
     except Exception:  # noqa: BLE001 - untraceable forward (Python control flow, DDP, ...): registration order

@@ -201,7 +201,7 @@ class SimResult:
     #: Per sample: the smallest distance ``|v - threshold|`` of the membrane (float64) of any spiking unit
     #: fed by weighted synapses. A unit this close to its threshold may fire differently in another
     #: engine that rounds float32 sums in another order. (Pooled spikes are counted exactly everywhere,
-    #: and so are the sums of integer graphs from :func:`~whetstone.deploy.quantize`: there a margin of 0
+    #: and so are the sums of integer graphs from :func:`~whetstone.quantization.quantize`: there a margin of 0
     #: is an exact tie, which every engine decides alike.)
     margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: Time steps run per sample (1 for a single-step network).

@@ -15,8 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -27,8 +26,9 @@ from .callbacks import Callback, HistoryFiles, HistoryPlot, ProgressBar, as_call
 from .checkpoint import RunFolder, save_checkpoint
 from .checks import positive_int
 from .files import raise_if_terminated
+from .history import EpochRecord, TrainResult
 from .losses import Loss, as_loss
-from .report import LayerReport, binary_report, evaluate, is_fully_binary
+from .report import binary_report, evaluate, is_fully_binary
 from .sharpen import Sharpener, model_sharpness
 
 #: Training arithmetic (``Trainer(precision=...)``): the forward pass under autocast in this type.
@@ -38,29 +38,6 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger(__name__)
 
 __all__ = ["EpochRecord", "TrainResult", "Trainer"]
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch did. ``sharpness`` is per spiking layer, after the epoch's sharpening."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float | None  # None when training on a reconstruction target
-    sharpness: list[float]
-    seconds: float
-    eval_loss: float | None = None
-    eval_accuracy: float | None = None
-    rollbacks: int = 0  # times this epoch was rolled back and retried with slower sharpening
-
-
-@dataclass
-class TrainResult:
-    history: list[EpochRecord]
-    fully_binary: bool  # every layer at sharpness 1 and every output 0/1 on the evaluation set
-    layers: list[LayerReport] = field(default_factory=list)
-    checkpoint: Path | None = None  # the last state
-    best: Path | None = None  # the best fully binary weights, if any epoch was fully binary
 
 
 class Trainer:

@@ -10,7 +10,7 @@ are one ``QLinearConv`` (a Linear is a 1x1 convolution): the accumulator ``acc =
 the reference simulator's spikes on every image whose pixels are multiples of 1/255 (8-bit images).
 Max pooling of spikes is ``MaxPool`` on ``uint8``. The outputs are those of :mod:`whetstone.export.onnx`.
 
-It takes graphs from :func:`~whetstone.graph.quantize` with at most 8 bits, whose weighted layers each feed
+It takes graphs from :func:`~whetstone.quantization.quantize` with at most 8 bits, whose weighted layers each feed
 one spiking layer alone (chains of convolutions, linears, max pooling and flatten); a skip connection or
 a sum pooling is refused by layer name (write the float ONNX file for those).
 """

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import check_holds, load_dataset
+from ..export.nir import read_nir, write_nir
+from ..export.onnx import write_onnx
 from ..graph import DeployError, SpikingGraph
 from ..sim import SimResult, simulate
 from . import generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
@@ -63,8 +66,15 @@ def get_target(name: str) -> Target:
 
 def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Path:
     """Write ``graph`` for ``target``: rewritten into the forms its consumer reads (refusing, by layer name,
-    what it cannot express), quantized where its chip needs it, in its format; returns the path."""
+    what it cannot express), quantized where its chip needs it, in its format (``path`` must end in
+    ``.nir`` or ``.onnx`` accordingly); returns the path. This is whetstone's one way to write a file."""
     chosen = get_target(target)
+    path = Path(path)
+    if path.suffix != f".{chosen.format}":
+        raise ValueError(
+            f"path {str(path)!r}: target {chosen.name!r} is written as {chosen.format.upper()}; name the file "
+            f"{path.stem or 'model'}.{chosen.format}"
+        )
     if graph.is_temporal and not chosen.runs_in_time:
         raise DeployError(
             f"--target {chosen.name}: the graph runs in time (recurrent edges or leaky membranes), which whetstone "
@@ -77,13 +87,9 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Pa
         )
     prepared = chosen.prepare(graph)
     if chosen.write is not None:
-        return chosen.write(prepared, Path(path))
+        return chosen.write(prepared, path)
     if chosen.format == "onnx":
-        from ..export.onnx import write_onnx
-
         return write_onnx(prepared, path)
-    from ..export.nir import write_nir
-
     return write_nir(prepared, path, chosen.style)
 
 
@@ -111,8 +117,6 @@ def verify(
     if reference is None:
         if chosen.format != "nir":
             raise ValueError(f"{path}: give the graph the file was written from (reference=) to verify it")
-        from ..export.nir import read_nir
-
         reference = read_nir(path)
         _check_written_for(path, reference.metadata.get("whetstone_target"), chosen)
     images = np.asarray(images, dtype=np.float32)
@@ -186,11 +190,8 @@ def verify_on_dataset(
     progress: bool = False,
 ) -> Verification:
     """:func:`verify` on the first ``limit`` images of a dataset split, with its labels."""
-    from ..data import check_holds, load_dataset
 
     if reference is None and Path(path).suffix == ".nir":  # the shapes checked before any data is read
-        from ..export.nir import read_nir
-
         graph = read_nir(path)
     else:
         graph = reference

@@ -26,8 +26,8 @@ from ..graph import (
     SpikeNode,
     SpikingGraph,
     SumPool2dNode,
-    quantize,
 )
+from ..quantization import quantize
 
 __all__ = ["FitCheck", "FitReport", "Target", "Verification", "average_pools", "chain_only", "positive_thresholds"]
 
@@ -287,6 +287,6 @@ def weight_bits_check(graph: SpikingGraph, bits: int, source: str) -> FitCheck:
 
 
 def weight_bits(graph: SpikingGraph) -> int | None:
-    """The bits of the graph's integer weights (from :func:`~whetstone.graph.quantize`), or None if float."""
+    """The bits of the graph's integer weights (from :func:`~whetstone.quantization.quantize`), or None if float."""
     bits = graph.metadata.get("quantized_bits")
     return int(bits) if bits is not None else None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.onnx_integer import write_integer_onnx
 from ..graph import SpikingGraph
 from .base import Target, at_most_bits
 
@@ -34,8 +35,6 @@ TARGET = Target(
 
 
 def _write_integer(graph: SpikingGraph, path: Path) -> Path:
-    from ..export.onnx_integer import write_integer_onnx
-
     return write_integer_onnx(graph, path)
 
 

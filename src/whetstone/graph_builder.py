@@ -1,0 +1,507 @@
+"""From a PyTorch model to a :class:`~whetstone.graph.SpikingGraph`: :func:`to_spiking_graph` folds batch
+norm, traces the model with torch.fx and turns each traced call into typed graph nodes, checking that every
+value passed on is exactly what a single-time-step integrate-and-fire network computes.
+
+Average pooling (also ``AdaptiveAvgPool2d``) is sum pooling whose ``1 / window`` is folded, exactly, into the
+weights of the layer it feeds or into the threshold of the spiking layer it feeds; uneven adaptive windows
+fold into a following Linear. A model may max-pool the membrane potentials right before a spiking
+activation (``conv - pool - spike``); since a threshold is monotone, that is written exactly as spike, then
+max pooling.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .activations import SpikingActivation
+from .decode import SoftmaxDecode
+from .graph import (
+    READOUTS,
+    WEIGHTED_NODES,
+    AffineNode,
+    Conv2dNode,
+    DeployError,
+    FlattenNode,
+    GraphNode,
+    InputNode,
+    MaxPool2dNode,
+    SpikeNode,
+    SpikingGraph,
+    SumPool2dNode,
+)
+from .sharpen import set_model_sharpness
+from .tracing import fold_batchnorm, trace
+
+__all__ = ["check_deployable", "to_spiking_graph"]
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def _bias(module: nn.Module, size: int) -> np.ndarray:
+    return _array(module.bias) if module.bias is not None else np.zeros(size, np.float32)
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One summand of a value in the traced model: the output of graph node ``name``, times ``scale``,
+    then (if ``spatial`` is set) averaged over uneven windows: a pending linear map, folded into the
+    synapses that consume it (or, before a spike, into its threshold)."""
+
+    name: str
+    scale: float = 1.0
+    spatial: np.ndarray | None = None  # (out positions, in positions) of an uneven adaptive average pooling
+    spatial_shape: tuple[int, ...] = ()  # the (C, H, W) the map reads
+    pooled_by: str = ""  # the average pooling the pending map comes from (for messages)
+
+    @property
+    def plain(self) -> bool:
+        return self.scale == 1.0 and self.spatial is None
+
+
+class _GraphBuilder:
+    """Walks a traced model once, node by node; one method per kind of call (see :meth:`_handler`).
+
+    ``alias`` maps each fx node to the terms whose sum it equals (a skip connection is a sum; Identity
+    and Dropout pass their input on; average pooling is a sum pooling whose ``1 / window`` scale waits in
+    the term for the synapses or the threshold that absorb it). ``origin`` says, per graph node, whether
+    its output is binary spikes (None) or the real-valued output of which layer.
+    """
+
+    def __init__(
+        self, traced: torch.fx.GraphModule, input_shape: tuple[int, ...], key: torch.Tensor | None, readout: str
+    ) -> None:
+        self.traced = traced
+        self.readout = readout
+        self.modules = dict(traced.named_modules())
+        self.input_shape = tuple(input_shape)
+        self.key = key
+        self.nodes: list[GraphNode] = []
+        self.alias: dict[torch.fx.Node, list[_Term]] = {}
+        self.origin: dict[str, str | None] = {}
+        self.output: str | None = None
+        # Max pooling of potentials whose only user is a spiking activation: fx node -> (input shape, node to add).
+        self.pools_before_spike: dict[torch.fx.Node, tuple[tuple[int, ...], MaxPool2dNode]] = {}
+
+    # -- the walk ------------------------------------------------------------------------------
+    def build(self) -> SpikingGraph:
+        for fx_node in self.traced.graph.nodes:
+            self._handler(fx_node)(fx_node)
+        if self.output is not None and self.readout == "membrane":
+            self.key = torch.eye(int(np.prod(self._graph_node(self.output).shape)))
+        if self.output is None or self.key is None:
+            raise DeployError("model has no SoftmaxDecode and no key was given")
+        key = _array(self.key)
+        width = int(np.prod(self._graph_node(self.output).shape))
+        if key.ndim != 2 or key.shape[1] != width:
+            raise DeployError(f"key of shape {key.shape} does not match the {width} output units of {self.output!r}")
+        names = [node.name for node in self.nodes]
+        if len(set(names)) != len(names):  # impossible by construction: say so loudly if it ever happens
+            raise DeployError(f"graph node names collide: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        graph = SpikingGraph(self.nodes, self.output, key, readout=self.readout)
+        graph.metadata["encoder"] = graph.encoder
+        _check_all_spikes_used(graph)
+        return graph
+
+    def _handler(self, fx_node: torch.fx.Node) -> Callable[[torch.fx.Node], None]:
+        if fx_node.op == "placeholder":
+            return self.placeholder
+        if fx_node.op == "output":
+            return self.output_node
+        if fx_node.op == "call_module":
+            module = self.modules[fx_node.target]
+            for types, method in _MODULE_RULES:
+                if isinstance(module, types):
+                    return getattr(self, method)
+            return self.unsupported_module
+        if fx_node.op == "call_function" and fx_node.target in (operator.add, torch.add):
+            return self.skip_sum
+        if (fx_node.op == "call_function" and fx_node.target is torch.flatten) or (
+            fx_node.op == "call_method" and fx_node.target == "flatten"
+        ):
+            return self.flatten_call
+        if fx_node.op == "call_function" and fx_node.target is nn.functional.adaptive_avg_pool2d:
+            return self.adaptive_avg_pool
+        return self.unsupported_call
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _graph_node(self, name: str) -> GraphNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def _add(self, fx_node: torch.fx.Node, node: GraphNode, term: _Term | None = None) -> None:
+        self.nodes.append(node)
+        self.alias[fx_node] = [term or _Term(node.name)]
+        if isinstance(node, SpikeNode):
+            self.origin[node.name] = None
+        elif isinstance(node, (MaxPool2dNode, FlattenNode)):
+            self.origin[node.name] = self.origin[node.inputs[0]]
+        else:
+            self.origin[node.name] = node.name
+
+    @staticmethod
+    def _shape(fx_node: torch.fx.Node) -> tuple[int, ...]:
+        return tuple(fx_node.meta["tensor_meta"].shape[1:])
+
+    def _terms(self, fx_node: torch.fx.Node) -> list[_Term]:
+        arg = fx_node.args[0] if fx_node.args else None
+        if not isinstance(arg, torch.fx.Node):
+            raise DeployError(f"{fx_node.name}: expected a tensor input, got {arg!r}")
+        return self.alias[arg]
+
+    def _plain(self, fx_node: torch.fx.Node, what: str) -> list[str]:
+        """The input names of a node that takes its inputs as they are (no pending scale or pooling)."""
+        terms = self._terms(fx_node)
+        for term in terms:
+            if not term.plain:
+                raise DeployError(
+                    f"{what} receives the output of average pooling {term.pooled_by!r}, real values, not binary spikes: feed "
+                    "the pooling to a spiking layer, a Linear or a Conv2d (which absorb it exactly)"
+                )
+        return [term.name for term in terms]
+
+    def _require_binary(self, inputs: list[str], what: str) -> None:
+        for name in inputs:
+            if self.origin[name] is not None:
+                raise DeployError(
+                    f"{what} receives the real-valued output of {self.origin[name]!r}, not binary spikes: put a spiking "
+                    "activation after it (a linear layer or average pooling must feed a spiking layer)"
+                )
+
+    def _one_term(self, fx_node: torch.fx.Node, what: str) -> _Term:
+        terms = self._terms(fx_node)
+        if len(terms) != 1:
+            raise DeployError(f"{what}: expected one input, got the sum of {[t.name for t in terms]}")
+        return terms[0]
+
+    # -- one method per kind of call -----------------------------------------------------------
+    def placeholder(self, fx_node: torch.fx.Node) -> None:
+        self._add(fx_node, InputNode("input", [], self.input_shape))
+
+    def output_node(self, fx_node: torch.fx.Node) -> None:
+        if self.output is not None:
+            return  # the decoder already named the output
+        result = fx_node.args[0]
+        if not isinstance(result, torch.fx.Node) or (self.key is None and self.readout == "spikes"):
+            raise DeployError("model has no SoftmaxDecode and no key was given")
+        inputs = self._plain(fx_node, "the output")
+        if self.readout == "membrane":
+            self.output = _single(inputs, "the output")
+            if not isinstance(self._graph_node(self.output), WEIGHTED_NODES):
+                raise DeployError(
+                    f"readout='membrane' reads a Linear or Conv2d layer's potentials; the output is {self.output!r}, "
+                    f"a {self._graph_node(self.output).op}"
+                )
+            return
+        self._require_binary(inputs, "the output")
+        self.output = _single(inputs, "the output")
+
+    def passthrough(self, fx_node: torch.fx.Node) -> None:  # Identity, Dropout (eval mode)
+        self.alias[fx_node] = self._terms(fx_node)
+
+    def linear(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        if len(self._shape(fx_node.args[0])) != 1:
+            raise DeployError(f"{fx_node.target}: Linear must receive flat (N, features) input")
+        weight, terms = _array(module.weight), self._terms(fx_node)
+        if not all(term.plain for term in terms):  # average pooling before it: fold it into the weights (exact)
+            term = self._one_term(fx_node, fx_node.target)
+            weight = weight * np.float32(term.scale)
+            if term.spatial is not None:  # (out, C, h*w) @ (h*w, H*W) -> (out, C, H*W): each input's share
+                channels = term.spatial_shape[0]
+                weight = (weight.reshape(len(weight), channels, -1) @ term.spatial).reshape(len(weight), -1)
+            terms = [_Term(term.name)]
+        bias = _bias(module, module.out_features)
+        self._add(fx_node, AffineNode(fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, bias))
+
+    def conv2d(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        if module.padding_mode != "zeros":
+            raise DeployError(f"{fx_node.target}: only zero padding can be exported, got {module.padding_mode!r}")
+        # torch resolves padding="same"/"valid" into this (left, right, top, bottom) tuple.
+        left, right, top, bottom = module._reversed_padding_repeated_twice
+        if left != right or top != bottom:
+            raise DeployError(f"{fx_node.target}: asymmetric padding cannot be exported")
+        weight, terms = _array(module.weight), self._terms(fx_node)
+        if not all(term.plain for term in terms):
+            term = self._one_term(fx_node, fx_node.target)
+            if term.spatial is not None:
+                raise DeployError(
+                    f"{fx_node.target}: receives adaptive average pooling with uneven windows, which folds only into a "
+                    "following Linear; pool to a size that divides the input, or flatten before a Linear"
+                )
+            weight, terms = weight * np.float32(term.scale), [_Term(term.name)]
+        self._add(fx_node, Conv2dNode(
+            fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, _bias(module, module.out_channels),
+            _pair(module.stride), (top, left), _pair(module.dilation), module.groups,
+        ))  # fmt: skip
+
+    def spike(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        if not module.is_binary:
+            raise DeployError(
+                f"{fx_node.target}: {type(module).__name__} has sharpness {module.get_sharpness():.4g}; "
+                "only fully sharpened layers (sharpness 1) are integrate-and-fire neurons"
+            )
+        pool = self.pools_before_spike.pop(fx_node.args[0], None)
+        shape = pool[0] if pool else self._shape(fx_node)
+        threshold = np.full(shape, module.spike_threshold, dtype=np.float32)
+        terms = self._terms(fx_node)
+        if any(term.spatial is not None for term in terms):
+            raise DeployError(f"{fx_node.target}: receives adaptive average pooling with uneven windows, which folds "
+                              "only into a following Linear")  # fmt: skip
+        if len(terms) == 1 and terms[0].scale != 1.0:  # s * v >= theta  <=>  v >= theta / s: the pooling's 1/k
+            threshold = threshold / np.float32(terms[0].scale)
+        elif not all(term.plain for term in terms):  # several summands, some averaged: explicit synapses for those
+            terms = [self._scaled_synapses(fx_node, term, shape) if not term.plain else term for term in terms]
+        # Several inputs are summed into the neuron: a skip connection is just more synapses.
+        self._add(fx_node, SpikeNode(fx_node.target, [t.name for t in terms], shape, threshold))
+        if pool:  # a step is monotone, so step(max(v)) == max(step(v)): fire first, then OR the window
+            pooled = dataclasses.replace(pool[1], inputs=[fx_node.target])
+            self._add(fx_node, pooled)
+
+    def _scaled_synapses(self, fx_node: torch.fx.Node, term: _Term, shape: tuple[int, ...]) -> _Term:
+        """One synapse of weight ``term.scale`` per unit (a 1x1 depthwise convolution) from ``term``'s node."""
+        channels = shape[0]
+        name = f"{fx_node.target}.scale_{term.name}"
+        weight = np.full((channels, 1, 1, 1), term.scale, dtype=np.float32)
+        node = Conv2dNode(
+            name, [term.name], shape, weight, np.zeros(channels, np.float32), (1, 1), (0, 0), (1, 1), channels
+        )
+        self.nodes.append(node)
+        self.origin[name] = name
+        return _Term(name)
+
+    def max_pool(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        settings = _pool_settings(fx_node.target, module)
+        if _pair(module.dilation) != (1, 1):
+            raise DeployError(f"{fx_node.target}: dilated max pooling cannot be exported")
+        inputs = self._plain(fx_node, f"max pooling {fx_node.target!r}")
+        node = MaxPool2dNode(fx_node.target, inputs, self._shape(fx_node), *settings)
+        users = list(fx_node.users)
+        if any(self.origin[i] is not None for i in inputs) and len(users) == 1 and _is_spike(users[0], self.modules):
+            # Max pooling of membrane potentials straight into a spike: exported as spike, then pool.
+            self.pools_before_spike[fx_node] = (self._shape(fx_node.args[0]), node)
+            self.alias[fx_node] = [_Term(name) for name in inputs]
+            return
+        self._require_binary(inputs, f"max pooling {fx_node.target!r}")
+        self._add(fx_node, node)
+
+    def avg_pool(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        kernel, stride, padding = _pool_settings(fx_node.target, module)
+        if module.divisor_override is not None or (padding != (0, 0) and not module.count_include_pad):
+            raise DeployError(f"{fx_node.target}: only plain average pooling can be exported")
+        self._sum_pool(fx_node, kernel, stride, padding)
+
+    def adaptive_avg_pool(self, fx_node: torch.fx.Node) -> None:
+        channels, height, width = self._shape(fx_node.args[0])
+        _, out_h, out_w = self._shape(fx_node)
+        if height % out_h == 0 and width % out_w == 0:  # even windows: an ordinary average pooling
+            kernel = (height // out_h, width // out_w)
+            self._sum_pool(fx_node, kernel, kernel, (0, 0))
+            return
+        name = _name(fx_node)
+        term = self._one_term(fx_node, name)
+        if not term.plain:
+            raise DeployError(f"{name}: adaptive average pooling of already averaged values cannot be folded")
+        spatial = _adaptive_average_matrix((height, width), (out_h, out_w))
+        self.alias[fx_node] = [_Term(term.name, 1.0, spatial, (channels, height, width), name)]
+
+    def _sum_pool(
+        self, fx_node: torch.fx.Node, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+    ) -> None:
+        """Average pooling = sum pooling (an exact count of the inputs) whose 1 / window scale waits in the term."""
+        name = _name(fx_node)
+        term = self._one_term(fx_node, name)
+        if term.spatial is not None:
+            raise DeployError(f"{name}: pooling of unevenly averaged values cannot be folded")
+        node = SumPool2dNode(name, [term.name], self._shape(fx_node), kernel, stride, padding)
+        self._add(fx_node, node, _Term(name, term.scale / (kernel[0] * kernel[1]), pooled_by=name))
+
+    def flatten_module(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        _check_flatten(fx_node.target, module.start_dim, module.end_dim)
+        self._flatten(fx_node, fx_node.target)
+
+    def flatten_call(self, fx_node: torch.fx.Node) -> None:
+        start = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("start_dim", 0)
+        end = fx_node.args[2] if len(fx_node.args) > 2 else fx_node.kwargs.get("end_dim", -1)
+        _check_flatten(fx_node.name, start, end)
+        self._flatten(fx_node, fx_node.name)
+
+    def _flatten(self, fx_node: torch.fx.Node, name: str) -> None:
+        term = self._one_term(fx_node, name)
+        # A pending uneven pooling is applied by the Linear after this flatten: flatten what it reads.
+        shape = (int(np.prod(term.spatial_shape)),) if term.spatial is not None else self._shape(fx_node)
+        self._add(fx_node, FlattenNode(name, [term.name], shape), dataclasses.replace(term, name=name))
+
+    def decoder(self, fx_node: torch.fx.Node) -> None:
+        inputs = self._plain(fx_node, f"the decoder {fx_node.target!r}")
+        self._require_binary(inputs, f"the decoder {fx_node.target!r}")
+        self.output = _single(inputs, "the decoder")
+        self.key = self.modules[fx_node.target].key
+        self.alias[fx_node] = []
+
+    def skip_sum(self, fx_node: torch.fx.Node) -> None:
+        terms = [a for a in fx_node.args if isinstance(a, torch.fx.Node)]
+        if len(terms) != len(fx_node.args) or fx_node.kwargs:
+            raise DeployError(f"{fx_node.name}: only sums of layer outputs (skip connections) can be exported")
+        self.alias[fx_node] = [term for node in terms for term in self.alias[node]]
+
+    def upsample(self, fx_node: torch.fx.Node) -> None:
+        raise DeployError(
+            f"{fx_node.target}: up-sampling (nn.Upsample) cannot be exported: NIR has no up-sampling node and no "
+            "neuromorphic toolchain reads one; the network runs in PyTorch only (a transposed convolution would be "
+            "a Conv2d with stride < 1, which NIR cannot express either)"
+        )
+
+    def unsupported_module(self, fx_node: torch.fx.Node) -> None:
+        module = self.modules[fx_node.target]
+        raise DeployError(
+            f"{fx_node.target}: {type(module).__name__} has no single-time-step spiking equivalent "
+            "(supported: Linear, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, spiking activations, batch "
+            "norm (folded into the weights), Identity, Dropout)"
+        )
+
+    def unsupported_call(self, fx_node: torch.fx.Node) -> None:
+        raise DeployError(
+            f"{fx_node.name}: operation {fx_node.target!r} has no single-time-step spiking equivalent; "
+            "use modules (nn.Flatten, pooling) and `+` for skip connections"
+        )
+
+
+def _name(fx_node: torch.fx.Node) -> str:
+    """A graph node's name: the module path of a module call, else the traced call's own name."""
+    return str(fx_node.target) if fx_node.op == "call_module" else fx_node.name
+
+
+def _adaptive_average_matrix(size: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
+    """The (out_h * out_w, h * w) matrix of ``nn.AdaptiveAvgPool2d(out)`` on one channel of size ``size``:
+    window ``i`` spans ``floor(i * h / out_h)`` to ``ceil((i + 1) * h / out_h)``, as PyTorch computes it."""
+
+    def windows(n: int, m: int) -> np.ndarray:
+        matrix = np.zeros((m, n), dtype=np.float64)
+        for i in range(m):
+            start, stop = (i * n) // m, -((-(i + 1) * n) // m)
+            matrix[i, start:stop] = 1.0 / (stop - start)
+        return matrix
+
+    rows, cols = windows(size[0], out[0]), windows(size[1], out[1])
+    return np.kron(rows, cols).astype(np.float32)
+
+
+#: Which builder method handles a module, by type (first match).
+_MODULE_RULES: list[tuple[type | tuple[type, ...], str]] = [
+    ((nn.Identity, nn.Dropout), "passthrough"),
+    (nn.Linear, "linear"),
+    (nn.Conv2d, "conv2d"),
+    (SpikingActivation, "spike"),
+    (nn.MaxPool2d, "max_pool"),
+    (nn.AvgPool2d, "avg_pool"),
+    (nn.AdaptiveAvgPool2d, "adaptive_avg_pool"),
+    (nn.Flatten, "flatten_module"),
+    (SoftmaxDecode, "decoder"),
+    (nn.Upsample, "upsample"),
+]
+
+
+def _pool_settings(where: str, module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    if module.ceil_mode:
+        raise DeployError(f"{where}: ceil_mode=True pooling cannot be exported")
+    return _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+
+
+def to_spiking_graph(
+    model: nn.Module, input_shape: tuple[int, ...], key: torch.Tensor | None = None, readout: str = "spikes"
+) -> SpikingGraph:
+    """Fold batch norm and convert a fully sharpened model into a :class:`SpikingGraph`.
+
+    A model that runs in time (a recurrent network) builds its own graph: a module of it with a method
+    ``spiking_graph(key, prefix)`` (:class:`~whetstone.recurrent.RecurrentSpiking`) returns it.
+
+    Args:
+        model: a spiking classifier (e.g. from :func:`~whetstone.create_model`): layers, spiking
+            activations at sharpness 1 and, at the end, a :class:`~whetstone.SoftmaxDecode` (or pass
+            ``key`` for a model that returns the output spikes itself).
+        input_shape: shape of one input sample, e.g. ``(1, 28, 28)``.
+        key: the decoder key when ``model`` has no ``SoftmaxDecode``.
+        readout: ``"spikes"`` (N-hot output spikes) or ``"membrane"``: the model ends in a Linear (or
+            Conv2d) whose values are the scores, read as the membrane potentials of neurons that never
+            fire (a Q-network's action values).
+
+    Raises:
+        DeployError: naming the layer, when something cannot run exactly as integrate-and-fire neurons
+            in one time step (an unsharpened activation, average pooling whose output is not turned into
+            spikes, an unsupported operation, ...).
+    """
+    if readout not in READOUTS:
+        raise DeployError(f"readout must be one of {READOUTS}, got {readout!r}")
+    for path, module in model.named_modules():  # a model that runs in time writes its own graph
+        if callable(getattr(module, "spiking_graph", None)):
+            decoders = [m for m in model.modules() if isinstance(m, SoftmaxDecode)]
+            return module.spiking_graph(key if key is not None or not decoders else decoders[0].key,
+                                        f"{path}." if path else "")  # fmt: skip
+    input_shape = tuple(int(v) for v in input_shape)
+    if not input_shape or min(input_shape) < 1:
+        raise DeployError(f"input_shape must be positive sizes, e.g. (1, 28, 28), got {input_shape}")
+    try:
+        folded = fold_batchnorm(model)
+    except ValueError as error:
+        raise DeployError(str(error)) from None
+    try:
+        traced = trace(folded)
+    except Exception as error:
+        raise DeployError(f"cannot trace {type(model).__name__} with torch.fx: {str(error).splitlines()[0]}") from error
+    example = torch.zeros(1, *input_shape)
+    try:
+        ShapeProp(traced).propagate(example)
+    except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
+        raise DeployError(f"model does not accept input of shape {input_shape}: {str(error).splitlines()[0]}") from None
+    return _GraphBuilder(traced, input_shape, key, readout).build()
+
+
+def check_deployable(model: nn.Module, input_shape: tuple[int, ...]) -> SpikingGraph:
+    """Check, before any training, that ``model`` will deploy once sharpened: a copy is set to sharpness 1
+    and converted. Returns that graph; raises :class:`DeployError` naming the first layer that will not
+    deploy (an unsupported layer, a real-valued output, a missing decoder), with the reason."""
+    probe = copy.deepcopy(model).eval()
+    set_model_sharpness(probe, 1.0)
+    return to_spiking_graph(probe, input_shape)
+
+
+def _is_spike(fx_node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    return fx_node.op == "call_module" and isinstance(modules[fx_node.target], SpikingActivation)
+
+
+def _single(inputs: list[str], where: str) -> str:
+    if len(inputs) != 1:
+        raise DeployError(f"{where}: expected one input, got the sum of {inputs}")
+    return inputs[0]
+
+
+def _check_flatten(where: str, start: int, end: int) -> None:
+    if start != 1 or end != -1:
+        raise DeployError(f"{where}: only flatten(start_dim=1, end_dim=-1) can be exported, got ({start}, {end})")
+
+
+def _check_all_spikes_used(graph: SpikingGraph) -> None:
+    users = graph.consumers()
+    for node in graph.nodes:
+        if not users[node.name] and node.name != graph.output and not isinstance(node, InputNode):
+            raise DeployError(f"{node.name!r} feeds nothing that reaches the output")

@@ -1,0 +1,107 @@
+"""Integer weights and thresholds for a :class:`~whetstone.graph.SpikingGraph` (:func:`quantize`): what
+chips hold and what the 8-bit engines (:mod:`whetstone.integer`, the ``onnx-int8`` writer) compute exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .graph import WEIGHTED_NODES, AffineNode, Conv2dNode, DeployError, GraphNode, SpikingGraph, SumPool2dNode
+
+__all__ = ["quantize"]
+
+
+def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> SpikingGraph:
+    """Integer weights: each spiking layer's synaptic weights and biases become integers, weights in
+    ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``, and its threshold an integer too.
+
+    A spiking layer's output depends only on the sign of ``sum of its inputs - theta``, so each layer may
+    be scaled freely: ``s = (2**(bits-1) - 1) / max|W|`` over all the synapses into it; weights are
+    ``round(s W)``, the threshold ``T = round(s theta)`` and the biases ``round(s b)``, the first one
+    corrected to ``round(s (sum b - theta)) + T - (the others)`` so that the comparison rounds once
+    (bias currents are usually wider registers on chip). A skip connection of spikes (or of pooled
+    spike counts) into the layer gets explicit synapses of weight ``round(s)`` (a 1x1 depthwise
+    convolution). A layer fed by spikes or counts alone keeps weight 1 and fires at ``ceil(theta)``,
+    exactly. Binary inputs times integer weights sum exactly in any float format, so every layer after
+    the encoder is computed bit-exactly by every engine.
+
+    The encoder sees pixels ``p / input_levels`` (``p`` integer), so its membrane, times
+    ``input_levels``, is an integer and often lands exactly on the threshold, where float rounding
+    would decide differently in each engine. Its bias gets ``+0.5 / input_levels``: exact ties then
+    fire (as ``>=`` requires) with a margin that rounding cannot cross, and nothing else changes.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
+    if isinstance(input_levels, bool) or not isinstance(input_levels, int) or input_levels < 1:
+        raise ValueError(f"input_levels must be a positive integer, got {input_levels!r}")
+    limit = 2 ** (bits - 1) - 1
+    users = graph.consumers()
+    by_name = {node.name: node for node in graph.nodes}
+    replaced: dict[str, GraphNode] = {}
+    inserted: dict[str, list[GraphNode]] = {}
+    for spike in graph.spiking_nodes():
+        thresholds = np.unique(spike.threshold)
+        if thresholds.size != 1:
+            raise DeployError(f"{spike.name!r}: quantize() needs one threshold per spiking layer")
+        theta = float(thresholds[0])
+        weighted, direct, others = [], [], []
+        for name in spike.inputs:
+            source = by_name[name]
+            behind = by_name[source.inputs[0]] if isinstance(source, SumPool2dNode) else None
+            if isinstance(source, WEIGHTED_NODES) or isinstance(behind, WEIGHTED_NODES):
+                layer = source if isinstance(source, WEIGHTED_NODES) else behind
+                if len(users[layer.name]) != 1:
+                    raise DeployError(f"{layer.name!r}: quantize() needs each weighted layer to feed one spiking layer")
+                weighted.append(layer)
+                if layer is source:
+                    direct.append(layer)
+            else:
+                others.append(source)  # spikes, or a count of spikes: integers already
+        if not weighted:
+            replaced[spike.name] = dataclasses.replace(spike, threshold=np.full_like(spike.threshold, np.ceil(theta)))
+            continue
+        largest = max([float(np.abs(layer.weight).max()) for layer in weighted] + [1.0] * len(others))
+        scale = limit / max(largest, 1e-12)  # a skip connection's synapses (weight 1) count among the weights
+        threshold = float(round(scale * theta))
+        biases = {layer.name: np.round(layer.bias * scale) for layer in weighted}
+        if direct:  # round the comparison once: the first direct layer carries sum(b) - theta
+            first = direct[0].name
+            rest = sum((bias for name, bias in biases.items() if name != first), start=np.zeros_like(biases[first]))
+            total = sum((layer.bias for layer in weighted), start=np.zeros_like(weighted[0].bias))
+            biases[first] = np.round((total - theta) * scale) + threshold - rest
+        for layer in weighted:
+            bias = biases[layer.name] + (0.5 / input_levels if layer.name == graph.encoder else 0.0)
+            weight = np.clip(np.round(layer.weight * scale), -limit, limit)
+            replaced[layer.name] = dataclasses.replace(
+                layer, weight=weight.astype(np.float32), bias=bias.astype(np.float32)
+            )
+        inputs = list(spike.inputs)
+        for source in others:  # a skip connection: synapses of weight round(s) from each unit to itself
+            synapses = _identity_synapses(f"{spike.name}.from_{source.name}", source, float(max(1, round(scale))))
+            inserted.setdefault(spike.name, []).append(synapses)
+            inputs[inputs.index(source.name)] = synapses.name
+        replaced[spike.name] = dataclasses.replace(
+            spike, inputs=inputs, threshold=np.full_like(spike.threshold, threshold)
+        )
+    nodes: list[GraphNode] = []
+    for node in graph.nodes:
+        nodes += inserted.get(node.name, [])
+        nodes.append(replaced.get(node.name, node))
+    return SpikingGraph(
+        nodes, graph.output, graph.key.copy(), {**graph.metadata, "quantized_bits": bits}, graph.readout
+    )
+
+
+def _identity_synapses(name: str, source: GraphNode, weight: float) -> GraphNode:
+    """Synapses of one ``weight`` from each unit of ``source`` to the same unit of its consumer."""
+    if len(source.shape) == 3:
+        channels = source.shape[0]
+        kernel = np.full((channels, 1, 1, 1), weight, dtype=np.float32)
+        return Conv2dNode(
+            name, [source.name], source.shape, kernel, np.zeros(channels, np.float32), (1, 1), (0, 0), (1, 1), channels
+        )
+    size = int(np.prod(source.shape))
+    return AffineNode(
+        name, [source.name], source.shape, np.eye(size, dtype=np.float32) * weight, np.zeros(size, np.float32)
+    )

@@ -1,0 +1,86 @@
+"""What a trained run's checkpoint rebuilds: the PyTorch model (:func:`model_from_checkpoint`), its
+deployable graph (:func:`graph_from_checkpoint`), and whether it takes a dataset's images
+(:func:`check_dataset`). It reads what :mod:`whetstone.checkpoint` loads; nothing below imports it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .checkpoint import describe_kind, load_checkpoint
+from .data import DATASETS
+from .graph import SpikingGraph
+from .graph_builder import to_spiking_graph
+from .models import create_model
+from .quantization import quantize
+
+__all__ = ["check_dataset", "graph_from_checkpoint", "model_from_checkpoint"]
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpoint") -> nn.Module:
+    """Rebuild a registry model from a checkpoint written by the trainer, in eval mode.
+
+    ``ValueError`` (one line, starting with ``source``) when the checkpoint names no registered model,
+    or its weights do not fit the model it names (another model's weights, other options, tampering)."""
+    run = checkpoint.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("model"), str):
+        raise ValueError(f"{source} names no registered model; load its 'model' state_dict into your own model")
+    options = run.get("model_options", {})
+    if not isinstance(options, dict):
+        raise ValueError(f"{source}: its model options are {describe_kind(options)}, not a dict")
+    try:
+        model = create_model(run["model"], **options)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{source}: cannot rebuild its model: {error}") from None
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{source}: its weights do not fit model {run['model']!r}: {_mismatch(error)}") from None
+    return model.eval()
+
+
+def _mismatch(error: RuntimeError) -> str:
+    """The first problem of a ``load_state_dict`` error, in one line."""
+    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    if not lines:
+        return str(error).splitlines()[0]
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    first = lines[0]
+    return (first[:200] + "...") + more if len(first) > 200 else first + more
+
+
+def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the checkpoint") -> None:
+    """``ValueError`` unless the checkpoint's model takes the images of ``dataset`` (channels, height,
+    width) and decodes as many classes as it has."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[dataset]
+    run = checkpoint.get("run") or {}
+    shape = run.get("model_options", {}).get("input_shape")
+    trained_on = run.get("dataset")
+    if shape is not None and tuple(shape) != spec.image_shape:
+        raise ValueError(
+            f"--dataset {dataset} has {'x'.join(map(str, spec.image_shape))} images but the model in "
+            f"{source} takes {'x'.join(map(str, shape))} (it was trained on {trained_on})"
+        )
+    key = checkpoint["model"].get("decoder.key")
+    if key is not None and key.shape[0] != len(spec.classes):
+        raise ValueError(
+            f"--dataset {dataset} has {len(spec.classes)} classes but the model in {source} decodes {key.shape[0]}"
+        )
+
+
+def graph_from_checkpoint(path: str, bits: int | None = None) -> tuple[SpikingGraph, nn.Module, dict[str, Any]]:
+    """The deployable graph of a trained run (its folder or a checkpoint file), quantized to ``bits``
+    if given; also returns the rebuilt PyTorch model and the loaded checkpoint."""
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, str(path))
+    run = checkpoint["run"]
+    shape = run.get("model_options", {}).get("input_shape")
+    if shape is None and run.get("dataset") not in DATASETS:
+        raise ValueError(
+            f"checkpoint {path} names no known dataset ({run.get('dataset')!r}): its input shape is unknown"
+        )
+    graph = to_spiking_graph(model, tuple(shape) if shape else DATASETS[run["dataset"]].image_shape)
+    return (quantize(graph, bits) if bits else graph), model, checkpoint

@@ -1,0 +1,251 @@
+"""torch.fx tracing with whetstone's leaves, and batch-norm folding on the traced call graph.
+
+Everything that reads a model's call graph goes through :func:`trace`: spiking activations and the
+decoder stay single calls (their ``forward`` branches on Python state that symbolic tracing cannot
+follow). :func:`fold_batchnorm` turns every batch norm into synaptic weights, exactly; the graph builder
+(:mod:`whetstone.graph_builder`), conversion (:mod:`whetstone.convert`) and the sharpening order
+(:mod:`whetstone.sharpen`) all sit above this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import Counter
+from itertools import pairwise
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .activations import SpikingActivation
+from .decode import SoftmaxDecode
+
+__all__ = ["fold_batchnorm", "set_submodule", "trace"]
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_WEIGHTED = (nn.Linear, *_CONVS, *_TRANSPOSED)
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps spiking activations and the decoder as single call_module nodes
+    (their forward branches on Python state that symbolic tracing cannot follow)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (SpikingActivation, SoftmaxDecode)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """Symbolically trace ``model`` with spiking activations and decoders as leaves."""
+    return torch.fx.GraphModule(model, _LeafTracer().trace(model))
+
+
+def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    if isinstance(layer, (*_CONVS, *_TRANSPOSED)):
+        return fuse_conv_bn_eval(layer, bn, transpose=isinstance(layer, _TRANSPOSED))
+    return fuse_linear_bn_eval(layer, bn)
+
+
+def set_submodule(root: nn.Module, qualified_name: str, module: nn.Module) -> None:
+    parent_name, _, name = qualified_name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, name, module)
+
+
+def _fold_pairs_traced(model: nn.Module) -> list[tuple[str, str]] | None:
+    """(layer, batchnorm) name pairs where the batch norm consumes only that layer's output, or None
+    if the model cannot be traced symbolically."""
+    try:
+        graph = trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure just means "use the Sequential scan"
+        return None
+    modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], _BATCHNORMS) or calls[node.target] > 1:
+            continue
+        source = node.args[0] if node.args else None
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], _WEIGHTED)
+            and len(source.users) == 1
+            and calls[source.target] == 1
+        ):
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+def _fold_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (name, child), (next_name, following) in pairwise(children):
+            if isinstance(child, (nn.Linear, *_CONVS, *_TRANSPOSED)) and isinstance(following, _BATCHNORMS):
+                prefix = f"{parent_name}." if parent_name else ""
+                pairs.append((prefix + name, prefix + next_name))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Return an eval-mode copy of ``model`` with every batch norm folded into synaptic weights.
+
+    Batch norm with running statistics is ``s * x + t`` per channel, so it folds exactly:
+
+    - after a Linear/Conv: ``W' = s W``, ``b' = s b + t`` (the layer computes ``BN(W x + b)``); when
+      the layer's output also feeds something else, a folded copy serves the batch norm's path;
+    - after the sum of a residual block, ``BN(a + b) = s a + s b + t``: each summand's layer is scaled,
+      and a summand of spikes (an identity shortcut) gets synapses of weight ``s`` (a 1x1 depthwise
+      convolution, or a diagonal Linear).
+
+    Outputs are equal to float rounding and every spiking neuron keeps its threshold. Where only the
+    first case occurs the copy keeps the model's class (batch-norm layers become ``nn.Identity``);
+    otherwise it is a ``torch.fx.GraphModule``. A batch norm anywhere else raises ``ValueError`` naming it.
+    """
+    folded = copy.deepcopy(model).eval()
+    pairs = _fold_pairs_traced(folded)
+    if pairs is None:
+        pairs = _fold_pairs_sequential(folded)
+    for layer_name, bn_name in pairs:
+        layer, bn = folded.get_submodule(layer_name), folded.get_submodule(bn_name)
+        _check_statistics(bn_name, bn)
+        set_submodule(folded, layer_name, _fuse(layer, bn))
+        set_submodule(folded, bn_name, nn.Identity())
+    if any(isinstance(module, _BATCHNORMS) for module in folded.modules()):
+        try:
+            traced = trace(folded)
+        except Exception:  # noqa: BLE001 - untraceable: the leftover check below names the batch norms
+            traced = None
+        if traced is not None:
+            folded = _fold_in_graph(traced)
+    leftover = [name for name, module in folded.named_modules() if isinstance(module, _BATCHNORMS)]
+    if leftover:
+        raise ValueError(
+            f"cannot fold batch norm {leftover}: each must follow a Linear or Conv layer, or the sum of a "
+            "residual block"
+        )
+    return folded.eval()
+
+
+def _check_statistics(name: str, bn: nn.Module) -> None:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"cannot fold batch norm {name!r}: it keeps no running statistics (track_running_stats=False)")
+
+
+def _scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` with ``bn(x) == s * x + t`` per channel (eval mode)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+    return scale.detach(), shift.detach()
+
+
+def _through_identity(node: Any, modules: dict[str, nn.Module]) -> Any:
+    """The node whose value ``node`` passes on unchanged (through Identity and Dropout calls)."""
+    while (
+        isinstance(node, torch.fx.Node)
+        and node.op == "call_module"
+        and isinstance(modules[node.target], (nn.Identity, nn.Dropout))
+    ):
+        node = node.args[0]
+    return node
+
+
+def _free_path(graph_module: torch.fx.GraphModule, stem: str) -> str:
+    taken = {name for name, _ in graph_module.named_modules()}
+    path, index = stem, 1
+    while path in taken:
+        path, index = f"{stem}_{index}", index + 1
+    return path
+
+
+def _scaled_layer(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor | None) -> nn.Module:
+    """A copy of a Linear/Conv whose outputs are multiplied by ``scale`` per channel (then ``+ shift``)."""
+    layer = copy.deepcopy(layer)
+    out_dim = 1 if isinstance(layer, _TRANSPOSED) else 0
+    shape = [1] * layer.weight.dim()
+    shape[out_dim] = -1
+    with torch.no_grad():
+        layer.weight.mul_(scale.reshape(shape))
+        bias = layer.bias * scale if layer.bias is not None else torch.zeros_like(scale)
+        bias = bias + shift if shift is not None else bias
+        layer.bias = nn.Parameter(bias)
+    return layer
+
+
+def _channel_synapses(bn: nn.Module, scale: torch.Tensor, shift: torch.Tensor | None) -> nn.Module:
+    """One synapse of weight ``scale[c]`` from each channel to itself (plus ``shift`` as bias)."""
+    channels = len(scale)
+    if isinstance(bn, nn.BatchNorm2d):
+        layer: nn.Module = nn.Conv2d(channels, channels, 1, groups=channels, bias=shift is not None)
+        weight = scale.reshape(channels, 1, 1, 1)
+    elif isinstance(bn, nn.BatchNorm1d):
+        layer = nn.Linear(channels, channels, bias=shift is not None)
+        weight = torch.diag(scale)
+    else:
+        raise ValueError(f"cannot fold {type(bn).__name__} after a sum: only BatchNorm1d and BatchNorm2d")
+    layer = layer.to(device=scale.device, dtype=scale.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if shift is not None:
+            layer.bias.copy_(shift)
+    return layer
+
+
+def _fold_in_graph(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Fold the batch norms that need the call graph rewritten (see :func:`fold_batchnorm`)."""
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        modules = dict(graph_module.named_modules())
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
+            continue
+        bn = modules[node.target]
+        _check_statistics(node.target, bn)
+        scale, shift = _scale_shift(bn)
+        source = _through_identity(node.args[0], modules)
+        if (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], _WEIGHTED)
+        ):
+            terms = [source]  # a layer whose output also feeds something else: a folded copy for this path
+        elif (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_function"
+            and source.target in (operator.add, torch.add)
+        ):
+            terms = [_through_identity(arg, modules) for arg in source.args]
+            if source.kwargs or not all(isinstance(term, torch.fx.Node) for term in terms):
+                continue
+        else:
+            continue  # named by fold_batchnorm's leftover check
+        replacements, pending_shift = [], shift
+        for term in terms:
+            weighted = term.op == "call_module" and isinstance(modules[term.target], _WEIGHTED)
+            if weighted:
+                module = _scaled_layer(modules[term.target], scale, pending_shift)
+                path, args = _free_path(graph_module, f"{term.target}_folded"), term.args
+            else:  # spikes from a shortcut: explicit synapses of weight s
+                module = _channel_synapses(bn, scale, pending_shift)
+                path, args = _free_path(graph_module, f"{node.target}_shortcut"), (term,)
+            pending_shift = None  # the shift enters once
+            graph_module.add_submodule(path, module)
+            with graph.inserting_before(node):
+                replacements.append(graph.call_module(path, args))
+        with graph.inserting_before(node):
+            total = replacements[0]
+            for other in replacements[1:]:
+                total = graph.call_function(operator.add, (total, other))
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph.lint()
+    graph_module.recompile()
+    graph_module.delete_all_unused_submodules()
+    return graph_module
