@@ -192,7 +192,12 @@ def _statistics(model: nn.Module) -> nn.Module:
 def converted(request):
     torch.manual_seed(0)
     with torch_threads(1):
-        model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
+        if request.param == "mobilenet-v2":  # its linear bottlenecks feed the next block: spikes are added there
+            with pytest.warns(UserWarning, match=r"added a spiking activation at features\.1\.out_spike, "
+                              r"features\.2\.conv\.3_spike, features\.3\.out_spike: "):  # fmt: skip
+                model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
+        else:
+            model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
         _statistics(model)
         ws.set_model_sharpness(model, 1.0)
         graph = ws.to_spiking_graph(model, SHAPE)
@@ -271,3 +276,134 @@ def test_the_worked_example_runs_as_written(tmp_path):
     assert "fully binary: True" in done.stdout and (tmp_path / "resnet18.nir").stat().st_size > 0
     agreement = float(re.search(r"the same class as PyTorch on ([\d.]+)%", done.stdout).group(1))
     assert agreement >= 99.0, done.stdout
+
+
+# -- Modules with code of their own for training and for evaluation, as timm writes them ---------------------
+class NormAct(nn.BatchNorm2d):
+    """A batch norm that also applies dropout and an activation, in a forward of its own that reads self.training
+    (the layout of timm's BatchNormAct2d)."""
+
+    def __init__(self, channels: int, act: bool = True) -> None:
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                                     self.momentum, self.eps)  # fmt: skip
+        return self.act(self.drop(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: while training, a whole sample's branch is dropped with probability p."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = (torch.rand(x.shape[0], 1, 1, 1) >= self.p).to(x.dtype)
+        return x * keep / (1 - self.p)
+
+
+class TimmBlock(nn.Module):
+    def __init__(self, channels: int, drop_path: float) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), NormAct(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 1, bias=False), NormAct(channels, act=False)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):  # a linear bottleneck: nothing fires after the sum
+        return x + self.drop_path(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+
+
+class TimmNet(nn.Module):
+    def __init__(self, drop_path: float = 0.5) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), NormAct(8)
+        self.blocks = nn.Sequential(TimmBlock(8, drop_path), TimmBlock(8, drop_path))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.bn(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def _timm_net() -> nn.Module:
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"added a spiking activation at blocks\.0\.out_spike, blocks\.1\.out_spike"):
+        return ws.spikify(TimmNet(), num_classes=10, key_width=40)
+
+
+def test_modules_with_their_own_train_and_eval_code_keep_it_after_spikify():
+    """spikify rewrites this model's call graph (a spiking head, linear bottlenecks), yet .train() and .eval() keep
+    their meaning inside the modules that read self.training: batch statistics and their running averages while
+    training, none of either in eval mode; stochastic depth while training, none in eval mode."""
+    model = _timm_net()
+    assert isinstance(model, torch.fx.GraphModule)
+    assert isinstance(model.get_submodule("blocks.0.bn1.act"), ws.SpikingBReLU)  # converted inside, in place
+    assert len(ws.spiking_layers(model)) == 6  # stem, 2 x (bn1, block output), head
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    statistics = model.get_submodule("blocks.1.bn2").running_mean
+    model.train()
+    before = statistics.clone()
+    first, second = model(x), model(x)
+    assert not torch.equal(statistics, before)  # running statistics move while training
+    assert not torch.equal(first, second)  # stochastic depth drew other samples to drop
+    model.eval()
+    frozen = statistics.clone()
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert torch.equal(statistics, frozen) and torch.equal(first, second)
+
+
+def test_a_timm_style_network_deploys_spike_for_spike():
+    model = _timm_net()
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(seed)))
+    model.eval()
+    ws.set_model_sharpness(model, 1.0)
+    graph = ws.to_spiking_graph(model, (3, 8, 8))
+    assert "blocks.0.bn1.act" in [node.name for node in graph.spiking_nodes()]  # named by its module path
+    images = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    result = ws.simulate(graph, images.numpy())
+    with torch.no_grad():
+        expected = model.double()(images.double()).argmax(1).numpy()
+    assert_equal_where_decided(result.predictions, expected, result, tolerance=1e-5, min_decided=0.9)
+
+
+def test_a_forward_that_branches_on_training_itself_is_refused_where_spikify_must_rewrite_it():
+    class AuxiliaryHead(nn.Module):  # the branch is in the model's own forward, which spikify must rewrite here
+        def __init__(self):
+            super().__init__()
+            self.body, self.relu, self.aux, self.fc = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.relu(self.body(x))
+            return self.fc(x) + self.aux(x) if self.training else self.fc(x)
+
+    with pytest.raises(ws.ConversionError, match="takes another path in train than in eval mode"):
+        ws.spikify(AuxiliaryHead(), num_classes=10)
+    model = AuxiliaryHead()  # with nothing to rewrite, its forward is kept as written: both paths stay
+    assert ws.spikify(model) is model and isinstance(model.relu, ws.SpikingBReLU)
+
+
+def test_spikify_refuses_a_torchscript_module():
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+    with pytest.raises(ws.ConversionError, match="is a TorchScript module"):
+        ws.spikify(scripted)
+
+
+def test_real_values_into_synapses_are_refused_by_name_when_building_the_graph():
+    """A hand-built model (spikify would have added the spike) whose second layer reads the first's real values."""
+    model = ws.SpikingClassifier(
+        nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 20), ws.SpikingBReLU(1.0)), ws.key_generator(10, 20)
+    ).eval()
+    with pytest.raises(ws.DeployError, match=r"features\.1 receives the real-valued output of 'features\.0'"):
+        ws.to_spiking_graph(model, (4,))

@@ -10,6 +10,7 @@ before any training, naming the call site and what to do.
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .decode import SoftmaxDecode, key_generator
 from .graph_builder import check_deployable
-from .tracing import set_submodule, trace
+from .tracing import reads_training, set_submodule, trace
 
 __all__ = ["ConversionError", "pool_before_spikes", "spikify"]
 
@@ -157,8 +158,13 @@ def spikify(
     """
     if activation not in _SPIKING:
         raise ValueError(f"activation must be one of {sorted(_SPIKING)}, got {activation!r}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConversionError(
+            f"spikify takes a Python nn.Module; {type(model).__name__} is a TorchScript module, whose code cannot be "
+            "converted: spikify the model first, then script it if you need to"
+        )
     try:
-        traced = trace(model)
+        traced = trace(model, mode_leaves=True)
     except Exception as error:  # noqa: BLE001 - untraceable forward: fall back to swapping modules
         if num_classes is not None:
             raise ConversionError(f"cannot trace {type(model).__name__} with torch.fx to give it a spiking head: "
@@ -168,14 +174,21 @@ def spikify(
         return _checked(_spikify_modules(model, activation, sharpness), input_shape)
     modules = dict(traced.named_modules())
     sites = [site for node in traced.graph.nodes if (site := _site(node, modules)) is not None]
+    inner = _sites_inside_mode_leaves(traced, modules)
     calls = [site.module for site in sites if site.module is not None]
-    if not sites:
+    if not sites and not inner:
         warnings.warn(f"spikify found no activation in {type(model).__name__}: nothing to sharpen", stacklevel=2)
-    if num_classes is None and len(calls) == len(sites) == len(set(calls)):
-        for site in sites:  # one module per call site: replace in place, keep the model's class
+    for path, kind in inner:  # inside a module that keeps its own forward: converted in place
+        if kind != "spiking":
+            set_submodule(model, path, _spiking_for(kind, activation, sharpness))
+    kinds = _value_kinds(traced.graph, modules, {site.node for site in sites})
+    unspiked = [arg for node in traced.graph.nodes if (arg := _real_into_synapses(node, modules, kinds)) is not None]
+    if num_classes is None and not unspiked and len(calls) == len(sites) == len(set(calls)):
+        for site in sites:  # one module per call site: replace in place, keep the model's class and its forward
             if site.kind != "spiking":
                 set_submodule(model, site.module, _spiking_for(site.kind, activation, sharpness))
         return _checked(model, input_shape)
+    _check_same_in_both_modes(model, traced)
     graph, result = traced.graph, traced  # a GraphModule over model's own submodules
     taken = {name for name, _ in model.named_modules()}
     seen: set[str] = set()
@@ -192,12 +205,172 @@ def spikify(
         taken.add(path)
         result.add_submodule(path, spiking)
         _call_module_instead(graph, site.node, path)
+    added = [_spike_after(result, node, _SPIKING[activation](sharpness), taken) for node in dict.fromkeys(unspiked)]
+    if added:
+        warnings.warn(
+            f"spikify added a spiking activation at {', '.join(added)}: the value there reached a Linear or Conv "
+            "layer as real numbers (a linear bottleneck), which no integrate-and-fire network passes between layers",
+            stacklevel=2,
+        )
     if num_classes is not None:
         _add_spiking_head(result, num_classes, key_width, key_seed, _SPIKING[activation](sharpness), taken)
     result.graph.lint()
     result.recompile()
     result.delete_all_unused_submodules()
     return _checked(result.train(model.training), input_shape)
+
+
+def _sites_inside_mode_leaves(traced: torch.fx.GraphModule, modules: dict[str, nn.Module]) -> list[tuple[str, str]]:
+    """``(module path, kind)`` of each activation inside the modules kept whole because their forward reads
+    ``self.training``: those are converted in place, so each must be a module called once."""
+    found = []
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or not reads_training(modules[node.target]):
+            continue
+        leaf = modules[node.target]
+        try:
+            inside = trace(leaf, mode_leaves=True)
+        except Exception as error:  # noqa: BLE001 - its forward is opaque to torch.fx: its activation modules as they are
+            inside = None
+            if any(isinstance(m, (*_RELU_MODULES, *_SIGMOID_MODULES)) for m in leaf.modules()):
+                raise ConversionError(f"{node.target}: {type(leaf).__name__} reads self.training and cannot be traced "
+                                      f"({str(error).splitlines()[0]}), so its activations cannot be checked") from None  # fmt: skip
+        if inside is None:
+            continue
+        inner = dict(inside.named_modules())
+        leaf_sites = [site for n in inside.graph.nodes if (site := _site(n, inner)) is not None]
+        paths = [site.module for site in leaf_sites]
+        if None in paths or len(paths) != len(set(paths)):
+            raise ConversionError(
+                f"{node.target}: {type(leaf).__name__} reads self.training, so spikify keeps its forward as written, but "
+                "that forward calls an activation as a function or one activation module twice, which cannot be "
+                "converted in place; give each activation call its own module"
+            )
+        nested = _sites_inside_mode_leaves(inside, inner)
+        found += [(f"{node.target}.{site.module}", site.kind) for site in leaf_sites]
+        found += [(f"{node.target}.{path}", kind) for path, kind in nested]
+    return found
+
+
+def _check_same_in_both_modes(model: nn.Module, traced: torch.fx.GraphModule) -> None:
+    """A converted graph runs the code traced from ``forward`` once: refuse a model whose traced code still
+    differs between train and eval mode (a branch on ``self.training`` outside the modules kept whole)."""
+    training = model.training
+    try:
+        other = trace(model.train(not training), mode_leaves=True)
+    except Exception:  # noqa: BLE001 - untraceable in the other mode: different code, by definition
+        other = None
+    finally:
+        model.train(training)
+    if other is not None and other.code == traced.code:
+        return
+    where = type(model).__name__
+    if other is not None:
+        ours, theirs = list(traced.graph.nodes), list(other.graph.nodes)
+        differ = next((a for a, b in zip(ours, theirs, strict=False) if (a.op, a.target) != (b.op, b.target)), None)
+        owner = list((differ.meta.get("nn_module_stack") or {}).values()) if differ is not None else []
+        where = owner[-1][0] if owner and owner[-1][0] else where
+    raise ConversionError(
+        f"{where}: its forward takes another path in train than in eval mode (it reads self.training), and spikify "
+        "must rewrite the call graph here (a shared or functional activation, a spiking head or a linear "
+        "bottleneck), which would freeze one path; keep the branch inside a module of its own, whose forward "
+        "spikify then leaves as written"
+    )
+
+
+_PASS_THROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d,
+                         nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)  # fmt: skip
+_PASS_THROUGH_CALLS = {torch.flatten, "flatten", "view", "reshape", F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d,
+                       F.dropout, "mean", torch.mean, "contiguous"}  # fmt: skip
+_SYNAPSES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_SUMS = {operator.add, torch.add, operator.iadd}
+_LINEAR_CALLS = {F.batch_norm, F.linear, F.conv1d, F.conv2d, F.conv3d}
+
+
+def _value_kinds(
+    graph: torch.fx.Graph, modules: dict[str, nn.Module], spikes: set[torch.fx.Node], given: str = "input"
+) -> dict[torch.fx.Node, str]:
+    """What each traced value is: ``"input"`` (``given``, for the graph's inputs), ``"spikes"`` (an activation's
+    output, or one pooled, flattened or summed), ``"real"`` (a linear layer's or a batch norm's output), or
+    ``"unknown"``. A module kept whole because it reads ``self.training`` is read as it computes in eval mode."""
+    kinds: dict[torch.fx.Node, str] = {}
+    for node in graph.nodes:
+        args = [kinds.get(a, "unknown") for a in node.args if isinstance(a, torch.fx.Node)]
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if node.op == "placeholder":
+            kind = given
+        elif node in spikes:
+            kind = "spikes"
+        elif isinstance(module, (*_SYNAPSES, nn.modules.batchnorm._BatchNorm)) and not reads_training(module):
+            kind = "real"
+        elif module is not None and reads_training(module):
+            kind = _output_kind(module, args[0] if args else "unknown")
+        elif node.op == "call_function" and node.target in _LINEAR_CALLS:
+            kind = "real"
+        elif _passes_through(node, modules):
+            kind = args[0] if args else "unknown"
+        elif node.op == "call_function" and node.target in _SUMS and args:
+            kind = "real" if "real" in args else "unknown" if "unknown" in args else "spikes"
+        else:
+            kind = "unknown"
+        kinds[node] = kind
+    return kinds
+
+
+def _output_kind(module: nn.Module, given: str) -> str:
+    """What a module kept whole returns, in eval mode (as deployed), when it receives a value of kind ``given``."""
+    training = module.training
+    try:
+        inside = trace(module.eval(), mode_leaves=True)
+    except Exception:  # noqa: BLE001 - opaque to torch.fx: nothing known
+        return "unknown"
+    finally:
+        module.train(training)
+    modules = dict(inside.named_modules())
+    spikes = {node for node in inside.graph.nodes if _site(node, modules) is not None}
+    kinds = _value_kinds(inside.graph, modules, spikes, given)
+    result = next(node for node in inside.graph.nodes if node.op == "output").args[0]
+    return kinds.get(result, "unknown") if isinstance(result, torch.fx.Node) else "unknown"
+
+
+def _real_into_synapses(
+    node: torch.fx.Node, modules: dict[str, nn.Module], kinds: dict[torch.fx.Node, str]
+) -> torch.fx.Node | None:
+    """Where the real values that a Linear/Conv call reads come from (the layer or sum that computes them, before
+    any pooling or flattening), if it reads another linear layer's real values."""
+    if node.op != "call_module" or not isinstance(modules[node.target], _SYNAPSES) or not node.args:
+        return None
+    arg = node.args[0]
+    if not isinstance(arg, torch.fx.Node) or kinds.get(arg) != "real":
+        return None
+    while _passes_through(arg, modules) and isinstance(arg.args[0], torch.fx.Node) and kinds.get(arg.args[0]) == "real":
+        arg = arg.args[0]
+    return arg
+
+
+def _passes_through(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _PASS_THROUGH_MODULES)
+    return node.op in ("call_function", "call_method") and node.target in _PASS_THROUGH_CALLS and bool(node.args)
+
+
+def _spike_after(model: torch.fx.GraphModule, node: torch.fx.Node, spike: SpikingActivation, taken: set[str]) -> str:
+    """Make every user of ``node`` read ``spike(node)`` instead; returns the new module's path."""
+    if node.op == "call_module":
+        stem = f"{node.target}_spike"
+    else:
+        owner = list((node.meta.get("nn_module_stack") or {}).values())
+        stem = f"{owner[-1][0]}.out_spike" if owner and owner[-1][0] else f"{node.name}_spike"
+    path, index = stem, 1
+    while path in taken:
+        path, index = f"{stem}_{index}", index + 1
+    taken.add(path)
+    model.add_submodule(path, spike)
+    with model.graph.inserting_after(node):
+        spiked = model.graph.call_module(path, (node,))
+    spiked.meta = dict(node.meta)
+    node.replace_all_uses_with(spiked, delete_user_cb=lambda user: user is not spiked)
+    return path
 
 
 def _checked(model: nn.Module, input_shape: tuple[int, ...] | None) -> nn.Module:

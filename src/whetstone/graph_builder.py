@@ -137,6 +137,10 @@ class _GraphBuilder:
             return self.flatten_call
         if fx_node.op == "call_function" and fx_node.target is nn.functional.adaptive_avg_pool2d:
             return self.adaptive_avg_pool
+        if (fx_node.op == "call_method" and fx_node.target == "mean") or (
+            fx_node.op == "call_function" and fx_node.target is torch.mean
+        ):
+            return self.spatial_mean
         return self.unsupported_call
 
     # -- helpers -------------------------------------------------------------------------------
@@ -182,6 +186,28 @@ class _GraphBuilder:
                     "activation after it (a linear layer or average pooling must feed a spiking layer)"
                 )
 
+    def _require_synaptic(self, terms: list[_Term], layer: str) -> None:
+        """A weighted layer's synapses carry binary spikes, or the network's input (the encoder): never the
+        real values of another linear layer, which no integrate-and-fire network passes between layers."""
+        for term in terms:
+            origin = self.origin[term.name]
+            if not self._spikes_or_input(term.name):
+                raise DeployError(
+                    f"{layer} receives the real-valued output of {origin!r}, not binary spikes: put a spiking activation "
+                    f"between them (e.g. nn.ReLU after {origin!r}, then spikify and train), so that {layer}'s synapses "
+                    "carry spikes"
+                )
+
+    def _spikes_or_input(self, name: str) -> bool:
+        """Whether node ``name`` passes on spikes or the input, also as window counts (sum pooling of them)."""
+        origin = self.origin[name]
+        if origin is None:
+            return True
+        node = self._graph_node(origin)
+        if isinstance(node, SumPool2dNode):
+            return all(self._spikes_or_input(source) for source in node.inputs)
+        return isinstance(node, InputNode)
+
     def _one_term(self, fx_node: torch.fx.Node, what: str) -> _Term:
         terms = self._terms(fx_node)
         if len(terms) != 1:
@@ -225,6 +251,7 @@ class _GraphBuilder:
                 channels = term.spatial_shape[0]
                 weight = (weight.reshape(len(weight), channels, -1) @ term.spatial).reshape(len(weight), -1)
             terms = [_Term(term.name)]
+        self._require_synaptic(terms, fx_node.target)
         bias = _bias(module, module.out_features)
         self._add(fx_node, AffineNode(fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, bias))
 
@@ -245,6 +272,7 @@ class _GraphBuilder:
                     "following Linear; pool to a size that divides the input, or flatten before a Linear"
                 )
             weight, terms = weight * np.float32(term.scale), [_Term(term.name)]
+        self._require_synaptic(terms, fx_node.target)
         self._add(fx_node, Conv2dNode(
             fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, _bias(module, module.out_channels),
             _pair(module.stride), (top, left), _pair(module.dilation), module.groups,
@@ -333,6 +361,30 @@ class _GraphBuilder:
             raise DeployError(f"{name}: pooling of unevenly averaged values cannot be folded")
         node = SumPool2dNode(name, [term.name], self._shape(fx_node), kernel, stride, padding)
         self._add(fx_node, node, _Term(name, term.scale / (kernel[0] * kernel[1]), pooled_by=name))
+
+    def spatial_mean(self, fx_node: torch.fx.Node) -> None:
+        """``x.mean((2, 3))``: global average pooling (a sum over the whole map, its ``1 / (h w)`` folded into what
+        reads it), then a flatten unless ``keepdim``."""
+        source = self._shape(fx_node.args[0])
+        dims = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("dim")
+        keepdim = fx_node.args[2] if len(fx_node.args) > 2 else fx_node.kwargs.get("keepdim", False)
+        dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+        if len(source) != 3 or sorted(d % 4 for d in dims) != [2, 3]:
+            self.unsupported_call(fx_node)
+        channels, height, width = source
+        name = _name(fx_node)
+        term = self._one_term(fx_node, name)
+        if term.spatial is not None:
+            raise DeployError(f"{name}: the mean of unevenly averaged values cannot be folded")
+        pool = SumPool2dNode(name if keepdim else f"{name}.sum", [term.name], (channels, 1, 1), (height, width),
+                             (height, width), (0, 0))  # fmt: skip
+        scaled = _Term(pool.name, term.scale / (height * width), pooled_by=name)
+        if keepdim:
+            self._add(fx_node, pool, scaled)
+            return
+        self.nodes.append(pool)
+        self.origin[pool.name] = pool.name
+        self._add(fx_node, FlattenNode(name, [pool.name], (channels,)), dataclasses.replace(scaled, name=name))
 
     def flatten_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]

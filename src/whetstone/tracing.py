@@ -10,8 +10,11 @@ follow). :func:`fold_batchnorm` turns every batch norm into synaptic weights, ex
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import operator
-from collections import Counter
+import re
+from collections import Counter, OrderedDict
 from itertools import pairwise
 from typing import Any
 
@@ -22,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .activations import SpikingActivation
 from .decode import SoftmaxDecode
 
-__all__ = ["fold_batchnorm", "set_submodule", "trace"]
+__all__ = ["fold_batchnorm", "reads_training", "set_submodule", "trace"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -30,17 +33,63 @@ _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _WEIGHTED = (nn.Linear, *_CONVS, *_TRANSPOSED)
 
 
+def _split_norm_and_activation(model: nn.Module) -> None:
+    """Replace, in place, each batch norm subclass that also applies ``drop`` and ``act`` after normalising (timm's
+    ``BatchNormAct2d``, whose own forward calls the functional batch norm) by ``Sequential(bn, drop, act)`` with a
+    plain batch norm of the same statistics, which folds like any other; ``act`` keeps its module path."""
+    for name, module in list(model.named_modules()):
+        kind = next((k for k in _BATCHNORMS if isinstance(module, k)), None)
+        if kind is None or type(module) is kind:
+            continue
+        drop, act = getattr(module, "drop", None), getattr(module, "act", None)
+        if not isinstance(drop, nn.Module) or not isinstance(act, nn.Module):
+            continue
+        own = {key: value for key, value in module.state_dict().items() if "." not in key}
+        like = module.running_mean if module.running_mean is not None else module.weight
+        plain = kind(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                     device=like.device if like is not None else None, dtype=like.dtype if like is not None else None)  # fmt: skip
+        plain.load_state_dict(own)
+        set_submodule(model, name, nn.Sequential(OrderedDict(bn=plain.eval(), drop=drop, act=act)))
+
+
 class _LeafTracer(torch.fx.Tracer):
     """torch.fx tracer that keeps spiking activations and the decoder as single call_module nodes
-    (their forward branches on Python state that symbolic tracing cannot follow)."""
+    (their forward branches on Python state that symbolic tracing cannot follow); with ``mode_leaves``,
+    also every module whose ``forward`` reads ``self.training`` (see :func:`reads_training`)."""
+
+    def __init__(self, mode_leaves: bool = False) -> None:
+        super().__init__()
+        self.mode_leaves = mode_leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (SpikingActivation, SoftmaxDecode)) or super().is_leaf_module(m, qualname)
+        if isinstance(m, (SpikingActivation, SoftmaxDecode)) or (self.mode_leaves and reads_training(m)):
+            return True
+        return super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """Symbolically trace ``model`` with spiking activations and decoders as leaves."""
-    return torch.fx.GraphModule(model, _LeafTracer().trace(model))
+def trace(model: nn.Module, mode_leaves: bool = False) -> torch.fx.GraphModule:
+    """Symbolically trace ``model`` with spiking activations and decoders as leaves.
+
+    Tracing runs ``forward`` once, so a branch on ``self.training`` is frozen in the mode the model is in.
+    That is right for deployment (always eval mode) but not for a model to train: ``mode_leaves=True``
+    keeps each module whose forward reads ``self.training`` as one call, so its own code still decides."""
+    return torch.fx.GraphModule(model, _LeafTracer(mode_leaves).trace(model))
+
+
+@functools.cache
+def _forward_reads_training(kind: type) -> bool:
+    try:
+        source = inspect.getsource(kind.forward)
+    except (OSError, TypeError):  # no source (built in, compiled): nothing to see
+        return False
+    return re.search(r"\.training\b", source) is not None
+
+
+def reads_training(module: nn.Module) -> bool:
+    """Whether ``module`` is not PyTorch's own (those are leaves of torch.fx already) and its ``forward``
+    reads ``self.training`` (batch-norm-and-activation blocks, stochastic depth, auxiliary heads, ...)."""
+    kind = type(module)
+    return not kind.__module__.startswith("torch.") and _forward_reads_training(kind)
 
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> nn.Module:
@@ -108,6 +157,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     otherwise it is a ``torch.fx.GraphModule``. A batch norm anywhere else raises ``ValueError`` naming it.
     """
     folded = copy.deepcopy(model).eval()
+    _split_norm_and_activation(folded)
     pairs = _fold_pairs_traced(folded)
     if pairs is None:
         pairs = _fold_pairs_sequential(folded)
