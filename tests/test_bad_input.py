@@ -109,6 +109,10 @@ CLI_CASES = [
     # train: run folders
     _cli("--out holds a finished run", "train --model mnist-dense --dataset mnist-mini --out {run}", "already holds a run (checkpoint.pt); continue it with --resume"),
     _cli("--out is a file", TRAIN.replace("{new}", "{text_file}"), "is a file, not a folder"),
+    _cli("--out holds another tool's config and history", TRAIN.replace("{new}", "{foreign_folder}"),
+         "holds config.toml, history.json (names a run writes) but no checkpoint.pt"),
+    _cli("--out holds a run whose checkpoint was deleted", TRAIN.replace("{new}", "{run_without_checkpoint}"),
+         "holds best.pt, config.toml, history.json, history.csv, history.png (names a run writes) but no checkpoint.pt"),
     _cli("--out cannot be created", TRAIN.replace("{new}", "/proc/nope"), "is not writable"),
     _cli("--out in use by another process", TRAIN.replace("{new}", "{locked}"), "is in use by process"),
     _cli("--resume a folder without a run", "train --resume {tmp}", "no checkpoint at"),
@@ -117,6 +121,12 @@ CLI_CASES = [
     _cli("--resume with another learning rate", "train --resume {run} --lr 0.5", "--lr 0.5 (the run has 4.0) contradicts the saved run"),
     _cli("--resume with another model", "train --resume {run} --model mnist-conv", "--model mnist-conv (the run has mnist-dense) contradicts"),
     _cli("--resume with another --out", "train --resume {run} --out {new}", "(the run is in {run}) contradicts"),
+    _cli("--resume a checkpoint at position -5", "train --resume {resume_negative_position}", "the checkpoint's position [-5, 0] is not a run's"),
+    _cli("--resume a checkpoint without optimizer state", "train --resume {resume_no_optimizer}", "the checkpoint's optimizer state cannot be restored: 'optimizer'"),
+    _cli("--resume a checkpoint with a garbage history", "train --resume {resume_garbage_history}", "the checkpoint's history cannot be restored"),
+    _cli("--resume a checkpoint with a broken RNG state", "train --resume {resume_bad_rng}", "the checkpoint's random number generator state cannot be restored"),
+    _cli("--resume a checkpoint with a foreign sharpener state", "train --resume {resume_bad_sharpener}", "the checkpoint's sharpener state cannot be restored"),
+    _cli("--resume a checkpoint holding another model's weights", "train --resume {resume_other_weights}", "the checkpoint's model weights cannot be restored: Missing key(s)"),
     _cli("--resume a cosine run with other epochs", "train --resume {cosine_run} --epochs 9", "its cosine schedule ends at epoch 3"),
     # train: data
     _cli("missing data folder", "train --model mnist-dense --dataset mnist --data-dir {tmp}/nodata --out {new}", "mnist train data not found: looked for"),
@@ -192,6 +202,7 @@ CLI_CASES = [
     _cli("sweep with holdout 1", "sweep --model mnist-dense --holdout 1 --out {new}", "argument --holdout: must be a finite number in (0, 1), got 1"),
     _cli("sweep of an unknown model", "sweep --model nope --out {new}", "argument --model: invalid choice: 'nope'"),
     _cli("demo with 0 epochs", "demo --epochs 0", "argument --epochs: must be a finite integer >= 1, got 0"),
+    _cli("demo over a run it did not write", "demo --out {demo_over_a_run}", "{demo_over_a_run}/binary holds a run the demo did not write"),
 ]  # fmt: skip
 
 
@@ -334,6 +345,29 @@ class Places(dict):
         elif key == "unknown_model_checkpoint":
             path = root / "unknown-model.pt"
             save_checkpoint(path, model={"w": torch.zeros(1)}, run={"model": "resnet-9000", "model_options": {}})
+        elif key == "foreign_folder":  # another tool's files under the names a run writes
+            path = root / key
+            path.mkdir()
+            (path / "config.toml").write_text("[tool]\nname = 'not whetstone'\n")
+            (path / "history.json").write_text("[1, 2, 3]")
+        elif key == "run_without_checkpoint":
+            path = root / key
+            shutil.copytree(run, path)
+            (path / "checkpoint.pt").unlink()
+        elif key == "demo_over_a_run":
+            path = root / key
+            if not path.exists():  # (the expected message names this folder too)
+                shutil.copytree(run, path / "binary")
+        elif key.startswith("resume_"):  # the finished run with one part of its checkpoint crafted
+            mutations = {
+                "resume_negative_position": lambda c: c.__setitem__("position", [-5, 0]),
+                "resume_no_optimizer": lambda c: c.pop("optimizer"),
+                "resume_garbage_history": lambda c: c.__setitem__("history", "garbage"),
+                "resume_bad_rng": lambda c: c.__setitem__("rng", {"torch": torch.zeros(3), "cuda": []}),
+                "resume_bad_sharpener": lambda c: c.__setitem__("sharpener", {"nonsense": 1}),
+                "resume_other_weights": lambda c: c.__setitem__("model", ws.create_model("mnist-conv").state_dict()),
+            }
+            path = _tampered(root, run, key, mutations[key])
         elif key == "wrong_key":
             path = _tampered(root, run, key, lambda c: c["model"].__setitem__("decoder.key", torch.ones(10, 50)))
         elif key == "bad_sharpness":
@@ -451,6 +485,46 @@ def _targets():
     return targets
 
 
+def _nan_model() -> ws.SpikingClassifier:
+    model = _model()
+    with torch.no_grad():
+        model.features[0].weight[1, 2] = float("nan")
+    return model
+
+
+def _broken_graph(change: str) -> ws.SpikingGraph:
+    """A well-formed graph, then one thing made wrong: an infinite bias, NaN thresholds or a second input."""
+    import dataclasses
+
+    graph = _graph()
+    if change == "bias":
+        graph.nodes[1] = dataclasses.replace(graph.nodes[1], bias=np.full(4, np.inf, np.float32))
+    elif change == "threshold":
+        graph.nodes[2] = dataclasses.replace(graph.nodes[2], threshold=np.full(4, np.nan, np.float32))
+    else:
+        graph.nodes.insert(1, dataclasses.replace(graph.nodes[0], name="second_input"))
+    return graph
+
+
+def _nan_checkpoint() -> dict:
+    checkpoint = {"model": ws.create_model("mnist-dense").state_dict(), "run": {"model": "mnist-dense"}}
+    checkpoint["model"]["features.1.weight"][0, 0] = float("inf")
+    return checkpoint
+
+
+def _branching_model() -> torch.nn.Module:
+    class Auxiliary(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.relu, self.fc = torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.relu(self.body(x))
+            return self.fc(x) * 2 if self.training else self.fc(x)
+
+    return Auxiliary()
+
+
 API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("simulate raw 0-255 pixels", lambda: ws.simulate(_graph(), np.zeros((2, 4), np.uint8)), ValueError, "got uint8 (0-255): divide by 255"),
     ("simulate NaN pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.nan, np.float32)), ValueError, "images contain 8 NaN or infinite values"),
@@ -462,7 +536,7 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("simulate with batch size 0", lambda: ws.simulate(_graph(), np.zeros((2, 4)), batch_size=0), ValueError, "batch_size must be a positive integer"),
     ("quantize to 1 bit", lambda: ws.quantize(_graph(), bits=1), ValueError, "bits must be an integer in [2, 16], got 1"),
     ("quantize to '8' bits", lambda: ws.quantize(_graph(), bits="8"), ValueError, "bits must be an integer in [2, 16], got '8'"),
-    ("graph of an input shape with a 0", lambda: ws.to_spiking_graph(torch.nn.Linear(1, 1), (0, 28)), ws.DeployError, "input_shape must be positive sizes"),
+    ("graph of an input shape with a 0", lambda: ws.to_spiking_graph(torch.nn.Linear(1, 1), (0, 28)), ws.DeployError, "input_shape must be positive integer sizes"),
     ("graph of an unsharpened model", lambda: ws.to_spiking_graph(ws.create_model("mnist-dense"), (1, 28, 28)), ws.DeployError, "features.2: SpikingBReLU has sharpness 0"),
     ("unknown model", lambda: ws.create_model("nope"), ValueError, "unknown model 'nope'; choose one of"),
     ("unknown activation", lambda: ws.create_model("mnist-dense", activation="tanh"), ValueError, "activation must be one of"),
@@ -500,6 +574,20 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("unknown dataset", lambda: ws.load_dataset("imagenet"), ValueError, "unknown dataset 'imagenet'"),
     ("unknown split", lambda: ws.load_dataset("mnist-mini", "validation"), ValueError, "unknown split 'validation'"),
     ("spikify to an unknown activation", lambda: ws.spikify(torch.nn.ReLU(), activation="tanh"), ValueError, "activation must be one of"),
+    ("spikify a TorchScript module", lambda: ws.spikify(torch.jit.script(torch.nn.Sequential(torch.nn.ReLU()))), ws.ConversionError,
+     "Sequential is a TorchScript module, whose code cannot be converted"),
+    ("spikify a head onto a forward that branches on training", lambda: ws.spikify(_branching_model(), num_classes=10), ws.ConversionError,
+     "Auxiliary: its forward takes another path in train than in eval mode"),
+    ("graph of a model with a NaN weight", lambda: ws.to_spiking_graph(_nan_model(), (4,)), ws.DeployError,
+     "'features.0': its weight holds NaN or infinite values"),
+    ("simulate a graph with NaN thresholds", lambda: ws.simulate(_broken_graph("threshold"), np.zeros((1, 4))), ws.DeployError,
+     "'features.1': its threshold holds NaN or infinite values"),
+    ("export a graph with an infinite bias", lambda: _targets().export(_broken_graph("bias"), "/nonexistent/m.nir"), ws.DeployError,
+     "'features.0': its bias holds NaN or infinite values"),
+    ("quantize a graph with two inputs", lambda: ws.quantize(_broken_graph("inputs")), ws.DeployError,
+     "a graph has exactly one input node, this one has 2: ['input', 'second_input']"),
+    ("model from a checkpoint with infinite weights", lambda: ws.model_from_checkpoint(_nan_checkpoint()), ValueError,
+     "the checkpoint: its weights hold NaN or infinite values (features.1.weight)"),
     ("export for an unknown target", lambda: _targets().export(_graph(), "/nonexistent/m.nir", "speck2"), ValueError, "unknown target 'speck2'; choose one of"),
     ("export a convolution for Xylo", lambda: _targets().export(_conv_graph(), "/nonexistent/m.nir", "xylo"), ws.DeployError, "0: Rockpool has dense layers only; this layer is a conv2d"),
     ("export ONNX to a .nir name", lambda: _targets().export(_graph(), "/nonexistent/m.nir", "onnx"), ValueError, "path '/nonexistent/m.nir': target 'onnx' is written as ONNX; name the file m.onnx"),

@@ -109,6 +109,15 @@ def test_labels_out_of_range_and_wrong_shape(tmp_path):
         load_dataset("mnist", "test", data_dir=root)
 
 
+def test_float_labels_are_refused_not_truncated(tmp_path):
+    root = make_mnist_folder(tmp_path)
+    labels = np.array([2.7, 3.0] * 5, dtype=">f4")  # an IDX file of float32 labels (type 0x0D)
+    header = bytes([0, 0, 0x0D, 1]) + len(labels).to_bytes(4, "big")
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header + labels.tobytes()))
+    with pytest.raises(DatasetError, match="labels must be integers, the file holds torch.float32 values"):
+        load_dataset("mnist", "test", data_dir=root)
+
+
 def test_unknown_dataset_and_split():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; choose one of"):
         load_dataset("imagenet")
@@ -140,19 +149,24 @@ def test_download_verifies_sha256(tmp_path, monkeypatch):
     ]  # no partial or temporary file
 
 
-def test_cifar_zip_reader(tmp_path):
+def test_cifar_zip_reader_mixes_the_class_folders_in_a_fixed_order(tmp_path):
     from PIL import Image
 
     archive = tmp_path / "cifar10-jpeg" / "cifar10-jpeg.zip"
     archive.parent.mkdir()
     with zipfile.ZipFile(archive, "w") as zf:
-        for index, name in enumerate(["test/cat/0000.jpg", "test/airplane/0000.jpg", "train/dog/0000.jpg"]):
+        names = [f"test/{kind}/{i:04d}.jpg" for kind in ("airplane", "cat") for i in range(10)] + ["train/dog/0000.jpg"]
+        for name in names:
             buffer = io.BytesIO()
-            Image.new("RGB", (32, 32), (index * 80, 10, 200)).save(buffer, format="JPEG")
+            Image.new("RGB", (32, 32), (200 if "/cat/" in name else 0, 10, 200)).save(buffer, format="JPEG")
             zf.writestr(name, buffer.getvalue())
     test = load_dataset("cifar10", "test", data_dir=tmp_path)
-    assert test.images.shape == (2, 3, 32, 32) and test.labels.tolist() == [0, 3]
-    assert abs(int(test.images[0, 2].float().mean()) - 200) < 5  # blue channel kept
+    assert test.images.shape == (20, 3, 32, 32) and sorted(test.labels.tolist()) == [0] * 10 + [3] * 10
+    assert set(test.labels[:6].tolist()) == {0, 3}  # the first images are not all of the first folder
+    assert torch.equal(load_dataset("cifar10", "test", data_dir=tmp_path).labels, test.labels)  # one fixed order
+    red = test.images[:, 0].float().mean((1, 2))
+    assert torch.equal(red > 100, test.labels == 3)  # each image keeps its own label
+    assert (test.images[:, 2].float().mean((1, 2)) - 200).abs().max() < 5  # blue channel kept
 
 
 def test_tensor_loader_batches_and_order():

@@ -293,6 +293,28 @@ def test_nir_round_trip_and_simulation(trained_residual, mini_test, tmp_path):
     np.testing.assert_array_equal(simulate(back, x.numpy()).output_spikes, simulate(graph, x.numpy()).output_spikes)
 
 
+def test_read_nir_refuses_a_file_with_two_inputs_and_eval_a_model_with_nan_weights(tmp_path):
+    nir = _optional("nir")
+    from whetstone.export.nir import read_nir, write_nir
+
+    model = ws.SpikingClassifier(nn.Sequential(nn.Linear(4, 6), ws.SpikingBReLU(1.0)), ws.key_generator(2, 6)).eval()
+    path = write_nir(to_spiking_graph(model, (4,)), tmp_path / "one.nir")
+    source = nir.read(path)
+    first = next(name for name, node in source.nodes.items() if isinstance(node, nir.Input))
+    affine = next(name for name, node in source.nodes.items() if isinstance(node, nir.Affine))
+    source.nodes["second"] = nir.Input(input_type={"input": np.array([4])})
+    source.edges.append(("second", affine))
+    nir.write(tmp_path / "two.nir", source)
+    with pytest.raises(ValueError, match=rf"two.nir: a graph has exactly one input node, this one has 2: .*'{first}'"):
+        read_nir(tmp_path / "two.nir")
+    # NaN weights make every unit silent, which is 0/1: not "fully binary" all the same
+    loader = ws.TensorLoader(torch.zeros(8, 4, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), 4)
+    assert ws.is_fully_binary(model, ws.binary_report(model, loader))
+    with torch.no_grad():
+        model.features[0].weight[0, 0] = float("nan")
+    assert not ws.is_fully_binary(model, ws.binary_report(model, loader))
+
+
 def test_cli_export_and_simulate(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(run), "--epochs", "4",

@@ -22,6 +22,17 @@ def test_sweep_runs_trials_and_continues_its_study(tmp_path, capsys):
     assert len(study.trials) == 4 and all(t.value is not None for t in study.trials)
     assert (tmp_path / "trial-3" / "checkpoint.pt").exists()
     assert all(-1.0 <= t.value <= 1.0 for t in study.trials)
+    capsys.readouterr()
+    other = [*argv[:2], "mnist-conv-small", *argv[3:]]  # another model's trials would be ranked with these
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "--model mnist-conv-small (the study has mnist-dense)" in err and err.count("\n") == 1
+    assert len(optuna.load_study(study_name="whetstone", storage=f"sqlite:///{tmp_path / 'study.db'}").trials) == 4
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "study.db").write_text("not a database")
+    assert main([*argv[:-1], str(tmp_path / "broken")]) == 2
+    err = capsys.readouterr().err
+    assert "study.db is not a study whetstone can continue" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_lightning_callback_sharpens_a_lightning_module_to_binary():

@@ -278,6 +278,28 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
+def test_a_write_that_must_not_replace_loses_the_race_to_a_file_written_meanwhile(tmp_path, monkeypatch):
+    """Two exports to one path without --overwrite: each checked that the path was free, then both wrote. The
+    second writer's final step finds the first's file there and fails, leaving it whole and no temporary file."""
+    path = tmp_path / "model.nir"
+    real_fsync = os.fsync
+
+    def another_process_writes_first(fd):
+        real_fsync(fd)
+        if not path.exists():
+            path.write_text("the other process's file")
+
+    monkeypatch.setattr(os, "fsync", another_process_writes_first)
+    with pytest.raises(OSError, match=r"model.nir: a file appeared there meanwhile \(another process\?\)"):
+        atomic_write(path, "mine", replace=False)
+    assert path.read_text() == "the other process's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.nir"]
+    atomic_write(path, "mine")  # replace=True (the default, and --overwrite) replaces it
+    assert path.read_text() == "mine"
+    atomic_write(tmp_path / "new.nir", "fresh", replace=False)  # where nothing is in the way, it just writes
+    assert (tmp_path / "new.nir").read_text() == "fresh"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -436,3 +458,36 @@ def test_channels_last_trains_the_same_network_in_another_memory_layout(tmp_path
     assert accuracy[False] > 0.8 and abs(accuracy[True] - accuracy[False]) < 0.03
     with pytest.raises(ws.ConfigError, match="channels_last"):
         ws.RunConfig(model="mnist-dense", channels_last="yes").validate()
+
+
+def test_limit_and_holdout_draw_a_seeded_sample_of_every_class(tmp_path):
+    """Files may be sorted by class (the CIFAR-10 zip is): --limit and --holdout draw with the run's seed."""
+
+    def split(seed: int, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+        run = build_run(
+            RunConfig(**{**TINY, "seed": seed, **settings}, out=str(tmp_path / f"{seed}{sorted(settings)}"))
+        )
+        return run.train_loader.labels, run.eval_loader.labels
+
+    train, held = split(0, limit=1000, holdout=0.2)
+    assert len(train) == 800 and len(held) == 200 and set(held.tolist()) == set(range(10))
+    again, held_again = split(0, limit=1000, holdout=0.2)
+    assert torch.equal(train, again) and torch.equal(held, held_again)  # the same seed draws the same sample
+    other, _ = split(1, limit=1000, holdout=0.2)
+    assert not torch.equal(train, other)
+    full, _ = split(0, limit=None)  # neither setting: the files' own order, untouched
+    assert torch.equal(full, ws.load_dataset("mnist-mini", "train").labels)
+
+
+def test_a_run_writes_its_config_and_a_run_that_cannot_start_leaves_no_folder(tmp_path, capsys):
+    config = RunConfig(**TINY, out=str(tmp_path / "api"))
+    build_run(config).fit()  # the Python API writes config.toml too, as the README says
+    again = RunConfig.from_toml(tmp_path / "api" / "config.toml")
+    assert again.replace(out=config.out).resolved() == config.resolved()
+    argv = ["train", "--model", "mnist-dense", "--dataset", "mnist", "--data-dir", str(tmp_path / "no-data"),
+            "--out", str(tmp_path / "failed"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    assert "mnist" in capsys.readouterr().err and not (tmp_path / "failed").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before is left, empty, as it was
+    assert main([*argv[:-3], str(tmp_path / "mine"), "--no-progress"]) == 2
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())

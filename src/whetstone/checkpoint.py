@@ -26,12 +26,15 @@ from .files import FolderLock, atomic_write
 __all__ = [
     "BEST_NAME",
     "CHECKPOINT_NAME",
+    "CONFIG_HEADER",
     "CONFIG_NAME",
     "HISTORY_CSV_NAME",
     "HISTORY_NAME",
     "PLOT_NAME",
     "RunFolder",
     "check_output_path",
+    "describe_kind",
+    "describe_load_error",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -43,6 +46,8 @@ HISTORY_NAME = "history.json"
 HISTORY_CSV_NAME = "history.csv"
 PLOT_NAME = "history.png"
 LOCK_NAME = ".whetstone.lock"
+#: The first line of every config.toml whetstone writes: how a folder tells its own config from another tool's.
+CONFIG_HEADER = "# whetstone train --config this-file --out NEW_FOLDER\n"
 #: The files a run folder owns; nothing but the run's own trainer writes them.
 RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, CONFIG_NAME, HISTORY_NAME, HISTORY_CSV_NAME, PLOT_NAME, LOCK_NAME)
 
@@ -61,6 +66,16 @@ def describe_kind(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a bare tensor of shape {tuple(value.shape)}"
     return f"a {type(value).__name__}"
+
+
+def describe_load_error(error: RuntimeError) -> str:
+    """The first problem of a ``load_state_dict`` error, in one line."""
+    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    if not lines:
+        return str(error).splitlines()[0]
+    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+    first = lines[0]
+    return (first[:200] + "...") + more if len(first) > 200 else first + more
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -112,6 +127,23 @@ class RunFolder:
         """True when the folder holds a run's checkpoint."""
         return self.checkpoint.is_file()
 
+    def run_files(self) -> list[str]:
+        """The names of the files in the folder that a run writes (its checkpoint, best weights, config,
+        history, plot), present now; a new run never writes over any of them without ``overwrite``. The
+        config.toml of a whetstone run that stopped before its first checkpoint does not count: that run
+        left nothing else to lose."""
+        present = [name for name in RUN_FILES if name != LOCK_NAME and (self.path / name).exists()]
+        if present == [CONFIG_NAME] and self._own_config():
+            return []
+        return present
+
+    def _own_config(self) -> bool:
+        try:
+            with self.config.open(encoding="utf-8", errors="replace") as stream:
+                return stream.read(len(CONFIG_HEADER)) == CONFIG_HEADER
+        except OSError:
+            return False
+
     def create(self) -> None:
         """Create the folder (and its parents) if needed; ``ValueError`` if it cannot be written."""
         if self.path.exists() and not self.path.is_dir():
@@ -135,15 +167,20 @@ class RunFolder:
         try:
             if resume and not self.holds_run():
                 raise FileNotFoundError(f"no checkpoint at {self.checkpoint}: nothing to resume")
-            if self.holds_run() and not resume:
-                if not overwrite:
+            run_files = self.run_files()
+            if run_files and not resume:
+                if not overwrite and self.holds_run():
                     raise ValueError(
                         f"{self.path} already holds a run ({CHECKPOINT_NAME}); continue it with --resume {self.path}, "
                         "train into another --out, or pass --overwrite to replace it"
                     )
-                for name in RUN_FILES:
-                    if name != LOCK_NAME:
-                        (self.path / name).unlink(missing_ok=True)
+                if not overwrite:  # another tool's files, or a run whose checkpoint was deleted: keep them
+                    raise ValueError(
+                        f"{self.path} holds {', '.join(run_files)} (names a run writes) but no {CHECKPOINT_NAME}: "
+                        "train into another --out, or pass --overwrite to replace them"
+                    )
+                for name in run_files:
+                    (self.path / name).unlink(missing_ok=True)
         except BaseException:
             self.lock.release()
             raise

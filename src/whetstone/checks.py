@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-__all__ = ["int_at_least", "is_number", "positive_int"]
+import numbers
+from typing import Any
+
+__all__ = ["int_at_least", "is_number", "positive_int", "sizes"]
 
 
 def int_at_least(value: object, name: str, minimum: int = 0) -> int:
@@ -23,3 +26,11 @@ def positive_int(value: object, name: str) -> int:
 def is_number(value: object) -> bool:
     """Whether ``value`` is an int or a float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sizes(value: Any, name: str, example: str = "(1, 28, 28)") -> tuple[int, ...]:
+    """``value`` as a tuple of positive integers (a shape): never truncates ``4.5`` to ``4``."""
+    items = tuple(value) if isinstance(value, (tuple, list)) or hasattr(value, "__iter__") else None
+    if not items or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in items):
+        raise ValueError(f"{name} must be positive integer sizes, e.g. {example}, got {value!r}")
+    return tuple(int(v) for v in items)

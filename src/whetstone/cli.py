@@ -19,7 +19,7 @@ from pathlib import Path
 from . import distributed
 from .callbacks import PrintEpochs, PrintSummary
 from .checkpoint import RunFolder, check_output_path, load_checkpoint
-from .config import ConfigError, RunConfig, flag_of, parse_model_options, resumed_config, write_config
+from .config import ConfigError, RunConfig, flag_of, parse_model_options, resumed_config
 from .data import DATASETS, DatasetError
 from .files import Terminated, atomic_write, sigterm_raises
 from .flags import BITS, COUNT, FRACTION, OneLineParser, add_run_settings, number
@@ -142,17 +142,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     launching = config.nproc > 1 and not in_group
     if launching:
         check_before_workers(config)
-    lock = RunFolder(config.out).claim(resume=resumed, overwrite=args.overwrite) if distributed.rank() == 0 else None
+    folder = RunFolder(config.out)
+    existed = folder.path.exists()
+    lock = folder.claim(resume=resumed, overwrite=args.overwrite) if distributed.rank() == 0 else None
     try:
         if lock is not None:
-            write_config(config)
             print(f"config: {config.describe()}")
         if launching:
             return distributed.launch(_train_process, config.nproc, config, resumed)
         return _train_process(config, resumed)
+    except BaseException:
+        if lock is not None and not resumed and not folder.holds_run():  # stopped before its first checkpoint
+            folder.config.unlink(missing_ok=True)
+        raise
     finally:
         if lock is not None:
             lock.release()
+            if not existed and folder.path.is_dir() and not any(folder.path.iterdir()):
+                folder.path.rmdir()  # a run that never started leaves no folder either
 
 
 def _train_process(config: RunConfig, resumed: bool) -> int:
@@ -195,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     written = target.prepare(graph).metadata.get("quantized_bits")
     if args.bits and written != args.bits:  # a chip's precision, not the one asked for: say so, write nothing
         raise ValueError(f"--bits {args.bits}: --target {target.name} holds at most {written}-bit weights")
-    export(graph, out, target.name)
+    export(graph, out, target.name, replace=args.overwrite)
     print(graph.summary())
     print(f"wrote {args.format.upper()} {out} for {target.name} ({target.summary}; {out.stat().st_size:,} bytes)")
     if target.fit is not None:
@@ -246,7 +253,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of {figures['samples']:,}"
         )
     if args.json_out:
-        atomic_write(args.json_out, json.dumps(figures, indent=1))
+        atomic_write(args.json_out, json.dumps(figures, indent=1), replace=args.overwrite)
     return 0
 
 

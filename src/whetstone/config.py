@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CONFIG_NAME, load_checkpoint
+from .checkpoint import CONFIG_HEADER, CONFIG_NAME, load_checkpoint
 from .checks import is_number
 from .data import DATASETS
 from .files import atomic_write
@@ -106,9 +106,10 @@ class RunConfig:
     activation: str = _setting("brelu", "spiking activation", choices=("brelu", "sigmoid"))
     key_width: int | None = _setting(help="output units of the N-hot code (default 10 per class)")
     seed: int = _setting(0, "seed of the weights, the key and the shuffle order")
-    limit: int | None = _setting(help="train on the first N training samples only (quick trials)", metavar="N")
+    limit: int | None = _setting(help="train on N training samples only, drawn with --seed (quick trials)", metavar="N")
     holdout: float | None = _setting(
-        help="evaluate on this last fraction of the training set instead of the test set", metavar="FRACTION"
+        help="evaluate on this fraction of the training set, drawn with --seed, instead of the test set",
+        metavar="FRACTION",
     )
     # Optimisation.
     optimizer: str | None = _setting(help="the optimizer (default: the recipe's)", choices=tuple(OPTIMIZERS))
@@ -475,5 +476,5 @@ def write_config(config: RunConfig) -> Path:
     --config RUN/config.toml --out NEW`` trains the same run again."""
     return atomic_write(
         Path(config.out) / CONFIG_NAME,
-        "# whetstone train --config this-file --out NEW_FOLDER\n" + config.to_toml(exclude=("out",)),
+        CONFIG_HEADER + config.to_toml(exclude=("out",)),
     )

@@ -160,7 +160,7 @@ def spikify(
         raise ValueError(f"activation must be one of {sorted(_SPIKING)}, got {activation!r}")
     if isinstance(model, torch.jit.ScriptModule):
         raise ConversionError(
-            f"spikify takes a Python nn.Module; {type(model).__name__} is a TorchScript module, whose code cannot be "
+            f"spikify takes a Python nn.Module; {getattr(model, 'original_name', 'this')} is a TorchScript module, whose code cannot be "
             "converted: spikify the model first, then script it if you need to"
         )
     try:

@@ -253,8 +253,10 @@ def _check_images_labels(spec: DatasetSpec, split: str, images: Tensor, labels: 
 
 def _load_idx_split(spec: DatasetSpec, split: Split, folder: Path) -> tuple[Tensor, Tensor]:
     images = read_idx(folder / split.images, expected_ndim=3).unsqueeze(1)
-    labels = read_idx(folder / split.labels, expected_ndim=1).long()
-    return images, labels
+    labels = read_idx(folder / split.labels, expected_ndim=1)
+    if labels.is_floating_point():  # class indices are integers: never truncate 2.7 to 2
+        raise DatasetError(f"{folder / split.labels}: labels must be integers, the file holds {labels.dtype} values")
+    return images, labels.long()
 
 
 def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, Tensor]:
@@ -268,6 +270,9 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
         names = sorted(n for n in archive.namelist() if n.startswith(f"{split}/") and n.endswith(".jpg"))
         if not names:
             raise DatasetError(f"{path} has no {split}/<class>/*.jpg images")
+        # The zip holds one class folder after another; a fixed mixed order (the same on every machine) makes
+        # "the first N images" (--limit, --holdout) a sample of every class, as in the IDX files.
+        names = [names[i] for i in np.random.default_rng(0).permutation(len(names))]
         images = np.empty((len(names), 32, 32, 3), dtype=np.uint8)
         labels = np.empty(len(names), dtype=np.int64)
         for index, name in enumerate(names):

@@ -11,7 +11,8 @@ import torch
 
 from .callbacks import PrintEpochs, format_seconds
 from .checkpoint import RunFolder
-from .config import RunConfig, write_config
+from .config import RunConfig
+from .files import atomic_write
 from .history import TrainResult
 from .report import evaluate
 from .run import build_run
@@ -21,16 +22,33 @@ __all__ = ["run_demo"]
 
 
 def _train(config: RunConfig) -> tuple[TrainResult, torch.nn.Module, object]:
-    with RunFolder(config.out).claim(overwrite=True):  # the demo replaces an earlier demo's run
-        write_config(config)
+    with RunFolder(config.out).claim(overwrite=True):  # the demo replaces an earlier demo's run (checked before)
         run = build_run(config, callbacks=[PrintEpochs()])
         return run.fit(), run.model, run.eval_loader
+
+
+#: Marks a folder the demo writes into: it replaces its own runs there, and only those.
+DEMO_MARKER = ".whetstone-demo"
+
+
+def _check_demo_folder(out: Path) -> None:
+    """The demo replaces the runs in ``out/relu`` and ``out/binary`` only where it wrote them itself."""
+    marker = out / DEMO_MARKER
+    for name in ("relu", "binary"):
+        if RunFolder(out / name).run_files() and not marker.is_file():
+            raise ValueError(
+                f"--out {out}: {out / name} holds a run the demo did not write, which it would replace; choose another "
+                "--out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, "whetstone demo writes here: it replaces its own runs in relu/ and binary/\n")
 
 
 def run_demo(out: str = "runs/demo", epochs: int = 21, progress: bool = True) -> TrainResult:
     """Train ``mnist-dense`` on ``mnist-mini`` without and with sharpening for ``epochs`` epochs each (in
     ``out/relu`` and ``out/binary``), print the comparison, and return the sharpened run's result."""
     started = time.perf_counter()
+    _check_demo_folder(Path(out))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     base = RunConfig(model="mnist-dense", dataset="mnist-mini", epochs=epochs, progress=progress)
     print("whetstone demo: mnist-dense (784-256-64-100, 10x100 key) on 4,000 bundled MNIST digits, Adadelta lr 4.0,")

@@ -40,9 +40,11 @@ def _explain(error: OSError, path: Path) -> OutputError:
     return OutputError(error.errno, f"cannot write {path}: {reason}")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = True) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` through a temporary file in the same folder,
-    renamed into place once complete and flushed to disk; returns the path.
+    renamed into place once complete and flushed to disk; returns the path. With ``replace=False`` a file
+    that exists at ``path`` by then (written meanwhile by another process, say) is never replaced: the
+    write fails instead, so two writers of one path cannot both report success.
 
     Raises :class:`OutputError` (one line, naming the file) when the folder is missing or unwritable or
     the disk is full; the previous file at ``path``, if any, is then untouched and no temporary file is
@@ -58,7 +60,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:  # a hard link is created only where no file is: atomic "create, never replace"
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                raise OutputError(errno.EEXIST, f"cannot write {path}: a file appeared there meanwhile (another "
+                                  "process?); it was left as it is") from None  # fmt: skip
+            os.unlink(temporary)
         temporary = None
         with contextlib.suppress(OSError):  # make the rename itself durable (best effort)
             directory = os.open(path.parent, os.O_RDONLY)

@@ -186,6 +186,36 @@ class SpikingGraph:
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
+    def check(self) -> SpikingGraph:
+        """Check that the graph is well formed and holds numbers; returns it. :class:`DeployError` (one line,
+        naming the node) for: not exactly one input node, first; a node name used twice; an input naming no
+        node; NaN or infinite weights, biases, thresholds or key; a key that is not 0/1 (spike readout); an
+        output that names no node. Whatever reads or writes a graph calls this first."""
+        if not self.nodes or not isinstance(self.nodes[0], InputNode):
+            raise DeployError("a graph's first node must be its input node")
+        inputs = [n.name for n in self.nodes if isinstance(n, InputNode)]
+        if len(inputs) != 1:
+            raise DeployError(f"a graph has exactly one input node, this one has {len(inputs)}: {inputs}")
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise DeployError(f"node names must be unique: {sorted({n for n in names if names.count(n) > 1})} repeat")
+        for node in self.nodes:
+            missing = [name for name in node.inputs if name not in names]
+            if missing:
+                raise DeployError(f"{node.name!r} reads {missing}, which are not nodes of the graph")
+            for f in dataclasses.fields(node):
+                value = getattr(node, f.name)
+                if isinstance(value, np.ndarray) and not np.isfinite(value).all():
+                    raise DeployError(f"{node.name!r}: its {f.name} holds NaN or infinite values")
+        if self.output not in names:
+            raise DeployError(f"the output {self.output!r} is not a node of the graph")
+        key = np.asarray(self.key)
+        if key.ndim != 2 or not np.isfinite(key).all():
+            raise DeployError(f"the decoder key must be a finite 2-D array, got shape {key.shape}")
+        if self.readout == "spikes" and not np.isin(key, (0.0, 1.0)).all():
+            raise DeployError("the decoder key of a spike readout must hold only 0s and 1s")
+        return self
+
     def node(self, name: str) -> GraphNode:
         """The node called ``name``; ``KeyError`` listing the names if there is none."""
         for node in self.nodes:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .activations import SpikingActivation
+from .checks import sizes
 from .decode import SoftmaxDecode
 from .graph import (
     READOUTS,
@@ -110,10 +111,7 @@ class _GraphBuilder:
         width = int(np.prod(self._graph_node(self.output).shape))
         if key.ndim != 2 or key.shape[1] != width:
             raise DeployError(f"key of shape {key.shape} does not match the {width} output units of {self.output!r}")
-        names = [node.name for node in self.nodes]
-        if len(set(names)) != len(names):  # impossible by construction: say so loudly if it ever happens
-            raise DeployError(f"graph node names collide: {sorted(n for n in set(names) if names.count(n) > 1)}")
-        graph = SpikingGraph(self.nodes, self.output, key, readout=self.readout)
+        graph = SpikingGraph(self.nodes, self.output, key, readout=self.readout).check()  # NaN weights, names, key
         graph.metadata["encoder"] = graph.encoder
         _check_all_spikes_used(graph)
         return graph
@@ -509,9 +507,10 @@ def to_spiking_graph(
             decoders = [m for m in model.modules() if isinstance(m, SoftmaxDecode)]
             return module.spiking_graph(key if key is not None or not decoders else decoders[0].key,
                                         f"{path}." if path else "")  # fmt: skip
-    input_shape = tuple(int(v) for v in input_shape)
-    if not input_shape or min(input_shape) < 1:
-        raise DeployError(f"input_shape must be positive sizes, e.g. (1, 28, 28), got {input_shape}")
+    try:
+        input_shape = sizes(input_shape, "input_shape")
+    except ValueError as error:
+        raise DeployError(str(error)) from None
     try:
         folded = fold_batchnorm(model)
     except ValueError as error:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
-from .checks import positive_int
+from .checks import positive_int, sizes
 from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
 from .recurrent import RecurrentSpiking
@@ -185,8 +186,8 @@ def create_model(
         raise ValueError(f"activation must be one of {sorted(_ACTIVATION_MODULES)}, got {activation!r}")
     width = 10 * num_classes if key_width is None else key_width
     key = key_generator(num_classes, width, overlapping=False, seed=key_seed)
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
+    input_shape = sizes(input_shape, "input_shape", "(1, 28, 28)")
+    if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
     pool_first = options.pop("pool_first", False)
     if not isinstance(pool_first, bool):
@@ -199,6 +200,7 @@ def create_model(
             f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'} "
             "(and pool_first, if it max-pools spikes)"
         )
+    _check_option_types(build, options)
     built = build(width=width, spike=_ACTIVATION_MODULES[activation], input_shape=input_shape, **options)
     if pool_first and not pool_before_spikes(built):
         raise ValueError(
@@ -206,6 +208,23 @@ def create_model(
         )
     center_on_threshold(built)
     return built if isinstance(built, SpikingAutoencoder) else SpikingClassifier(built, key)
+
+
+_OPTION_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "text"),
+}
+
+
+def _check_option_types(build: Callable[..., nn.Module], options: dict[str, Any]) -> None:
+    """Each model option has the type its builder declares: ``batch_norm="no"`` would otherwise be truthy."""
+    hints = typing.get_type_hints(build)
+    for name, value in options.items():
+        kinds, what = _OPTION_KINDS.get(hints.get(name), ((object,), ""))
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise ValueError(f"model option {name} must be {what}, got {value!r}")
 
 
 def center_on_threshold(model: nn.Module) -> None:

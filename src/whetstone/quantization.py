@@ -37,7 +37,7 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
         raise ValueError(f"input_levels must be a positive integer, got {input_levels!r}")
     limit = 2 ** (bits - 1) - 1
     users = graph.consumers()
-    by_name = {node.name: node for node in graph.nodes}
+    by_name = {node.name: node for node in graph.check().nodes}
     replaced: dict[str, GraphNode] = {}
     inserted: dict[str, list[GraphNode]] = {}
     for spike in graph.spiking_nodes():

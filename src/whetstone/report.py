@@ -123,11 +123,13 @@ def binary_report(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> 
 
 def is_fully_binary(model: nn.Module, reports: Sequence[LayerReport]) -> bool:
     """True when every spiking layer of ``model`` is at sharpness 1 and, in ``reports`` (from
-    :func:`binary_report` on a dataset), emitted only 0 or 1: a single-time-step spiking network."""
+    :func:`binary_report` on a dataset), emitted only 0 or 1, and every parameter is a finite number: a
+    single-time-step spiking network (NaN weights also give 0/1 outputs, all of them 0)."""
     sharpness = model_sharpness(model)
     return (
         bool(sharpness)
         and bool(reports)
         and all(value == 1.0 for value in sharpness)
         and all(r.binary for r in reports)
+        and all(bool(torch.isfinite(p).all()) for p in model.parameters())
     )

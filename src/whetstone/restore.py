@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-from .checkpoint import describe_kind, load_checkpoint
+from .checkpoint import describe_kind, describe_load_error, load_checkpoint
 from .data import DATASETS
 from .graph import SpikingGraph
 from .graph_builder import to_spiking_graph
@@ -33,21 +34,17 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpo
         model = create_model(run["model"], **options)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{source}: cannot rebuild its model: {error}") from None
+    broken = next((name for name, value in checkpoint["model"].items()
+                   if value.is_floating_point() and not torch.isfinite(value).all()), None)  # fmt: skip
+    if broken is not None:
+        raise ValueError(f"{source}: its weights hold NaN or infinite values ({broken}); this is not a usable model")
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise ValueError(f"{source}: its weights do not fit model {run['model']!r}: {_mismatch(error)}") from None
+        raise ValueError(
+            f"{source}: its weights do not fit model {run['model']!r}: {describe_load_error(error)}"
+        ) from None
     return model.eval()
-
-
-def _mismatch(error: RuntimeError) -> str:
-    """The first problem of a ``load_state_dict`` error, in one line."""
-    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-    if not lines:
-        return str(error).splitlines()[0]
-    more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-    first = lines[0]
-    return (first[:200] + "...") + more if len(first) > 200 else first + more
 
 
 def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the checkpoint") -> None:

@@ -23,7 +23,15 @@ from . import distributed
 from .callbacks import Callback, TensorBoard
 from .checkpoint import RunFolder, load_checkpoint
 from .checks import is_number
-from .config import OPTIMIZER_DEFAULTS, OPTIMIZERS, ConfigError, RunConfig, parse_schedule, resolve_device
+from .config import (
+    OPTIMIZER_DEFAULTS,
+    OPTIMIZERS,
+    ConfigError,
+    RunConfig,
+    parse_schedule,
+    resolve_device,
+    write_config,
+)
 from .data import DATASETS, ImageDataset, TensorLoader, augmentation, check_available, load_dataset
 from .history import EpochRecord, TrainResult
 from .losses import Classification, Distillation, Loss, Reconstruction
@@ -110,6 +118,9 @@ def load_teacher(path: str, dataset: str, device: torch.device) -> nn.Module:
 def _split(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
     train_set = load_dataset(config.dataset, "train", config.data_dir, config.download)
     test_set = load_dataset(config.dataset, "test", config.data_dir, config.download)
+    if config.limit or config.holdout is not None:  # files may be sorted by class (the CIFAR-10 zip is): shuffle
+        order = torch.randperm(len(train_set.labels), generator=torch.Generator().manual_seed(config.seed))
+        train_set.images, train_set.labels = train_set.images[order], train_set.labels[order]
     if config.limit:
         train_set.images, train_set.labels = train_set.images[: config.limit], train_set.labels[: config.limit]
     if config.holdout is not None:
@@ -154,9 +165,15 @@ def build_run(
     share of every batch.
     """
     config = config.resolved().validate()
-    if checkpoint is None and RunFolder(config.out).holds_run():
+    folder = RunFolder(config.out)
+    if checkpoint is None and folder.holds_run():
         raise ValueError(
             f"{config.out} already holds a run: pass its checkpoint to continue it, or train into another folder"
+        )
+    if checkpoint is None and folder.run_files():  # another tool's files, or a run whose checkpoint was deleted
+        raise ValueError(
+            f"{config.out} holds {', '.join(folder.run_files())} (names a run writes) but no checkpoint: train into "
+            "another folder, or remove them"
         )
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -203,6 +220,8 @@ def build_run(
                                              device=device, rank=rank, world_size=ranks,
                                              transform=augmentation(config.dataset) if config.augment else None)  # fmt: skip
     eval_loader = TensorLoader.from_dataset(test_set, 1000, device=device)
+    if rank == 0:  # once the run is assembled: a run that cannot start leaves no file behind
+        write_config(config)
     return Run(config, trainer, train_loader, eval_loader)
 
 

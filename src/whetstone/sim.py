@@ -344,6 +344,7 @@ def simulate(
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     positive_int(batch_size, "batch_size")
+    graph.check()
     names = {n.name for n in graph.nodes}
     unknown = [name for name in record if name not in names]
     if unknown:

@@ -25,11 +25,14 @@ where ``RAY_SPACE`` mirrors :func:`suggest` (``tune.choice`` / ``tune.loguniform
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import RunFolder
-from .run import RunConfig, build_run
+from .config import ConfigError, RunConfig, flag_of
+from .run import build_run
 
 __all__ = ["run_sweep", "suggest", "train_trial"]
 
@@ -68,19 +71,43 @@ def train_trial(config: RunConfig) -> float:
     return accuracy if result.fully_binary else accuracy - 1.0
 
 
+def _check_same_study(study: Any, base: RunConfig, epochs: int, database: Path) -> None:
+    """A study continues only with the settings it began with (model, data, seed, ...): trials of another
+    model would be mixed into its ranking."""
+    settings = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if not f.metadata["runtime"]}
+    settings = json.loads(json.dumps({**settings, "epochs": epochs}))  # as the study stores it
+    saved = study.user_attrs.get("whetstone_settings")
+    if saved is None:
+        study.set_user_attr("whetstone_settings", settings)
+        return
+    changed = [name for name in sorted(settings) if saved.get(name) != settings[name]]
+    if changed:
+        said = "; ".join(f"{flag_of(name)} {settings[name]} (the study has {saved.get(name)})" for name in changed)
+        raise ConfigError(
+            "out", f"{database}: {said}: continue the study with its own settings, or sweep into another --out"
+        )
+
+
 def run_sweep(base: RunConfig, out: str | Path, trials: int, epochs: int, seed: int = 0) -> Any:
     """Run (or continue) the study in ``out/study.db`` over ``base`` (a config whose ``holdout`` keeps
     the test set out of tuning); returns the ``optuna.Study``."""
     optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our epoch lines say what happens; errors come as one line
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name="whetstone",
-        direction="maximize",
-        storage=f"sqlite:///{out / 'study.db'}",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-    )
+    database = out / "study.db"
+    try:
+        study = optuna.create_study(
+            study_name="whetstone",
+            direction="maximize",
+            storage=f"sqlite:///{database}",
+            load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=seed),
+        )
+    except Exception as error:  # noqa: BLE001 - not SQLite, another schema, locked: one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{database} is not a study whetstone can continue: {reason[:200]}") from None
+    _check_same_study(study, base, epochs, database)
 
     def objective(trial: Any) -> float:
         settings = suggest(trial, epochs)

@@ -8,13 +8,14 @@ history files, the plot, TensorBoard) are :mod:`~whetstone.callbacks`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .callbacks import Callback, HistoryFiles, HistoryPlot, ProgressBar, as_callback
-from .checkpoint import RunFolder, save_checkpoint
+from .checkpoint import RunFolder, describe_load_error, save_checkpoint
 from .checks import positive_int
 from .files import raise_if_terminated
 from .history import EpochRecord, TrainResult
@@ -38,6 +39,16 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger(__name__)
 
 __all__ = ["EpochRecord", "TrainResult", "Trainer"]
+
+
+@contextlib.contextmanager
+def _restoring(part: str) -> Iterator[None]:
+    """Turn whatever a malformed part of a checkpoint raises into one line naming the part."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"the checkpoint's {part} cannot be restored: {reason[:300]}") from None
 
 
 class Trainer:
@@ -360,27 +371,56 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (a loaded checkpoint), to continue that run."""
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore what :meth:`state_dict` saved (a loaded checkpoint), to continue that run. ``ValueError``
+        (one line, naming the part) for a checkpoint whose parts cannot be what this trainer saved: another
+        model's weights, no optimizer state, a history or position that is not a run's, a broken RNG state."""
+        if not isinstance(state, dict):
+            raise ValueError(f"a checkpoint is a dict, got {type(state).__name__}")
+        history = state.get("history")
+        with _restoring("history"):
+            self.history = [EpochRecord(**record) for record in history]  # type: ignore[union-attr]
+        position = state.get("position", [len(self.history), 0])
+        if (
+            not isinstance(position, (list, tuple))
+            or len(position) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in position)
+            or position[0] != len(self.history)
+            or position[1] < 0
+        ):
+            raise ValueError(
+                f"the checkpoint's position {position!r} is not a run's: it must be [epoch, batch] with epoch equal to "
+                f"the {len(self.history)} epochs its history records and batch >= 0"
+            )
+        try:
+            self.module.load_state_dict(state["model"])
+        except (KeyError, TypeError, RuntimeError, AttributeError) as error:
+            reason = describe_load_error(error) if isinstance(error, RuntimeError) else repr(error)
+            raise ValueError(f"the checkpoint's model weights cannot be restored: {reason}") from None
+        with _restoring("optimizer state"):
+            self.optimizer.load_state_dict(state["optimizer"])
         if (state.get("sharpener") is None) != (self.sharpener is None):
             raise ValueError("the checkpoint's run and this trainer disagree on having a sharpener")
         if self.sharpener is not None:
-            self.sharpener.load_state_dict(state["sharpener"])
+            with _restoring("sharpener state"):
+                self.sharpener.load_state_dict(state["sharpener"])
         if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.history = [EpochRecord(**record) for record in state["history"]]
-        self.position = tuple(state.get("position", (len(self.history), 0)))  # type: ignore[assignment]
-        self._totals = [float(value) for value in state.get("epoch_totals", (0.0, 0.0, 0.0))]
-        self.rollbacks = state.get("rollbacks", 0)
-        self.best_score = state.get("best_score")
+            with _restoring("learning-rate schedule"):
+                self.scheduler.load_state_dict(state["scheduler"])
+        self.position = (position[0], position[1])
+        with _restoring("running totals"):
+            self._totals = [float(value) for value in state.get("epoch_totals", (0.0, 0.0, 0.0))]
+            self.rollbacks = int(state.get("rollbacks", 0))
+            best = state.get("best_score")
+            self.best_score = None if best is None else float(best)
         if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+            with _restoring("gradient scaler state"):
+                self.scaler.load_state_dict(state["scaler"])
         rng = state.get("rng")
         if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            with _restoring("random number generator state"):
+                torch.set_rng_state(rng["torch"])
+                if rng["cuda"] and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(rng["cuda"])
 
     def _save_checkpoint(self) -> None:
         if self.folder is not None and self.is_main:

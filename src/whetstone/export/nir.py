@@ -266,13 +266,13 @@ def to_nir(graph: SpikingGraph, style: NirStyle = GENERIC):
     return nir.NIRGraph(nodes=writer.nodes, edges=writer.edges, metadata=metadata)
 
 
-def write_nir(graph: SpikingGraph, path: str | Path, style: NirStyle = GENERIC) -> Path:
+def write_nir(graph: SpikingGraph, path: str | Path, style: NirStyle = GENERIC, replace: bool = True) -> Path:
     """Write ``graph`` as a NIR (HDF5) file in ``style``, atomically (built in memory, then renamed into
     place: a full disk leaves no half-written file); returns the path."""
     nir = _require_nir()
     buffer = io.BytesIO()
     nir.write(buffer, to_nir(graph, style))
-    return atomic_write(path, buffer.getvalue())
+    return atomic_write(path, buffer.getvalue(), replace)
 
 
 def to_channels_last(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -419,7 +419,10 @@ def read_nir(path: str | Path) -> SpikingGraph:
     if output is None:
         raise ValueError(f"{path}: the graph has no Output node")
     metadata = {k: v for k, v in source.metadata.items() if k != "whetstone_key"}
-    return SpikingGraph(nodes, output, key, metadata, readout)
+    try:
+        return SpikingGraph(nodes, output, key, metadata, readout).check()
+    except DeployError as error:  # two input nodes, an output naming nothing, ...: about the file
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _topological(

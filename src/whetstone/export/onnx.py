@@ -169,6 +169,6 @@ def decoder_nodes(graph: SpikingGraph, output: str, constant: Callable[[str, np.
     return nodes, outputs
 
 
-def write_onnx(graph: SpikingGraph, path: str | Path) -> Path:
+def write_onnx(graph: SpikingGraph, path: str | Path, replace: bool = True) -> Path:
     """Write ``graph`` as an ONNX file, atomically (a full disk leaves no half-written file); returns the path."""
-    return atomic_write(path, to_onnx(graph).SerializeToString())
+    return atomic_write(path, to_onnx(graph).SerializeToString(), replace)

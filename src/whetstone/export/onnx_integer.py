@@ -115,6 +115,6 @@ def to_integer_onnx(graph: SpikingGraph):
     )  # fmt: skip
 
 
-def write_integer_onnx(graph: SpikingGraph, path: str | Path) -> Path:
+def write_integer_onnx(graph: SpikingGraph, path: str | Path, replace: bool = True) -> Path:
     """Write the integer ONNX file of a quantized ``graph``, atomically; returns the path."""
-    return atomic_write(path, to_integer_onnx(graph).SerializeToString())
+    return atomic_write(path, to_integer_onnx(graph).SerializeToString(), replace)

@@ -64,11 +64,13 @@ def get_target(name: str) -> Target:
     return TARGETS[key]
 
 
-def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Path:
+def export(graph: SpikingGraph, path: str | Path, target: str = "generic", replace: bool = True) -> Path:
     """Write ``graph`` for ``target``: rewritten into the forms its consumer reads (refusing, by layer name,
     what it cannot express), quantized where its chip needs it, in its format (``path`` must end in
-    ``.nir`` or ``.onnx`` accordingly); returns the path. This is whetstone's one way to write a file."""
+    ``.nir`` or ``.onnx`` accordingly); returns the path. This is whetstone's one way to write a file.
+    ``replace=False`` never replaces a file at ``path``, not even one another process wrote meanwhile."""
     chosen = get_target(target)
+    graph.check()
     path = Path(path)
     if path.suffix != f".{chosen.format}":
         raise ValueError(
@@ -87,10 +89,10 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic") -> Pa
         )
     prepared = chosen.prepare(graph)
     if chosen.write is not None:
-        return chosen.write(prepared, path)
+        return chosen.write(prepared, path, replace)
     if chosen.format == "onnx":
-        return write_onnx(prepared, path)
-    return write_nir(prepared, path, chosen.style)
+        return write_onnx(prepared, path, replace)
+    return write_nir(prepared, path, chosen.style, replace)
 
 
 def verify(

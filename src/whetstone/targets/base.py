@@ -115,7 +115,7 @@ class Target:
     unavailable: str = ""
     fit: Callable[[SpikingGraph], FitReport] | None = None
     format: str = "nir"
-    write: Callable[[SpikingGraph, Path], Path] | None = None  # a writer of its own (default: the format's)
+    write: Callable[[SpikingGraph, Path, bool], Path] | None = None  # a writer of its own (graph, path, replace)
     runs_in_time: bool = False  # writes and runs graphs with recurrent edges and membranes carried over steps
 
     def with_style(self, **changes: Any) -> Target:

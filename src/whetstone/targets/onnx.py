@@ -34,8 +34,8 @@ TARGET = Target(
 )
 
 
-def _write_integer(graph: SpikingGraph, path: Path) -> Path:
-    return write_integer_onnx(graph, path)
+def _write_integer(graph: SpikingGraph, path: Path, replace: bool) -> Path:
+    return write_integer_onnx(graph, path, replace)
 
 
 INTEGER = Target(
