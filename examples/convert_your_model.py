@@ -13,7 +13,7 @@ network and a NIR file, in one page.
    event-driven simulator on the whole test set and write the NIR file.
 """
 
-import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import whetstone as ws
+from whetstone.flags import COUNT, OneLineParser, run_script
 from whetstone.targets import export
 
 
@@ -73,13 +74,13 @@ class ResNet18(nn.Module):  # torchvision's layout [2, 2, 2, 2]; a 3x3 stem with
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder holding mnist/ (default: $WHETSTONE_DATA)")
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "mnist-mini", "cifar10"])
-    parser.add_argument("--width", type=int, default=16, help="channels of the first stage (torchvision: 64)")
-    parser.add_argument("--epochs", type=int, nargs=2, default=[4, 6], metavar=("RELU", "SHARPEN"))
+    parser.add_argument("--width", type=COUNT, default=16, help="channels of the first stage (torchvision: 64)")
+    parser.add_argument("--epochs", type=COUNT, nargs=2, default=[4, 6], metavar=("RELU", "SHARPEN"))
     parser.add_argument("--out", default="runs/convert", help="folder for the NIR file")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=COUNT, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -9,24 +9,25 @@ reads the file back and lets the reference simulator drive the environment from 
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 import whetstone as ws
 from whetstone.export.nir import read_nir, write_nir
+from whetstone.flags import COUNT, OneLineParser, run_script
 from whetstone.rl import DQNConfig, evaluate_policy, graph_policy, torch_policy, train_dqn
 
 AGENTS = {"binary": {"sharpen": True}, "twin": {"sharpen": False}, "relu": {"sharpen": False, "activation": "relu"}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--steps", type=int, default=DQNConfig.steps, help="environment steps of training")
-    parser.add_argument("--episodes", type=int, default=100, help="greedy evaluation episodes")
+    parser.add_argument("--steps", type=COUNT, default=DQNConfig.steps, help="environment steps of training")
+    parser.add_argument("--episodes", type=COUNT, default=100, help="greedy evaluation episodes")
     parser.add_argument("--agents", nargs="+", choices=tuple(AGENTS), default=list(AGENTS))
     parser.add_argument("--out-dir", default="runs/dqn", help="where the binary agents' NIR files go")
     args = parser.parse_args()
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -9,20 +9,21 @@ writes a plot of the estimate beside the solution. Example:
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import numpy as np
 
+from whetstone.flags import COUNT, OneLineParser, run_script
 from whetstone.randomwalk import DIFFUSION, analytic_solution, diffuse
 from whetstone.sim import ENERGY_PER_OP
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=64, help="moves of each walker")
-    parser.add_argument("--sites", type=int, default=65, help="positions on the line")
-    parser.add_argument("--walkers", type=int, nargs="+", default=[100, 1000, 10000, 100000])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=COUNT, default=64, help="moves of each walker")
+    parser.add_argument("--sites", type=COUNT, default=65, help="positions on the line")
+    parser.add_argument("--walkers", type=COUNT, nargs="+", default=[100, 1000, 10000, 100000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="random_walk.png", help="where to write the plot")
     args = parser.parse_args()
@@ -59,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

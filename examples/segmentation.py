@@ -9,8 +9,8 @@ predicted masks beside the truth. Example:
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 import whetstone as ws
+from whetstone.flags import COUNT, OneLineParser, number, run_script
 from whetstone.segmentation import digit_canvases, mean_iou, segmentation_network
 
 
@@ -64,16 +65,21 @@ def evaluate(model: torch.nn.Module, canvases: torch.Tensor, masks: torch.Tensor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--canvases", type=int, default=12000, help="training canvases")
-    parser.add_argument("--test-canvases", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--start-epoch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1, help="sharpening epochs per layer")
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3, help="Adam's, falling along half a cosine to lr / 100")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--canvases", type=COUNT, default=12000, help="training canvases")
+    parser.add_argument("--test-canvases", type=COUNT, default=2000)
+    parser.add_argument("--epochs", type=COUNT, default=12)
+    parser.add_argument("--start-epoch", type=number(int, 0), default=2)
+    parser.add_argument("--steps", type=COUNT, default=1, help="sharpening epochs per layer")
+    parser.add_argument("--width", type=COUNT, default=16)
+    parser.add_argument(
+        "--lr",
+        type=number(float, 0, open_interval=True),
+        default=2e-3,
+        help="Adam's, falling along half a cosine to lr / 100",
+    )
+    parser.add_argument("--batch-size", type=COUNT, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("binary", "twin"), help="train one of the two")
     parser.add_argument("--out", default="segmentation.png")
@@ -124,4 +130,4 @@ def plot(test, predictions: dict[str, torch.Tensor], out: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

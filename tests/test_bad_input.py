@@ -109,6 +109,12 @@ CLI_CASES = [
     # train: run folders
     _cli("--out holds a finished run", "train --model mnist-dense --dataset mnist-mini --out {run}", "already holds a run (checkpoint.pt); continue it with --resume"),
     _cli("--out is a file", TRAIN.replace("{new}", "{text_file}"), "is a file, not a folder"),
+    _cli("--download into a folder that cannot be made", "train --model mnist-dense --dataset mnist --download --data-dir /proc/nope --out {new}",
+         "--download cannot create the data folder /proc/nope/mnist: No such file or directory"),
+    _cli("--threads beyond what torch can start", TRAIN + " --threads 1000000", "--threads must be an integer in [1, 1024], got 1000000"),
+    _cli("--seed beyond 64 bits", TRAIN + " --seed 1180591620717411303424", "--seed must be an integer in [0, 9223372036854775807]"),
+    _cli("--model-option that the dataset sets", TRAIN + " --model-option num_classes=3", "--model-option num_classes is set by the dataset"),
+    _cli("--model-option of the wrong type", TRAIN + " --model-option batch_norm=no", "model option batch_norm must be true or false, got 'no'"),
     _cli("--out holds another tool's config and history", TRAIN.replace("{new}", "{foreign_folder}"),
          "holds config.toml, history.json (names a run writes) but no checkpoint.pt"),
     _cli("--out holds a run whose checkpoint was deleted", TRAIN.replace("{new}", "{run_without_checkpoint}"),
@@ -167,6 +173,8 @@ CLI_CASES = [
     _cli("export with 17 bits", "export {run} --format nir --out {tmp}/q.nir --bits 17", "must be a finite integer in [2, 16], got 17"),
     _cli("export of an unsharpened run", "export {plain_run} --format nir --out {tmp}/p.nir", "has sharpness 0; only fully sharpened layers"),
     _cli("export to an unknown format", "export {run} --format tflite", "argument --format: invalid choice: 'tflite'"),
+    _cli("export --verify where nothing can run the file", "export {run} --format nir --target loihi2 --verify --out {tmp}/l.nir",
+         "--verify: Lava cannot run here"),
     _cli("export NIR to a .onnx name", "export {run} --format nir --out {tmp}/m.onnx", "--out {tmp}/m.onnx: a NIR file's name ends in .nir, e.g. m.nir"),
     # export for a target, verify in a consumer, fit on a chip
     _cli("export for an unknown target", "export {run} --format nir --target speck2", "argument --target: invalid choice: 'speck2'"),
@@ -485,6 +493,26 @@ def _targets():
     return targets
 
 
+def _recurrent_graph() -> ws.SpikingGraph:
+    model = ws.create_model("rnn")
+    ws.set_model_sharpness(model, 1.0)
+    return ws.to_spiking_graph(model.eval(), (1, 28, 28))
+
+
+def _concatenating_model() -> ws.SpikingClassifier:
+    class Concatenate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.spike = torch.nn.Conv2d(1, 4, 3), ws.SpikingBReLU(1.0)
+            self.fc, self.out = torch.nn.Linear(8 * 4 * 4, 20), ws.SpikingBReLU(1.0)
+
+        def forward(self, x):
+            x = self.spike(self.conv(x))
+            return self.out(self.fc(torch.cat([x, x], 1).flatten(1)))
+
+    return ws.SpikingClassifier(Concatenate(), torch.eye(2, 20)).eval()
+
+
 def _nan_model() -> ws.SpikingClassifier:
     model = _model()
     with torch.no_grad():
@@ -578,6 +606,8 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      "Sequential is a TorchScript module, whose code cannot be converted"),
     ("spikify a head onto a forward that branches on training", lambda: ws.spikify(_branching_model(), num_classes=10), ws.ConversionError,
      "Auxiliary: its forward takes another path in train than in eval mode"),
+    ("graph of a model that concatenates", lambda: ws.to_spiking_graph(_concatenating_model(), (1, 6, 6)), ws.DeployError,
+     "cat() in the forward of features concatenates tensors (DenseNet, Inception, SqueezeNet, ShuffleNet): not supported"),
     ("graph of a model with a NaN weight", lambda: ws.to_spiking_graph(_nan_model(), (4,)), ws.DeployError,
      "'features.0': its weight holds NaN or infinite values"),
     ("simulate a graph with NaN thresholds", lambda: ws.simulate(_broken_graph("threshold"), np.zeros((1, 4))), ws.DeployError,
@@ -606,8 +636,12 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      "bits must be an integer in [2, 8] (int8 kernels) or None, got 9"),
     ("for_inference in integers without a shape", lambda: ws.for_inference(_model(), bits=8), ValueError,
      "for_inference(bits=...) needs input_shape"),
+    ("fit report of a recurrent network on a chip export refuses it for", lambda: _targets().fit_report(_recurrent_graph(), "loihi2"),
+     ws.DeployError, "--target loihi2: the graph runs in time (recurrent edges or leaky membranes), which whetstone writes for"),
     ("fit report for a software target", lambda: _targets().fit_report(_graph(), "norse"), ValueError, "'norse' is not a chip with a fit report; choose one of"),
     ("verify in software that cannot run here", lambda: _targets().verify("/nonexistent/m.nir", "loihi2", np.zeros((1, 4))), ValueError, "Lava cannot run here"),
+    ("verify the generic file, which names no software", lambda: _targets().verify("/nonexistent/m.nir", "generic", np.zeros((1, 4))), ValueError,
+     "any NIR reader cannot run here: the generic file names no software of its own; run it in the reference simulator"),
     ("verify an ONNX file without its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4))), ValueError, "give the graph the file was written from (reference=)"),
     ("atomic write into a missing folder", lambda: ws.files.atomic_write("/nonexistent/dir/file.txt", "x"), OSError,
      "cannot write /nonexistent/dir/file.txt: No such file or directory"),

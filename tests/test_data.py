@@ -232,3 +232,71 @@ def test_augmentation_mirrors_only_where_the_class_survives():
     assert any(mirrored(clothes))
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         augmentation("imagenet")
+
+
+def test_idx_bombs_are_refused_before_they_are_unpacked(tmp_path):
+    header = bytes([0, 0, 0x08, 1]) + (10).to_bytes(4, "big")
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(header + bytes(10) + bytes(8 << 20)))  # 10 labels, then 8 MB more
+    with pytest.raises(DatasetError, match="holds more data bytes but its header"):
+        read_idx(path)
+    huge = bytes([0, 0, 0x08, 3]) + b"".join((1 << 16).to_bytes(4, "big") for _ in range(3))  # 2^48 bytes declared
+    path.write_bytes(gzip.compress(huge))
+    with pytest.raises(DatasetError, match=r"its header declares \(65536, 65536, 65536\), .* whetstone reads at most"):
+        read_idx(path)
+
+
+def _cifar_zip(tmp_path: Path, member: bytes, patch=None) -> Path:
+    """A CIFAR-10 zip with one test member; ``patch(raw zip bytes) -> bytes`` crafts its headers."""
+    archive = tmp_path / "cifar10-jpeg" / "cifar10-jpeg.zip"
+    archive.parent.mkdir(parents=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("test/cat/0000.jpg", member)  # PNG bytes under a .jpg name: Pillow reads either
+    raw = bytearray(buffer.getvalue())
+    archive.write_bytes(bytes(patch(raw) if patch else raw))
+    return tmp_path
+
+
+def _png(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` (its pixels are a 1x1 image's: never decoded)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+def _set_header_field(raw: bytearray, local: int, central: int, value: bytes) -> bytearray:
+    start = raw.index(b"PK\x03\x04")
+    raw[start + local : start + local + len(value)] = value
+    start = raw.index(b"PK\x01\x02")
+    raw[start + central : start + central + len(value)] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "member,patch,message",
+    [
+        (_png(60000, 60000), None, "test/cat/0000.jpg"),  # 3.6 billion pixels declared
+        (_png(32, 32), lambda raw: _set_header_field(raw, 6, 8, b"\x01\x00"), "is encrypted"),
+        (_png(32, 32), lambda raw: _set_header_field(raw, 8, 10, b"\x63\x00"), "compression method"),
+        (
+            _png(32, 32),
+            lambda raw: _set_header_field(raw, 22, 24, (10**9).to_bytes(4, "little")),
+            "unpacks to 1,000,000,000 bytes",
+        ),
+    ],
+    ids=["decompression-bomb", "encrypted", "unknown-method", "zip-bomb"],
+)
+def test_cifar_members_that_are_not_small_images_are_refused_in_one_line(tmp_path, member, patch, message):
+    root = _cifar_zip(tmp_path, member, patch)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset("cifar10", "test", data_dir=root)
+    assert "\n" not in str(info.value)

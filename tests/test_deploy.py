@@ -315,6 +315,33 @@ def test_read_nir_refuses_a_file_with_two_inputs_and_eval_a_model_with_nan_weigh
     assert not ws.is_fully_binary(model, ws.binary_report(model, loader))
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda n: setattr(n, "stride", np.array([0, 0])), "is not a readable NIR file: cannot convert float infinity"),
+        (lambda n: setattr(n, "weight", np.concatenate([n.weight, n.weight], axis=1)), "type mismatch"),
+        (
+            lambda n: setattr(n, "bias", n.bias[:1]),
+            r"'features.0': weight \(4, 1, 3, 3\), bias \(1,\), groups 1: not a",
+        ),
+    ],
+    ids=["stride-0", "weight-of-another-width", "bias-of-another-length"],
+)
+def test_read_nir_names_the_node_of_a_crafted_file(tmp_path, change, message):
+    nir = _optional("nir")
+    from whetstone.export.nir import read_nir, write_nir
+
+    model = ws.SpikingClassifier(nn.Sequential(nn.Conv2d(1, 4, 3), ws.SpikingBReLU(1.0), nn.Flatten(), nn.Linear(64, 20),
+                                               ws.SpikingBReLU(1.0)), ws.key_generator(2, 20)).eval()  # fmt: skip
+    source = nir.read(write_nir(to_spiking_graph(model, (1, 6, 6)), tmp_path / "m.nir"))
+    conv = next(node for node in source.nodes.values() if isinstance(node, nir.Conv2d))
+    change(conv)  # nir's own reader refuses some of these, whetstone's graph check the rest
+    nir.write(tmp_path / "crafted.nir", source)
+    with pytest.raises(ValueError, match=message) as info:
+        read_nir(tmp_path / "crafted.nir")
+    assert str(info.value).startswith(str(tmp_path / "crafted.nir")) and "\n" not in str(info.value)
+
+
 def test_cli_export_and_simulate(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(run), "--epochs", "4",
@@ -386,3 +413,22 @@ def test_a_membrane_readout_is_written_only_where_it_is_read_as_such(tmp_path):
             export(graph, tmp_path / f"q.{suffix}", target)
     assert not list(tmp_path.iterdir())
     assert export(graph, tmp_path / "q.nir", "generic").is_file()
+
+
+def test_ceil_mode_pooling_deploys_where_it_changes_nothing_and_is_refused_where_it_does():
+    def net(size: int) -> ws.SpikingClassifier:
+        layers = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), ws.SpikingBReLU(1.0), nn.MaxPool2d(2, ceil_mode=True),
+                               nn.Flatten(), nn.Linear(4 * ((size + 1) // 2) ** 2, 20), ws.SpikingBReLU(1.0))  # fmt: skip
+        return ws.SpikingClassifier(layers, ws.key_generator(2, 20)).eval()
+
+    model = net(8)  # 8 -> 4 either way
+    graph = to_spiking_graph(model, (1, 8, 8))
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = simulate(graph, x.numpy())
+    with torch.no_grad():
+        expected = model.features(x).numpy()
+    assert_equal_where_decided(result.output_spikes, expected, result, tolerance=1e-5, min_decided=0.9)
+    with pytest.raises(
+        DeployError, match=r"features.2: ceil_mode=True adds a partial window at the edge here \(\(7, 7\)"
+    ):
+        to_spiking_graph(net(7), (1, 7, 7))  # 7 -> 4 with ceil_mode, 3 without

@@ -407,3 +407,25 @@ def test_real_values_into_synapses_are_refused_by_name_when_building_the_graph()
     ).eval()
     with pytest.raises(ws.DeployError, match=r"features\.1 receives the real-valued output of 'features\.0'"):
         ws.to_spiking_graph(model, (4,))
+
+
+def test_a_head_behind_an_identity_and_a_linear_subclass_convert_and_deploy():
+    class TimmLinear(nn.Linear):  # timm's Linear: a subclass with a forward of its own
+        def forward(self, x):
+            return nn.functional.linear(x, self.weight, self.bias)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.pool = nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+            self.fc, self.flatten = TimmLinear(8, 10), nn.Identity()  # the classifier, then an Identity
+
+        def forward(self, x):
+            return self.flatten(self.fc(self.pool(self.relu(self.conv(x))).flatten(1)))
+
+    torch.manual_seed(0)
+    model = ws.spikify(Net(), num_classes=10, key_width=20)
+    assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 20
+    ws.set_model_sharpness(model, 1.0)
+    graph = ws.to_spiking_graph(model.eval(), (1, 6, 6))
+    assert [n.op for n in graph.nodes] == ["input", "conv2d", "spike", "sumpool2d", "flatten", "affine", "spike"]

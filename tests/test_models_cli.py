@@ -142,6 +142,8 @@ def test_cli_cosine_schedule_model_option_and_weight_decay_are_saved_and_reused(
             "--start-epoch", "1", "--steps", "1", "--lr", "0.002", "--lr-schedule", "cosine", "--model-option", "kernel=3",
             "--optimizer", "adamw", "--weight-decay", "0.01", "--augment", "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 1  # 3 epochs: the 4 layers are not all binary yet
+    said = capsys.readouterr().err
+    assert "did not end fully binary within 3 epochs (exit status 1); train it again with more --epochs" in said
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     group = checkpoint["optimizer"]["param_groups"][0]
     # After all 3 epochs the cosine schedule is at its floor: 1/100 of the learning rate.
@@ -218,3 +220,55 @@ def test_cli_distils_from_a_teacher_run_and_resumes_with_it(tmp_path, capsys, mo
     assert main(["train", "--resume", str(student), "--epochs", "4", "--no-progress", "--device", "cpu"]) == 0
     assert len(json.loads((student / "history.json").read_text())) == 4
     assert "fully binary" in capsys.readouterr().out
+
+
+def test_commands_that_read_a_run_find_its_data_where_it_was_trained_from(tmp_path, monkeypatch, capsys):
+    from test_data import make_mnist_folder
+
+    data = make_mnist_folder(tmp_path / "data")
+    monkeypatch.delenv("WHETSTONE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nothing in the default place either
+    out = tmp_path / "run"
+    argv = ["train", "--model", "mnist-dense", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "3",
+            "--start-epoch", "0", "--steps", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0  # no --data-dir: the run's own
+    assert json.loads(capsys.readouterr().out)["samples"] == 10
+    assert main(["simulate", str(out)]) == 0
+    assert "simulated accuracy on 10 mnist test images" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data-dir", str(tmp_path / "elsewhere")]) == 2  # a folder given is the one used
+    assert "mnist test data not found" in capsys.readouterr().err
+
+
+def test_export_verify_that_fails_after_writing_says_the_file_is_kept(tmp_path, monkeypatch, capsys):
+    from whetstone import targets
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3",
+                 "--start-epoch", "0", "--steps", "1", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+
+    def missing(*args, **kwargs):
+        raise ImportError("snnTorch is not installed: pip install snntorch nirtorch")
+
+    monkeypatch.setattr(targets, "verify_on_dataset", missing)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "export",
+                str(out),
+                "--format",
+                "nir",
+                "--target",
+                "snntorch",
+                "--verify",
+                "--out",
+                str(tmp_path / "s.nir"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 's.nir'} is written (and kept), but --verify failed: snnTorch is not installed" in err
+    assert (tmp_path / "s.nir").is_file() and err.count("\n") == 1

@@ -52,3 +52,36 @@ def test_documented_commands_are_accepted(document, capsys):
             parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"{document}: `whetstone {' '.join(argv)}` is refused: {capsys.readouterr().err.strip()}")
+
+
+@pytest.mark.parametrize(
+    "script,args,expected",
+    [
+        (
+            "plain_loop.py",
+            ["--epochs", "0"],
+            "plain_loop.py: error: argument --epochs: must be a finite integer >= 1, got 0",
+        ),
+        (
+            "random_walk.py",
+            ["--walkers", "0"],
+            "random_walk.py: error: argument --walkers: must be a finite integer >= 1",
+        ),
+        (
+            "segmentation.py",
+            ["--data-dir", "{tmp}"],
+            "segmentation.py: error: mnist train data not found: looked for {tmp}",
+        ),
+        ("convert_your_model.py", ["--data-dir", "{tmp}"], "convert_your_model.py: error: mnist train data not found"),
+    ],
+)
+def test_examples_say_what_is_wrong_in_one_line(script, args, expected, tmp_path):
+    """The examples are run as people run commands: a bad value or missing data is one line, exit status 2."""
+    import subprocess
+    import sys
+
+    argv = [arg.format(tmp=tmp_path) for arg in args]
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "examples" / script), *argv],
+                          check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert expected.format(tmp=tmp_path) in done.stderr

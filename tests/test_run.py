@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,6 +302,19 @@ def test_a_write_that_must_not_replace_loses_the_race_to_a_file_written_meanwhil
     assert (tmp_path / "new.nir").read_text() == "fresh"
 
 
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    """SIGKILL mid-write leaves a temporary file that no handler can remove; the next write of the same file
+    removes it (its writer's process id is in its name), and leaves a live writer's alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".checkpoint.pt.{dead.pid}.x1y2.tmp"
+    live = tmp_path / f".checkpoint.pt.{os.getpid()}.a3b4.tmp"  # this process is alive: could be writing it
+    orphan.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    atomic_write(tmp_path / "checkpoint.pt", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt", live.name])
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -491,3 +506,11 @@ def test_a_run_writes_its_config_and_a_run_that_cannot_start_leaves_no_folder(tm
     (tmp_path / "mine").mkdir()  # a folder that was there before is left, empty, as it was
     assert main([*argv[:-3], str(tmp_path / "mine"), "--no-progress"]) == 2
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+def test_a_last_batch_of_one_sample_is_left_out_so_batch_norm_trains(tmp_path):
+    config = RunConfig(model="mnist-conv-small", dataset="mnist-mini", limit=129, epochs=1, batch_size=64, seed=0,
+                       threads=1, progress=False, sharpener="none", out=str(tmp_path / "run"))  # fmt: skip
+    run = build_run(config)
+    assert len(run.train_loader) == 2  # 64 + 64; the 129th sample would be a batch of one
+    run.fit()  # batch norm would refuse that batch: "expected more than 1 value per channel when training"

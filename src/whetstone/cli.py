@@ -169,7 +169,14 @@ def _train_process(config: RunConfig, resumed: bool) -> int:
         epoch, batch = run.trainer.position
         print(f"resuming {config.out} at epoch {epoch + 1}, batch {batch}", flush=True)
     result = run.fit()
-    return 0 if result.fully_binary or config.sharpener == "none" else 1
+    if result.fully_binary or config.sharpener == "none":
+        return 0
+    if distributed.rank() == 0:
+        more = ("train it again with more --epochs (a cosine schedule cannot be extended)" if config.lr_schedule == "cosine"
+                else f"continue it with whetstone train --resume {config.out} --epochs N")  # fmt: skip
+        print(f"whetstone: {config.out} did not end fully binary within {config.epochs} epochs (exit status 1); {more}",
+              file=sys.stderr)  # fmt: skip
+    return 1
 
 
 # -- eval, export, simulate ----------------------------------------------------------------------
@@ -182,7 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .restore import graph_from_checkpoint
+    from .restore import graph_from_checkpoint, recorded_data_dir
     from .targets import export, get_target, verify_on_dataset
 
     target = get_target(args.target or ("onnx" if args.format == "onnx" else "generic"))
@@ -190,6 +197,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--target {target.name} is written as {target.format.upper()}: pass --format {target.format}")
     if args.limit and not args.verify:
         raise ValueError("--limit counts the images --verify runs: pass --verify too")
+    if args.verify and target.run is None:  # said before anything is written
+        raise ValueError(f"--verify: {target.consumer} cannot run here: {target.unavailable}")
     source = Path(args.checkpoint)
     stem = f"model{f'-{target.name}' if target.name not in ('generic', 'onnx') else ''}{f'-int{args.bits}' if args.bits else ''}"
     default = (source if source.is_dir() else source.parent) / f"{stem}.{args.format}"
@@ -210,8 +219,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.verify:
         reference = target.prepare(graph) if args.format == "onnx" else None
         dataset = checkpoint["run"].get("dataset")
-        result = verify_on_dataset(out, target.name, dataset, limit=args.limit, data_dir=args.data_dir, download=args.download,
-                                   reference=reference, progress=not args.no_progress)  # fmt: skip
+        data_dir = args.data_dir or recorded_data_dir(checkpoint)
+        try:
+            result = verify_on_dataset(out, target.name, dataset, limit=args.limit, data_dir=data_dir, download=args.download,
+                                       reference=reference, progress=not args.no_progress)  # fmt: skip
+        except _USER_ERRORS as error:
+            raise ValueError(f"{out} is written (and kept), but --verify failed: {_one_line(error)}") from None
         print(result.line())
     return 0
 
@@ -282,7 +295,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         r = recipe(name)
         print(f"{name:16s} {model_description(name)}")
         print(f"{'':16s} recipe: {r.dataset}, {r.optimizer} lr {r.lr:g}, batch {r.batch_size}, {r.epochs} epochs, "
-              f"{r.sharpener} sharpener from epoch {r.start_epoch}, {r.steps} steps/layer per {r.per}")  # fmt: skip
+              f"{r.sharpener} sharpener from epoch {r.start_epoch + 1} (--start-epoch {r.start_epoch}), {r.steps} steps/layer per {r.per}")  # fmt: skip
     print("\nbeyond classifiers (Python API; not trained by `whetstone train`):")
     for name, (entry, description, command) in OTHER_NETWORKS.items():
         print(f"{name:16s} {description}")

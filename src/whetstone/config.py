@@ -115,7 +115,8 @@ class RunConfig:
     optimizer: str | None = _setting(help="the optimizer (default: the recipe's)", choices=tuple(OPTIMIZERS))
     lr: float | None = _setting(help="learning rate (default: the recipe's)")
     weight_decay: float | None = _setting(help="the optimizer's weight decay (decoupled for adamw)")
-    batch_size: int | None = _setting(help="samples per optimizer step, over all processes")
+    batch_size: int | None = _setting(help="samples per optimizer step, over all processes (a last batch of one sample "
+                                       "is left out of each epoch: batch norm cannot train on it)")  # fmt: skip
     lr_scaling: str = _setting("none", "scale --lr (read as the rate for the recipe's batch) with --batch-size: linear "
                                "(x batch / recipe batch, for SGD), sqrt (x its square root, for the Adam family) or none",
                                choices=LR_SCALINGS)  # fmt: skip
@@ -127,7 +128,10 @@ class RunConfig:
                                     "dataset allows it (default: the recipe's)")  # fmt: skip
     # Sharpening.
     sharpener: str | None = _setting(help="how sharpness rises (default: the recipe's)", choices=SHARPENERS)
-    start_epoch: int | None = _setting(help="simple sharpener: first sharpening epoch")
+    start_epoch: int | None = _setting(
+        help="simple sharpener: epochs trained before sharpening starts (5: from the "
+        "6th epoch, as the epoch lines count)"
+    )
     steps: int | None = _setting(help="simple sharpener: steps per layer")
     per: str | None = _setting(help="simple sharpener: step per epoch or batch", choices=("epoch", "batch"))
     uniform: bool = _setting(False, "sharpen all layers together, not bottom-up")
@@ -216,7 +220,7 @@ class RunConfig:
     def describe(self) -> str:
         """The settings that define the run (not where or how it runs), as ``name=value`` on one line."""
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-                        if getattr(self, f.name) not in (None, {}, False) and not f.metadata["runtime"])  # fmt: skip
+                        if _shown(getattr(self, f.name)) and not f.metadata["runtime"])  # fmt: skip
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied."""
@@ -230,8 +234,10 @@ class RunConfig:
             raise ConfigError("model", f"{self.model!r} is not a model; choose one of {', '.join(list_models())}")
         defaults = recipe(self.model)
         filled = {name: getattr(defaults, name) for name in _RECIPE_SETTINGS if getattr(self, name) is None}
-        if self.teacher:  # saved absolute: the run resumes from any folder
+        if self.teacher and isinstance(self.teacher, str):  # saved absolute: the run resumes from any folder
             filled["teacher"] = _absolute(self.teacher)
+        if self.data_dir and isinstance(self.data_dir, str):  # absolute: eval and simulate find it from anywhere
+            filled["data_dir"] = _absolute(self.data_dir)
         return self.replace(**filled)
 
     def scaled_lr(self) -> float:
@@ -275,13 +281,18 @@ class RunConfig:
         _at_least(self, "start_epoch", 0)
         _at_least(self, "steps", 1)
         _at_least(self, "min_init_epochs", 0)
-        _at_least(self, "seed", 0)
+        _at_least(self, "seed", 0, 2**63 - 1)
         _at_least(self, "limit", 1)
         _at_least(self, "checkpoint_every", 1)
-        _at_least(self, "threads", 1)
+        _at_least(self, "threads", 1, 1024)
         _at_least(self, "sync_every", 1)
         _at_least(self, "nproc", 1)
-        _at_least(self, "key_width", 2)
+        _at_least(self, "key_width", 2, 2**20)
+        taken = sorted(set(self.model_options) & set(_SET_BY_THE_RUN))
+        if taken:
+            raise ConfigError(
+                "model_options", f"{taken[0]} is set by {_SET_BY_THE_RUN[taken[0]]}, not by a model option"
+            )
         if self.weight_decay is not None and not (is_number(self.weight_decay) and 0 <= self.weight_decay < math.inf):
             raise ConfigError("weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
         if self.holdout is not None and not (is_number(self.holdout) and 0 < self.holdout < 1):
@@ -328,16 +339,36 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def _shown(value: Any) -> bool:
+    """Whether a setting is worth a word in a summary: not unset, empty or off (0 is a value: start_epoch=0)."""
+    return value is not None and value is not False and value != {}
+
+
 def _positive(config: RunConfig, name: str) -> None:
     value = getattr(config, name)
     if value is not None and not (is_number(value) and 0 < value < math.inf):
         raise ConfigError(name, f"must be a positive finite number, got {value!r}")
 
 
-def _at_least(config: RunConfig, name: str, minimum: int) -> None:
+def _at_least(config: RunConfig, name: str, minimum: int, maximum: int | None = None) -> None:
     value = getattr(config, name)
-    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+    if value is None:
+        return
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
         raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"must be an integer in [{minimum}, {maximum}], got {value!r}{_LIMITS[name]}")
+
+
+#: Why a setting has an upper limit (torch's own limits, or what a process can hold).
+_LIMITS = {
+    "seed": " (a 64-bit generator seed)",
+    "threads": " (torch crashes asked for more threads than it can start)",
+    "key_width": " (output units: a larger code does not fit in memory)",
+}
+#: create_model's own arguments, which a run sets from other settings, never from --model-option.
+_SET_BY_THE_RUN = {"num_classes": "the dataset", "activation": "--activation", "key_width": "--key-width",
+                   "key_seed": "--seed", "input_shape": "the dataset"}  # fmt: skip
 
 
 def _toml_value(value: Any) -> str:

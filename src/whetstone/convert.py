@@ -22,7 +22,7 @@ from torch import nn
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from .decode import SoftmaxDecode, key_generator
 from .graph_builder import check_deployable
-from .tracing import reads_training, set_submodule, trace
+from .tracing import describe_call, reads_training, set_submodule, trace, why_untraceable
 
 __all__ = ["ConversionError", "pool_before_spikes", "spikify"]
 
@@ -38,7 +38,7 @@ _SIGMOID_CALLS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "sigmoid_"
 # Activations and normalisations with none: refused before training, with what to do instead.
 _NO_BINARY_ACTIVATION = (
     "has no binary counterpart (a single-time-step neuron fires or not); replace it with nn.ReLU (or a bounded "
-    "ReLU: nn.ReLU6, nn.Hardtanh(0, 1)) and train again"
+    "ReLU: nn.ReLU6, nn.Hardtanh(0, 1)), which spikify turns into whetstone.SpikingBReLU, and train again"
 )
 _ACROSS_UNITS = (
     "normalises across units; whetstone's decoder ends the network in class logits: remove it (cross-entropy "
@@ -90,15 +90,6 @@ class _Site:
     module: str | None  # the module path for a module call, None for a function or method call
 
 
-def _describe(node: torch.fx.Node) -> str:
-    """Where a traced call is, in the user's terms: a module path, or the function inside a module's forward."""
-    if node.op == "call_module":
-        return str(node.target)
-    owner = list((node.meta.get("nn_module_stack") or {}).values())
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-    return f"{name}() in the forward of {owner[-1][0] if owner else 'the model'}"
-
-
 def _site(node: torch.fx.Node, modules: dict[str, nn.Module]) -> _Site | None:
     """The activation call site ``node`` is, if it is one; ConversionError for one with no binary counterpart."""
     if node.op == "call_module":
@@ -119,7 +110,7 @@ def _site(node: torch.fx.Node, modules: dict[str, nn.Module]) -> _Site | None:
         if node.target in _SIGMOID_CALLS:
             return _Site(node, "sigmoid", None)
         if node.target in _REFUSED_CALLS:
-            raise ConversionError(f"{_describe(node)} {_REFUSED_CALLS[node.target]}")
+            raise ConversionError(f"{describe_call(node)} {_REFUSED_CALLS[node.target]}")
     return None
 
 
@@ -168,8 +159,8 @@ def spikify(
     except Exception as error:  # noqa: BLE001 - untraceable forward: fall back to swapping modules
         if num_classes is not None:
             raise ConversionError(f"cannot trace {type(model).__name__} with torch.fx to give it a spiking head: "
-                                  f"{str(error).splitlines()[0]}") from None  # fmt: skip
-        warnings.warn(f"spikify could not trace {type(model).__name__} ({str(error).splitlines()[0]}); only its "
+                                  f"{why_untraceable(error)}") from None  # fmt: skip
+        warnings.warn(f"spikify could not trace {type(model).__name__} ({why_untraceable(error)}); only its "
                       "activation modules are converted, call sites were not checked", stacklevel=2)  # fmt: skip
         return _checked(_spikify_modules(model, activation, sharpness), input_shape)
     modules = dict(traced.named_modules())
@@ -416,11 +407,21 @@ def _add_spiking_head(
     activation and a softmax decoder over a ``classes x width`` N-hot key."""
     output = next(node for node in model.graph.nodes if node.op == "output")
     last = output.args[0]
+    modules = dict(model.named_modules())
+    while (
+        isinstance(last, torch.fx.Node)
+        and last.args
+        and (  # an Identity, Dropout or flatten after the classifier
+            (last.op == "call_module" and isinstance(modules[last.target], (nn.Identity, nn.Dropout, nn.Flatten)))
+            or (last.op != "call_module" and last.target in (torch.flatten, "flatten"))
+        )
+    ):
+        last = last.args[0]
     module = model.get_submodule(last.target) if isinstance(last, torch.fx.Node) and last.op == "call_module" else None
     if isinstance(module, SoftmaxDecode):
         raise ConversionError("num_classes: the model already ends in a SoftmaxDecode")
     if not isinstance(module, nn.Linear) or module.out_features != classes:
-        what = f"{type(module).__name__} {last.target!r}" if module is not None else f"{_describe(last)}"
+        what = f"{type(module).__name__} {last.target!r}" if module is not None else f"{describe_call(last)}"
         raise ConversionError(
             f"num_classes={classes}: the model's output must come from a Linear(features, {classes}), but it comes "
             f"from {what}; give it such a final layer, or build a whetstone.SpikingClassifier yourself"

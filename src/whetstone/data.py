@@ -21,6 +21,7 @@ import math
 import os
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,47 +174,69 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "whetstone" / "data"
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DatasetError(f"cannot read {path}: {error} (the file is corrupt or truncated)") from None
+#: The most data bytes an IDX file may declare (full MNIST's images are 47 MB): a crafted header or a gzip
+#: bomb is refused before anything that large is decompressed or allocated.
+_MAX_IDX_BYTES = 2**32
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> Tensor:
-    """Read an IDX file (optionally gzip-compressed) into a tensor, checking its header and length."""
+    """Read an IDX file (optionally gzip-compressed) into a tensor, checking its header and length. The
+    file is decompressed as a stream and never past the length its header declares."""
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetError(
-            f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} "
-            "(expected 0000 then a type code such as 08 and the number of dimensions)"
-        )
-    ndim = data[3]
-    if expected_ndim is not None and ndim != expected_ndim:
-        raise DatasetError(f"{path} has {ndim} dimensions, expected {expected_ndim}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path} is truncated inside its header")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DatasetError(
-            f"{path} holds {len(data) - header} data bytes but its header {shape} says {expected} "
-            "(the file is truncated or corrupt)"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+            shape, dtype, data = _read_idx_stream(stream, path, expected_ndim)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DatasetError(f"cannot read {path}: {error} (the file is corrupt or truncated)") from None
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 
+def _read_idx_stream(
+    stream: io.BufferedIOBase, path: Path, expected_ndim: int | None
+) -> tuple[tuple[int, ...], np.dtype, bytes]:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise DatasetError(
+            f"{path} is not an IDX file: bad magic number {magic.hex() or '(empty)'} "
+            "(expected 0000 then a type code such as 08 and the number of dimensions)"
+        )
+    ndim = magic[3]
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DatasetError(f"{path} has {ndim} dimensions, expected {expected_ndim}")
+    sizes = stream.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
+        raise DatasetError(f"{path} is truncated inside its header")
+    shape = tuple(int.from_bytes(sizes[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > _MAX_IDX_BYTES:
+        raise DatasetError(
+            f"{path}: its header declares {shape}, {expected:,} bytes; whetstone reads at most {_MAX_IDX_BYTES:,}"
+        )
+    data = stream.read(expected)
+    if len(data) != expected or stream.read(1):
+        held = f"{len(data)} data bytes" if len(data) != expected else "more data bytes"
+        raise DatasetError(
+            f"{path} holds {held} but its header {shape} says {expected} (the file is truncated or corrupt)"
+        )
+    return shape, dtype, data
+
+
 def _download(spec: DatasetSpec, split: Split, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatasetError(
+            f"--download cannot create the data folder {folder}: {error.strerror or error}; pass --data-dir DIR (or set "
+            "WHETSTONE_DATA) to a folder you can write"
+        ) from None
     for filename, digest in ((split.images, split.images_sha256), (split.labels, split.labels_sha256)):
         target = folder / filename
-        if target.exists() and _sha256(_read_bytes(target)) == digest:
+        if target.exists() and _content_sha256(target.read_bytes()) == digest:
             continue
         errors = []
         for base in spec.urls:
@@ -223,8 +246,7 @@ def _download(spec: DatasetSpec, split: Split, folder: Path) -> None:
             except OSError as error:
                 errors.append(f"{base + filename}: {error}")
                 continue
-            content = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
-            if _sha256(content) != digest:
+            if _content_sha256(payload) != digest:
                 errors.append(f"{base + filename}: SHA-256 mismatch")
                 continue
             atomic_write(target, payload)
@@ -233,8 +255,22 @@ def _download(spec: DatasetSpec, split: Split, folder: Path) -> None:
             raise DatasetError(f"could not download {filename} for {spec.name}: " + "; ".join(errors))
 
 
-def _sha256(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
+def _content_sha256(payload: bytes) -> str | None:
+    """SHA-256 of ``payload``'s content (gunzipped if gzip), read as a stream; None if it is corrupt or would
+    unpack to more than an IDX file may hold (a gzip bomb)."""
+    digest, total = hashlib.sha256(), 0
+    try:
+        with (
+            gzip.GzipFile(fileobj=io.BytesIO(payload)) if payload[:2] == b"\x1f\x8b" else io.BytesIO(payload) as stream
+        ):
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+                if total > _MAX_IDX_BYTES + 64:
+                    return None
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return digest.hexdigest()
 
 
 def _check_images_labels(spec: DatasetSpec, split: str, images: Tensor, labels: Tensor, where: Path) -> None:
@@ -259,6 +295,10 @@ def _load_idx_split(spec: DatasetSpec, split: Split, folder: Path) -> tuple[Tens
     return images, labels.long()
 
 
+#: The largest CIFAR-10 zip member read (each is a 32x32 JPEG of about 1 KB).
+_MAX_MEMBER_BYTES = 1 << 20
+
+
 def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, Tensor]:
     from PIL import Image  # Pillow comes with matplotlib; imported only for CIFAR-10
 
@@ -280,15 +320,23 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
             if class_name not in spec.classes:
                 raise DatasetError(f"{path}: {name} is in unknown class folder {class_name!r}")
             labels[index] = spec.classes.index(class_name)
+            if archive.getinfo(name).file_size > _MAX_MEMBER_BYTES:  # a 32x32 JPEG is about 1 KB
+                raise DatasetError(f"{path}: member {name} unpacks to {archive.getinfo(name).file_size:,} bytes, not "
+                                   "a 32x32 image")  # fmt: skip
             try:
                 with Image.open(io.BytesIO(archive.read(name))) as image:
+                    if image.size != (32, 32):  # checked before decoding: a huge image is never decompressed
+                        raise DatasetError(
+                            f"{path}: member {name} is {image.size[0]}x{image.size[1]} pixels, expected 32x32"
+                        )
                     pixels = np.asarray(image.convert("RGB"))
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:  # CRC error, not an image, truncated
-                raise DatasetError(f"{path}: member {name} is unreadable: {error}") from None
-            if pixels.shape != (32, 32, 3):
-                raise DatasetError(
-                    f"{path}: member {name} is {pixels.shape[1]}x{pixels.shape[0]} pixels, expected 32x32"
-                )
+            except DatasetError:
+                raise
+            # CRC error, not an image, truncated, encrypted, an unknown compression method, a decompression bomb
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+                    Image.DecompressionBombError) as error:  # fmt: skip
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise DatasetError(f"{path}: member {name} is unreadable: {reason}") from None
             images[index] = pixels
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import logging
 import os
 import signal
@@ -53,8 +54,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = Tru
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else bytes(data)
     temporary: str | None = None
+    _remove_orphans(path)
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         os.fchmod(handle, 0o666 & ~_UMASK)  # the mode an ordinary open() would give, not mkstemp's 0600
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
@@ -85,6 +87,28 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = Tru
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
     return path
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary files of earlier writes of ``path`` whose process is gone (killed with SIGKILL or
+    by a power cut mid-write: nothing else can stop the cleanup). Their names carry the writer's process id;
+    a live writer's file is left alone."""
+    with contextlib.suppress(OSError):
+        for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            pid = orphan.name[len(path.name) + 2 :].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    orphan.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class FolderInUseError(ValueError):

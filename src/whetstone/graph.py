@@ -199,10 +199,12 @@ class SpikingGraph:
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise DeployError(f"node names must be unique: {sorted({n for n in names if names.count(n) > 1})} repeat")
+        shapes = {node.name: tuple(node.shape) for node in self.nodes}
         for node in self.nodes:
             missing = [name for name in node.inputs if name not in names]
             if missing:
                 raise DeployError(f"{node.name!r} reads {missing}, which are not nodes of the graph")
+            _check_geometry(node, shapes)
             for f in dataclasses.fields(node):
                 value = getattr(node, f.name)
                 if isinstance(value, np.ndarray) and not np.isfinite(value).all():
@@ -302,6 +304,34 @@ class SpikingGraph:
         return "\n".join(lines)
 
     __repr__ = summary
+
+
+def _check_geometry(node: GraphNode, shapes: dict[str, tuple[int, ...]]) -> None:
+    """``node`` computes something of the shapes it is given: every size at least 1, strides and kernels at
+    least 1, weights that fit their (first) input. ``DeployError`` saying what does not."""
+    source = shapes.get(node.inputs[0]) if node.inputs else None
+    if any(size < 1 for size in node.shape):
+        raise DeployError(f"{node.name!r}: its output would have shape {node.shape}")
+    if isinstance(node, AffineNode):
+        if node.weight.ndim != 2 or node.bias.shape != (node.weight.shape[0],):
+            raise DeployError(
+                f"{node.name!r}: weight {node.weight.shape} and bias {node.bias.shape} do not make an affine map"
+            )
+        if source is not None and node.weight.shape[1] != int(np.prod(source)):
+            raise DeployError(f"{node.name!r}: its weight takes {node.weight.shape[1]} inputs but receives {source}")
+    if isinstance(node, Conv2dNode):
+        if node.weight.ndim != 4 or node.bias.shape != (node.weight.shape[0],) or node.groups < 1:
+            raise DeployError(
+                f"{node.name!r}: weight {node.weight.shape}, bias {node.bias.shape}, groups {node.groups}: not a convolution"
+            )
+        if min(node.stride + node.dilation) < 1 or min(node.padding) < 0:
+            raise DeployError(f"{node.name!r}: stride {node.stride}, dilation {node.dilation}, padding {node.padding}")
+        if source is not None and (len(source) != 3 or source[0] != node.weight.shape[1] * node.groups):
+            raise DeployError(
+                f"{node.name!r}: its weight takes {node.weight.shape[1] * node.groups} channels but receives {source}"
+            )
+    if isinstance(node, Pool2dNode) and (min(node.kernel_size + node.stride) < 1 or min(node.padding) < 0):
+        raise DeployError(f"{node.name!r}: kernel {node.kernel_size}, stride {node.stride}, padding {node.padding}")
 
 
 def _describe_threshold(threshold: np.ndarray) -> str:

@@ -41,7 +41,7 @@ from .graph import (
     SumPool2dNode,
 )
 from .sharpen import set_model_sharpness
-from .tracing import fold_batchnorm, trace
+from .tracing import describe_call, fold_batchnorm, trace, why_untraceable
 
 __all__ = ["check_deployable", "to_spiking_graph"]
 
@@ -314,7 +314,7 @@ class _GraphBuilder:
 
     def max_pool(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
-        settings = _pool_settings(fx_node.target, module)
+        settings = _pool_settings(fx_node, module)
         if _pair(module.dilation) != (1, 1):
             raise DeployError(f"{fx_node.target}: dilated max pooling cannot be exported")
         inputs = self._plain(fx_node, f"max pooling {fx_node.target!r}")
@@ -330,7 +330,7 @@ class _GraphBuilder:
 
     def avg_pool(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
-        kernel, stride, padding = _pool_settings(fx_node.target, module)
+        kernel, stride, padding = _pool_settings(fx_node, module)
         if module.divisor_override is not None or (padding != (0, 0) and not module.count_include_pad):
             raise DeployError(f"{fx_node.target}: only plain average pooling can be exported")
         self._sum_pool(fx_node, kernel, stride, padding)
@@ -430,10 +430,24 @@ class _GraphBuilder:
         )
 
     def unsupported_call(self, fx_node: torch.fx.Node) -> None:
+        name = fx_node.target if isinstance(fx_node.target, str) else getattr(fx_node.target, "__name__", "")
+        why = _WHY_NOT.get(name, "has no single-time-step spiking equivalent in whetstone")
         raise DeployError(
-            f"{fx_node.name}: operation {fx_node.target!r} has no single-time-step spiking equivalent; "
-            "use modules (nn.Flatten, pooling) and `+` for skip connections"
+            f"{describe_call(fx_node)} {why}; what deploys: Linear, Conv2d, pooling, flatten, `+` (skip connections), "
+            "spiking activations, batch norm after a layer or a sum"
         )
+
+
+#: Why common operations do not deploy, and what to do instead.
+_WHY_NOT = {
+    "mul": "multiplies two values (a squeeze-and-excitation or attention gate): integrate-and-fire neurons only add; "
+    "build the model without the gate (timm: se_layer=None)",
+    "mul_": "multiplies two values in place (a gate): integrate-and-fire neurons only add",
+    "cat": "concatenates tensors (DenseNet, Inception, SqueezeNet, ShuffleNet): not supported by whetstone's graph yet",
+    "chunk": "splits a tensor into parts (ShuffleNet): not supported by whetstone's graph yet",
+    "split": "splits a tensor into parts: not supported by whetstone's graph yet",
+    "interpolate": "up-samples, which NIR cannot express",
+}
 
 
 def _name(fx_node: torch.fx.Node) -> str:
@@ -471,10 +485,22 @@ _MODULE_RULES: list[tuple[type | tuple[type, ...], str]] = [
 ]
 
 
-def _pool_settings(where: str, module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+def _pool_settings(
+    fx_node: torch.fx.Node, module: nn.Module
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Kernel, stride and padding of a pooling; ``ceil_mode=True`` is refused only where it changes the output
+    (a partial window at the edge), since the node is written with floor's arithmetic."""
+    kernel, stride, padding = (_pair(module.kernel_size), _pair(module.stride or module.kernel_size),
+                               _pair(module.padding))  # fmt: skip
     if module.ceil_mode:
-        raise DeployError(f"{where}: ceil_mode=True pooling cannot be exported")
-    return _pair(module.kernel_size), _pair(module.stride or module.kernel_size), _pair(module.padding)
+        size = _GraphBuilder._shape(fx_node.args[0])[1:]
+        floor = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(size, padding, kernel, stride, strict=True))
+        if floor != _GraphBuilder._shape(fx_node)[1:]:
+            raise DeployError(
+                f"{fx_node.target}: ceil_mode=True adds a partial window at the edge here ({size} -> "
+                f"{_GraphBuilder._shape(fx_node)[1:]}, not {floor}), which cannot be exported; use ceil_mode=False"
+            )
+    return kernel, stride, padding
 
 
 def to_spiking_graph(
@@ -517,8 +543,8 @@ def to_spiking_graph(
         raise DeployError(str(error)) from None
     try:
         traced = trace(folded)
-    except Exception as error:
-        raise DeployError(f"cannot trace {type(model).__name__} with torch.fx: {str(error).splitlines()[0]}") from error
+    except Exception as error:  # noqa: BLE001 - whatever torch.fx raises: one line, with what it means
+        raise DeployError(f"cannot trace {type(model).__name__} with torch.fx: {why_untraceable(error)}") from None
     example = torch.zeros(1, *input_shape)
     try:
         ShapeProp(traced).propagate(example)

@@ -189,6 +189,10 @@ def create_model(
     input_shape = sizes(input_shape, "input_shape", "(1, 28, 28)")
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (channels, height, width), got {input_shape}")
+    if math.prod(input_shape) > _MAX_INPUT:  # a crafted or mistyped shape would allocate terabytes of weights
+        raise ValueError(
+            f"input_shape {input_shape} holds {math.prod(input_shape):,} values per sample; at most {_MAX_INPUT:,}"
+        )
     pool_first = options.pop("pool_first", False)
     if not isinstance(pool_first, bool):
         raise ValueError(f"pool_first must be True or False, got {pool_first!r}")
@@ -216,6 +220,10 @@ _OPTION_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
     float: ((int, float), "a number"),
     str: ((str,), "text"),
 }
+
+
+#: The most values one input sample may hold (3 x 4096 x 4096 fits).
+_MAX_INPUT = 2**26
 
 
 def _check_option_types(build: Callable[..., nn.Module], options: dict[str, Any]) -> None:

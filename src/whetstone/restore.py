@@ -4,6 +4,7 @@ deployable graph (:func:`graph_from_checkpoint`), and whether it takes a dataset
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from .graph_builder import to_spiking_graph
 from .models import create_model
 from .quantization import quantize
 
-__all__ = ["check_dataset", "graph_from_checkpoint", "model_from_checkpoint"]
+__all__ = ["check_dataset", "graph_from_checkpoint", "model_from_checkpoint", "recorded_data_dir"]
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpoint") -> nn.Module:
@@ -32,7 +33,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpo
         raise ValueError(f"{source}: its model options are {describe_kind(options)}, not a dict")
     try:
         model = create_model(run["model"], **options)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as error:
         raise ValueError(f"{source}: cannot rebuild its model: {error}") from None
     broken = next((name for name, value in checkpoint["model"].items()
                    if value.is_floating_point() and not torch.isfinite(value).all()), None)  # fmt: skip
@@ -66,6 +67,14 @@ def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the c
         raise ValueError(
             f"--dataset {dataset} has {len(spec.classes)} classes but the model in {source} decodes {key.shape[0]}"
         )
+
+
+def recorded_data_dir(checkpoint: dict[str, Any]) -> str | None:
+    """The data folder the run was trained from (its --data-dir), if it recorded one that still exists: where
+    commands that read the run look for its dataset unless told otherwise."""
+    config = (checkpoint.get("run") or {}).get("config") or {}
+    folder = config.get("data_dir") if isinstance(config, dict) else None
+    return folder if isinstance(folder, str) and Path(folder).is_dir() else None
 
 
 def graph_from_checkpoint(path: str, bits: int | None = None) -> tuple[SpikingGraph, nn.Module, dict[str, Any]]:

@@ -87,7 +87,7 @@ def check_model(config: RunConfig) -> None:
     """Build the run's model once on the CPU to check its options (done before workers start)."""
     try:
         create_model(config.model, **model_options(config, len(DATASETS[config.dataset].classes)))
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as error:
         raise ConfigError("model_options", f": {error}") from None
 
 
@@ -191,7 +191,7 @@ def build_run(
     options = model_options(config, len(train_set.classes))
     try:
         model = create_model(config.model, **options).to(device)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError, MemoryError) as error:
         raise ConfigError("model_options", f": {error}") from None
     set_model_surrogate(model, config.surrogate)
     trained: nn.Module = model
@@ -216,8 +216,11 @@ def build_run(
     )  # fmt: skip
     if checkpoint is not None:
         trainer.load_state_dict(dict(checkpoint))
+    # A last batch of one sample would stop batch norm ("expected more than 1 value per channel"): it is left out
+    # of each epoch (another sample each time, as the order is shuffled), for every model alike.
+    single = len(train_set) % config.batch_size == 1 and ranks == 1
     train_loader = TensorLoader.from_dataset(train_set, config.batch_size // ranks, shuffle=True, seed=config.seed,
-                                             device=device, rank=rank, world_size=ranks,
+                                             device=device, rank=rank, world_size=ranks, drop_last=single,
                                              transform=augmentation(config.dataset) if config.augment else None)  # fmt: skip
     eval_loader = TensorLoader.from_dataset(test_set, 1000, device=device)
     if rank == 0:  # once the run is assembled: a run that cannot start leaves no file behind

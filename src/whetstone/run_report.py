@@ -17,7 +17,7 @@ from .losses import Classification, Reconstruction
 from .models import recipe
 from .quantization import quantize
 from .report import binary_report, evaluate, is_fully_binary
-from .restore import check_dataset, graph_from_checkpoint, model_from_checkpoint
+from .restore import check_dataset, graph_from_checkpoint, model_from_checkpoint, recorded_data_dir
 from .sim import simulate
 
 __all__ = ["evaluate_run", "simulate_run"]
@@ -37,7 +37,7 @@ def evaluate_run(
     model = model_from_checkpoint(checkpoint, str(source))
     dataset = dataset or checkpoint["run"].get("dataset")
     check_dataset(checkpoint, dataset, str(source))
-    test_set = load_dataset(dataset, "test", data_dir, download)
+    test_set = load_dataset(dataset, "test", data_dir or recorded_data_dir(checkpoint), download)
     loader = TensorLoader.from_dataset(test_set, batch_size)
     loss = Reconstruction() if recipe(checkpoint["run"]["model"]).target == "inputs" else Classification()
     loss_value, accuracy = evaluate(model, loader, loss)
@@ -85,6 +85,7 @@ def simulate_run(
         graph, model, checkpoint = graph_from_checkpoint(str(source), bits)
         dataset = dataset or checkpoint["run"].get("dataset")
         check_dataset(checkpoint, dataset, str(source))
+        data_dir = data_dir or recorded_data_dir(checkpoint)
     data = load_dataset(dataset, split, data_dir, download)
     images, labels = data.images[:limit].float().div_(255.0), data.labels[:limit].numpy()
     result = simulate(graph, images.numpy(), batch_size, progress=progress, tie_break=tie_break)

@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .activations import SpikingActivation
 from .decode import SoftmaxDecode
 
-__all__ = ["fold_batchnorm", "reads_training", "set_submodule", "trace"]
+__all__ = ["describe_call", "fold_batchnorm", "reads_training", "set_submodule", "trace", "why_untraceable"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -64,7 +64,27 @@ class _LeafTracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (SpikingActivation, SoftmaxDecode)) or (self.mode_leaves and reads_training(m)):
             return True
+        if isinstance(m, (nn.Linear, *_CONVS)):  # subclasses too (timm's Linear): the same map, whatever their forward
+            return True
         return super().is_leaf_module(m, qualname)
+
+
+def describe_call(node: torch.fx.Node) -> str:
+    """Where a traced call is, in the user's terms: a module path, or the function inside a module's forward."""
+    if node.op == "call_module":
+        return str(node.target)
+    owner = list((node.meta.get("nn_module_stack") or {}).values())
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"{name}() in the forward of {owner[-1][0] if owner else 'the model'}"
+
+
+def why_untraceable(error: BaseException) -> str:
+    """torch.fx's reason a forward cannot be traced, in one line, with what it means for the model."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "control flow" in first or "iterate" in first or "len(" in first:
+        return (f"{first} (its forward branches or loops on tensor values, which a fixed network of neurons cannot "
+                "do: compute that outside the model, or write the branch with tensor operations)")  # fmt: skip
+    return first
 
 
 def trace(model: nn.Module, mode_leaves: bool = False) -> torch.fx.GraphModule:

@@ -298,6 +298,11 @@ def _array(value: Any, what: str, path: Path) -> np.ndarray:
     return array
 
 
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:300] if text else type(error).__name__
+
+
 def read_nir(path: str | Path) -> SpikingGraph:
     """Read a NIR file written by :func:`write_nir` (or any NIR graph of the same node types: Affine,
     Conv2d, AvgPool2d, Flatten, IF with ``r = 1`` and ``v_reset = 0``) back into a :class:`SpikingGraph`.
@@ -356,64 +361,75 @@ def read_nir(path: str | Path) -> SpikingGraph:
     output = None
     forward = [e for e in source.edges if tuple(e) not in delayed]
     for key_name in _topological(source.nodes, forward, path, frozenset(b for _, b in delayed)):
-        n, name = source.nodes[key_name], names[key_name]
-        inputs = [names[i] for i in incoming[key_name]]
-        if isinstance(n, nir.Input):
-            node: GraphNode = InputNode(name, [], tuple(int(v) for v in next(iter(n.input_type.values()))))
-        elif isinstance(n, nir.Output):
-            if len(inputs) != 1:
-                raise ValueError(f"{path}: the Output node must have one input, got {len(inputs)}")
-            output = inputs[0]
-            continue
-        elif not inputs:
-            raise ValueError(f"{path}: node {key_name!r} has no input")
-        elif isinstance(n, nir.Affine):
-            weight = _array(n.weight, f"the weights of {key_name!r}", path)
-            source_node = next((node for node in nodes if node.name == inputs[0]), None)  # None: a recurrent edge
-            if channels_last and isinstance(source_node, FlattenNode):  # columns in (H, W, C) order: back to (C, H, W)
-                weight = from_channels_last(weight, shapes[source_node.inputs[0]])
-            node = AffineNode(
-                name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path)
-            )
-        elif isinstance(n, nir.Conv2d):
-            c, h, w = shapes[inputs[0]]
-            weight = _array(n.weight, f"the weights of {key_name!r}", path)
-            k = weight.shape[2:]
-            stride, pad, dil = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.stride, n.padding, n.dilation))
-            out = tuple(
-                (size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in zip((h, w), pad, dil, k, stride)
-            )
-            node = Conv2dNode(name, inputs, (weight.shape[0], *out), weight, _array(n.bias, f"the bias of {key_name!r}", path),
-                              stride, pad, dil, int(n.groups))  # fmt: skip
-        elif isinstance(n, (nir.AvgPool2d, nir.SumPool2d)):
-            c, h, w = shapes[inputs[0]]
-            k, s, p = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.kernel_size, n.stride, n.padding))
-            out = tuple((size + 2 * pp - kk) // ss + 1 for size, pp, kk, ss in zip((h, w), p, k, s))
-            kind = AvgPool2dNode if isinstance(n, nir.AvgPool2d) else SumPool2dNode
-            node = kind(name, inputs, (c, *out), k, s, p)
-        elif isinstance(n, nir.Flatten):
-            node = FlattenNode(name, inputs, (int(np.prod(shapes[inputs[0]])),))
-        elif isinstance(n, nir.IF) or (isinstance(n, nir.CubaLIF) and lif_is_if):
-            if not (np.all(n.r == 1) and (n.v_reset is None or np.all(n.v_reset == 0))):
-                raise ValueError(f"{path}: {type(n).__name__} node {key_name!r} must have r = 1 and v_reset = 0")
-            # In a file that runs in time an IF carries its membrane from step to step (leak 1).
-            node = SpikeNode(name, inputs, shapes[inputs[0]], read_threshold(n, key_name, shapes[inputs[0]]),
-                             1.0 if "whetstone_dt" in source.metadata else 0.0)  # fmt: skip
-        elif isinstance(n, nir.LIF):  # a temporal graph's neuron: v = leak * v + input for r = tau / dt, v_leak = 0
-            tau = _array(n.tau, f"the time constants of {key_name!r}", path)
-            leak = np.unique(1.0 - np.float32(dt) / tau)
-            if leak.size != 1 or not (
-                np.allclose(n.r * dt / tau, 1) and np.all(n.v_leak == 0) and np.all(n.v_reset == 0)
-            ):
-                raise ValueError(
-                    f"{path}: LIF node {key_name!r} must have one tau, r = tau / dt, v_leak = 0 and v_reset = 0"
+        try:
+            n, name = source.nodes[key_name], names[key_name]
+            inputs = [names[i] for i in incoming[key_name]]
+            if isinstance(n, nir.Input):
+                node: GraphNode = InputNode(name, [], tuple(int(v) for v in next(iter(n.input_type.values()))))
+            elif isinstance(n, nir.Output):
+                if len(inputs) != 1:
+                    raise ValueError(f"{path}: the Output node must have one input, got {len(inputs)}")
+                output = inputs[0]
+                continue
+            elif not inputs:
+                raise ValueError(f"{path}: node {key_name!r} has no input")
+            elif isinstance(n, nir.Affine):
+                weight = _array(n.weight, f"the weights of {key_name!r}", path)
+                source_node = next((node for node in nodes if node.name == inputs[0]), None)  # None: a recurrent edge
+                if channels_last and isinstance(
+                    source_node, FlattenNode
+                ):  # columns in (H, W, C) order: back to (C, H, W)
+                    weight = from_channels_last(weight, shapes[source_node.inputs[0]])
+                node = AffineNode(
+                    name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path)
                 )
-            leak_value = float(getattr(n, "metadata", {}).get("whetstone_leak", round(float(leak[0]), 6)))
-            node = SpikeNode(
-                name, inputs, shapes[inputs[0]], read_threshold(n, key_name, shapes[inputs[0]]), leak_value
-            )
-        else:
-            raise ValueError(f"{path}: node {key_name!r} of type {type(n).__name__} is not supported")
+            elif isinstance(n, nir.Conv2d):
+                c, h, w = shapes[inputs[0]]
+                weight = _array(n.weight, f"the weights of {key_name!r}", path)
+                k = weight.shape[2:]
+                stride, pad, dil = (
+                    tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.stride, n.padding, n.dilation)
+                )
+                out = tuple(
+                    (size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in zip((h, w), pad, dil, k, stride)
+                )
+                node = Conv2dNode(name, inputs, (weight.shape[0], *out), weight, _array(n.bias, f"the bias of {key_name!r}", path),
+                                  stride, pad, dil, int(n.groups))  # fmt: skip
+            elif isinstance(n, (nir.AvgPool2d, nir.SumPool2d)):
+                c, h, w = shapes[inputs[0]]
+                k, s, p = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.kernel_size, n.stride, n.padding))
+                out = tuple((size + 2 * pp - kk) // ss + 1 for size, pp, kk, ss in zip((h, w), p, k, s))
+                kind = AvgPool2dNode if isinstance(n, nir.AvgPool2d) else SumPool2dNode
+                node = kind(name, inputs, (c, *out), k, s, p)
+            elif isinstance(n, nir.Flatten):
+                node = FlattenNode(name, inputs, (int(np.prod(shapes[inputs[0]])),))
+            elif isinstance(n, nir.IF) or (isinstance(n, nir.CubaLIF) and lif_is_if):
+                if not (np.all(n.r == 1) and (n.v_reset is None or np.all(n.v_reset == 0))):
+                    raise ValueError(f"{path}: {type(n).__name__} node {key_name!r} must have r = 1 and v_reset = 0")
+                # In a file that runs in time an IF carries its membrane from step to step (leak 1).
+                node = SpikeNode(name, inputs, shapes[inputs[0]], read_threshold(n, key_name, shapes[inputs[0]]),
+                                 1.0 if "whetstone_dt" in source.metadata else 0.0)  # fmt: skip
+            elif isinstance(n, nir.LIF):  # a temporal graph's neuron: v = leak * v + input for r = tau / dt, v_leak = 0
+                tau = _array(n.tau, f"the time constants of {key_name!r}", path)
+                leak = np.unique(1.0 - np.float32(dt) / tau)
+                if leak.size != 1 or not (
+                    np.allclose(n.r * dt / tau, 1) and np.all(n.v_leak == 0) and np.all(n.v_reset == 0)
+                ):
+                    raise ValueError(
+                        f"{path}: LIF node {key_name!r} must have one tau, r = tau / dt, v_leak = 0 and v_reset = 0"
+                    )
+                leak_value = float(getattr(n, "metadata", {}).get("whetstone_leak", round(float(leak[0]), 6)))
+                node = SpikeNode(
+                    name, inputs, shapes[inputs[0]], read_threshold(n, key_name, shapes[inputs[0]]), leak_value
+                )
+            else:
+                raise ValueError(f"{path}: node {key_name!r} of type {type(n).__name__} is not supported")
+        except ValueError as error:
+            if str(error).startswith(f"{path}:"):
+                raise
+            raise ValueError(f"{path}: node {key_name!r} ({type(n).__name__}) is malformed: {_reason(error)}") from None
+        except (KeyError, TypeError, ZeroDivisionError, IndexError, AttributeError, OverflowError) as error:
+            raise ValueError(f"{path}: node {key_name!r} ({type(n).__name__}) is malformed: {_reason(error)}") from None
         nodes.append(node)
         shapes[name] = node.shape
     if output is None:

@@ -77,6 +77,17 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic", repla
             f"path {str(path)!r}: target {chosen.name!r} is written as {chosen.format.upper()}; name the file "
             f"{path.stem or 'model'}.{chosen.format}"
         )
+    prepared = _prepared(graph, chosen)
+    if chosen.write is not None:
+        return chosen.write(prepared, path, replace)
+    if chosen.format == "onnx":
+        return write_onnx(prepared, path, replace)
+    return write_nir(prepared, path, chosen.style, replace)
+
+
+def _prepared(graph: SpikingGraph, chosen: Target) -> SpikingGraph:
+    """``graph`` rewritten for ``chosen``, or the ``DeployError`` that says, by layer, why it cannot be: what
+    export writes and what a fit report checks are one and the same."""
     if graph.is_temporal and not chosen.runs_in_time:
         raise DeployError(
             f"--target {chosen.name}: the graph runs in time (recurrent edges or leaky membranes), which whetstone "
@@ -87,12 +98,7 @@ def export(graph: SpikingGraph, path: str | Path, target: str = "generic", repla
             f"--target {chosen.name}: the graph's output is read as membrane potentials (readout={graph.readout!r}), "
             "which whetstone writes as the generic NIR file only"
         )
-    prepared = chosen.prepare(graph)
-    if chosen.write is not None:
-        return chosen.write(prepared, path, replace)
-    if chosen.format == "onnx":
-        return write_onnx(prepared, path, replace)
-    return write_nir(prepared, path, chosen.style, replace)
+    return chosen.prepare(graph)
 
 
 def verify(
@@ -209,4 +215,5 @@ def fit_report(graph: SpikingGraph, chip: str) -> FitReport:
     chosen = get_target(chip)
     if chosen.fit is None:
         raise ValueError(f"{chip!r} is not a chip with a fit report; choose one of {', '.join(CHIPS)}")
+    _prepared(graph.check(), chosen)  # a graph export refuses for this chip does not fit it either
     return chosen.fit(graph)

@@ -18,4 +18,6 @@ TARGET = Target(
     summary="portable NIR: Affine, Conv2d, Flatten, SumPool2d, IF (v > v_threshold)",
     style=GENERIC,
     runs_in_time=True,
+    unavailable="the generic file names no software of its own; run it in the reference simulator (whetstone simulate "
+    "FILE --dataset D), or write the file for a consumer and verify it there (export --target norse --verify)",
 )
