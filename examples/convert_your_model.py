@@ -4,6 +4,8 @@ network and a NIR file, in one page.
 
     python examples/convert_your_model.py --data-dir ../shared/data            # full MNIST (docs/results.md)
     python examples/convert_your_model.py --dataset mnist-mini --epochs 1 1    # the bundled digits, a minute
+    python examples/convert_your_model.py --network densenet --data-dir ../shared/data   # a DenseNet instead:
+        # concatenations of spikes and of convolutions, batch norm after them, average-pooled transitions
 
 1. Train the ordinary ReLU network (or load yours).
 2. ``ws.spikify(model, num_classes=10)``: every activation call site becomes a spiking activation, the fc
@@ -73,11 +75,67 @@ class ResNet18(nn.Module):  # torchvision's layout [2, 2, 2, 2]; a 3x3 stem with
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class DenseLayer(nn.Module):  # DenseNet: each layer reads the concatenation of every earlier output
+    def __init__(self, inputs: int, growth: int, width: int) -> None:
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(inputs), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(inputs, width * growth, 1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(width * growth), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features):
+        joined = torch.cat(features, 1)  # batch norm after a concatenation of spikes and of convolutions
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(joined))))))
+
+
+class DenseBlock(nn.ModuleDict):
+    def __init__(self, layers: int, inputs: int, growth: int, width: int) -> None:
+        super().__init__({f"denselayer{i + 1}": DenseLayer(inputs + i * growth, growth, width) for i in range(layers)})
+
+    def forward(self, init):
+        features = [init]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class DenseNet(nn.Module):  # torchvision's layout, small: growth 4, two blocks of two layers
+    def __init__(self, growth=4, blocks=(2, 2), init=8, channels=1, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, init, 3, padding=1, bias=False),
+            nn.BatchNorm2d(init),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        channels = init
+        for index, layers in enumerate(blocks):
+            self.features.add_module(f"denseblock{index + 1}", DenseBlock(layers, channels, growth, 2))
+            channels += layers * growth
+            if index != len(blocks) - 1:  # a transition: batch norm, ReLU, 1x1 conv, average pooling (linear output)
+                self.features.add_module(f"transition{index + 1}", nn.Sequential(
+                    nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, channels // 2, 1, bias=False),
+                    nn.AvgPool2d(2, 2)))  # fmt: skip
+                channels //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.features(x), inplace=True)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+
 def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder holding mnist/ (default: $WHETSTONE_DATA)")
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "mnist-mini", "cifar10"])
-    parser.add_argument("--width", type=COUNT, default=16, help="channels of the first stage (torchvision: 64)")
+    parser.add_argument("--network", default="resnet18", choices=["resnet18", "densenet"])
+    parser.add_argument(
+        "--width",
+        type=COUNT,
+        default=16,
+        help="ResNet: channels of the first stage (torchvision: 64); DenseNet: the growth rate (torchvision: 32)",
+    )
     parser.add_argument("--epochs", type=COUNT, nargs=2, default=[4, 6], metavar=("RELU", "SHARPEN"))
     parser.add_argument("--out", default="runs/convert", help="folder for the NIR file")
     parser.add_argument("--threads", type=COUNT, default=torch.get_num_threads())
@@ -95,13 +153,16 @@ def main() -> None:
     started = time.perf_counter()
 
     # 1. The ordinary network: plain PyTorch training (any trained model of yours would do).
-    model = ResNet18(args.width, channels=shape[0], num_classes=len(train.classes))
+    if args.network == "densenet":
+        model = DenseNet(args.width, (4, 4, 4), 2 * args.width, channels=shape[0], num_classes=len(train.classes))
+    else:
+        model = ResNet18(args.width, channels=shape[0], num_classes=len(train.classes))
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     ws.Trainer(model, optimizer, progress=False).fit(loader, args.epochs[0])
     relu_accuracy = ws.evaluate(model, test_loader)[1]
-    print(f"1. ReLU ResNet-18 (width {args.width}): {relu_accuracy:.2%} after {args.epochs[0]} epochs", flush=True)
+    print(f"1. ReLU {args.network} (width {args.width}): {relu_accuracy:.2%} after {args.epochs[0]} epochs", flush=True)
 
-    # 2. Convert: one spiking activation per call site (17 of them here), and an N-hot spiking head.
+    # 2. Convert: one spiking activation per call site (17 in the ResNet), and an N-hot spiking head.
     spiking = ws.spikify(model, num_classes=len(train.classes), key_width=10 * len(train.classes))
     layers = ws.spiking_layers(spiking)
     print(f"2. spikified: {len(layers)} spiking layers; before sharpening {ws.evaluate(spiking, test_loader)[1]:.2%}")
@@ -124,7 +185,7 @@ def main() -> None:
         predictions = torch.cat([spiking(x).argmax(1) for x, _ in test_loader]).numpy()
     agreement = (simulated.predictions == predictions).mean()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = export(graph, Path(args.out) / "resnet18.nir")  # the generic NIR file
+    path = export(graph, Path(args.out) / f"{args.network}.nir")  # the generic NIR file
     print(f"4. simulator: {simulated.accuracy(test.labels.numpy()):.2%}, the same class as PyTorch on {agreement:.2%} of "
           f"{len(images):,} test images; {simulated.synaptic_ops()[1]:,.0f} synaptic events per image; wrote {path}")  # fmt: skip
     print(f"done in {time.perf_counter() - started:.0f} s")

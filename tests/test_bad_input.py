@@ -508,7 +508,7 @@ def _concatenating_model() -> ws.SpikingClassifier:
 
         def forward(self, x):
             x = self.spike(self.conv(x))
-            return self.out(self.fc(torch.cat([x, x], 1).flatten(1)))
+            return self.out(self.fc(torch.cat([x, x], 2).flatten(1)))  # along the height: not channels
 
     return ws.SpikingClassifier(Concatenate(), torch.eye(2, 20)).eval()
 
@@ -606,8 +606,8 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      "Sequential is a TorchScript module, whose code cannot be converted"),
     ("spikify a head onto a forward that branches on training", lambda: ws.spikify(_branching_model(), num_classes=10), ws.ConversionError,
      "Auxiliary: its forward takes another path in train than in eval mode"),
-    ("graph of a model that concatenates", lambda: ws.to_spiking_graph(_concatenating_model(), (1, 6, 6)), ws.DeployError,
-     "cat() in the forward of features concatenates tensors (DenseNet, Inception, SqueezeNet, ShuffleNet): not supported"),
+    ("graph of a model that concatenates along the height", lambda: ws.to_spiking_graph(_concatenating_model(), (1, 6, 6)),
+     ws.DeployError, "cat() in the forward of features concatenates along dimension 2; only channels (dim=1) deploy"),
     ("graph of a model with a NaN weight", lambda: ws.to_spiking_graph(_nan_model(), (4,)), ws.DeployError,
      "'features.0': its weight holds NaN or infinite values"),
     ("simulate a graph with NaN thresholds", lambda: ws.simulate(_broken_graph("threshold"), np.zeros((1, 4))), ws.DeployError,

@@ -1,8 +1,11 @@
 """Drop-in conversion of networks written the way torchvision writes them (no download: the layouts are
 written out here, smaller): ResNet with BasicBlock and with Bottleneck (one shared nn.ReLU per block,
 downsample shortcuts, adaptive average pooling and an fc head), VGG (features, an adaptive average pool
-with uneven windows, a classifier with Dropout) and MobileNetV2 (depthwise convolutions, ReLU6,
-inverted residuals with linear bottlenecks).
+with uneven windows, a classifier with Dropout), MobileNetV2 (depthwise convolutions, ReLU6, inverted
+residuals with linear bottlenecks), DenseNet (concatenations of spikes and of convolutions, batch norm after
+them, average-pooled transitions), SqueezeNet (Fire modules: two expansions concatenated) and GoogLeNet
+(Inception branches concatenated, one behind a max pooling); and a timm-style network (batch norm and
+activation in one module with its own forward, stochastic depth).
 
 Each is spikified with an N-hot head, given batch-norm statistics, sharpened to 1, and deployed: the
 simulator gives the class PyTorch gives on every input (both in float64, where only a true tie could
@@ -164,13 +167,86 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+class Fire(nn.Module):  # SqueezeNet: squeeze, then two expansions concatenated
+    def __init__(self, inputs: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze, self.squeeze_activation = nn.Conv2d(inputs, squeeze, 1), nn.ReLU(inplace=True)
+        self.expand1x1, self.expand1x1_activation = nn.Conv2d(squeeze, expand, 1), nn.ReLU(inplace=True)
+        self.expand3x3, self.expand3x3_activation = nn.Conv2d(squeeze, expand, 3, padding=1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat(
+            [self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1
+        )
+
+
+class SqueezeNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, ceil_mode=True), Fire(16, 4, 8), Fire(16, 4, 8))  # fmt: skip
+        # torchvision's head (a 1x1 conv to the classes, then averaging) ends in class scores, not spikes; spikify
+        # asks for a Linear classifier instead, as here (the pooled spikes are its input)
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, num_classes)
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class Inception(nn.Module):  # GoogLeNet: four branches, each ending in a ReLU, concatenated
+    def __init__(self, inputs: int, width: int) -> None:
+        super().__init__()
+
+        def conv(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out),
+                                 nn.ReLU(inplace=True))  # fmt: skip
+
+        self.branch1 = conv(inputs, width, 1)
+        self.branch2 = nn.Sequential(conv(inputs, width, 1), conv(width, width, 3))
+        self.branch3 = nn.Sequential(conv(inputs, width, 1), conv(width, width, 3))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(inputs, width, 1))
+
+    def forward(self, x):
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class GoogLeNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.inception3a, self.inception3b = Inception(8, 4), Inception(16, 4)
+        self.avgpool, self.dropout, self.fc = nn.AdaptiveAvgPool2d((1, 1)), nn.Dropout(0.2), nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.inception3b(self.inception3a(self.conv1(x)))
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+
+
 NETWORKS = {
     "resnet-basicblock": lambda: ResNet(BasicBlock, [2, 2]),
     "resnet-bottleneck": lambda: ResNet(Bottleneck, [1, 2], width=4),
     "vgg": VGG,
     "mobilenet-v2": MobileNetV2,
+    "densenet": lambda: _example().DenseNet(channels=3),
+    "squeezenet": SqueezeNet,
+    "googlenet": GoogLeNet,
 }
 SHAPE = (3, 16, 16)
+
+
+def _example():
+    """examples/convert_your_model.py as a module: its DenseNet layout is the one tested here."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "convert_your_model.py"
+    spec = importlib.util.spec_from_file_location("convert_your_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _statistics(model: nn.Module) -> nn.Module:

@@ -169,17 +169,19 @@ def spikify(
     calls = [site.module for site in sites if site.module is not None]
     if not sites and not inner:
         warnings.warn(f"spikify found no activation in {type(model).__name__}: nothing to sharpen", stacklevel=2)
+    kinds = _value_kinds(traced.graph, modules, {site.node for site in sites})
+    unspiked = [arg for node in traced.graph.nodes if (arg := _real_into_synapses(node, modules, kinds)) is not None]
+    in_place = num_classes is None and not unspiked and len(calls) == len(sites) == len(set(calls))
+    if not in_place:
+        _check_same_in_both_modes(model, traced)  # before anything of the model is changed
     for path, kind in inner:  # inside a module that keeps its own forward: converted in place
         if kind != "spiking":
             set_submodule(model, path, _spiking_for(kind, activation, sharpness))
-    kinds = _value_kinds(traced.graph, modules, {site.node for site in sites})
-    unspiked = [arg for node in traced.graph.nodes if (arg := _real_into_synapses(node, modules, kinds)) is not None]
-    if num_classes is None and not unspiked and len(calls) == len(sites) == len(set(calls)):
+    if in_place:
         for site in sites:  # one module per call site: replace in place, keep the model's class and its forward
             if site.kind != "spiking":
                 set_submodule(model, site.module, _spiking_for(site.kind, activation, sharpness))
         return _checked(model, input_shape)
-    _check_same_in_both_modes(model, traced)
     graph, result = traced.graph, traced  # a GraphModule over model's own submodules
     taken = {name for name, _ in model.named_modules()}
     seen: set[str] = set()

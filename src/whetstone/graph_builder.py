@@ -6,7 +6,8 @@ Average pooling (also ``AdaptiveAvgPool2d``) is sum pooling whose ``1 / window``
 weights of the layer it feeds or into the threshold of the spiking layer it feeds; uneven adaptive windows
 fold into a following Linear. A model may max-pool the membrane potentials right before a spiking
 activation (``conv - pool - spike``); since a threshold is monotone, that is written exactly as spike, then
-max pooling.
+max pooling. Concatenation along channels is a sum of placements (synapses of weight 1 into each part's
+channels of the whole), fused into the layer that computes a part wherever that layer feeds nothing else.
 """
 
 from __future__ import annotations
@@ -98,11 +99,14 @@ class _GraphBuilder:
         self.output: str | None = None
         # Max pooling of potentials whose only user is a spiking activation: fx node -> (input shape, node to add).
         self.pools_before_spike: dict[torch.fx.Node, tuple[tuple[int, ...], MaxPool2dNode]] = {}
+        # Nodes that place one concatenated part in its channels (see concatenate): fused away where they can be.
+        self.placements: set[str] = set()
 
     # -- the walk ------------------------------------------------------------------------------
     def build(self) -> SpikingGraph:
         for fx_node in self.traced.graph.nodes:
             self._handler(fx_node)(fx_node)
+        self._fuse_placements()
         if self.output is not None and self.readout == "membrane":
             self.key = torch.eye(int(np.prod(self._graph_node(self.output).shape)))
         if self.output is None or self.key is None:
@@ -139,6 +143,8 @@ class _GraphBuilder:
             fx_node.op == "call_function" and fx_node.target is torch.mean
         ):
             return self.spatial_mean
+        if fx_node.op == "call_function" and fx_node.target in (torch.cat, torch.concat):
+            return self.concatenate
         return self.unsupported_call
 
     # -- helpers -------------------------------------------------------------------------------
@@ -354,11 +360,11 @@ class _GraphBuilder:
     ) -> None:
         """Average pooling = sum pooling (an exact count of the inputs) whose 1 / window scale waits in the term."""
         name = _name(fx_node)
-        term = self._one_term(fx_node, name)
-        if term.spatial is not None:
+        terms = self._terms(fx_node)  # a sum (a concatenation's placements) pools as one: pooling is linear
+        if any(term.spatial is not None for term in terms) or len({term.scale for term in terms}) != 1:
             raise DeployError(f"{name}: pooling of unevenly averaged values cannot be folded")
-        node = SumPool2dNode(name, [term.name], self._shape(fx_node), kernel, stride, padding)
-        self._add(fx_node, node, _Term(name, term.scale / (kernel[0] * kernel[1]), pooled_by=name))
+        node = SumPool2dNode(name, [term.name for term in terms], self._shape(fx_node), kernel, stride, padding)
+        self._add(fx_node, node, _Term(name, terms[0].scale / (kernel[0] * kernel[1]), pooled_by=name))
 
     def spatial_mean(self, fx_node: torch.fx.Node) -> None:
         """``x.mean((2, 3))``: global average pooling (a sum over the whole map, its ``1 / (h w)`` folded into what
@@ -403,10 +409,59 @@ class _GraphBuilder:
 
     def decoder(self, fx_node: torch.fx.Node) -> None:
         inputs = self._plain(fx_node, f"the decoder {fx_node.target!r}")
+        if any(name in self.placements for name in inputs):
+            raise DeployError(f"the decoder {fx_node.target!r} reads a concatenation: give it one spiking layer")
         self._require_binary(inputs, f"the decoder {fx_node.target!r}")
         self.output = _single(inputs, "the decoder")
         self.key = self.modules[fx_node.target].key
         self.alias[fx_node] = []
+
+    def concatenate(self, fx_node: torch.fx.Node) -> None:
+        """``torch.cat`` along channels (or features) is a sum of placements: each part's values, through synapses
+        of weight 1, into its own channels of the whole (a 1x1 convolution, or a Linear, zero elsewhere). Spikes
+        stay spikes; a part that is a layer's real output has its placement fused into that layer's weights once
+        the graph is complete (:meth:`_fuse_placements`), so no extra layer is left between neurons."""
+        parts = fx_node.args[0] if fx_node.args else fx_node.kwargs.get("tensors")
+        dim = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("dim", 0)
+        shape = self._shape(fx_node)
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, torch.fx.Node) for p in parts):
+            self.unsupported_call(fx_node)
+        if dim % (len(shape) + 1) != 1:
+            raise DeployError(
+                f"{describe_call(fx_node)} concatenates along dimension {dim}; only channels (dim=1) deploy"
+            )
+        stem, offset, terms = _owned_name(fx_node), 0, []
+        for index, part in enumerate(parts):
+            width = self._shape(part)[0]
+            for number, term in enumerate(self.alias[part]):
+                if term.spatial is not None:
+                    raise DeployError(f"{stem}: concatenates unevenly averaged values, which cannot be folded")
+                name = f"{stem}.part{index}" + (f"_{number}" if number else "")
+                self.nodes.append(_placement(name, term, self._shape(part), shape, offset))
+                self.origin[name] = self.origin[term.name]  # placed spikes are spikes
+                self.placements.add(name)
+                terms.append(_Term(name))
+            offset += width
+        self.alias[fx_node] = terms
+
+    def _fuse_placements(self) -> None:
+        """A placement whose input is a layer that feeds nothing else becomes part of that layer: its weights and
+        bias written into the concatenated channels (zero elsewhere). Placements of spikes stay (weight-1 synapses)."""
+        users = {node.name: [] for node in self.nodes}
+        for node in self.nodes:
+            for name in node.inputs:
+                users[name].append(node)
+        for placement in [node for node in self.nodes if node.name in self.placements]:
+            source = self._graph_node(placement.inputs[0])
+            if not isinstance(source, WEIGHTED_NODES) or len(users[source.name]) != 1 or source.name == self.output:
+                continue
+            fused = _fused(placement, source)
+            self.nodes[self.nodes.index(source)] = fused
+            self.nodes.remove(placement)
+            for node in self.nodes:
+                node.inputs = [fused.name if name == placement.name else name for name in node.inputs]
+            if self.output == placement.name:
+                self.output = fused.name
 
     def skip_sum(self, fx_node: torch.fx.Node) -> None:
         terms = [a for a in fx_node.args if isinstance(a, torch.fx.Node)]
@@ -443,11 +498,44 @@ _WHY_NOT = {
     "mul": "multiplies two values (a squeeze-and-excitation or attention gate): integrate-and-fire neurons only add; "
     "build the model without the gate (timm: se_layer=None)",
     "mul_": "multiplies two values in place (a gate): integrate-and-fire neurons only add",
-    "cat": "concatenates tensors (DenseNet, Inception, SqueezeNet, ShuffleNet): not supported by whetstone's graph yet",
-    "chunk": "splits a tensor into parts (ShuffleNet): not supported by whetstone's graph yet",
+    "chunk": "splits a tensor into parts (ShuffleNet's channel split): not supported by whetstone's graph yet",
     "split": "splits a tensor into parts: not supported by whetstone's graph yet",
     "interpolate": "up-samples, which NIR cannot express",
 }
+
+
+def _owned_name(fx_node: torch.fx.Node) -> str:
+    """A function call's name under the module whose forward makes it (``features.block1.cat``)."""
+    owner = list((fx_node.meta.get("nn_module_stack") or {}).values())
+    return f"{owner[-1][0]}.{fx_node.name}" if owner and owner[-1][0] else fx_node.name
+
+
+def _placement(name: str, term: _Term, part: tuple[int, ...], whole: tuple[int, ...], offset: int) -> GraphNode:
+    """Synapses of weight ``term.scale`` from each unit of ``part`` to the same unit, ``offset`` channels on, of
+    ``whole``: a 1x1 convolution for (C, H, W) values, a Linear for flat ones."""
+    matrix = np.zeros((whole[0], part[0]), dtype=np.float32)
+    matrix[offset + np.arange(part[0]), np.arange(part[0])] = term.scale
+    bias = np.zeros(whole[0], np.float32)
+    if len(whole) == 3:
+        return Conv2dNode(name, [term.name], whole, matrix[:, :, None, None], bias, (1, 1), (0, 0), (1, 1), 1)
+    return AffineNode(name, [term.name], whole, matrix, bias)
+
+
+def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
+    """``layer`` followed by ``placement`` as one layer of the same name (grouped convolutions made dense)."""
+    matrix = placement.weight.reshape(len(placement.weight), -1)  # (whole, part)
+    if isinstance(layer, AffineNode):
+        return dataclasses.replace(layer, shape=placement.shape, weight=matrix @ layer.weight, bias=matrix @ layer.bias)
+    weight = layer.weight
+    if layer.groups > 1:  # block-diagonal dense form of a grouped convolution
+        out_per, in_per = len(weight) // layer.groups, weight.shape[1]
+        dense = np.zeros((len(weight), in_per * layer.groups, *weight.shape[2:]), dtype=weight.dtype)
+        for group in range(layer.groups):
+            rows = slice(group * out_per, (group + 1) * out_per)
+            dense[rows, group * in_per : (group + 1) * in_per] = weight[rows]
+        weight = dense
+    fused = np.einsum("oc,cikl->oikl", matrix, weight).astype(np.float32)
+    return dataclasses.replace(layer, shape=placement.shape, weight=fused, bias=matrix @ layer.bias, groups=1)
 
 
 def _name(fx_node: torch.fx.Node) -> str:

@@ -268,6 +268,87 @@ def _channel_synapses(bn: nn.Module, scale: torch.Tensor, shift: torch.Tensor | 
     return layer
 
 
+def _fold_after_concatenation(
+    graph_module: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    concat: torch.fx.Node,
+    bn: nn.Module,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+) -> bool:
+    """``BN(cat(a, b, ...)) = cat(BN_a(a), BN_b(b), ...)``, each part normalised by its own channels' slice: a
+    layer's output (also behind an average pooling, which commutes with a per-channel affine map) gets a folded
+    copy of the layer, anything else explicit synapses of weight ``s``. Returns False (nothing changed) when a
+    part's width is unknown (every part but one must be a layer or carry a shape from a traced run)."""
+    modules = dict(graph_module.named_modules())
+    parts = concat.args[0] if concat.args else concat.kwargs.get("tensors")
+    dim = concat.args[1] if len(concat.args) > 1 else concat.kwargs.get("dim", 0)
+    if (
+        dim not in (1, -3)
+        or not isinstance(parts, (list, tuple))
+        or not all(isinstance(p, torch.fx.Node) for p in parts)
+    ):
+        return False
+    sources = [_behind_pooling(_through_identity(part, modules), modules) for part in parts]
+    widths = [_width(part, layer, modules) for part, (layer, _) in zip(parts, sources, strict=True)]
+    if widths.count(None) > 1:
+        return False
+    if None in widths:
+        widths[widths.index(None)] = len(scale) - sum(w for w in widths if w is not None)
+    if sum(widths) != len(scale) or min(widths) < 1:
+        return False
+    graph, offset, placed = graph_module.graph, 0, []
+    for part, (layer, pools), width in zip(parts, sources, widths, strict=True):
+        piece = slice(offset, offset + width)
+        offset += width
+        with graph.inserting_before(node):
+            if layer is not None:  # a folded copy of the layer, pooled as before
+                path = _free_path(graph_module, f"{layer.target}_folded")
+                graph_module.add_submodule(path, _scaled_layer(modules[layer.target], scale[piece], shift[piece]))
+                value = graph.call_module(path, layer.args)
+                for pool in pools:  # a copy per path: every call of a module is its own layer in the graph
+                    copied = _free_path(graph_module, f"{pool.target}_folded")
+                    graph_module.add_submodule(copied, copy.deepcopy(modules[pool.target]))
+                    value = graph.call_module(copied, (value,))
+            else:
+                path = _free_path(graph_module, f"{node.target}_part{len(placed)}")
+                graph_module.add_submodule(path, _channel_synapses(bn, scale[piece], shift[piece]))
+                value = graph.call_module(path, (part,))
+        placed.append(value)
+    with graph.inserting_before(node):
+        joined = graph.call_function(torch.cat, (placed, 1))
+    node.replace_all_uses_with(joined)
+    return True
+
+
+def _behind_pooling(node: Any, modules: dict[str, nn.Module]) -> tuple[torch.fx.Node | None, list[torch.fx.Node]]:
+    """The weighted layer whose output ``node`` is, directly or through unpadded average poolings (which commute
+    with batch norm's per-channel affine map), and those poolings; ``(None, [])`` for anything else."""
+    pools = []
+    while (
+        isinstance(node, torch.fx.Node)
+        and node.op == "call_module"
+        and isinstance(modules[node.target], (nn.AvgPool2d, nn.AdaptiveAvgPool2d))
+        and not getattr(modules[node.target], "padding", 0)
+    ):
+        pools.append(node)
+        node = _through_identity(node.args[0], modules)
+    if isinstance(node, torch.fx.Node) and node.op == "call_module" and isinstance(modules[node.target], _WEIGHTED):
+        return node, pools[::-1]
+    return None, []
+
+
+def _width(part: torch.fx.Node, layer: torch.fx.Node | None, modules: dict[str, nn.Module]) -> int | None:
+    """The channels of a concatenated part: its traced shape, else its layer's outputs, else unknown."""
+    meta = part.meta.get("tensor_meta")
+    if meta is not None and len(meta.shape) > 1:
+        return int(meta.shape[1])
+    if layer is not None:
+        module = modules[layer.target]
+        return int(module.out_features if isinstance(module, nn.Linear) else module.out_channels)
+    return None
+
+
 def _fold_in_graph(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Fold the batch norms that need the call graph rewritten (see :func:`fold_batchnorm`)."""
     graph = graph_module.graph
@@ -293,6 +374,14 @@ def _fold_in_graph(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
             terms = [_through_identity(arg, modules) for arg in source.args]
             if source.kwargs or not all(isinstance(term, torch.fx.Node) for term in terms):
                 continue
+        elif (
+            isinstance(source, torch.fx.Node)
+            and source.op == "call_function"
+            and source.target in (torch.cat, torch.concat)
+        ):
+            if _fold_after_concatenation(graph_module, node, source, bn, scale, shift):
+                graph.erase_node(node)
+            continue
         else:
             continue  # named by fold_batchnorm's leftover check
         replacements, pending_shift = [], shift
