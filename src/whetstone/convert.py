@@ -231,7 +231,12 @@ def _sites_inside_mode_leaves(traced: torch.fx.GraphModule, modules: dict[str, n
         if inside is None:
             continue
         inner = dict(inside.named_modules())
-        leaf_sites = [site for n in inside.graph.nodes if (site := _site(n, inner)) is not None]
+        try:
+            leaf_sites = [site for n in inside.graph.nodes if (site := _site(n, inner)) is not None]
+        except ConversionError as error:  # named inside the module: say where the module is
+            raise ConversionError(
+                f"{node.target}.{error}" if str(error)[:1].isalnum() else f"{node.target}: {error}"
+            ) from None
         paths = [site.module for site in leaf_sites]
         if None in paths or len(paths) != len(set(paths)):
             raise ConversionError(

@@ -70,7 +70,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = Tru
             except FileExistsError:
                 raise OutputError(errno.EEXIST, f"cannot write {path}: a file appeared there meanwhile (another "
                                   "process?); it was left as it is") from None  # fmt: skip
-            os.unlink(temporary)
+            except OSError as error:  # a file system without hard links: check, then rename (a narrow race)
+                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if path.exists():
+                    raise OutputError(errno.EEXIST, f"cannot write {path}: a file appeared there meanwhile (another "
+                                      "process?); it was left as it is") from None  # fmt: skip
+                os.replace(temporary, path)
+            else:
+                os.unlink(temporary)
         temporary = None
         with contextlib.suppress(OSError):  # make the rename itself durable (best effort)
             directory = os.open(path.parent, os.O_RDONLY)

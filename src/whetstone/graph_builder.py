@@ -637,7 +637,16 @@ def to_spiking_graph(
     try:
         ShapeProp(traced).propagate(example)
     except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
-        raise DeployError(f"model does not accept input of shape {input_shape}: {str(error).splitlines()[0]}") from None
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        try:
+            with torch.no_grad():
+                folded(example)
+        except Exception:  # noqa: BLE001 - the model itself refuses the shape: say that
+            raise DeployError(f"model does not accept input of shape {input_shape}: {reason}") from None
+        raise DeployError(
+            f"{type(model).__name__} runs on input of shape {input_shape}, but its traced graph does not ({reason}): "
+            "torch.fx fixed a Python branch or a shape while tracing; write that part with tensor operations"
+        ) from None
     return _GraphBuilder(traced, input_shape, key, readout).build()
 
 

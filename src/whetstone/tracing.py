@@ -36,20 +36,25 @@ _WEIGHTED = (nn.Linear, *_CONVS, *_TRANSPOSED)
 def _split_norm_and_activation(model: nn.Module) -> None:
     """Replace, in place, each batch norm subclass that also applies ``drop`` and ``act`` after normalising (timm's
     ``BatchNormAct2d``, whose own forward calls the functional batch norm) by ``Sequential(bn, drop, act)`` with a
-    plain batch norm of the same statistics, which folds like any other; ``act`` keeps its module path."""
+    plain batch norm of the same statistics, which folds like any other (``act`` keeps its module path); and a
+    subclass that keeps batch norm's own forward by that plain batch norm."""
     for name, module in list(model.named_modules()):
         kind = next((k for k in _BATCHNORMS if isinstance(module, k)), None)
         if kind is None or type(module) is kind:
             continue
         drop, act = getattr(module, "drop", None), getattr(module, "act", None)
-        if not isinstance(drop, nn.Module) or not isinstance(act, nn.Module):
+        inherited = type(module).forward is nn.modules.batchnorm._BatchNorm.forward  # a subclass in name only
+        if not inherited and (not isinstance(drop, nn.Module) or not isinstance(act, nn.Module)):
             continue
         own = {key: value for key, value in module.state_dict().items() if "." not in key}
         like = module.running_mean if module.running_mean is not None else module.weight
         plain = kind(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
                      device=like.device if like is not None else None, dtype=like.dtype if like is not None else None)  # fmt: skip
         plain.load_state_dict(own)
-        set_submodule(model, name, nn.Sequential(OrderedDict(bn=plain.eval(), drop=drop, act=act)))
+        if inherited and not isinstance(act, nn.Module):
+            set_submodule(model, name, plain.eval())
+        else:
+            set_submodule(model, name, nn.Sequential(OrderedDict(bn=plain.eval(), drop=drop, act=act)))
 
 
 class _LeafTracer(torch.fx.Tracer):
