@@ -4,7 +4,8 @@ downsample shortcuts, adaptive average pooling and an fc head), VGG (features, a
 with uneven windows, a classifier with Dropout), MobileNetV2 (depthwise convolutions, ReLU6, inverted
 residuals with linear bottlenecks), DenseNet (concatenations of spikes and of convolutions, batch norm after
 them, average-pooled transitions), SqueezeNet (Fire modules: two expansions concatenated) and GoogLeNet
-(Inception branches concatenated, one behind a max pooling); and a timm-style network (batch norm and
+(Inception branches concatenated, one behind a max pooling), AlexNet (a strided 5x5 stem, overlapping max
+pooling, a three-layer classifier with Dropout); and a timm-style network (batch norm and
 activation in one module with its own forward, stochastic depth).
 
 Each is spikified with an N-hot head, given batch-norm statistics, sharpened to 1, and deployed: the
@@ -225,6 +226,22 @@ class GoogLeNet(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
 
 
+class AlexNet(nn.Module):  # torchvision's layout, small: large strided first kernel, overlapping max pooling
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 1),
+        )  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(12 * 4, 32), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                        nn.Linear(32, 32), nn.ReLU(inplace=True), nn.Linear(32, num_classes))  # fmt: skip
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 NETWORKS = {
     "resnet-basicblock": lambda: ResNet(BasicBlock, [2, 2]),
     "resnet-bottleneck": lambda: ResNet(Bottleneck, [1, 2], width=4),
@@ -233,6 +250,7 @@ NETWORKS = {
     "densenet": lambda: _example().DenseNet(channels=3),
     "squeezenet": SqueezeNet,
     "googlenet": GoogLeNet,
+    "alexnet": AlexNet,
 }
 SHAPE = (3, 16, 16)
 
