@@ -5,7 +5,8 @@ with uneven windows, a classifier with Dropout), MobileNetV2 (depthwise convolut
 residuals with linear bottlenecks), DenseNet (concatenations of spikes and of convolutions, batch norm after
 them, average-pooled transitions), SqueezeNet (Fire modules: two expansions concatenated) and GoogLeNet
 (Inception branches concatenated, one behind a max pooling), AlexNet (a strided 5x5 stem, overlapping max
-pooling, a three-layer classifier with Dropout); and a timm-style network (batch norm and
+pooling, a three-layer classifier with Dropout), ShuffleNetV2 (a channel split, a join and a channel shuffle
+through a 5-D view); and a timm-style network (batch norm and
 activation in one module with its own forward, stochastic depth).
 
 Each is spikified with an N-hot head, given batch-norm statistics, sharpened to 1, and deployed: the
@@ -242,6 +243,50 @@ class AlexNet(nn.Module):  # torchvision's layout, small: large strided first ke
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+def channel_shuffle(x, groups: int):  # as torchvision writes it: sizes unpacked, a 5-D view, a transpose
+    batchsize, num_channels, height, width = x.size()
+    x = x.view(batchsize, groups, num_channels // groups, height, width)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(batchsize, num_channels, height, width)
+
+
+class ShuffleUnit(nn.Module):  # ShuffleNetV2: split the channels, transform one half, join, shuffle
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.stride, half = stride, outputs // 2
+        self.branch1 = nn.Sequential()
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(inputs, inputs, 3, stride, 1, groups=inputs, bias=False), nn.BatchNorm2d(inputs),
+                nn.Conv2d(inputs, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            )  # fmt: skip
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inputs if stride > 1 else half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+        )  # fmt: skip
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.stage2 = nn.Sequential(ShuffleUnit(8, 16, 2), ShuffleUnit(16, 16, 1))
+        self.conv5 = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv5(self.stage2(self.conv1(x))).mean([2, 3]))  # the mean, as torchvision takes it
+
+
 NETWORKS = {
     "resnet-basicblock": lambda: ResNet(BasicBlock, [2, 2]),
     "resnet-bottleneck": lambda: ResNet(Bottleneck, [1, 2], width=4),
@@ -251,6 +296,7 @@ NETWORKS = {
     "squeezenet": SqueezeNet,
     "googlenet": GoogLeNet,
     "alexnet": AlexNet,
+    "shufflenet-v2": ShuffleNetV2,
 }
 SHAPE = (3, 16, 16)
 
@@ -286,7 +332,10 @@ def _statistics(model: nn.Module) -> nn.Module:
 def converted(request):
     torch.manual_seed(0)
     with torch_threads(1):
-        if request.param == "mobilenet-v2":  # its linear bottlenecks feed the next block: spikes are added there
+        if request.param == "shufflenet-v2":  # its depthwise convolutions feed 1x1 convolutions: spikes there
+            with pytest.warns(UserWarning, match=r"added a spiking activation at stage2\.0\.branch1\.1_spike, "):
+                model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
+        elif request.param == "mobilenet-v2":  # its linear bottlenecks feed the next block: spikes are added there
             with pytest.warns(UserWarning, match=r"added a spiking activation at features\.1\.out_spike, "
                               r"features\.2\.conv\.3_spike, features\.3\.out_spike: "):  # fmt: skip
                 model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)

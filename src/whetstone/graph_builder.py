@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ class _GraphBuilder:
         self.pools_before_spike: dict[torch.fx.Node, tuple[tuple[int, ...], MaxPool2dNode]] = {}
         # Nodes that place one concatenated part in its channels (see concatenate): fused away where they can be.
         self.placements: set[str] = set()
+        # Channel splits (x.chunk(2, 1)): fx node -> the channel ranges of its pieces.
+        self.pieces: dict[torch.fx.Node, list[range]] = {}
+        # Reshapes to shapes no layer holds (a shuffle's 5-D view): fx node -> (the value moved, element numbers).
+        self.pending: dict[torch.fx.Node, tuple[torch.fx.Node, torch.Tensor]] = {}
 
     # -- the walk ------------------------------------------------------------------------------
     def build(self) -> SpikingGraph:
@@ -145,6 +150,14 @@ class _GraphBuilder:
             return self.spatial_mean
         if fx_node.op == "call_function" and fx_node.target in (torch.cat, torch.concat):
             return self.concatenate
+        if "value" in fx_node.meta:  # arithmetic on sizes (x.size(), c // groups): known for this input shape
+            return self.size_arithmetic
+        if fx_node.target in _MOVES:
+            return self.move
+        if fx_node.target in _SPLITS:
+            return self.split
+        if fx_node.op == "call_function" and fx_node.target is operator.getitem and fx_node.args[0] in self.pieces:
+            return self.piece
         return self.unsupported_call
 
     # -- helpers -------------------------------------------------------------------------------
@@ -169,6 +182,11 @@ class _GraphBuilder:
         arg = fx_node.args[0] if fx_node.args else None
         if not isinstance(arg, torch.fx.Node):
             raise DeployError(f"{fx_node.name}: expected a tensor input, got {arg!r}")
+        if arg in self.pending:
+            raise DeployError(
+                f"{describe_call(fx_node)} reads values reshaped to {tuple(self.pending[arg][1].shape[1:])}, which no "
+                "layer of the graph holds: reshape back to (channels, height, width) or flatten first"
+            )
         return self.alias[arg]
 
     def _plain(self, fx_node: torch.fx.Node, what: str) -> list[str]:
@@ -401,8 +419,11 @@ class _GraphBuilder:
         _check_flatten(fx_node.name, start, end)
         self._flatten(fx_node, fx_node.name)
 
-    def _flatten(self, fx_node: torch.fx.Node, name: str) -> None:
-        term = self._one_term(fx_node, name)
+    def _flatten(self, fx_node: torch.fx.Node, name: str, terms: list[_Term] | None = None) -> None:
+        terms = self._terms(fx_node) if terms is None else terms
+        if len(terms) != 1:
+            raise DeployError(f"{name}: expected one input, got the sum of {[t.name for t in terms]}")
+        term = terms[0]
         # A pending uneven pooling is applied by the Linear after this flatten: flatten what it reads.
         shape = (int(np.prod(term.spatial_shape)),) if term.spatial is not None else self._shape(fx_node)
         self._add(fx_node, FlattenNode(name, [term.name], shape), dataclasses.replace(term, name=name))
@@ -444,17 +465,112 @@ class _GraphBuilder:
             offset += width
         self.alias[fx_node] = terms
 
+    def size_arithmetic(self, fx_node: torch.fx.Node) -> None:
+        """``x.size()``, ``c // groups``: numbers fixed by the input shape, not values of the network."""
+        self.alias[fx_node] = []
+
+    @staticmethod
+    def _replayed(fx_node: torch.fx.Node, index: torch.Tensor) -> Any:
+        """A data-moving call replayed on ``index`` (element numbers) with the sizes it was traced with."""
+        args = [a.meta["value"] if isinstance(a, torch.fx.Node) else a for a in fx_node.args[1:]]
+        kwargs = {k: v.meta["value"] if isinstance(v, torch.fx.Node) else v for k, v in fx_node.kwargs.items()}
+        if isinstance(fx_node.target, str):
+            return getattr(index, fx_node.target)(*args, **kwargs)
+        return fx_node.target(index, *args, **kwargs)
+
+    def move(self, fx_node: torch.fx.Node) -> None:
+        """``view``/``reshape``/``transpose``/``permute``/``contiguous``, alone or in a chain: nothing where the
+        elements stay in order (or a flatten), weight-1 synapses into permuted channels where the chain permutes
+        channels (ShuffleNet's shuffle); intermediate shapes wait for the rest of the chain; refused otherwise."""
+        source = fx_node.args[0]
+        if source in self.pending:
+            base, index = self.pending[source]
+        else:
+            base, shape = source, self._shape(source)
+            index = torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape)
+        moved = self._replayed(fx_node, index)
+        base_shape, shape = self._shape(base), tuple(moved.shape[1:])
+        order = moved.reshape(-1).long().numpy()
+        name = _owned_name(fx_node)
+        if np.array_equal(order, np.arange(len(order))) and shape == base_shape:
+            self.alias[fx_node] = self.alias[base]
+        elif np.array_equal(order, np.arange(len(order))) and len(shape) == 1 and len(base_shape) > 1:
+            self._flatten(fx_node, name, self.alias[base])
+        elif len(shape) == 3 and shape == base_shape:
+            channels = order.reshape(shape)[:, 0, 0] // (shape[1] * shape[2])
+            if not np.array_equal(order.reshape(shape), _channel_gather(channels, shape)):
+                raise DeployError(
+                    f"{describe_call(fx_node)} moves values between positions; only a permutation of channels deploys"
+                )
+            self._select(fx_node, channels, shape, f"{name}.order", self.alias[base])
+        else:
+            self.pending[fx_node] = (base, moved)  # an intermediate shape: the calls that follow resolve it
+
+    def split(self, fx_node: torch.fx.Node) -> None:
+        """``x.chunk(n, 1)`` / ``x.split(size, 1)``: each piece a range of channels, taken by :meth:`piece`."""
+        shape = self._shape(fx_node.args[0])
+        pieces = self._replayed(fx_node, torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape))
+        dims = {tuple(piece.shape[2:]) == tuple(shape[1:]) for piece in pieces}
+        if dims != {True} or len(shape) != 3:
+            raise DeployError(f"{describe_call(fx_node)} splits other than along channels; only channel splits deploy")
+        starts = [int(piece.reshape(-1)[0]) // (shape[1] * shape[2]) for piece in pieces]
+        self.pieces[fx_node] = [
+            range(start, start + piece.shape[1]) for start, piece in zip(starts, pieces, strict=True)
+        ]
+        self.alias[fx_node] = []
+
+    def piece(self, fx_node: torch.fx.Node) -> None:
+        split, index = fx_node.args
+        channels = np.array(self.pieces[split][index])
+        source = split.args[0]
+        self._select(fx_node, channels, self._shape(source), f"{_owned_name(fx_node)}.take", self.alias[source])
+
+    def _select(
+        self, fx_node: torch.fx.Node, channels: np.ndarray, shape: tuple[int, ...], stem: str, sources: list[_Term]
+    ) -> None:
+        """Output channel ``k`` is input channel ``channels[k]``: weight-1 synapses (a 1x1 convolution) from each
+        of ``sources`` (the terms of the value moved)."""
+        matrix = np.zeros((len(channels), shape[0]), dtype=np.float32)
+        terms = []
+        for number, term in enumerate(sources):
+            if term.spatial is not None:
+                raise DeployError(f"{stem}: moves unevenly averaged values, which cannot be folded")
+            matrix[:] = 0.0
+            matrix[np.arange(len(channels)), channels] = term.scale
+            name = stem + (f"_{number}" if number else "")
+            node = Conv2dNode(name, [term.name], (len(channels), *shape[1:]), matrix[:, :, None, None].copy(),
+                              np.zeros(len(channels), np.float32), (1, 1), (0, 0), (1, 1), 1)  # fmt: skip
+            self.nodes.append(node)
+            self.origin[name] = self.origin[term.name]  # moved spikes are spikes
+            self.placements.add(name)
+            terms.append(_Term(name))
+        self.alias[fx_node] = terms
+
     def _fuse_placements(self) -> None:
         """A placement whose input is a layer that feeds nothing else becomes part of that layer: its weights and
-        bias written into the concatenated channels (zero elsewhere). Placements of spikes stay (weight-1 synapses)."""
-        users = {node.name: [] for node in self.nodes}
-        for node in self.nodes:
-            for name in node.inputs:
-                users[name].append(node)
-        for placement in [node for node in self.nodes if node.name in self.placements]:
-            source = self._graph_node(placement.inputs[0])
-            if not isinstance(source, WEIGHTED_NODES) or len(users[source.name]) != 1 or source.name == self.output:
-                continue
+        bias written into the placed channels (zero elsewhere), repeated until none is left to fuse (a selection
+        of a shuffle of a concatenation becomes one layer). Placements of spikes stay (weight-1 synapses)."""
+        while True:
+            users: dict[str, int] = {node.name: 0 for node in self.nodes}
+            for node in self.nodes:
+                for name in node.inputs:
+                    users[name] += 1
+            candidates = (
+                (placement, self._graph_node(placement.inputs[0]))
+                for placement in self.nodes
+                if placement.name in self.placements
+            )
+            found = next(
+                (
+                    (placement, source)
+                    for placement, source in candidates
+                    if isinstance(source, WEIGHTED_NODES) and users[source.name] == 1 and source.name != self.output
+                ),
+                None,
+            )
+            if found is None:
+                return
+            placement, source = found
             fused = _fused(placement, source)
             self.nodes[self.nodes.index(source)] = fused
             self.nodes.remove(placement)
@@ -498,10 +614,32 @@ _WHY_NOT = {
     "mul": "multiplies two values (a squeeze-and-excitation or attention gate): integrate-and-fire neurons only add; "
     "build the model without the gate (timm: se_layer=None)",
     "mul_": "multiplies two values in place (a gate): integrate-and-fire neurons only add",
-    "chunk": "splits a tensor into parts (ShuffleNet's channel split): not supported by whetstone's graph yet",
-    "split": "splits a tensor into parts: not supported by whetstone's graph yet",
     "interpolate": "up-samples, which NIR cannot express",
 }
+
+
+#: Calls that only move a tensor's elements, and calls that split one into pieces.
+_MOVES = {"view", "reshape", "transpose", "permute", "contiguous", torch.reshape, torch.transpose, torch.permute}
+_SPLITS = {"chunk", "split", torch.chunk, torch.split}
+
+
+class _ShapesAndSizes(ShapeProp):
+    """Shape propagation that also keeps, in ``node.meta["value"]``, every number a call computes from sizes
+    (``x.size()``, ``c // groups``): fixed for the input shape, so data-moving calls can be replayed."""
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, (int, torch.Size)) or (
+            isinstance(result, tuple) and result and all(isinstance(v, int) for v in result)
+        ):
+            n.meta["value"] = result
+        return result
+
+
+def _channel_gather(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The element indices of taking input channel ``channels[k]`` as output channel ``k`` (positions kept)."""
+    positions = np.arange(shape[1] * shape[2]).reshape(1, shape[1], shape[2])
+    return channels[:, None, None] * (shape[1] * shape[2]) + positions
 
 
 def _owned_name(fx_node: torch.fx.Node) -> str:
@@ -635,7 +773,7 @@ def to_spiking_graph(
         raise DeployError(f"cannot trace {type(model).__name__} with torch.fx: {why_untraceable(error)}") from None
     example = torch.zeros(1, *input_shape)
     try:
-        ShapeProp(traced).propagate(example)
+        _ShapesAndSizes(traced).propagate(example)
     except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
         reason = " ".join(str(error).split())[:300] or type(error).__name__
         try:
