@@ -112,6 +112,8 @@ def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, traine
     failed = {c.limit: c.value for c in xylo.failures()}
     assert failed["<= 16 input channels"] == "784" and int(failed["<= 8 output neurons"]) > 8
     assert not xylo.fits and "<= 1000 neurons in all" not in failed  # its hidden layers fit
+    biases = failed["no Affine biases (the Xylo mapper does not transfer them)"]  # the mapper would drop them
+    assert biases.startswith("3 layer(s) with biases up to |")
     assert "Xylo Audio 2 (SYNS61201): the network does NOT fit" in xylo.table()
     with pytest.raises(ValueError, match="'norse' is not a chip with a fit report; choose one of speck"):
         fit_report(conv, "norse")

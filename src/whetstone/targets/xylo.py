@@ -11,6 +11,9 @@ an IF; it fires on ``V >= threshold`` (thresholds stored as trained) with severa
 given flat (the leading flatten is dropped). Chip limits (rockpool 3.1.0,
 ``devices/xylo/syns61201``): 16 input channels, 1000 hidden neurons, 8 output neurons (``xa2_devkit_utils``,
 ``xylo_mapper.mapper``), int8 weights and int16 thresholds (``xylo_mapper``); the inputs are event counts.
+Its mapper does not transfer Affine biases: the fit report fails a file that holds any (moving them into the
+thresholds is exact only where the thresholds stay positive, which Rockpool's neurons need: a threshold of 0
+gave NaN spikes in LIFTorch).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.nir import NirStyle
-from ..graph import SpikingGraph
+from ..graph import AffineNode, SpikingGraph
 from .base import FitCheck, FitReport, Target, at_most_bits, dense_only, populations, weight_bits_check
 
 STYLE = NirStyle(target="rockpool", fires_on=">=", neuron="CubaLIF",
@@ -52,6 +55,22 @@ def fit(graph: SpikingGraph) -> FitReport:
     report.checks.append(FitCheck(layers[-1].name if layers else "output", f"<= {OUTPUTS} output neurons", f"{outputs}",
                                   outputs <= OUTPUTS, f"{SOURCE}/xylo_mapper.py"))  # fmt: skip
     report.checks.append(weight_bits_check(graph, WEIGHT_BITS, f"{SOURCE}/xylo_mapper.py"))
+    if not kinds:  # the file as it is written (8-bit): what the mapper would make of its biases and thresholds
+        written = _prepare(graph)
+        biased = [node for node in written.nodes if isinstance(node, AffineNode) and np.any(node.bias != 0)]
+        largest = max((float(np.abs(node.bias).max()) for node in biased), default=0.0)
+        report.checks.append(FitCheck("network", "no Affine biases (the Xylo mapper does not transfer them)",
+                                      f"{len(biased)} layer(s) with biases up to |{largest:g}|" if biased else "none",
+                                      not biased, f"{SOURCE}/xylo_mapper.py"))  # fmt: skip
+        for spike in written.spiking_nodes():
+            low, high = float(spike.threshold.min()), float(spike.threshold.max())
+            fits = (
+                bool(np.all(spike.threshold == np.round(spike.threshold)))
+                and high < 2 ** (THRESHOLD_BITS - 1)
+                and low > 0
+            )
+            report.checks.append(FitCheck(spike.name, f"positive integer thresholds of {THRESHOLD_BITS} bits",
+                                          f"{low:g} to {high:g}", fits, f"{SOURCE}/xylo_mapper.py"))  # fmt: skip
     report.notes.append(
         "an N-hot output code needs N x classes output neurons: 8 allow at most 8 classes with a 1-hot code"
     )
