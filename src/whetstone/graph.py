@@ -48,6 +48,7 @@ __all__ = [
     "SpikeNode",
     "SpikingGraph",
     "SumPool2dNode",
+    "dense_weight",
 ]
 
 
@@ -304,6 +305,19 @@ class SpikingGraph:
         return "\n".join(lines)
 
     __repr__ = summary
+
+
+def dense_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The (out, in, kh, kw) weights of a grouped convolution as one ungrouped convolution (zeros between groups)."""
+    if groups == 1:
+        return weight
+    out_channels, per_group, kh, kw = weight.shape
+    dense = np.zeros((out_channels, per_group * groups, kh, kw), dtype=weight.dtype)
+    per_out = out_channels // groups
+    for group in range(groups):
+        rows, cols = slice(group * per_out, (group + 1) * per_out), slice(group * per_group, (group + 1) * per_group)
+        dense[rows, cols] = weight[rows]
+    return dense
 
 
 def _check_geometry(node: GraphNode, shapes: dict[str, tuple[int, ...]]) -> None:

@@ -41,6 +41,7 @@ from .graph import (
     SpikeNode,
     SpikingGraph,
     SumPool2dNode,
+    dense_weight,
 )
 from .sharpen import set_model_sharpness
 from .tracing import describe_call, fold_batchnorm, trace, why_untraceable
@@ -530,17 +531,14 @@ class _GraphBuilder:
     ) -> None:
         """Output channel ``k`` is input channel ``channels[k]``: weight-1 synapses (a 1x1 convolution) from each
         of ``sources`` (the terms of the value moved)."""
-        matrix = np.zeros((len(channels), shape[0]), dtype=np.float32)
         terms = []
         for number, term in enumerate(sources):
             if term.spatial is not None:
                 raise DeployError(f"{stem}: moves unevenly averaged values, which cannot be folded")
-            matrix[:] = 0.0
+            matrix = np.zeros((len(channels), shape[0]), dtype=np.float32)
             matrix[np.arange(len(channels)), channels] = term.scale
             name = stem + (f"_{number}" if number else "")
-            node = Conv2dNode(name, [term.name], (len(channels), *shape[1:]), matrix[:, :, None, None].copy(),
-                              np.zeros(len(channels), np.float32), (1, 1), (0, 0), (1, 1), 1)  # fmt: skip
-            self.nodes.append(node)
+            self.nodes.append(_routing(name, term.name, matrix, (len(channels), *shape[1:])))
             self.origin[name] = self.origin[term.name]  # moved spikes are spikes
             self.placements.add(name)
             terms.append(_Term(name))
@@ -653,10 +651,16 @@ def _placement(name: str, term: _Term, part: tuple[int, ...], whole: tuple[int, 
     ``whole``: a 1x1 convolution for (C, H, W) values, a Linear for flat ones."""
     matrix = np.zeros((whole[0], part[0]), dtype=np.float32)
     matrix[offset + np.arange(part[0]), np.arange(part[0])] = term.scale
-    bias = np.zeros(whole[0], np.float32)
-    if len(whole) == 3:
-        return Conv2dNode(name, [term.name], whole, matrix[:, :, None, None], bias, (1, 1), (0, 0), (1, 1), 1)
-    return AffineNode(name, [term.name], whole, matrix, bias)
+    return _routing(name, term.name, matrix, whole)
+
+
+def _routing(name: str, source: str, matrix: np.ndarray, shape: tuple[int, ...]) -> GraphNode:
+    """Synapses ``matrix`` (out, in) from ``source`` to each position of a value of ``shape``, no bias: a 1x1
+    convolution for (C, H, W) values, a Linear for flat ones."""
+    bias = np.zeros(len(matrix), np.float32)
+    if len(shape) == 3:
+        return Conv2dNode(name, [source], shape, matrix[:, :, None, None].copy(), bias, (1, 1), (0, 0), (1, 1), 1)
+    return AffineNode(name, [source], shape, matrix.copy(), bias)
 
 
 def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
@@ -664,15 +668,7 @@ def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
     matrix = placement.weight.reshape(len(placement.weight), -1)  # (whole, part)
     if isinstance(layer, AffineNode):
         return dataclasses.replace(layer, shape=placement.shape, weight=matrix @ layer.weight, bias=matrix @ layer.bias)
-    weight = layer.weight
-    if layer.groups > 1:  # block-diagonal dense form of a grouped convolution
-        out_per, in_per = len(weight) // layer.groups, weight.shape[1]
-        dense = np.zeros((len(weight), in_per * layer.groups, *weight.shape[2:]), dtype=weight.dtype)
-        for group in range(layer.groups):
-            rows = slice(group * out_per, (group + 1) * out_per)
-            dense[rows, group * in_per : (group + 1) * in_per] = weight[rows]
-        weight = dense
-    fused = np.einsum("oc,cikl->oikl", matrix, weight).astype(np.float32)
+    fused = np.einsum("oc,cikl->oikl", matrix, dense_weight(layer.weight, layer.groups)).astype(np.float32)
     return dataclasses.replace(layer, shape=placement.shape, weight=fused, bias=matrix @ layer.bias, groups=1)
 
 

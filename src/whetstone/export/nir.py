@@ -50,6 +50,7 @@ from ..graph import (
     SpikeNode,
     SpikingGraph,
     SumPool2dNode,
+    dense_weight,
 )
 
 __all__ = ["GENERIC", "NirStyle", "nir_name", "read_nir", "to_nir", "write_nir"]
@@ -139,7 +140,7 @@ class _NirWriter:
     def conv2d(self, node: Conv2dNode) -> None:
         # nir 1.0.8 takes a grouped convolution's input channels from weight.shape[1] (ignoring groups), so a
         # file with one fails nir's own type check when read: write it as the dense block-diagonal equivalent.
-        weight = _dense(node.weight, node.groups)
+        weight = dense_weight(node.weight, node.groups)
         self.add(node, self.nir.Conv2d(
             input_shape=tuple(self.shapes[node.inputs[0]][1:]), weight=weight, stride=node.stride,
             padding=node.padding, dilation=node.dilation, groups=1, bias=node.bias, metadata=self.meta(node),
@@ -196,19 +197,6 @@ class _NirWriter:
     def flatten(self, node: FlattenNode) -> None:
         self.add(node, self.nir.Flatten(input_type={"input": np.array(self.shapes[node.inputs[0]])}, start_dim=0,
                                         metadata=self.meta(node)))  # fmt: skip
-
-
-def _dense(weight: np.ndarray, groups: int) -> np.ndarray:
-    """The (out, in, kh, kw) weights of a grouped convolution as one ungrouped convolution (zeros between groups)."""
-    if groups == 1:
-        return weight
-    out_channels, per_group, kh, kw = weight.shape
-    dense = np.zeros((out_channels, per_group * groups, kh, kw), dtype=weight.dtype)
-    per_out = out_channels // groups
-    for group in range(groups):
-        rows, cols = slice(group * per_out, (group + 1) * per_out), slice(group * per_group, (group + 1) * per_group)
-        dense[rows, cols] = weight[rows]
-    return dense
 
 
 #: The writer method of each node type.
