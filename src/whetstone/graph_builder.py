@@ -231,8 +231,8 @@ class _GraphBuilder:
             return all(self._spikes_or_input(source) for source in node.inputs)
         return isinstance(node, InputNode)
 
-    def _one_term(self, fx_node: torch.fx.Node, what: str) -> _Term:
-        terms = self._terms(fx_node)
+    def _one_term(self, fx_node: torch.fx.Node, what: str, terms: list[_Term] | None = None) -> _Term:
+        terms = self._terms(fx_node) if terms is None else terms
         if len(terms) != 1:
             raise DeployError(f"{what}: expected one input, got the sum of {[t.name for t in terms]}")
         return terms[0]
@@ -421,10 +421,7 @@ class _GraphBuilder:
         self._flatten(fx_node, fx_node.name)
 
     def _flatten(self, fx_node: torch.fx.Node, name: str, terms: list[_Term] | None = None) -> None:
-        terms = self._terms(fx_node) if terms is None else terms
-        if len(terms) != 1:
-            raise DeployError(f"{name}: expected one input, got the sum of {[t.name for t in terms]}")
-        term = terms[0]
+        term = self._one_term(fx_node, name, terms)
         # A pending uneven pooling is applied by the Linear after this flatten: flatten what it reads.
         shape = (int(np.prod(term.spatial_shape)),) if term.spatial is not None else self._shape(fx_node)
         self._add(fx_node, FlattenNode(name, [term.name], shape), dataclasses.replace(term, name=name))
