@@ -20,9 +20,9 @@ from . import distributed
 from .callbacks import PrintEpochs, PrintSummary
 from .checkpoint import RunFolder, check_output_path, load_checkpoint
 from .config import ConfigError, RunConfig, flag_of, parse_model_options, resumed_config
-from .data import DATASETS, DatasetError
+from .data import DATASETS
 from .files import Terminated, atomic_write, sigterm_raises
-from .flags import BITS, COUNT, FRACTION, OneLineParser, add_run_settings, number
+from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line
 from .models import OTHER_NETWORKS, list_models, model_description, recipe
 from .run import build_run, check_before_workers
 from .sim import TIE_BREAKS
@@ -223,8 +223,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         try:
             result = verify_on_dataset(out, target.name, dataset, limit=args.limit, data_dir=data_dir, download=args.download,
                                        reference=reference, progress=not args.no_progress)  # fmt: skip
-        except _USER_ERRORS as error:
-            raise ValueError(f"{out} is written (and kept), but --verify failed: {_one_line(error)}") from None
+        except USER_ERRORS as error:
+            raise ValueError(f"{out} is written (and kept), but --verify failed: {one_line(error)}") from None
         print(result.line())
     return 0
 
@@ -306,7 +306,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 _HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "verify": cmd_verify, "fit": cmd_fit,
              "simulate": cmd_simulate, "sweep": cmd_sweep, "demo": cmd_demo, "models": cmd_models}  # fmt: skip
 #: What a user can cause: reported in one line, never as a traceback.
-_USER_ERRORS = (ValueError, DatasetError, OSError, FloatingPointError, ImportError, distributed.WorkerError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,24 +319,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except _USER_ERRORS as error:
+    except USER_ERRORS as error:
         if args.debug:
             raise
-        message = error.as_flag() if isinstance(error, ConfigError) else _one_line(error)
+        message = error.as_flag() if isinstance(error, ConfigError) else one_line(error)
         print(f"whetstone: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
         print(f"whetstone: {'terminated' if isinstance(stop, Terminated) else 'interrupted'} (the last complete "
               "checkpoint is kept)", file=sys.stderr)  # fmt: skip
         return 143 if isinstance(stop, Terminated) else 130
-
-
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:  # from the OS: "[Errno 13] ..." -> its reason and file
-        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
-    else:
-        text = str(error) or type(error).__name__
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -68,14 +68,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = Tru
             try:
                 os.link(temporary, path)
             except FileExistsError:
-                raise OutputError(errno.EEXIST, f"cannot write {path}: a file appeared there meanwhile (another "
-                                  "process?); it was left as it is") from None  # fmt: skip
+                raise _appeared(path) from None
             except OSError as error:  # a file system without hard links: check, then rename (a narrow race)
                 if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                     raise
                 if path.exists():
-                    raise OutputError(errno.EEXIST, f"cannot write {path}: a file appeared there meanwhile (another "
-                                      "process?); it was left as it is") from None  # fmt: skip
+                    raise _appeared(path) from None
                 os.replace(temporary, path)
             else:
                 os.unlink(temporary)
@@ -95,6 +93,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = Tru
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
     return path
+
+
+def _appeared(path: Path) -> OutputError:
+    return OutputError(errno.EEXIST, f"cannot write {path}: a file appeared there meanwhile (another process?); it was "
+                       "left as it is")  # fmt: skip
 
 
 def _remove_orphans(path: Path) -> None:

@@ -11,11 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import distributed
 from .config import RunConfig, setting_type
 from .data import DatasetError
 from .models import list_models
 
-__all__ = ["BITS", "COUNT", "FRACTION", "OneLineParser", "add_run_settings", "number", "run_script"]
+__all__ = [
+    "BITS",
+    "COUNT",
+    "FRACTION",
+    "USER_ERRORS",
+    "OneLineParser",
+    "add_run_settings",
+    "number",
+    "one_line",
+    "run_script",
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,15 +37,27 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+#: What a user can fix (a bad value, a missing data set or package, a diverging run): one line, exit status 2.
+USER_ERRORS = (ValueError, DatasetError, OSError, FloatingPointError, ImportError, distributed.WorkerError)
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: an OS error's reason and file (not "[Errno 13] ..."), whitespace collapsed."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
 def run_script(main: Callable[[], int | None]) -> int:
     """Run a script's ``main`` as the command line runs a command: what the user can fix (a missing data
     set, a missing optional package, a bad value) is one line on stderr and exit status 2, never a traceback."""
     prog = Path(sys.argv[0]).name
     try:
         return int(main() or 0)
-    except (ValueError, OSError, ImportError, DatasetError, FloatingPointError) as error:
-        text = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) and error.strerror else str(error)
-        print(f"{prog}: error: {' '.join((text or type(error).__name__).split())}", file=sys.stderr)
+    except USER_ERRORS as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
