@@ -10,6 +10,12 @@ TORCH_SPEC ?= torch==2.13.0
 # (a multi-GB CUDA build of torch would follow). What they really import to read and run a NIR file:
 CONSUMERS_NO_DEPS ?= norse==1.1.0 sinabs==3.1.3 spikingjelly==2.0.0 rockpool==3.1.0
 CONSUMER_NEEDS ?= pbr loguru requests scipy "spyx>=1.0"
+# Lava 0.10 (Loihi 2's framework) runs on Python 3.10 only: `verify --consumer lava` drives it in an environment
+# of its own, $(VENV)/lava, made with the first Python 3.10 found (on PATH or under pyenv). Where there is none,
+# the Lava tests skip and say why.
+PYTHON310 ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python; do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && { echo "$$p"; break; }; done)
+LAVA_SPEC ?= lava-nc==0.10.0
 # Full datasets for the tests that need them (they skip, visibly, when absent).
 SHARED_DATA ?= $(abspath ../shared/data)
 
@@ -24,6 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python -m pip install --quiet --no-deps $(CONSUMERS_NO_DEPS)
 	$(BIN)/python -m pip install --quiet $(CONSUMER_NEEDS)
+	@if [ -n "$(PYTHON310)" ]; then \
+		$(PYTHON310) -m venv $(VENV)/lava && $(VENV)/lava/bin/python -m pip install --quiet "$(LAVA_SPEC)"; \
+	else echo "no Python 3.10 found: Lava (verify --consumer lava) will not run; its tests skip"; fi
 	touch $@
 
 demo: install

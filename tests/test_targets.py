@@ -5,12 +5,15 @@ layer name. A consumer that is not installed is skipped, visibly (CI installs ev
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 import whetstone as ws
 from whetstone.export.nir import read_nir
-from whetstone.graph import DeployError
+from whetstone.graph import AffineNode, Conv2dNode, DeployError
 from whetstone.targets import TARGETS, export, fit_report, get_target, verify
 
 from conftest import assert_equal_where_decided
@@ -25,6 +28,7 @@ CONSUMERS = {
     "xylo": ("rockpool", "pip install --no-deps rockpool"),
     "onnx": ("onnxruntime", "pip install onnxruntime"),
     "onnx-int8": ("onnxruntime", "pip install onnxruntime"),
+    "loihi2": ("lava", "a Python 3.10 environment with lava-nc 0.10: make install makes one"),
 }
 #: What each network is, and which consumers can express it (the rest refuse it by name).
 NETWORKS = {
@@ -36,6 +40,14 @@ NETWORKS = {
 
 def _consumer(name: str) -> None:
     module, install = CONSUMERS[name]
+    if name == "loihi2":  # Lava runs in its own Python 3.10 environment
+        from whetstone.targets.loihi2 import lava_python
+
+        try:
+            lava_python()
+        except ImportError as missing:
+            pytest.skip(f"consumer 'lava' is not installed: {missing}")
+        return
     pytest.importorskip(module, reason=f"consumer {module!r} is not installed ({install})")
 
 
@@ -121,12 +133,10 @@ def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, traine
 
 def test_targets_that_cannot_run_here_say_why(trained, tmp_path):
     graph = ws.to_spiking_graph(trained, (1, 28, 28))
-    for name, reason in (("loihi2", "requires Python < 3.11"), ("lava", "requires Python < 3.11"),
-                         ("spinnaker2", "not on the package index")):  # fmt: skip
-        path = export(graph, tmp_path / f"{name}.nir", name)  # the file is written (8-bit, generic forms)
-        assert read_nir(path).metadata["quantized_bits"] == 8
-        with pytest.raises(ValueError, match=reason):
-            verify(path, name, np.zeros((1, 1, 28, 28), np.float32))
+    path = export(graph, tmp_path / "spinnaker2.nir", "spinnaker2")  # the file is written (8-bit, generic forms)
+    assert read_nir(path).metadata["quantized_bits"] == 8
+    with pytest.raises(ValueError, match="not on the package index"):
+        verify(path, "spinnaker2", np.zeros((1, 1, 28, 28), np.float32))
     with pytest.raises(ValueError, match="unknown target 'speck2'; choose one of"):
         get_target("speck2")
     assert {
@@ -179,3 +189,69 @@ def test_cli_exports_for_a_target_verifies_and_fits(tmp_path, capsys):
     )
     assert main(["fit", str(run), "--chip", "xylo"]) == 1  # 784 inputs: it does not fit
     assert "does NOT fit" in capsys.readouterr().out
+
+
+def test_lava_without_its_environment_says_how_to_make_one(trained, tmp_path, monkeypatch):
+    path = export(ws.to_spiking_graph(trained, (1, 28, 28)), tmp_path / "m.nir", "lava")
+    monkeypatch.setenv("WHETSTONE_LAVA_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(
+        ImportError, match="verifying in Lava needs it installed: .*no-python does not exist; python3.10 -m venv"
+    ):
+        verify(path, "lava", np.zeros((1, 1, 28, 28), np.float32))
+
+
+def test_loihi2_file_holds_integer_registers_and_refuses_what_they_cannot(trained_residual):
+    from whetstone.targets.loihi2_program import program
+
+    graph = get_target("loihi2").prepare(ws.to_spiking_graph(trained_residual, (1, 28, 28)))
+    plan = program(graph)
+    assert list(plan.host) == [graph.spiking_nodes()[0].name]  # the encoder, which reads pixels, is the host's
+    assert not any(layer.relay for layer in plan.layers)  # its skip connection spans no spiking layer
+    for layer in plan.layers:
+        assert 0 <= layer.vth < 2**17 and np.all((layer.bias_mant << layer.bias_exp) == 64 * layer.bias)
+        assert np.all(np.abs(layer.bias_mant) <= 2**12) and all(np.abs(g.weights).max() <= 127 for g in layer.synapses)
+    # Biases 20,001 apart: no one vth brings them all within a 13-bit mantissa, refused by layer name.
+    last = next(node for node in reversed(graph.nodes) if isinstance(node, (AffineNode, Conv2dNode)))
+    spread = dataclasses.replace(last, bias=(np.arange(last.bias.size) * 20001 + 1).astype(np.float32))
+    nodes = [spread if node is last else node for node in graph.nodes]
+    with pytest.raises(DeployError, match=f"{graph.output}: a bias of .* is beyond Loihi 2's bias register"):
+        program(ws.SpikingGraph(nodes, graph.output, graph.key, graph.metadata))
+
+
+class _TwoLayerBlock(torch.nn.Module):
+    """ResNet's basic block: spike(bn(conv(spike(bn(conv(s))))) + s), a skip around a spiking layer."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.first = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, padding=1), ws.SpikingBReLU())
+        self.second = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        self.spike = ws.SpikingBReLU()
+
+    def forward(self, x):
+        return self.spike(self.second(self.first(x)) + x)
+
+
+def test_lava_runs_a_skip_connection_around_a_spiking_layer_through_a_relay(mini_test, tmp_path):
+    """The skip arrives a step before the path through the block's first layer: a relay population holds it."""
+    _consumer("loihi2")
+    from whetstone.targets.loihi2_program import program
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), ws.SpikingBReLU(), _TwoLayerBlock(4),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 20), ws.SpikingBReLU())  # fmt: skip
+    model = ws.SpikingClassifier(body, ws.key_generator(10, 20, overlapping=False, seed=0)).eval()
+    with torch.no_grad():  # untrained, with weights large enough that every layer both fires and stays silent
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.normal_(0.0, 0.4)
+                module.bias.fill_(0.2)
+    for layer in ws.spiking_layers(model):
+        layer.set_sharpness(1.0)
+    graph = get_target("loihi2").prepare(ws.to_spiking_graph(model, (1, 28, 28)))
+    assert [layer.depth for layer in program(graph).layers if layer.relay] == [1]
+    images = mini_test[0][:200].numpy()
+    path = export(graph, tmp_path / "m.nir", "loihi2")
+    simulated = ws.simulate(graph, images.reshape(-1, 1, 28, 28))
+    reference = simulated.output_spikes
+    assert all(0.05 < layer.spikes / layer.units / 200 < 0.95 for layer in simulated.layers if layer.op == "spike")
+    np.testing.assert_array_equal(get_target("loihi2").run(path, images), reference)

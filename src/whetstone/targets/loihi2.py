@@ -1,62 +1,170 @@
-"""``loihi2``: NIR for Lava (Intel's framework for Loihi 2), and a fit report against Loihi 2's published
-limits.
+"""``loihi2``: NIR for Intel's Loihi 2 and its framework Lava, run bit-accurately in Lava 0.10, and a fit
+report against Loihi 2's registers and published limits.
 
-The file is the generic one (Lava reads Affine, Conv2d, Flatten, SumPool2d and IF) with 8-bit integer
-weights and integer thresholds, the precision Loihi 2 synapses hold. It is not run here: lava-nc 0.10
-requires Python < 3.11; installed anyway (``--ignore-requires-python --no-deps`` with its dependencies),
-``import lava.proc.lif.process`` fails inside Python 3.11's dataclasses ("mutable default ... use
-default_factory"), so no Lava process can be built on this machine's Python. Limits: Intel Labs, "Taking
-Neuromorphic Computing to the Next Level with Loihi 2", technology brief (2021): 128 neuron cores per chip,
-up to 8,192 neurons per core and 1 M per chip, up to 120 M synapses per chip, graded spikes (an integer
-payload) for real-valued inputs; 8-bit weights as lava-dl quantizes them for Loihi.
+The file holds what Loihi 2 holds: 8-bit integer weights, integer biases and integer thresholds (fires on
+``v >= v_threshold``); :mod:`.loihi2_program` turns it into Loihi 2's registers (weights in its mixed-sign
+format, ``vth``, ``bias_mant``/``bias_exp``, relay populations that align skip connections) and refuses, by
+layer, what the registers cannot hold. The encoder, whose real-valued pixels overflow Loihi 2's 24-bit
+current, runs on the host and sends spikes.
+
+Lava 0.10 has no NIR reader and needs Python 3.10 (on 3.11 ``import lava.proc.lif.process`` fails inside
+dataclasses), so ``verify --consumer lava`` writes the program to a file and runs
+:mod:`.lava_runner` in a Python 3.10 environment holding ``lava-nc==0.10.0``: ``$WHETSTONE_LAVA_PYTHON``,
+else ``lava/bin/python`` inside the environment whetstone runs in (``make install`` creates it with the
+machine's Python 3.10). Lava's ``Loihi2SimCfg(select_tag="fixed_pt")`` is the bit-accurate simulation of the
+chip; :func:`run_in_lava` also runs ``floating_pt``.
+
+Limits: Intel Labs, "Taking Neuromorphic Computing to the Next Level with Loihi 2", technology brief
+(2021): 128 neuron cores per chip, up to 8,192 neurons per core, up to 120 M synapses per chip (the brief
+gives no per-core synapse figure: the report takes the chip's figure over its 128 cores, 937,500). Register
+widths: Lava 0.10 ``lava/proc/lif/models.py`` (bit-accurate LIF: 24-bit ``u``/``v``, 17-bit ``vth``,
+13-bit ``bias_mant``, 3-bit ``bias_exp``, 6-bit MSB alignment) and ``lava/utils/weightutils.py`` (8-bit
+mixed-sign weights lose their lowest bit).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
-from ..export.nir import NirStyle
+import numpy as np
+
+from ..export.nir import NirStyle, read_nir
 from ..graph import SpikingGraph
-from .base import FitCheck, FitReport, Target, at_most_bits, populations, weight_bits_check
+from ..sim import simulate
+from .base import FitCheck, FitReport, Target, at_most_bits, weight_bits_check
+from .loihi2_program import ACT_SHIFT, STATE_LIMIT, VTH_MAX, LoihiProgram, program
 
-STYLE = NirStyle(target="loihi2", run="Lava: one algorithmic time step from rest (unverified here)")
+__all__ = ["TARGET", "fit", "lava_python", "run_in_lava"]
+
+STYLE = NirStyle(target="loihi2", fires_on=">=",
+                 run="Lava 0.10: the encoder on the host, each other layer LIFReset(reset_interval=1) fed by Sparse "
+                     "synapses, one step per layer (whetstone.targets.loihi2_program)")  # fmt: skip
 BRIEF = "Intel Labs Loihi 2 technology brief (2021)"
+LIF_SOURCE = "lava-nc 0.10 lava/proc/lif/models.py (PyLifResetModelBitAcc)"
+WEIGHT_SOURCE = "lava-nc 0.10 lava/utils/weightutils.py"
 CORES, NEURONS_PER_CORE, SYNAPSES_PER_CHIP, WEIGHT_BITS = 128, 8192, 120_000_000, 8
+SYNAPSES_PER_CORE = SYNAPSES_PER_CHIP // CORES
+#: How to make the environment Lava runs in.
+SETUP = "python3.10 -m venv ENV && ENV/bin/pip install lava-nc==0.10.0, then set WHETSTONE_LAVA_PYTHON=ENV/bin/python"
 
 
 def fit(graph: SpikingGraph) -> FitReport:
-    """The graph against Loihi 2's per-core and per-chip limits (one chip)."""
+    """The graph, as Loihi 2's registers hold it (:func:`~.loihi2_program.program`), against one chip."""
     report = FitReport("Loihi 2 (one chip)")
-    layers = populations(graph)
+    written = _prepare(graph)
+    plan = program(written)
+    for name, units in plan.host.items():
+        report.checks.append(FitCheck(name, "spikes into the chip", f"{units:,} units computed on the host (pixels)",
+                                      True, "24-bit current: real-valued pixels overflow it"))  # fmt: skip
     cores = 0
-    for population in layers:
-        need = math.ceil(population.neurons / NEURONS_PER_CORE)
+    for layer in plan.layers:
+        synapses = plan.synapse_count(layer)
+        need = max(math.ceil(layer.size / NEURONS_PER_CORE), math.ceil(synapses / SYNAPSES_PER_CORE), 1)
         cores += need
-        report.checks.append(FitCheck(population.name, f"<= {NEURONS_PER_CORE:,} neurons per core",
-                                      f"{population.neurons:,} neurons -> {need} core(s)", True, BRIEF))  # fmt: skip
+        kind = "relay (skip connection delay)" if layer.relay else f"{synapses:,} synapses"
+        report.checks.append(FitCheck(layer.name, f"<= {NEURONS_PER_CORE:,} neurons, {SYNAPSES_PER_CORE:,} synapses "
+                                      "per core", f"{layer.size:,} neurons, {kind} -> {need} core(s)", True, BRIEF))  # fmt: skip
     report.checks.append(FitCheck("network", f"<= {CORES} cores", f"{cores}", cores <= CORES, BRIEF))
-    synapses = sum(p.synapses for p in layers)
+    synapses = sum(plan.synapse_count(layer) for layer in plan.layers)
     report.checks.append(FitCheck("network", f"<= {SYNAPSES_PER_CHIP:,} synapses", f"{synapses:,}",
                                   synapses <= SYNAPSES_PER_CHIP, BRIEF))  # fmt: skip
-    report.checks.append(weight_bits_check(graph, WEIGHT_BITS, "lava-dl slayer (8-bit weight quantization)"))
-    report.notes.append("a convolution's synapses are counted as stored densely; Lava may share kernels and need fewer")
-    report.notes.append(
-        "real-valued pixels reach the encoder as graded spikes (Loihi 2 spikes carry an integer payload)"
+    report.checks.append(weight_bits_check(written, WEIGHT_BITS, WEIGHT_SOURCE))
+    layers = [layer for layer in plan.layers if not layer.relay]
+    vth = max(layer.vth for layer in layers)
+    report.checks.append(
+        FitCheck("network", f"vth <= {VTH_MAX:,} (17 bits)", f"largest {vth:,}", vth <= VTH_MAX, LIF_SOURCE)
     )
+    current = (STATE_LIMIT >> ACT_SHIFT) - 1
+    worst = max(layers, key=lambda layer: layer.worst_input)
+    report.checks.append(FitCheck(worst.name, f"synaptic input + bias <= {current:,} (24-bit current, 6-bit alignment)",
+                                  f"at most {worst.worst_input:,} for any input", True, LIF_SOURCE))  # fmt: skip
+    mants = np.concatenate([layer.bias_mant for layer in layers])
+    report.checks.append(FitCheck("network", "bias_mant in [-4,096, 4,095], bias_exp <= 7",
+                                  f"mantissas {int(mants.min()):,} to {int(mants.max()):,}", True, LIF_SOURCE))  # fmt: skip
+    report.notes.append("convolutions are counted as unrolled synapses; Loihi 2 may share kernels and need fewer")
+    report.notes.append(f"{plan.latency} steps from an image's encoder spikes to its output spikes; one image per step")
     return report
 
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
-    return at_most_bits(graph, WEIGHT_BITS)
+    quantized = at_most_bits(graph, WEIGHT_BITS)
+    program(quantized)  # refuses, by layer, what the registers cannot hold
+    return quantized
+
+
+def lava_python() -> str:
+    """The Python 3.10 interpreter that runs Lava: ``$WHETSTONE_LAVA_PYTHON``, else ``lava/bin/python`` in
+    the environment whetstone runs in. ``ImportError`` saying how to make one where there is none."""
+    chosen = os.environ.get("WHETSTONE_LAVA_PYTHON")
+    if chosen:
+        if not Path(chosen).exists() and shutil.which(chosen) is None:
+            raise ImportError(f"WHETSTONE_LAVA_PYTHON={chosen} does not exist; {SETUP}")
+        return chosen
+    beside = Path(sys.prefix) / "lava" / "bin" / "python"
+    if beside.exists():
+        return str(beside)
+    raise ImportError(f"no Python 3.10 environment with Lava found (looked for {beside}): {SETUP}")
+
+
+def run_in_lava(path: str | Path, images: np.ndarray, tag: str = "fixed_pt") -> tuple[np.ndarray, float]:
+    """The output spikes (N, units) of the ``loihi2`` file at ``path`` on ``images`` in Lava 0.10
+    (``fixed_pt``: Loihi 2 bit-accurate; ``floating_pt``), and Lava's seconds for the run."""
+    if tag not in ("fixed_pt", "floating_pt"):
+        raise ValueError(f"tag must be 'fixed_pt' or 'floating_pt', got {tag!r}")
+    python = lava_python()
+    graph = read_nir(path)
+    plan = program(graph)
+    images = np.asarray(images, dtype=np.float32).reshape(len(images), *graph.input_shape)
+    recorded = simulate(graph, images, record=tuple(plan.host)).recorded  # the host's encoder
+    arrays = {f"host:{name}": recorded[name][:, 0].reshape(len(images), -1).astype(np.uint8) for name in plan.host}
+    with tempfile.TemporaryDirectory(prefix="whetstone-lava-") as folder:
+        spec_path, out_path = Path(folder) / "program.npz", Path(folder) / "spikes.npz"
+        np.savez(spec_path, spec=json.dumps(_spec(plan, len(images), arrays)), **arrays)
+        runner = Path(__file__).with_name("lava_runner.py")
+        command = [python, str(runner), str(spec_path), str(out_path), tag]
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["(no output)"]
+            raise RuntimeError(f"Lava ({python}) failed: {lines[-1]}")
+        with np.load(out_path) as result:
+            return result["spikes"], float(result["seconds"])
+
+
+def _spec(plan: LoihiProgram, images: int, arrays: dict[str, np.ndarray]) -> dict:
+    """The program as JSON plus arrays (added to ``arrays``) for :mod:`.lava_runner`."""
+    layers = []
+    for layer in plan.layers:
+        arrays[f"{layer.name}:bias_mant"] = layer.bias_mant.astype(np.int32)
+        arrays[f"{layer.name}:bias_exp"] = layer.bias_exp.astype(np.int32)
+        arrays[f"{layer.name}:bias"] = layer.bias.astype(np.int64)
+        for i, group in enumerate(layer.synapses):
+            arrays[f"{layer.name}:{i}:rows"] = group.rows.astype(np.int64)
+            arrays[f"{layer.name}:{i}:cols"] = group.cols.astype(np.int64)
+            arrays[f"{layer.name}:{i}:weights"] = group.weights.astype(np.int16)
+        layers.append({"name": layer.name, "size": layer.size, "vth": layer.vth,
+                       "sources": [group.source for group in layer.synapses]})  # fmt: skip
+    return {"host": plan.host, "layers": layers, "output": plan.output, "images": images, "latency": plan.latency}
+
+
+def _run(path: Path, images: np.ndarray) -> np.ndarray:
+    return run_in_lava(path, images, "fixed_pt")[0]
 
 
 TARGET = Target(
     name="loihi2",
     consumer="Lava",
-    summary="the generic forms with 8-bit integer weights; Loihi 2 fit report (Lava cannot run here)",
+    summary="8-bit integer weights, integer thresholds and biases; run bit-accurately in Lava 0.10 (fixed_pt)",
     style=STYLE,
     aliases=("lava",),
     prepare=_prepare,
-    unavailable="lava-nc 0.10 requires Python < 3.11 and does not import on 3.11 (see the module docs)",
+    run=_run,
+    unavailable=f"Lava runs in a Python 3.10 environment: {SETUP}",
     fit=fit,
 )
