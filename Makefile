@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,akida]"
 	$(BIN)/python -m pip install --quiet --no-deps $(CONSUMERS_NO_DEPS)
 	$(BIN)/python -m pip install --quiet $(CONSUMER_NEEDS)
 	@if [ -n "$(PYTHON310)" ]; then \

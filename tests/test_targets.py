@@ -6,6 +6,7 @@ layer name. A consumer that is not installed is skipped, visibly (CI installs ev
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -29,12 +30,13 @@ CONSUMERS = {
     "onnx": ("onnxruntime", "pip install onnxruntime"),
     "onnx-int8": ("onnxruntime", "pip install onnxruntime"),
     "loihi2": ("lava", "a Python 3.10 environment with lava-nc 0.10: make install makes one"),
+    "akida": ("akida", "pip install akida==2.19.3"),
 }
 #: What each network is, and which consumers can express it (the rest refuse it by name).
 NETWORKS = {
     "dense": ("trained_dense", set(CONSUMERS)),
-    "conv-maxpool": ("trained", set(CONSUMERS) - {"xylo"}),
-    "residual": ("trained_residual", set(CONSUMERS) - {"xylo", "spyx", "onnx-int8"}),
+    "conv-maxpool": ("trained", set(CONSUMERS) - {"xylo", "akida"}),  # akida: a stride-2 convolution after the input
+    "residual": ("trained_residual", set(CONSUMERS) - {"xylo", "spyx", "onnx-int8", "akida"}),
 }
 
 
@@ -65,9 +67,10 @@ def test_each_consumer_runs_the_file_written_for_it(network, consumer, bits, req
     graph = ws.to_spiking_graph(request.getfixturevalue(NETWORKS[network][0]), (1, 28, 28))
     graph = ws.quantize(graph, bits) if bits else graph
     target = get_target(consumer)
-    suffix = "onnx" if target.format == "onnx" else "nir"
+    suffix = target.format
     if consumer not in NETWORKS[network][1]:  # refused before anything is written, naming the layer
-        with pytest.raises(DeployError, match="runs layers in a chain only|has dense layers only|no skip connection"):
+        refusals = "runs layers in a chain only|has dense layers only|no skip connection|strides only its input layer"
+        with pytest.raises(DeployError, match=refusals):
             export(graph, tmp_path / f"m.{suffix}", consumer)
         assert not list(tmp_path.iterdir())
         return
@@ -87,7 +90,7 @@ def test_each_consumer_runs_the_file_written_for_it(network, consumer, bits, req
         assert back.metadata["whetstone_target"] == target.style.target
         np.testing.assert_array_equal(ws.simulate(back, images.reshape(len(images), *back.input_shape)).output_spikes,
                                       reference.output_spikes)  # fmt: skip
-    result = verify(path, consumer, images, labels[:300].numpy(), reference=prepared if suffix == "onnx" else None)
+    result = verify(path, consumer, images, labels[:300].numpy(), reference=prepared if suffix != "nir" else None)
     assert result.samples == 300 and result.accuracy is not None
     if prepared.metadata.get("quantized_bits"):  # integer sums: every image, and no image left undecided
         assert result.spikes_equal == 300 and result.decided is None
@@ -148,6 +151,7 @@ def test_targets_that_cannot_run_here_say_why(trained, tmp_path):
         "spyx",
         "xylo",
         "loihi2",
+        "akida",
         "spinnaker2",
         "onnx",
         "onnx-int8",
@@ -255,3 +259,34 @@ def test_lava_runs_a_skip_connection_around_a_spiking_layer_through_a_relay(mini
     reference = simulated.output_spikes
     assert all(0.05 < layer.spikes / layer.units / 200 < 0.95 for layer in simulated.layers if layer.op == "spike")
     np.testing.assert_array_equal(get_target("loihi2").run(path, images), reference)
+
+
+def test_akida_model_maps_on_the_virtual_akd1000_and_the_cli_writes_and_verifies_it(tmp_path, capsys):
+    _consumer("akida")
+    from whetstone.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mnist-conv-small", "--dataset", "mnist-mini", "--limit", "600", "--epochs", "3",
+                 "--start-epoch", "0", "--steps", "1", "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "fbz", "--target", "akida", "--verify", "--limit", "200",
+                 "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"wrote FBZ {run / 'model-akida.fbz'} for akida" in printed
+    assert "Akida: the same class as the simulator on 200 of 200 images, the same output spikes on 200" in printed
+    # Akida's mapper places each layer: the input layer and the fully connected one on the chip's NPs, the
+    # unpadded 5x5 convolution in software (its hardware convolutions pad 'same'), and says so.
+    assert re.search(r"L0 +mapped by Akida +on the chip", printed)
+    assert re.search(r"L1 +mapped by Akida +on the host \(software\)", printed)
+    assert "Akida's mapper: Cannot map layer 'L1'. Only padding same is supported." in printed
+    assert main(["export", str(run), "--format", "nir", "--target", "akida"]) == 2
+    assert "--target akida is written as FBZ: pass --format fbz" in capsys.readouterr().err
+
+
+def test_quantize_gives_the_encoder_its_own_precision(trained):
+    graph = ws.quantize(ws.to_spiking_graph(trained, (1, 28, 28)), 4, encoder_bits=8)
+    weights = [node for node in graph.nodes if isinstance(node, (AffineNode, Conv2dNode))]
+    assert np.abs(weights[0].weight).max() == 127 and all(np.abs(w.weight).max() == 7 for w in weights[1:])
+    assert graph.metadata["quantized_bits"] == 8
+    with pytest.raises(ValueError, match="encoder_bits must be an integer in \\[2, 16\\] or None, got 1"):
+        ws.quantize(graph, 4, encoder_bits=1)

@@ -58,7 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint to NIR or ONNX")
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
-    ex.add_argument("--format", choices=["nir", "onnx"], required=True)
+    ex.add_argument(
+        "--format", choices=["nir", "onnx", "fbz"], required=True, help="fbz: an Akida model (--target akida)"
+    )
     ex.add_argument("--target", choices=_TARGET_NAMES, help="the software or chip the file is for (default: generic)")
     ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
     ex.add_argument("--bits", **bits)
@@ -217,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if target.fit is not None:
         print(target.fit(graph).table())
     if args.verify:
-        reference = target.prepare(graph) if args.format == "onnx" else None
+        reference = target.prepare(graph) if args.format != "nir" else None  # other formats do not hold the key
         dataset = checkpoint["run"].get("dataset")
         data_dir = args.data_dir or recorded_data_dir(checkpoint)
         try:

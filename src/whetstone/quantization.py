@@ -12,7 +12,9 @@ from .graph import WEIGHTED_NODES, AffineNode, Conv2dNode, DeployError, GraphNod
 __all__ = ["quantize"]
 
 
-def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> SpikingGraph:
+def quantize(
+    graph: SpikingGraph, bits: int = 8, input_levels: int = 255, encoder_bits: int | None = None
+) -> SpikingGraph:
     """Integer weights: each spiking layer's synaptic weights and biases become integers, weights in
     ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``, and its threshold an integer too.
 
@@ -30,12 +32,17 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
     ``input_levels``, is an integer and often lands exactly on the threshold, where float rounding
     would decide differently in each engine. Its bias gets ``+0.5 / input_levels``: exact ties then
     fire (as ``>=`` requires) with a margin that rounding cannot cross, and nothing else changes.
+
+    ``encoder_bits`` gives the spiking layer that reads the pixels a precision of its own (Akida's input
+    layer holds 8-bit weights, its other layers 4); the graph's ``quantized_bits`` is then the larger.
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
     if isinstance(input_levels, bool) or not isinstance(input_levels, int) or input_levels < 1:
         raise ValueError(f"input_levels must be a positive integer, got {input_levels!r}")
-    limit = 2 ** (bits - 1) - 1
+    if encoder_bits is not None and (isinstance(encoder_bits, bool) or not isinstance(encoder_bits, int)
+                                     or not 2 <= encoder_bits <= 16):  # fmt: skip
+        raise ValueError(f"encoder_bits must be an integer in [2, 16] or None, got {encoder_bits!r}")
     users = graph.consumers()
     by_name = {node.name: node for node in graph.check().nodes}
     replaced: dict[str, GraphNode] = {}
@@ -61,6 +68,8 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
         if not weighted:
             replaced[spike.name] = dataclasses.replace(spike, threshold=np.full_like(spike.threshold, np.ceil(theta)))
             continue
+        reads_pixels = any(layer.name == graph.encoder for layer in weighted)
+        limit = 2 ** ((encoder_bits if reads_pixels and encoder_bits else bits) - 1) - 1
         largest = max([float(np.abs(layer.weight).max()) for layer in weighted] + [1.0] * len(others))
         scale = limit / max(largest, 1e-12)  # a skip connection's synapses (weight 1) count among the weights
         threshold = float(round(scale * theta))
@@ -89,7 +98,11 @@ def quantize(graph: SpikingGraph, bits: int = 8, input_levels: int = 255) -> Spi
         nodes += inserted.get(node.name, [])
         nodes.append(replaced.get(node.name, node))
     return SpikingGraph(
-        nodes, graph.output, graph.key.copy(), {**graph.metadata, "quantized_bits": bits}, graph.readout
+        nodes,
+        graph.output,
+        graph.key.copy(),
+        {**graph.metadata, "quantized_bits": max(bits, encoder_bits or 0)},
+        graph.readout,
     )
 
 

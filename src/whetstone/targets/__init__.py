@@ -23,7 +23,7 @@ from ..export.nir import read_nir, write_nir
 from ..export.onnx import write_onnx
 from ..graph import DeployError, SpikingGraph
 from ..sim import SimResult, simulate
-from . import generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
+from . import akida, generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
 from .base import FitCheck, FitReport, Target, Verification
 
 __all__ = [
@@ -45,7 +45,7 @@ TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
         generic.TARGET, snntorch.TARGET, norse.TARGET, speck.TARGET, spikingjelly.TARGET, spyx.TARGET, xylo.TARGET,
-        loihi2.TARGET, spinnaker2.TARGET, onnx.TARGET, onnx.INTEGER,
+        loihi2.TARGET, akida.TARGET, spinnaker2.TARGET, onnx.TARGET, onnx.INTEGER,
     )
 }  # fmt: skip
 _ALIASES = {alias: target.name for target in TARGETS.values() for alias in target.aliases}
@@ -211,7 +211,8 @@ def verify_on_dataset(
 
 
 def fit_report(graph: SpikingGraph, chip: str) -> FitReport:
-    """Check ``graph`` against ``chip``'s published limits (``speck``, ``loihi2``, ``spinnaker2``, ``xylo``)."""
+    """Check ``graph`` against ``chip``'s published limits (``speck``, ``loihi2``, ``akida``, ``spinnaker2``,
+    ``xylo``)."""
     chosen = get_target(chip)
     if chosen.fit is None:
         raise ValueError(f"{chip!r} is not a chip with a fit report; choose one of {', '.join(CHIPS)}")
