@@ -25,15 +25,22 @@ from whetstone.quantization import quantize
 from whetstone.restore import graph_from_checkpoint
 from whetstone.sim import simulate
 from whetstone.targets import CHIPS, TARGETS, export, fit_report, verify
+from whetstone.targets.loihi2 import LAVA_VERSION
 
 from _common import machine, write_section
 
 #: The package each consumer is, for the versions line.
 PACKAGES = {"snntorch": "snntorch", "norse": "norse", "speck": "sinabs", "spikingjelly": "spikingjelly",
-            "spyx": "spyx", "xylo": "rockpool", "onnx": "onnxruntime"}  # fmt: skip
+            "spyx": "spyx", "xylo": "rockpool", "onnx": "onnxruntime", "akida": "akida"}  # fmt: skip
 
 
 def _version(package: str) -> str:
+    if package == "lava":  # in its own Python 3.10 environment (whetstone.targets.loihi2)
+        return f"lava-nc {LAVA_VERSION}, fixed_pt"
+    return _installed(package)
+
+
+def _installed(package: str) -> str:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -66,7 +73,7 @@ def measure(name: str, graph: SpikingGraph, dataset: str, args: argparse.Namespa
             if target.run is None:
                 continue
             record = {"network": name, "target": target.name, "weights": weights,
-                      "software": f"{target.consumer} {_version(PACKAGES[target.name])}"}  # fmt: skip
+                      "software": f"{target.consumer} {_version(PACKAGES.get(target.name, 'lava'))}"}  # fmt: skip
             try:
                 prepared = target.prepare(base)
             except DeployError as error:
@@ -76,7 +83,7 @@ def measure(name: str, graph: SpikingGraph, dataset: str, args: argparse.Namespa
                 continue  # a chip target writes 8-bit weights whatever it is given: its int8 record says it
             path = export(base, folder / f"{name}-{target.name}-{weights}.{target.format}", target.name)
             started = time.perf_counter()
-            result = verify(path, target.name, images, labels, prepared if target.format == "onnx" else None, expected,
+            result = verify(path, target.name, images, labels, prepared if target.format != "nir" else None, expected,
                             progress=not args.no_progress)  # fmt: skip
             records.append({**record, "samples": result.samples, "spikes_equal": result.spikes_equal,
                             "classes_equal": result.classes_equal, "accuracy": result.accuracy,

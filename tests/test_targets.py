@@ -290,3 +290,22 @@ def test_quantize_gives_the_encoder_its_own_precision(trained):
     assert graph.metadata["quantized_bits"] == 8
     with pytest.raises(ValueError, match="encoder_bits must be an integer in \\[2, 16\\] or None, got 1"):
         ws.quantize(graph, 4, encoder_bits=1)
+
+
+def test_xylo_biases_move_into_thresholds_where_those_stay_positive(trained_dense, mini_test):
+    from whetstone.targets.xylo import fold_biases
+
+    graph = ws.quantize(ws.to_spiking_graph(trained_dense, (1, 28, 28)), 8)
+    hidden = [node for node in graph.nodes if isinstance(node, AffineNode)][1:]
+    small, large = hidden[0], hidden[1]
+    limit = float(graph.node(graph.consumers()[small.name][0].name).threshold.min())
+    changed = {small.name: dataclasses.replace(small, bias=(np.arange(small.bias.size) % 7 - 3).astype(np.float32)),
+               large.name: dataclasses.replace(large, bias=np.full_like(large.bias, 10_000))}  # fmt: skip
+    graph = ws.SpikingGraph([changed.get(n.name, n) for n in graph.nodes], graph.output, graph.key, graph.metadata)
+    folded = fold_biases(graph)
+    assert not np.any(folded.node(small.name).bias)  # thresholds T - b >= 1: moved
+    assert np.all(folded.node(large.name).bias == 10_000)  # T - b < 1: kept, and the fit report names the layer
+    spike = graph.consumers()[small.name][0].name
+    np.testing.assert_array_equal(folded.node(spike).threshold.reshape(-1), limit - changed[small.name].bias)
+    images = mini_test[0][:300].numpy().reshape(-1, 1, 28, 28)
+    np.testing.assert_array_equal(ws.simulate(folded, images).output_spikes, ws.simulate(graph, images).output_spikes)

@@ -81,7 +81,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="check a trained network against a chip's published limits")
     fit.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
-    fit.add_argument("--chip", choices=list(CHIPS), required=True)
+    chips = [*CHIPS, *(alias for name in CHIPS for alias in TARGETS[name].aliases)]
+    fit.add_argument("--chip", choices=chips, required=True)
 
     sim = commands.add_parser("simulate", parents=[data], help="run a checkpoint or NIR file in the simulator")
     sim.add_argument("source", help="checkpoint.pt, its run directory, or a .nir file")

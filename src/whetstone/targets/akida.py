@@ -236,6 +236,7 @@ def fit(graph: SpikingGraph) -> FitReport:
 TARGET = Target(
     name="akida",
     consumer="Akida",
+    aliases=("akd1000",),
     summary="an akida.Model: 1-bit activations, 8-bit input layer, 4-bit weights elsewhere; run in Akida's engine",
     prepare=_prepare,
     run=_run,

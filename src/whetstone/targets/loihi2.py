@@ -41,7 +41,7 @@ from ..sim import simulate
 from .base import FitCheck, FitReport, Target, at_most_bits, weight_bits_check
 from .loihi2_program import ACT_SHIFT, STATE_LIMIT, VTH_MAX, LoihiProgram, program
 
-__all__ = ["TARGET", "fit", "lava_python", "run_in_lava"]
+__all__ = ["LAVA_VERSION", "TARGET", "fit", "lava_python", "run_in_lava"]
 
 STYLE = NirStyle(target="loihi2", fires_on=">=",
                  run="Lava 0.10: the encoder on the host, each other layer LIFReset(reset_interval=1) fed by Sparse "
@@ -51,6 +51,8 @@ LIF_SOURCE = "lava-nc 0.10 lava/proc/lif/models.py (PyLifResetModelBitAcc)"
 WEIGHT_SOURCE = "lava-nc 0.10 lava/utils/weightutils.py"
 CORES, NEURONS_PER_CORE, SYNAPSES_PER_CHIP, WEIGHT_BITS = 128, 8192, 120_000_000, 8
 SYNAPSES_PER_CORE = SYNAPSES_PER_CHIP // CORES
+#: The Lava release the runner is written for and ``make install`` installs.
+LAVA_VERSION = "0.10.0"
 #: How to make the environment Lava runs in.
 SETUP = "python3.10 -m venv ENV && ENV/bin/pip install lava-nc==0.10.0, then set WHETSTONE_LAVA_PYTHON=ENV/bin/python"
 

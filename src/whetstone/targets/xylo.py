@@ -11,19 +11,22 @@ an IF; it fires on ``V >= threshold`` (thresholds stored as trained) with severa
 given flat (the leading flatten is dropped). Chip limits (rockpool 3.1.0,
 ``devices/xylo/syns61201``): 16 input channels, 1000 hidden neurons, 8 output neurons (``xa2_devkit_utils``,
 ``xylo_mapper.mapper``), int8 weights and int16 thresholds (``xylo_mapper``); the inputs are event counts.
-Its mapper does not transfer Affine biases: the fit report fails a file that holds any (moving them into the
-thresholds is exact only where the thresholds stay positive, which Rockpool's neurons need: a threshold of 0
-gave NaN spikes in LIFTorch).
+Its mapper does not transfer Affine biases: export moves a hidden layer's biases into its neurons' thresholds
+(``S + b >= T`` is ``S >= T - b``, exact) wherever every threshold stays a positive integer (Rockpool's neurons
+need one: a threshold of 0 gave NaN spikes in LIFTorch), and the fit report fails a file that still holds
+biases, naming the layers. The bit-accurate Xylo simulator (``xylosim``, a C++ package on the index) is not
+installed: no network of ours fits Xylo's 16 inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from ..export.nir import NirStyle
-from ..graph import AffineNode, SpikingGraph
+from ..graph import AffineNode, GraphNode, SpikingGraph
 from .base import FitCheck, FitReport, Target, at_most_bits, dense_only, populations, weight_bits_check
 
 STYLE = NirStyle(target="rockpool", fires_on=">=", neuron="CubaLIF",
@@ -59,9 +62,11 @@ def fit(graph: SpikingGraph) -> FitReport:
         written = _prepare(graph)
         biased = [node for node in written.nodes if isinstance(node, AffineNode) and np.any(node.bias != 0)]
         largest = max((float(np.abs(node.bias).max()) for node in biased), default=0.0)
+        kept = f"{len(biased)} layer(s) with biases up to |{largest:g}| ({', '.join(n.name for n in biased)}: moving them "
+        kept += "into the thresholds would leave a threshold below 1, or the layer reads the pixels)"
         report.checks.append(FitCheck("network", "no Affine biases (the Xylo mapper does not transfer them)",
-                                      f"{len(biased)} layer(s) with biases up to |{largest:g}|" if biased else "none",
-                                      not biased, f"{SOURCE}/xylo_mapper.py"))  # fmt: skip
+                                      kept if biased else "none (folded into the thresholds)", not biased,
+                                      f"{SOURCE}/xylo_mapper.py"))  # fmt: skip
         for spike in written.spiking_nodes():
             low, high = float(spike.threshold.min()), float(spike.threshold.max())
             fits = (
@@ -79,7 +84,26 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
     graph = dense_only(graph, "Rockpool")
-    return at_most_bits(graph, WEIGHT_BITS)
+    return fold_biases(at_most_bits(graph, WEIGHT_BITS))
+
+
+def fold_biases(graph: SpikingGraph) -> SpikingGraph:
+    """Move each hidden layer's integer biases into its neurons' thresholds (``S + b >= T`` is ``S >= T - b``),
+    which the Xylo mapper transfers where it drops biases, wherever every threshold stays a positive integer
+    (Rockpool's neurons need one: a threshold of 0 gave NaN spikes). A layer where one would not keeps its
+    biases, and the fit report names it. The encoder's biases (fractional: ``quantize`` adds ``0.5 / 255``) stay."""
+    by_name = {node.name: node for node in graph.nodes}
+    replaced: dict[str, GraphNode] = {}
+    for spike in graph.spiking_nodes():
+        (source,) = [by_name[name] for name in spike.inputs]
+        if not isinstance(source, AffineNode) or source.name == graph.encoder or not np.any(source.bias):
+            continue
+        folded = spike.threshold.reshape(-1) - source.bias
+        if np.all(folded == np.round(folded)) and folded.min() >= 1:
+            replaced[source.name] = dataclasses.replace(source, bias=np.zeros_like(source.bias))
+            replaced[spike.name] = dataclasses.replace(spike, threshold=folded.reshape(spike.threshold.shape).astype(np.float32))
+    nodes = [replaced.get(node.name, node) for node in graph.nodes]
+    return SpikingGraph(nodes, graph.output, graph.key.copy(), dict(graph.metadata), graph.readout)
 
 
 def run(path: Path, images: np.ndarray) -> np.ndarray:
