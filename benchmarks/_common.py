@@ -8,6 +8,10 @@ from pathlib import Path
 
 import torch
 
+from whetstone.export.nir import read_nir
+from whetstone.graph import SpikingGraph
+from whetstone.restore import graph_from_checkpoint
+
 
 def machine() -> str:
     """One line naming where a figure was measured."""
@@ -26,3 +30,12 @@ def write_section(path: Path, name: str, title: str, text: str) -> None:
     else:
         content = content.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
     path.write_text(content)
+
+
+def load_source(source: str) -> tuple[str, SpikingGraph, str]:
+    """(name, graph, dataset) of a run directory / checkpoint or ``file.nir@dataset``."""
+    if "@" in source:
+        path, dataset = source.rsplit("@", 1)
+        return Path(path).stem, read_nir(path), dataset
+    graph, _, checkpoint = graph_from_checkpoint(source)
+    return checkpoint["run"]["model"], graph, checkpoint["run"]["dataset"]

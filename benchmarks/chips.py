@@ -24,8 +24,7 @@ from whetstone.sim import simulate
 from whetstone.targets import export, get_target
 from whetstone.targets.loihi2 import LAVA_VERSION, run_in_lava
 
-from _common import machine, write_section
-from portability import load_source
+from _common import load_source, machine, write_section
 
 CHUNK = 1000  # images per Lava run (its input buffer holds every step)
 
@@ -64,8 +63,9 @@ def akida_rows(name: str, graph, images: np.ndarray, labels: np.ndarray, folder:
     full = simulate(graph, images).predictions
     eight = simulate(get_target("loihi2").prepare(graph), images).predictions
     accuracy = [float((predictions == labels).mean()) for predictions in (full, eight, reference.predictions)]
-    return [f"| {name} | {same:,}/{len(images):,} | {accuracy[0]:.2%} | {accuracy[1]:.2%} | {accuracy[2]:.2%} | "
-            f"{seconds / len(images) * 1000:.2f} ms |"]  # fmt: skip
+    row = (f"| {name} | {same:,}/{len(images):,} | {accuracy[0]:.2%} | {accuracy[1]:.2%} | {accuracy[2]:.2%} | "
+           f"{seconds / len(images) * 1000:.2f} ms |")  # fmt: skip
+    return [row]
 
 
 def main() -> None:
@@ -80,8 +80,9 @@ def main() -> None:
     command = "python benchmarks/chips.py " + " ".join(args.sources) + (f" --limit {args.limit}" if args.limit else "")
     lava = ["| network | software | same output spikes as the simulator | Lava's time per image | wall s |",
             "|---|---|---:|---:|---:|"]  # fmt: skip
-    akida = ["| network | same output spikes (Akida engine vs simulator) | accuracy float | 8-bit | Akida bits (8-bit "
-             "input layer, 4-bit others) | Akida's time per image |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    header = ("| network | same output spikes (Akida engine vs simulator) | accuracy float | 8-bit | Akida bits (8-bit "
+              "input layer, 4-bit others) | Akida's time per image |")  # fmt: skip
+    akida = [header, "|---|---:|---:|---:|---:|---:|"]
     with tempfile.TemporaryDirectory() as folder:
         for source in args.sources:
             name, graph, dataset = load_source(source)
@@ -94,7 +95,9 @@ def main() -> None:
     text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *lava, "", *akida])
     print(text)
     if args.write:
-        write_section(Path(__file__).parents[1] / "docs" / "results.md", "chips", "Chips' own toolchains (issue #27)", text)
+        write_section(
+            Path(__file__).parents[1] / "docs" / "results.md", "chips", "Chips' own toolchains (issue #27)", text
+        )
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ from pathlib import Path
 import torch
 
 from whetstone.data import load_dataset
-from whetstone.export.nir import read_nir
 from whetstone.graph import DeployError, SpikingGraph
 from whetstone.quantization import quantize
-from whetstone.restore import graph_from_checkpoint
 from whetstone.sim import simulate
 from whetstone.targets import CHIPS, TARGETS, export, fit_report, verify
 from whetstone.targets.loihi2 import LAVA_VERSION
 
-from _common import machine, write_section
+from _common import load_source, machine, write_section
 
 #: The package each consumer is, for the versions line.
 PACKAGES = {"snntorch": "snntorch", "norse": "norse", "speck": "sinabs", "spikingjelly": "spikingjelly",
@@ -45,15 +43,6 @@ def _installed(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
-
-
-def load_source(source: str) -> tuple[str, SpikingGraph, str]:
-    """(name, graph, dataset) of a run directory / checkpoint or ``file.nir@dataset``."""
-    if "@" in source:
-        path, dataset = source.rsplit("@", 1)
-        return Path(path).stem, read_nir(path), dataset
-    graph, _, checkpoint = graph_from_checkpoint(source)
-    return checkpoint["run"]["model"], graph, checkpoint["run"]["dataset"]
 
 
 def measure(name: str, graph: SpikingGraph, dataset: str, args: argparse.Namespace, folder: Path) -> list[dict]:

@@ -62,7 +62,9 @@ def fit(graph: SpikingGraph) -> FitReport:
         written = _prepare(graph)
         biased = [node for node in written.nodes if isinstance(node, AffineNode) and np.any(node.bias != 0)]
         largest = max((float(np.abs(node.bias).max()) for node in biased), default=0.0)
-        kept = f"{len(biased)} layer(s) with biases up to |{largest:g}| ({', '.join(n.name for n in biased)}: moving them "
+        kept = (
+            f"{len(biased)} layer(s) with biases up to |{largest:g}| ({', '.join(n.name for n in biased)}: moving them "
+        )
         kept += "into the thresholds would leave a threshold below 1, or the layer reads the pixels)"
         report.checks.append(FitCheck("network", "no Affine biases (the Xylo mapper does not transfer them)",
                                       kept if biased else "none (folded into the thresholds)", not biased,
@@ -101,7 +103,9 @@ def fold_biases(graph: SpikingGraph) -> SpikingGraph:
         folded = spike.threshold.reshape(-1) - source.bias
         if np.all(folded == np.round(folded)) and folded.min() >= 1:
             replaced[source.name] = dataclasses.replace(source, bias=np.zeros_like(source.bias))
-            replaced[spike.name] = dataclasses.replace(spike, threshold=folded.reshape(spike.threshold.shape).astype(np.float32))
+            replaced[spike.name] = dataclasses.replace(
+                spike, threshold=folded.reshape(spike.threshold.shape).astype(np.float32)
+            )
     nodes = [replaced.get(node.name, node) for node in graph.nodes]
     return SpikingGraph(nodes, graph.output, graph.key.copy(), dict(graph.metadata), graph.readout)
 
