@@ -29,21 +29,21 @@ from _common import load_source, machine, write_section
 CHUNK = 1000  # images per Lava run (its input buffer holds every step)
 
 
-def lava_rows(name: str, graph, images: np.ndarray, folder: Path) -> list[str]:
+def lava_rows(name: str, graph, images: np.ndarray, folder: Path, float_limit: int | None) -> list[str]:
     prepared = get_target("loihi2").prepare(graph)
     path = export(graph, folder / f"{name}-loihi2.nir", "loihi2")
     expected = simulate(prepared, images).output_spikes
     rows = []
-    for tag in ("fixed_pt", "floating_pt"):
+    for tag, count in (("fixed_pt", len(images)), ("floating_pt", min(len(images), float_limit or len(images)))):
         parts, lava_seconds, started = [], 0.0, time.perf_counter()
-        for i in range(0, len(images), CHUNK):
-            spikes, seconds = run_in_lava(path, images[i : i + CHUNK], tag)
+        for i in range(0, count, CHUNK):
+            spikes, seconds = run_in_lava(path, images[i : min(i + CHUNK, count)], tag)
             parts.append(spikes)
             lava_seconds += seconds
         wall = time.perf_counter() - started
-        same = int((np.concatenate(parts) == expected).all(axis=1).sum())
-        rows.append(f"| {name} | Lava {LAVA_VERSION} `{tag}` | {same:,}/{len(images):,} | "
-                    f"{lava_seconds / len(images) * 1000:.1f} ms | {wall:.0f} |")  # fmt: skip
+        same = int((np.concatenate(parts) == expected[:count]).all(axis=1).sum())
+        rows.append(f"| {name} | Lava {LAVA_VERSION} `{tag}` | {same:,}/{count:,} | "
+                    f"{lava_seconds / count * 1000:.1f} ms | {wall:.0f} |")  # fmt: skip
         print(rows[-1], flush=True)
     return rows
 
@@ -73,11 +73,13 @@ def main() -> None:
     parser.add_argument("sources", nargs="+")
     parser.add_argument("--data-dir")
     parser.add_argument("--limit", type=int, help="only the first N test images")
+    parser.add_argument("--float-limit", type=int, help="run Lava's floating_pt on only the first N images")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/results.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     command = "python benchmarks/chips.py " + " ".join(args.sources) + (f" --limit {args.limit}" if args.limit else "")
+    command += f" --float-limit {args.float_limit}" if args.float_limit else ""
     lava = ["| network | software | same output spikes as the simulator | Lava's time per image | wall s |",
             "|---|---|---:|---:|---:|"]  # fmt: skip
     header = ("| network | same output spikes (Akida engine vs simulator) | accuracy float | 8-bit | Akida bits (8-bit "
@@ -89,7 +91,7 @@ def main() -> None:
             data = load_dataset(dataset, "test", args.data_dir)
             images = data.images[: args.limit].float().div_(255.0).numpy().reshape(-1, *graph.input_shape)
             labels = data.labels[: args.limit].numpy()
-            lava += lava_rows(name, graph, images, Path(folder))
+            lava += lava_rows(name, graph, images, Path(folder), args.float_limit)
             akida += akida_rows(name, graph, images, labels, Path(folder))
             print(akida[-1], flush=True)
     text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *lava, "", *akida])

@@ -88,6 +88,15 @@ MAIN = [
         )
         for distil in ([], ["--distill-weight", "0.5"], ["--distill-temperature", "4"])
     ],
+    # Issue #28: the best small-net recipe with augmentation, and with six more binary epochs.
+    *[
+        (
+            "fashion-mnist",
+            "mnist-conv-small",
+            [*_slow_small(3, start=1, epochs=epochs), "--surrogate", "0", *_POOL_FIRST, *extra],
+        )
+        for epochs, extra in ((12, ["--augment"]), (18, []))
+    ],
     ("mnist", "mnist-conv-bn", []),
     ("fashion-mnist", "mnist-conv-bn", []),
     # A CIFAR-10 network small enough for a 2-core CPU (the registry's base-64 net is GPU-sized), as the
