@@ -60,6 +60,9 @@ STATE_LIMIT = 2**23  # u and v are 24-bit signed
 ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
 WEIGHT_MAX = 127  # an 8-bit mixed-sign weight, stored doubled with weight_exp = -1
 
+#: A node's value as linear maps of what it reads: population (or input) name -> (sparse matrix, bias).
+Sources = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
 
 @dataclass(frozen=True)
 class Synapses:
@@ -113,48 +116,37 @@ def program(graph: SpikingGraph) -> LoihiProgram:
     by_name = {node.name: node for node in graph.nodes}
     shapes = {node.name: node.shape for node in graph.nodes}
     populations = [node for node in graph.nodes if isinstance(node, (SpikeNode, MaxPool2dNode))]
-    reach: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    reach: dict[str, Sources] = {}
 
-    def contributions(name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """source population (or ``input``) -> (matrix, bias) of ``name``'s value as a linear map of it."""
-        if name in reach:
-            return reach[name]
-        node = by_name[name]
-        size = math.prod(node.shape)
-        if isinstance(node, (InputNode, SpikeNode, MaxPool2dNode)):
-            reach[name] = {name: (_eye(size), torch.zeros(size, dtype=torch.float64))}
-            return reach[name]
-        summed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for source_name in node.inputs:
-            for source, (matrix, bias) in contributions(source_name).items():
-                if source in summed:
-                    matrix, bias = summed[source][0] + matrix, summed[source][1] + bias
-                summed[source] = (matrix, bias)
-        in_shape = shapes[node.inputs[0]]
-        linear, own_bias = _linear_map(node, in_shape)
-        reach[name] = {
-            source: (_compose(linear, matrix), _apply(linear, bias) + own_bias)
-            for source, (matrix, bias) in summed.items()
-        }
+    def summed(names: list[str]) -> Sources:
+        """The sum of these nodes' values, as linear maps of the populations (or the input) they read."""
+        total: Sources = {}
+        for name in names:
+            for source, (matrix, bias) in contributions(name).items():
+                if source in total:
+                    matrix, bias = total[source][0] + matrix, total[source][1] + bias
+                total[source] = (matrix, bias)
+        return total
+
+    def contributions(name: str) -> Sources:
+        """source population (or the input) -> (matrix, bias) of ``name``'s value as a linear map of it."""
+        if name not in reach:
+            node = by_name[name]
+            if isinstance(node, (InputNode, SpikeNode, MaxPool2dNode)):
+                size = math.prod(node.shape)
+                reach[name] = {name: (_eye(size), torch.zeros(size, dtype=torch.float64))}
+            else:
+                reach[name] = _through(node, shapes[node.inputs[0]], summed(node.inputs))
         return reach[name]
 
     host: dict[str, int] = {}
-    incoming: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    incoming: dict[str, Sources] = {}
     for node in populations:
-        if isinstance(node, MaxPool2dNode):  # OR of a window of spikes: a count >= 1
+        if isinstance(node, MaxPool2dNode):  # the OR of a window of spikes: a count >= 1
             window = SumPool2dNode(node.name, node.inputs, node.shape, node.kernel_size, node.stride, node.padding)
-            linear, _ = _linear_map(window, shapes[node.inputs[0]])
-            sources = {
-                source: (_compose(linear, matrix), _apply(linear, bias))
-                for source, (matrix, bias) in contributions(node.inputs[0]).items()
-            }
+            sources = _through(window, shapes[node.inputs[0]], summed(node.inputs))
         else:
-            sources: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            for name in node.inputs:
-                for source, (matrix, bias) in contributions(name).items():
-                    if source in sources:
-                        matrix, bias = sources[source][0] + matrix, sources[source][1] + bias
-                    sources[source] = (matrix, bias)
+            sources = summed(node.inputs)
         if graph.nodes[0].name in sources:  # reads the pixels: the host's
             host[node.name] = math.prod(node.shape)
             continue
@@ -193,6 +185,15 @@ def program(graph: SpikingGraph) -> LoihiProgram:
         layers.append(layer)
         depth[node.name] = level
     return LoihiProgram(layers, host, graph.output, sizes)
+
+
+def _through(node: GraphNode, in_shape: tuple[int, ...], sources: Sources) -> Sources:
+    """``sources`` carried through a linear node: its matrix times each, its bias added."""
+    linear, own_bias = _linear_map(node, in_shape)
+    return {
+        source: (_compose(linear, matrix), _apply(linear, bias) + own_bias)
+        for source, (matrix, bias) in sources.items()
+    }
 
 
 def _eye(size: int) -> torch.Tensor:
