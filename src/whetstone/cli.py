@@ -56,7 +56,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=list(DATASETS), help="default: the dataset it was trained on")
     ev.add_argument("--batch-size", type=COUNT, default=1000)
 
-    ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint to NIR or ONNX")
+    ex = commands.add_parser(
+        "export", parents=[data], help="export a fully sharpened checkpoint to NIR, ONNX or an Akida model"
+    )
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     ex.add_argument(
         "--format", choices=["nir", "onnx", "fbz"], required=True, help="fbz: an Akida model (--target akida)"

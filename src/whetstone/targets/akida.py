@@ -21,7 +21,6 @@ Python 3.11); the file is Akida's own ``.fbz``.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +137,17 @@ def _thresholds(node: AffineNode | Conv2dNode, spike: SpikeNode, first: bool) ->
     return (np.ceil(gap) - 1).astype(np.int32)
 
 
+def _akida() -> Any:
+    try:
+        import akida
+    except ImportError as error:
+        raise ImportError(f"Akida models need akida: {INSTALL} ({error})") from None
+    return akida
+
+
 def build_model(graph: SpikingGraph) -> Any:
     """The ``akida.Model`` of an integer graph (:func:`_prepare`'s); ``ImportError`` without akida."""
-    import akida
+    akida = _akida()
 
     layers = plan(graph)
     model = akida.Model()
@@ -175,10 +182,7 @@ def _prepare(graph: SpikingGraph) -> SpikingGraph:
 
 
 def _write(graph: SpikingGraph, path: Path, replace: bool) -> Path:
-    try:
-        model = build_model(graph)
-    except ImportError as error:
-        raise ImportError(f"writing an Akida model needs akida: {INSTALL} ({error})") from None
+    model = build_model(graph)
     with tempfile.TemporaryDirectory(prefix="whetstone-akida-") as folder:  # Akida saves to a path only
         model.save(str(Path(folder) / "model.fbz"))
         payload = (Path(folder) / "model.fbz").read_bytes()
@@ -191,17 +195,18 @@ def _run(path: Path, images: np.ndarray) -> np.ndarray:
     model = akida.Model(str(path))
     h, w, c = model.input_shape
     pixels = np.rint(np.asarray(images, np.float32).reshape(len(images), c, -1) * INPUT_LEVELS).astype(np.uint8)
-    side = math.isqrt(pixels.shape[2])
-    if (side, side) != (h, w):  # a dense encoder's image, padded by zeros to the odd sides of its kernel
-        pixels = np.pad(pixels.reshape(len(images), c, side, side), ((0, 0), (0, 0), (0, h - side), (0, w - side)))
-    out = model.forward(pixels.reshape(len(images), c, h, w).transpose(0, 2, 3, 1))
+    # A dense encoder's kernel has odd sides: an even side of the image was padded by a zero row or column.
+    height, width = next((h - dh, w - dw) for dh in (0, 1) for dw in (0, 1) if (h - dh) * (w - dw) == pixels.shape[2])
+    pixels = pixels.reshape(len(images), c, height, width)
+    pixels = np.pad(pixels, ((0, 0), (0, 0), (0, h - height), (0, w - width)))
+    out = model.forward(np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)))
     return out.transpose(0, 3, 1, 2).reshape(len(images), -1)  # channel, height, width: the graph's order
 
 
 def fit(graph: SpikingGraph) -> FitReport:
     """Akida's own mapper on the virtual AKD1000: each layer on the chip's neural processors (NPs) or, where
     the mapper cannot place it, in Akida's software backend on the host (with the mapper's reason)."""
-    import akida
+    akida = _akida()
 
     report = FitReport("Akida AKD1000 (virtual device)")
     model = build_model(_prepare(graph))
