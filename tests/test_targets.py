@@ -292,6 +292,19 @@ def test_quantize_gives_the_encoder_its_own_precision(trained):
         ws.quantize(graph, 4, encoder_bits=1)
 
 
+def test_quantize_per_channel_gives_each_channel_the_whole_range(trained, mini_test):
+    float_graph = ws.to_spiking_graph(trained, (1, 28, 28))
+    graph = ws.quantize(float_graph, 4, per_channel=True)
+    for node in graph.nodes:
+        if isinstance(node, (AffineNode, Conv2dNode)):  # every channel reaches 7, not only the layer's largest
+            assert np.all(np.abs(node.weight).reshape(len(node.weight), -1).max(axis=1) == 7)
+    assert any(np.unique(spike.threshold).size > 1 for spike in graph.spiking_nodes())  # a threshold per channel
+    images = mini_test[0][:300].numpy().reshape(-1, 1, 28, 28)
+    fine = ws.quantize(float_graph, 16, per_channel=True)  # at 16 bits: the float network's spikes, nearly all
+    same = (ws.simulate(fine, images).output_spikes == ws.simulate(float_graph, images).output_spikes).all(axis=1)
+    assert same.mean() >= 0.98
+
+
 def test_xylo_biases_move_into_thresholds_where_those_stay_positive(trained_dense, mini_test):
     from whetstone.targets.xylo import fold_biases
 

@@ -13,7 +13,11 @@ __all__ = ["quantize"]
 
 
 def quantize(
-    graph: SpikingGraph, bits: int = 8, input_levels: int = 255, encoder_bits: int | None = None
+    graph: SpikingGraph,
+    bits: int = 8,
+    input_levels: int = 255,
+    encoder_bits: int | None = None,
+    per_channel: bool = False,
 ) -> SpikingGraph:
     """Integer weights: each spiking layer's synaptic weights and biases become integers, weights in
     ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``, and its threshold an integer too.
@@ -35,11 +39,16 @@ def quantize(
 
     ``encoder_bits`` gives the spiking layer that reads the pixels a precision of its own (Akida's input
     layer holds 8-bit weights, its other layers 4); the graph's ``quantized_bits`` is then the larger.
+    ``per_channel`` scales each output channel (unit, for a dense layer) by its own largest weight, with a
+    threshold of its own, where the layer has no skip connection: exact in the same way, and finer where
+    the precision is low (for chips with a threshold per channel, such as Akida).
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
     if isinstance(input_levels, bool) or not isinstance(input_levels, int) or input_levels < 1:
         raise ValueError(f"input_levels must be a positive integer, got {input_levels!r}")
+    if not isinstance(per_channel, bool):
+        raise ValueError(f"per_channel must be True or False, got {per_channel!r}")
     if encoder_bits is not None and (isinstance(encoder_bits, bool) or not isinstance(encoder_bits, int)
                                      or not 2 <= encoder_bits <= 16):  # fmt: skip
         raise ValueError(f"encoder_bits must be an integer in [2, 16] or None, got {encoder_bits!r}")
@@ -70,9 +79,15 @@ def quantize(
             continue
         reads_pixels = any(layer.name == graph.encoder for layer in weighted)
         limit = 2 ** ((encoder_bits if reads_pixels and encoder_bits else bits) - 1) - 1
-        largest = max([float(np.abs(layer.weight).max()) for layer in weighted] + [1.0] * len(others))
-        scale = limit / max(largest, 1e-12)  # a skip connection's synapses (weight 1) count among the weights
-        threshold = float(round(scale * theta))
+        channels = len(weighted[0].bias)
+        if per_channel and not others:  # each channel by its own largest weight
+            largest = np.max([np.abs(layer.weight).reshape(channels, -1).max(axis=1) for layer in weighted], axis=0)
+        else:  # a skip connection's synapses (weight 1) count among the weights
+            largest = np.full(
+                channels, max([float(np.abs(layer.weight).max()) for layer in weighted] + [1.0] * len(others))
+            )
+        scale = limit / np.maximum(largest.astype(np.float64), 1e-12)
+        threshold = np.round(scale * theta)
         biases = {layer.name: np.round(layer.bias * scale) for layer in weighted}
         if direct:  # round the comparison once: the first direct layer carries sum(b) - theta
             first = direct[0].name
@@ -81,18 +96,17 @@ def quantize(
             biases[first] = np.round((total - theta) * scale) + threshold - rest
         for layer in weighted:
             bias = biases[layer.name] + (0.5 / input_levels if layer.name == graph.encoder else 0.0)
-            weight = np.clip(np.round(layer.weight * scale), -limit, limit)
+            weight = np.clip(np.round(layer.weight * scale.reshape(-1, *[1] * (layer.weight.ndim - 1))), -limit, limit)
             replaced[layer.name] = dataclasses.replace(
                 layer, weight=weight.astype(np.float32), bias=bias.astype(np.float32)
             )
         inputs = list(spike.inputs)
         for source in others:  # a skip connection: synapses of weight round(s) from each unit to itself
-            synapses = _identity_synapses(f"{spike.name}.from_{source.name}", source, float(max(1, round(scale))))
+            synapses = _identity_synapses(f"{spike.name}.from_{source.name}", source, float(max(1, round(scale[0]))))
             inserted.setdefault(spike.name, []).append(synapses)
             inputs[inputs.index(source.name)] = synapses.name
-        replaced[spike.name] = dataclasses.replace(
-            spike, inputs=inputs, threshold=np.full_like(spike.threshold, threshold)
-        )
+        per_unit = np.broadcast_to(threshold.reshape(-1, *[1] * (len(spike.shape) - 1)), spike.shape)
+        replaced[spike.name] = dataclasses.replace(spike, inputs=inputs, threshold=per_unit.astype(np.float32).copy())
     nodes: list[GraphNode] = []
     for node in graph.nodes:
         nodes += inserted.get(node.name, [])

@@ -9,7 +9,8 @@ thresholds exactly. The encoder is an ``InputConvolutional`` (the only 1.0 layer
 8-bit pixels ``p``: ``sum w p / 255 + b >= T`` is ``sum w p > ceil(255 (T - b)) - 1``; a dense encoder is a
 convolution whose kernel is the whole image (zero-padded to odd sides, which Akida's kernels have: the
 image gets a zero row and column). The other layers hold 1-, 2- or 4-bit weights: the file is the
-graph quantized to 4 bits with an 8-bit encoder (:func:`~whetstone.quantization.quantize`). Akida's tensors
+graph quantized to 4 bits with an 8-bit encoder, each filter or unit scaled by its own largest weight (its
+thresholds are per filter: :func:`~whetstone.quantization.quantize` with ``per_channel``). Akida's tensors
 are channels-last and its ``Convolutional`` flips the kernel (a true convolution, measured; the input layer
 does not); a fully connected layer after a feature map pairs its weights with the map flattened channel, width,
 height (measured). 1.0 layers
@@ -176,7 +177,7 @@ def build_model(graph: SpikingGraph) -> Any:
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
     held = weight_bits(graph)
     if held is None or held > WEIGHT_BITS:
-        graph = quantize(graph, WEIGHT_BITS, INPUT_LEVELS, encoder_bits=INPUT_WEIGHT_BITS)
+        graph = quantize(graph, WEIGHT_BITS, INPUT_LEVELS, encoder_bits=INPUT_WEIGHT_BITS, per_channel=True)
     plan(graph)
     return graph
 
