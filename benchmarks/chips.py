@@ -74,11 +74,13 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--limit", type=int, help="only the first N test images")
     parser.add_argument("--float-limit", type=int, help="run Lava's floating_pt on only the first N images")
+    parser.add_argument("--parts", nargs="+", choices=["lava", "akida"], default=["lava", "akida"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/results.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     command = "python benchmarks/chips.py " + " ".join(args.sources) + (f" --limit {args.limit}" if args.limit else "")
+    command += " --parts " + " ".join(args.parts) if args.parts != ["lava", "akida"] else ""
     command += f" --float-limit {args.float_limit}" if args.float_limit else ""
     lava = ["| network | software | same output spikes as the simulator | Lava's time per image | wall s |",
             "|---|---|---:|---:|---:|"]  # fmt: skip
