@@ -93,15 +93,18 @@ def main() -> None:
             data = load_dataset(dataset, "test", args.data_dir)
             images = data.images[: args.limit].float().div_(255.0).numpy().reshape(-1, *graph.input_shape)
             labels = data.labels[: args.limit].numpy()
-            lava += lava_rows(name, graph, images, Path(folder), args.float_limit)
-            akida += akida_rows(name, graph, images, labels, Path(folder))
-            print(akida[-1], flush=True)
-    text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *lava, "", *akida])
-    print(text)
-    if args.write:
-        write_section(
-            Path(__file__).parents[1] / "docs" / "results.md", "chips", "Chips' own toolchains (issue #27)", text
-        )
+            if "lava" in args.parts:
+                lava += lava_rows(name, graph, images, Path(folder), args.float_limit)
+            if "akida" in args.parts:
+                akida += akida_rows(name, graph, images, labels, Path(folder))
+                print(akida[-1], flush=True)
+    results = Path(__file__).parents[1] / "docs" / "results.md"
+    for part, table, title in (("lava", lava, "Loihi 2 in Lava"), ("akida", akida, "Akida")):
+        if part in args.parts:
+            text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *table])
+            print(text)
+            if args.write:
+                write_section(results, f"chips-{part}", f"Chips' own toolchains: {title} (issue #27)", text)
 
 
 if __name__ == "__main__":
