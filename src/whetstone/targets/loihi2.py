@@ -175,6 +175,6 @@ TARGET = Target(
     aliases=("lava",),
     prepare=_prepare,
     run=_run,
-    unavailable=f"Lava runs in a Python 3.10 environment: {SETUP}",
+    unavailable="lava-nc 0.10 in a Python 3.10 environment (make install makes .venv/lava)",
     fit=fit,
 )
