@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -98,7 +98,6 @@ class LoihiProgram:
     layers: list[LoihiLayer]
     host: dict[str, int]  # host layer -> units
     output: str
-    sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def latency(self) -> int:
@@ -184,7 +183,7 @@ def program(graph: SpikingGraph) -> LoihiProgram:
         layer = _layer(node.name, node.shape, synapses, total_bias.numpy(), np.asarray(threshold), level)
         layers.append(layer)
         depth[node.name] = level
-    return LoihiProgram(layers, host, graph.output, sizes)
+    return LoihiProgram(layers, host, graph.output)
 
 
 def _through(node: GraphNode, in_shape: tuple[int, ...], sources: Sources) -> Sources:
