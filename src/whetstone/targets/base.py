@@ -123,7 +123,8 @@ class Target:
 
 
 # -- graph rewrites --------------------------------------------------------------------------------
-def _replace_nodes(graph: SpikingGraph, nodes: Sequence[GraphNode]) -> SpikingGraph:
+def replace_nodes(graph: SpikingGraph, nodes: Sequence[GraphNode]) -> SpikingGraph:
+    """``graph`` with these nodes, its output, key, metadata and readout kept."""
     return SpikingGraph(list(nodes), graph.output, graph.key.copy(), dict(graph.metadata), graph.readout)
 
 
@@ -155,7 +156,7 @@ def average_pools(graph: SpikingGraph, target: str) -> SpikingGraph:
         nodes.append(node)
     if any(name in factor and not users[name] for name in factor):
         raise DeployError(f"the output is pooled: {target} cannot express it")
-    return _replace_nodes(graph, nodes)
+    return replace_nodes(graph, nodes)
 
 
 def chain_only(graph: SpikingGraph, target: str) -> SpikingGraph:
@@ -183,7 +184,7 @@ def dense_only(graph: SpikingGraph, target: str) -> SpikingGraph:
             nodes.append(dataclasses.replace(node, inputs=[renamed.get(name, name) for name in node.inputs]))
         else:
             raise DeployError(f"{node.name}: {target} has dense layers only; this layer is a {node.op}")
-    return chain_only(_replace_nodes(graph, nodes), target)
+    return chain_only(replace_nodes(graph, nodes), target)
 
 
 def positive_thresholds(graph: SpikingGraph, target: str) -> SpikingGraph:

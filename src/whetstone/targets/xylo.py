@@ -27,7 +27,16 @@ import numpy as np
 
 from ..export.nir import NirStyle
 from ..graph import AffineNode, GraphNode, SpikingGraph
-from .base import FitCheck, FitReport, Target, at_most_bits, dense_only, populations, weight_bits_check
+from .base import (
+    FitCheck,
+    FitReport,
+    Target,
+    at_most_bits,
+    dense_only,
+    populations,
+    replace_nodes,
+    weight_bits_check,
+)
 
 STYLE = NirStyle(target="rockpool", fires_on=">=", neuron="CubaLIF",
                  run="rockpool from_nir; max_spikes_per_dt=1 on every LIFTorch; flat input; one step")  # fmt: skip
@@ -106,8 +115,7 @@ def fold_biases(graph: SpikingGraph) -> SpikingGraph:
             replaced[spike.name] = dataclasses.replace(
                 spike, threshold=folded.reshape(spike.threshold.shape).astype(np.float32)
             )
-    nodes = [replaced.get(node.name, node) for node in graph.nodes]
-    return SpikingGraph(nodes, graph.output, graph.key.copy(), dict(graph.metadata), graph.readout)
+    return replace_nodes(graph, [replaced.get(node.name, node) for node in graph.nodes])
 
 
 def run(path: Path, images: np.ndarray) -> np.ndarray:
