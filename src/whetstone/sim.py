@@ -30,6 +30,7 @@ from .graph import (
     SpikeNode,
     SpikingGraph,
     SumPool2dNode,
+    dense_weight,
 )
 
 __all__ = ["ENERGY_PER_OP", "TIE_BREAKS", "EnergyModel", "SimResult", "check_images", "simulate"]
@@ -137,13 +138,7 @@ def _conv_projection(
     groups: int,
 ) -> _Projection:
     c_out, c_in_group, kh, kw = weight.shape
-    c_in = c_in_group * groups
-    full = np.zeros((c_out, c_in, kh, kw), dtype=np.float64)  # block-diagonal over groups
-    per_out = c_out // groups
-    for g in range(groups):
-        full[g * per_out : (g + 1) * per_out, g * c_in_group : (g + 1) * c_in_group] = weight[
-            g * per_out : (g + 1) * per_out
-        ]
+    full = dense_weight(weight.astype(np.float64), groups)  # block-diagonal over groups
     offsets = [(ky, kx) for ky in range(kh) for kx in range(kw)]
     kernels = np.stack([full[:, :, ky, kx].T for ky, kx in offsets])
     # Synapses per sample: for each offset, the output positions whose input position is inside the image.
@@ -162,7 +157,7 @@ def _conv_projection(
         tuple(out_shape),
         bias.astype(np.float64),
         pairs * c_in_group * c_out,
-        per_out,
+        c_out // groups,
     )
 
 
