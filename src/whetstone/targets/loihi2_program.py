@@ -48,7 +48,6 @@ from ..graph import (
     SpikeNode,
     SpikingGraph,
     SumPool2dNode,
-    dense_weight,
 )
 
 __all__ = ["LoihiLayer", "LoihiProgram", "Synapses", "program"]
@@ -225,17 +224,15 @@ def _linear_map(node: GraphNode, in_shape: tuple[int, ...]) -> tuple[torch.Tenso
         bias = np.broadcast_to(np.asarray(node.bias, dtype=np.float64), (size_out,))
         return weight.to_sparse().coalesce(), torch.as_tensor(bias.copy())
     if isinstance(node, Conv2dNode):
-        weight = dense_weight(np.asarray(node.weight, dtype=np.float64), node.groups)
-        rows, cols, values = _conv_entries(weight, in_shape, node.shape, node.stride, node.padding, node.dilation)
-        per_channel = np.asarray(node.bias, dtype=np.float64)
-        bias = np.repeat(per_channel, math.prod(node.shape[1:]))
+        weight = np.asarray(node.weight, dtype=np.float64)
+        rows, cols, values = _conv_entries(weight, node.groups, in_shape, node.shape, node.stride, node.padding,
+                                           node.dilation)  # fmt: skip
+        bias = np.repeat(np.asarray(node.bias, dtype=np.float64), math.prod(node.shape[1:]))
     elif isinstance(node, Pool2dNode) and not isinstance(node, MaxPool2dNode):
-        channels = in_shape[0]
+        channels = in_shape[0]  # a pooling is a depthwise convolution of ones (of 1 / window, averaging)
         k = node.kernel_size[0] * node.kernel_size[1]
-        scale = 1.0 / k if isinstance(node, AvgPool2dNode) else 1.0
-        weight = np.zeros((channels, channels, *node.kernel_size))
-        weight[np.arange(channels), np.arange(channels)] = scale
-        rows, cols, values = _conv_entries(weight, in_shape, node.shape, node.stride, node.padding, (1, 1))
+        weight = np.full((channels, 1, *node.kernel_size), 1.0 / k if isinstance(node, AvgPool2dNode) else 1.0)
+        rows, cols, values = _conv_entries(weight, channels, in_shape, node.shape, node.stride, node.padding, (1, 1))
         bias = np.zeros(size_out)
     else:
         raise DeployError(f"{node.name}: Loihi 2 has no counterpart of a {node.op} between spiking layers")
@@ -246,24 +243,26 @@ def _linear_map(node: GraphNode, in_shape: tuple[int, ...]) -> tuple[torch.Tenso
     return matrix, torch.as_tensor(bias)
 
 
-def _conv_entries(weight: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...], stride: tuple[int, int],
-                  padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """(rows, cols, values) of a dense convolution's (out, in) matrix, one kernel entry at a time."""
-    c_out, c_in, kh, kw = weight.shape
+def _conv_entries(weight: np.ndarray, groups: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
+                  stride: tuple[int, int], padding: tuple[int, int],
+                  dilation: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(rows, cols, values) of a (grouped) convolution's (out, in) matrix, one kernel entry at a time."""
+    c_out, c_group, kh, kw = weight.shape
     _, height, width = in_shape
     _, h_out, w_out = out_shape
     oy, ox = np.meshgrid(np.arange(h_out), np.arange(w_out), indexing="ij")
     out_index = (np.arange(c_out)[:, None, None] * h_out + oy) * w_out + ox  # (c_out, h_out, w_out)
+    first_input = (np.arange(c_out) // (c_out // groups)) * c_group  # each output channel's group's first input
     rows, cols, values = [], [], []
-    for ci in range(c_in):
+    for ci in range(c_group):
         for ky in range(kh):
             for kx in range(kw):
                 iy = oy * stride[0] - padding[0] + ky * dilation[0]
                 ix = ox * stride[1] - padding[1] + kx * dilation[1]
                 inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-                column = (ci * height + iy) * width + ix
+                position = iy[inside] * width + ix[inside]
                 rows.append(out_index[:, inside].ravel())
-                cols.append(np.broadcast_to(column[inside], (c_out, int(inside.sum()))).ravel())
+                cols.append(((first_input + ci)[:, None] * (height * width) + position[None, :]).ravel())
                 values.append(np.repeat(weight[:, ci, ky, kx], int(inside.sum())))
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
 
