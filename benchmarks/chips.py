@@ -20,6 +20,7 @@ import torch
 
 from whetstone.data import load_dataset
 from whetstone.graph import DeployError
+from whetstone.quantization import quantize
 from whetstone.sim import simulate
 from whetstone.targets import export, get_target
 from whetstone.targets.loihi2 import LAVA_VERSION, run_in_lava
@@ -61,7 +62,7 @@ def akida_rows(name: str, graph, images: np.ndarray, labels: np.ndarray, folder:
     reference = simulate(prepared, images)
     same = int((spikes == reference.output_spikes).all(axis=1).sum())
     full = simulate(graph, images).predictions
-    eight = simulate(get_target("loihi2").prepare(graph), images).predictions
+    eight = simulate(quantize(graph, 8), images).predictions
     accuracy = [float((predictions == labels).mean()) for predictions in (full, eight, reference.predictions)]
     row = (f"| {name} | {same:,}/{len(images):,} | {accuracy[0]:.2%} | {accuracy[1]:.2%} | {accuracy[2]:.2%} | "
            f"{seconds / len(images) * 1000:.2f} ms |")  # fmt: skip

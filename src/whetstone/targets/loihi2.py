@@ -61,8 +61,8 @@ SETUP = "python3.10 -m venv ENV && ENV/bin/pip install lava-nc==0.10.0, then set
 def fit(graph: SpikingGraph) -> FitReport:
     """The graph, as Loihi 2's registers hold it (:func:`~.loihi2_program.program`), against one chip."""
     report = FitReport("Loihi 2 (one chip)")
-    written = _prepare(graph)
-    plan = program(written)
+    written = at_most_bits(graph, WEIGHT_BITS)
+    plan = program(written)  # refuses what the registers cannot hold, as export does
     for name, units in plan.host.items():
         report.checks.append(FitCheck(name, "spikes into the chip", f"{units:,} units computed on the host (pixels)",
                                       True, "24-bit current: real-valued pixels overflow it"))  # fmt: skip
