@@ -96,6 +96,7 @@ CLI_CASES = [
     _cli("model option without a value", TRAIN + " --model-option kernel", "--model-option must look like NAME=VALUE"),
     _cli("model option the model lacks", TRAIN + " --model-option kernel=3", "model 'mnist-dense' has no option kernel"),
     _cli("model option of the wrong type", TRAIN + " --model-option pool_first=yes", "pool_first must be True or False, got 'yes'"),
+    _cli("model option that is a size, zero", TRAIN.replace("mnist-dense", "mnist-conv-small") + " --model-option conv2=0", "model option conv2 must be a positive integer, got 0"),
     _cli("distillation weight without a teacher", TRAIN + " --distill-weight 0.5", "--distill-weight and --distill-temperature need --teacher"),
     _cli("teacher that does not exist", TRAIN + " --teacher {tmp}/nowhere", "--teacher {tmp}/nowhere: no checkpoint at"),
     _cli("teacher of another dataset", TRAIN + " --teacher {fashion_teacher}", "was trained on 'fashion-mnist', this run trains on 'mnist-mini'"),

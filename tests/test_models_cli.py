@@ -121,6 +121,12 @@ def test_create_model_options_and_errors():
     with pytest.raises(ValueError, match="unknown model 'resnet9000'; choose one of"):
         ws.create_model("resnet9000")
     assert recipe("mnist-dense").optimizer == "adadelta"
+    wide = ws.create_model("mnist-conv-small", conv1=20, conv2=96)
+    assert [m.out_channels for m in wide.modules() if isinstance(m, torch.nn.Conv2d)] == [20, 96]
+    assert wide(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    for name, options in (("cifar-conv-bn", {"base": 0}), ("mnist-conv-bn", {"kernel": -3}), ("rnn", {"hidden": 0})):
+        with pytest.raises(ValueError, match=f"model option {next(iter(options))} must be a positive integer"):
+            ws.create_model(name, input_shape=(3, 32, 32) if name == "cifar-conv-bn" else (1, 28, 28), **options)
 
 
 def test_cli_train_then_eval(tmp_path, capsys):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
-from .checks import positive_int, sizes
+from .checks import sizes
 from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
 from .recurrent import RecurrentSpiking
@@ -233,6 +233,8 @@ def _check_option_types(build: Callable[..., nn.Module], options: dict[str, Any]
         kinds, what = _OPTION_KINDS.get(hints.get(name), ((object,), ""))
         if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
             raise ValueError(f"model option {name} must be {what}, got {value!r}")
+        if kinds == (int,) and value < 1:  # every integer option is a size: channels, units, a kernel's side
+            raise ValueError(f"model option {name} must be a positive integer, got {value!r}")
 
 
 def center_on_threshold(model: nn.Module) -> None:
@@ -323,9 +325,17 @@ def _mnist_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], k
     "mnist-conv-small",
     Recipe(optimizer="adam", lr=3e-3, epochs=4, start_epoch=1, steps=469, per="batch", logit_scale=0.1),
     "snnTorch's tutorial CNN: Conv 12@5x5 - pool - Conv 64@5x5 - pool - Dense <width> (no padding), batch "
-    "norm before each spike (folded away); sharpened per batch, one epoch per layer.",
+    "norm before each spike (folded away); sharpened per batch, one epoch per layer. conv1=, conv2= set the "
+    "two convolutions' channels.",
 )
-def _mnist_conv_small(width: int, spike: type, input_shape: tuple[int, int, int], batch_norm: bool = True) -> nn.Module:
+def _mnist_conv_small(
+    width: int,
+    spike: type,
+    input_shape: tuple[int, int, int],
+    batch_norm: bool = True,
+    conv1: int = 12,
+    conv2: int = 64,
+) -> nn.Module:
     def block(c_in: int, c_out: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 5), *([nn.BatchNorm2d(c_out)] if batch_norm else []), spike(), nn.MaxPool2d(2)]
 
@@ -333,9 +343,9 @@ def _mnist_conv_small(width: int, spike: type, input_shape: tuple[int, int, int]
         return ((n - 4) // 2 - 4) // 2
 
     channels, height, width_px = input_shape
-    flat = 64 * side(height) * side(width_px)
+    flat = conv2 * side(height) * side(width_px)
     return nn.Sequential(
-        *block(channels, 12), *block(12, 64), nn.Flatten(), *_linear_block(flat, width, spike, batch_norm)
+        *block(channels, conv1), *block(conv1, conv2), nn.Flatten(), *_linear_block(flat, width, spike, batch_norm)
     )
 
 
@@ -443,7 +453,7 @@ def _rnn(width: int, spike: type, input_shape: tuple[int, int, int], hidden: int
     channels, height, width_px = input_shape
     if channels != 1:
         raise ValueError(f"rnn reads one-channel images row by row, got {channels} channels")
-    return RecurrentSpiking(height, width_px, positive_int(hidden, "hidden"), width, spike)
+    return RecurrentSpiking(height, width_px, hidden, width, spike)
 
 
 @register_model(
