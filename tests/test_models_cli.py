@@ -162,6 +162,18 @@ def test_cli_cosine_schedule_model_option_and_weight_decay_are_saved_and_reused(
     assert json.loads(capsys.readouterr().out)["samples"] == 1000
 
 
+def test_cli_cosine_batch_schedule_lowers_the_rate_every_batch(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "2",
+                 "--sharpener", "none", "--lr", "0.002", "--lr-schedule", "cosine-batch", "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["scheduler"]["last_epoch"] == 2 * 3  # 300 samples: 3 batches of 128 (the last of 44) an epoch
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 0.01)
+    # A schedule that ends at --epochs cannot be extended on resume.
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 2
+
+
 def test_cli_surrogate_trains_past_binary_and_survives_resume(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--no-progress", "--device", "cpu"]

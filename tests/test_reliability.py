@@ -65,17 +65,25 @@ def _model():
 
 @pytest.mark.parametrize(
     ("cosine", "precision", "sync_every"),
-    [(False, "fp32", 1), (True, "fp32", 1), (False, "bf16", 1), (False, "fp16", 1), (False, "fp32", 4)],
-    ids=["constant-lr", "cosine-lr", "bf16", "fp16-loss-scaled", "read-back-every-4-batches"],
+    [
+        (None, "fp32", 1),
+        ("epoch", "fp32", 1),
+        ("batch", "fp32", 1),
+        (None, "bf16", 1),
+        (None, "fp16", 1),
+        (None, "fp32", 4),
+    ],
+    ids=["constant-lr", "cosine-lr", "cosine-lr-per-batch", "bf16", "fp16-loss-scaled", "read-back-every-4-batches"],
 )
 def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, precision, sync_every):
     from whetstone.run import cosine_schedule
 
     def trainer(model, out=None, every=None, sync=1):
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        steps = 5 * (len(_mini_loader()) if cosine == "batch" else 1)  # 5 epochs
         return ws.Trainer(model, optimizer, ws.SimpleSharpener(1, steps=1), out_dir=out, progress=False,
-                          checkpoint_every=every, scheduler=cosine_schedule(optimizer, 5) if cosine else None,
-                          precision=precision, sync_every=sync)  # fmt: skip
+                          checkpoint_every=every, scheduler=cosine_schedule(optimizer, steps) if cosine else None,
+                          scheduler_per=cosine or "epoch", precision=precision, sync_every=sync)  # fmt: skip
 
     full_model = _model()
     full = trainer(full_model)
@@ -109,7 +117,8 @@ def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, pre
         assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-12)
         assert ours.train_accuracy == theirs.train_accuracy
     if cosine:  # the schedule continued from where it was, not from the start
-        assert second.scheduler.last_epoch == full.scheduler.last_epoch == len(full.history) >= 3
+        steps = len(full.history) * (len(_mini_loader()) if cosine == "batch" else 1)
+        assert second.scheduler.last_epoch == full.scheduler.last_epoch == steps >= 3
         assert second.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"] < 1e-3 / 2
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import distributed
 from .callbacks import PrintEpochs, PrintSummary
 from .checkpoint import RunFolder, check_output_path, load_checkpoint
-from .config import ConfigError, RunConfig, flag_of, parse_model_options, resumed_config
+from .config import COSINE_SCHEDULES, ConfigError, RunConfig, flag_of, parse_model_options, resumed_config
 from .data import DATASETS
 from .files import Terminated, atomic_write, sigterm_raises
 from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line
@@ -177,7 +177,7 @@ def _train_process(config: RunConfig, resumed: bool) -> int:
     if result.fully_binary or config.sharpener == "none":
         return 0
     if distributed.rank() == 0:
-        more = ("train it again with more --epochs (a cosine schedule cannot be extended)" if config.lr_schedule == "cosine"
+        more = ("train it again with more --epochs (a cosine schedule cannot be extended)" if config.lr_schedule in COSINE_SCHEDULES
                 else f"continue it with whetstone train --resume {config.out} --epochs N")  # fmt: skip
         print(f"whetstone: {config.out} did not end fully binary within {config.epochs} epochs (exit status 1); {more}",
               file=sys.stderr)  # fmt: skip

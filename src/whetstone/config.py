@@ -31,6 +31,7 @@ from .models import list_models, recipe
 from .train import PRECISIONS
 
 __all__ = [
+    "COSINE_SCHEDULES",
     "LR_SCALINGS",
     "OPTIMIZERS",
     "SHARPENERS",
@@ -59,6 +60,8 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9}}
 SHARPENERS = ("simple", "scheduled", "adaptive", "none")
 #: How --lr follows --batch-size (see RunConfig.scaled_lr).
 LR_SCALINGS = ("none", "linear", "sqrt")
+#: The learning-rate schedules along half a cosine: lowered every epoch, or every batch.
+COSINE_SCHEDULES = ("cosine", "cosine-batch")
 
 
 class ConfigError(ValueError):
@@ -121,8 +124,9 @@ class RunConfig:
                                "(x batch / recipe batch, for SGD), sqrt (x its square root, for the Adam family) or none",
                                choices=LR_SCALINGS)  # fmt: skip
     epochs: int | None = _setting(help="maximum epochs (training stops once fully binary, unless --surrogate)")
-    lr_schedule: str | None = _setting(help="cosine: the learning rate falls along half a cosine to lr/100 at --epochs",
-                                       choices=("constant", "cosine"))  # fmt: skip
+    lr_schedule: str | None = _setting(help="cosine: the learning rate falls along half a cosine to lr/100 at --epochs, "
+                                       "lowered every epoch; cosine-batch: the same curve, lowered every batch",
+                                       choices=("constant", *COSINE_SCHEDULES))  # fmt: skip
     logit_scale: float | None = _setting(help="train on the cross-entropy of this times the decoder's logits")
     augment: bool | None = _setting(help="random crop of zero-padded training batches, and a left-right mirror where the "
                                     "dataset allows it (default: the recipe's)")  # fmt: skip
@@ -434,7 +438,7 @@ def resume_config(saved: RunConfig, given: Mapping[str, Any], folder: str) -> tu
         if name == "out":
             if Path(value).resolve() != Path(folder).resolve():
                 contradictions.append(f"--out {value} (the run is in {folder})")
-        elif name == "epochs" and saved.lr_schedule == "cosine" and value != before:
+        elif name == "epochs" and saved.lr_schedule in COSINE_SCHEDULES and value != before:
             contradictions.append(f"--epochs {value} (its cosine schedule ends at epoch {before})")
         elif fields[name].metadata["runtime"] or name == "epochs":
             if value != before:

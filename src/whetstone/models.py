@@ -97,7 +97,8 @@ class Recipe:
     # 10x10 code), which saturates the softmax; conv models learn faster with a smaller scale.
     logit_scale: float = 1.0
     augment: bool = False  # random crop and (where the dataset allows) mirroring of each training batch
-    # "constant", or "cosine": the learning rate falls along half a cosine to 1/100 of lr at the last epoch.
+    # "constant", or "cosine": the learning rate falls along half a cosine to 1/100 of lr at the last epoch
+    # (lowered every epoch; "cosine-batch": every batch).
     lr_schedule: str = "constant"
     target: str = "labels"  # "inputs" for autoencoders: the loss compares the output with the input
     surrogate: float | None = None  # binary layers keep learning with this sharpness's slope (see --surrogate)

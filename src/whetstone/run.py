@@ -24,6 +24,7 @@ from .callbacks import Callback, TensorBoard
 from .checkpoint import RunFolder, load_checkpoint
 from .checks import is_number
 from .config import (
+    COSINE_SCHEDULES,
     OPTIMIZER_DEFAULTS,
     OPTIMIZERS,
     ConfigError,
@@ -58,7 +59,8 @@ def build_optimizer(
 def cosine_schedule(
     optimizer: torch.optim.Optimizer, epochs: int, final: float = 0.01
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate times ``final + (1 - final) * (1 + cos(pi * epoch / epochs)) / 2``, per epoch."""
+    """Learning rate times ``final + (1 - final) * (1 + cos(pi * step / epochs)) / 2``: ``epochs`` steps of the
+    scheduler (epochs, or batches for a trainer with ``scheduler_per="batch"``) to the floor."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
     )
@@ -202,7 +204,17 @@ def build_run(
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                                       find_unused_parameters=True)  # fmt: skip
     optimizer = build_optimizer(config.optimizer, trained.parameters(), config.scaled_lr(), config.optimizer_options())
-    scheduler = cosine_schedule(optimizer, config.epochs) if config.lr_schedule == "cosine" else None
+    # A last batch of one sample would stop batch norm ("expected more than 1 value per channel"): it is left out
+    # of each epoch (another sample each time, as the order is shuffled), for every model alike.
+    single = len(train_set) % config.batch_size == 1 and ranks == 1
+    train_loader = TensorLoader.from_dataset(train_set, config.batch_size // ranks, shuffle=True, seed=config.seed,
+                                             device=device, rank=rank, world_size=ranks, drop_last=single,
+                                             transform=augmentation(config.dataset) if config.augment else None)  # fmt: skip
+    scheduler_per = "batch" if config.lr_schedule == "cosine-batch" else "epoch"
+    scheduler = None
+    if config.lr_schedule in COSINE_SCHEDULES:
+        steps = config.epochs * (len(train_loader) if scheduler_per == "batch" else 1)
+        scheduler = cosine_schedule(optimizer, steps)
     extra = list(callbacks)
     if config.tensorboard:
         extra.append(TensorBoard(Path(config.out) / "tensorboard"))
@@ -212,16 +224,11 @@ def build_run(
         channels_last=config.channels_last,
         compile=config.compile,
         sync_every=config.sync_every,
+        scheduler_per=scheduler_per,
         run_info={"model": config.model, "model_options": options, "dataset": config.dataset, "config": config.to_dict()},
     )  # fmt: skip
     if checkpoint is not None:
         trainer.load_state_dict(dict(checkpoint))
-    # A last batch of one sample would stop batch norm ("expected more than 1 value per channel"): it is left out
-    # of each epoch (another sample each time, as the order is shuffled), for every model alike.
-    single = len(train_set) % config.batch_size == 1 and ranks == 1
-    train_loader = TensorLoader.from_dataset(train_set, config.batch_size // ranks, shuffle=True, seed=config.seed,
-                                             device=device, rank=rank, world_size=ranks, drop_last=single,
-                                             transform=augmentation(config.dataset) if config.augment else None)  # fmt: skip
     eval_loader = TensorLoader.from_dataset(test_set, 1000, device=device)
     if rank == 0:  # once the run is assembled: a run that cannot start leaves no file behind
         write_config(config)

@@ -62,7 +62,8 @@ class Trainer:
         loss: a :class:`~whetstone.losses.Loss` (``Classification()``, the default;
             ``Reconstruction()``; ``Distillation(teacher, ...)``), or any ``fn(logits, labels)``.
         scheduler: an optional learning-rate scheduler over ``optimizer``, stepped after each completed
-            epoch (and saved in checkpoints).
+            epoch, or each batch with ``scheduler_per="batch"`` (and saved in checkpoints).
+        scheduler_per: ``"epoch"`` or ``"batch"``: when ``scheduler`` steps.
         callbacks: :class:`~whetstone.callbacks.Callback` objects, or functions called with each
             :class:`EpochRecord`.
         out_dir: the run folder: ``checkpoint.pt`` (every epoch, and every ``checkpoint_every``
@@ -119,8 +120,12 @@ class Trainer:
         channels_last: bool = False,
         compile: bool = False,
         sync_every: int = 1,
+        scheduler_per: str = "epoch",
     ) -> None:
+        if scheduler_per not in ("epoch", "batch"):
+            raise ValueError(f"scheduler_per must be 'epoch' or 'batch', got {scheduler_per!r}")
         self.model, self.optimizer, self.sharpener, self.scheduler = model, optimizer, sharpener, scheduler
+        self.scheduler_per = scheduler_per
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
         self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.is_main = distributed.rank() == 0
@@ -236,6 +241,8 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+            if self.scheduler is not None and self.scheduler_per == "batch":
+                self.scheduler.step()
             # One bookkeeping path: this batch's loss sum, hits and size, summed on the device over the batches
             # of a window and read back at its end, summed over every rank (one rank outside torch.distributed)
             # in one transfer: a host sync every sync_every batches, not every batch.
@@ -284,7 +291,7 @@ class Trainer:
     ) -> None:
         if self.sharpener is not None:
             self.sharpener.on_epoch_end(epoch, train_loss)
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.scheduler_per == "epoch":
             self.scheduler.step()
         record = EpochRecord(
             epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks
