@@ -44,11 +44,13 @@ from _common import machine, write_section
 _COSINE = ["--lr-schedule", "cosine"]
 
 
-def _slow_small(steps: int, start: int = 3, epochs: int | None = None) -> list[str]:
+def _slow_small(steps: int, start: int = 3, epochs: int | None = None, schedule: str = "cosine") -> list[str]:
     """mnist-conv-small's 3 layers sharpened ``steps`` epochs each from epoch ``start``, under cosine
-    decay, for ``epochs`` in all (default: until binary)."""
+    decay (lowered every epoch, or every batch with ``schedule="cosine-batch"``), for ``epochs`` in all
+    (default: until binary)."""
     epochs = start + 3 * steps if epochs is None else epochs
-    return [*_COSINE, "--epochs", str(epochs), "--start-epoch", str(start), "--steps", str(steps), "--per", "epoch"]
+    return ["--lr-schedule", schedule, "--epochs", str(epochs), "--start-epoch", str(start), "--steps", str(steps),
+            "--per", "epoch"]  # fmt: skip
 
 
 def _cifar_cpu(base: int = 16) -> list[str]:
@@ -121,7 +123,7 @@ MAIN = [
     (
         "fashion-mnist",
         "mnist-conv-small",
-        [*_COSINE[:1], "cosine-batch", *_slow_small(3, start=1, epochs=18)[2:], "--surrogate", "0", *_POOL_FIRST],
+        [*_slow_small(3, start=1, epochs=18, schedule="cosine-batch"), "--surrogate", "0", *_POOL_FIRST],
     ),
     ("fashion-mnist", "mnist-conv-bn", [*_slow_small(2, start=1, epochs=18), "--surrogate", "0", *_POOL_FIRST]),
     ("mnist", "mnist-conv-bn", []),

@@ -40,7 +40,7 @@ from torch import nn
 
 import whetstone as ws
 from whetstone.checkpoint import RunFolder
-from whetstone.run import cosine_schedule
+from whetstone.run import build_scheduler
 
 from _common import machine, write_section
 
@@ -388,15 +388,14 @@ def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
 
 def relu_run(config: ws.RunConfig, curve: QuarterEpochAccuracy, stop_at: float | None = None) -> None:
     """Train ``config``'s network with nn.ReLU in place of its spiking activations (a fresh Adam, and the
-    run's cosine schedule rebuilt over it), ``curve`` reading its test accuracy; stop once it reaches
+    run's learning-rate schedule rebuilt over it), ``curve`` reading its test accuracy; stop once it reaches
     ``stop_at``."""
     lock = RunFolder(config.out).claim(overwrite=True)
     run = ws.build_run(config)
     trainer, args = run.trainer, run.config
     trainer.model = trainer.module = with_relu(trainer.model)
     trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), args.lr)
-    if trainer.scheduler is not None:
-        trainer.scheduler = cosine_schedule(trainer.optimizer, args.epochs * len(run.train_loader))
+    trainer.scheduler, trainer.scheduler_per = build_scheduler(args, trainer.optimizer, len(run.train_loader))
     curve.attach(run.eval_loader, len(run.train_loader))
     trainer.callbacks.append(curve)
     for epoch in range(args.epochs):

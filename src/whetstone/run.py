@@ -41,7 +41,15 @@ from .restore import model_from_checkpoint
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_surrogate
 from .train import Trainer
 
-__all__ = ["Run", "build_optimizer", "build_run", "build_sharpener", "check_before_workers", "cosine_schedule"]
+__all__ = [
+    "Run",
+    "build_optimizer",
+    "build_run",
+    "build_scheduler",
+    "build_sharpener",
+    "check_before_workers",
+    "cosine_schedule",
+]
 
 
 # -- assembling ----------------------------------------------------------------------------------
@@ -57,13 +65,24 @@ def build_optimizer(
 
 
 def cosine_schedule(
-    optimizer: torch.optim.Optimizer, epochs: int, final: float = 0.01
+    optimizer: torch.optim.Optimizer, steps: int, final: float = 0.01
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate times ``final + (1 - final) * (1 + cos(pi * step / epochs)) / 2``: ``epochs`` steps of the
+    """Learning rate times ``final + (1 - final) * (1 + cos(pi * step / steps)) / 2``: ``steps`` steps of the
     scheduler (epochs, or batches for a trainer with ``scheduler_per="batch"``) to the floor."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
+        optimizer, lambda step: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
     )
+
+
+def build_scheduler(
+    config: RunConfig, optimizer: torch.optim.Optimizer, batches_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LambdaLR | None, str]:
+    """The learning-rate scheduler a resolved config names over ``optimizer`` (None for a constant rate), and
+    when the trainer steps it (``"epoch"`` or ``"batch"``)."""
+    per = "batch" if config.lr_schedule == "cosine-batch" else "epoch"
+    if config.lr_schedule not in COSINE_SCHEDULES:
+        return None, per
+    return cosine_schedule(optimizer, config.epochs * (batches_per_epoch if per == "batch" else 1)), per
 
 
 def build_sharpener(config: RunConfig) -> Sharpener | None:
@@ -210,11 +229,7 @@ def build_run(
     train_loader = TensorLoader.from_dataset(train_set, config.batch_size // ranks, shuffle=True, seed=config.seed,
                                              device=device, rank=rank, world_size=ranks, drop_last=single,
                                              transform=augmentation(config.dataset) if config.augment else None)  # fmt: skip
-    scheduler_per = "batch" if config.lr_schedule == "cosine-batch" else "epoch"
-    scheduler = None
-    if config.lr_schedule in COSINE_SCHEDULES:
-        steps = config.epochs * (len(train_loader) if scheduler_per == "batch" else 1)
-        scheduler = cosine_schedule(optimizer, steps)
+    scheduler, scheduler_per = build_scheduler(config, optimizer, len(train_loader))
     extra = list(callbacks)
     if config.tensorboard:
         extra.append(TensorBoard(Path(config.out) / "tensorboard"))
