@@ -24,6 +24,7 @@ With --write the tables replace the matching sections of docs/results.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -313,39 +314,32 @@ def train(argv: list[str], out: Path, subprocess_log: bool = False) -> dict:
     }
 
 
-def folded_accuracy(run: Path, dataset: str, data_dir: str | None) -> float:
-    """Test accuracy of the run's model after folding its batch norm into the weights."""
+def folded_accuracies(run: Path, dataset: str, data_dir: str | None) -> tuple[float, float]:
+    """Test accuracy of the run's binary network after folding its batch norm into the weights: decode ties to the
+    lowest class index, and broken by the output neurons' potentials as ``simulate(..., tie_break="membrane")``
+    breaks them (among the classes of top score, the one whose code ``v - threshold`` supports most; computed here
+    in PyTorch, in the same pass: the event simulator takes minutes for a CIFAR-10 network)."""
+    from whetstone.activations import SpikingActivation
     from whetstone.data import TensorLoader, load_dataset
-    from whetstone.report import evaluate
     from whetstone.tracing import fold_batchnorm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = fold_batchnorm(model_from_checkpoint(load_checkpoint(run))).to(device)
-    return evaluate(model, TensorLoader.from_dataset(load_dataset(dataset, "test", data_dir), 1000, device=device))[1]
-
-
-def membrane_accuracy(run: Path, dataset: str, data_dir: str | None) -> float:
-    """Test accuracy of the run's binary network with decode ties broken by the output neurons' potentials, as
-    ``simulate(..., tie_break="membrane")`` breaks them (computed in PyTorch: the event simulator takes minutes
-    for a CIFAR-10 network): among the classes of top score, the one whose code ``v - threshold`` supports most."""
-    from whetstone.activations import SpikingActivation
-    from whetstone.data import TensorLoader, load_dataset
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model_from_checkpoint(load_checkpoint(run)).to(device)
     output = [module for module in model.features.modules() if isinstance(module, SpikingActivation)][-1]
     potentials: list[torch.Tensor] = []
     hook = output.register_forward_pre_hook(lambda module, args: potentials.append(args[0] - module.spike_threshold))
-    correct, test = 0, load_dataset(dataset, "test", data_dir)
+    lowest = membrane = 0
+    test = load_dataset(dataset, "test", data_dir)
     with torch.no_grad():
         for x, y in TensorLoader.from_dataset(test, 1000, device=device):
             potentials.clear()
             scores = model(x)
             support = potentials[0].flatten(1) @ model.decoder.signed_key_t
             tied = scores == scores.amax(1, keepdim=True)
-            correct += int((torch.where(tied, support, -torch.inf).argmax(1) == y).sum())
+            lowest += int((scores.argmax(1) == y).sum())
+            membrane += int((torch.where(tied, support, -torch.inf).argmax(1) == y).sum())
     hook.remove()
-    return correct / len(test)
+    return lowest / len(test), membrane / len(test)
 
 
 def mean_range(values: list[float]) -> str:
@@ -366,10 +360,14 @@ def _selected(only: list[str] | None, dataset: str, model: str, extra: list[str]
     """No --only, or one of its items is MODEL, DATASET/MODEL, the row's run name, or a part of the run name that
     is not another row's whole run name (mnist-... is a part of fashion-mnist-...)."""
     name = _run_name(dataset, model, extra)
-    names = {_run_name(*row) for row in (*MAIN, *MAIN_GPU)}
     return not only or any(
-        item in (model, f"{dataset}/{model}", name) or (item in name and item not in names) for item in only
+        item in (model, f"{dataset}/{model}", name) or (item in name and item not in _all_run_names()) for item in only
     )
+
+
+@functools.cache
+def _all_run_names() -> frozenset[str]:
+    return frozenset(_run_name(*row) for row in (*MAIN, *MAIN_GPU))
 
 
 def table_main(args: argparse.Namespace, common: list[str]) -> str:
@@ -410,8 +408,7 @@ def table_main(args: argparse.Namespace, common: list[str]) -> str:
         else:
             binary = train(binary_argv, out)
             plain = train(*twin_argv(str(binary["epochs"])))
-        binary["folded"] = folded_accuracy(out, dataset, args.data_dir)
-        binary["membrane"] = membrane_accuracy(out, dataset, args.data_dir)
+        binary["folded"], binary["membrane"] = folded_accuracies(out, dataset, args.data_dir)
         return binary, plain.result() if child else plain
 
     # With --jobs N: N // 2 pairs at a time, each with its twin running beside it in the second pool.

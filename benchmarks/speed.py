@@ -367,20 +367,19 @@ def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
     relu = base.replace(out=str(out / "relu"), sharpener="none", epochs=10)
     curve = QuarterEpochAccuracy()
     relu_run(relu, curve, stop_at=target)
-    points = list(curve.points)
     # ... and, as the binary runs may end their rate's cosine early, short ReLU runs whose rate falls along a
     # cosine every batch to the end of their quarter, half or whole epoch (their training time alone), with the
-    # binary runs' batch sizes and output codes.
-    short_runs = {}
-    for batch_size, key_width in ((128, None), (128, 200), (64, 200)):
+    # binary runs' batch sizes and output codes (units a class).
+    short_runs: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    for batch_size, hot in ((128, 10), (128, 20), (64, 20)):
         for quarters in (1, 2, 4):
-            short = relu.replace(out=str(out / f"relu-cosine{quarters}-{batch_size}-{key_width}"), epochs=1,
-                                 batch_size=batch_size, key_width=key_width, lr_schedule="cosine-batch",
+            short = relu.replace(out=str(out / f"relu-cosine{quarters}-{batch_size}-{hot}"), epochs=1,
+                                 batch_size=batch_size, key_width=10 * hot, lr_schedule="cosine-batch",
                                  limit=quarters * 60_000 // 4)  # fmt: skip
             ended = QuarterEpochAccuracy(only_at_end=True)
             relu_run(short, ended)
-            points.append((quarters / 4, *ended.points[-1][1:]))
-            short_runs.setdefault((batch_size, key_width), []).append(ended.points[-1][2])
+            short_runs.setdefault((batch_size, hot), []).append((quarters / 4, *ended.points[-1][1:]))
+    points = [*curve.points, *(point for runs in short_runs.values() for point in runs)]
     report("| sharpening run | epochs | wall s | test accuracy (fully binary) | ReLU at a constant rate: epochs, s to "
            "reach it | ratio | quickest ReLU run: epochs, s | ratio |")  # fmt: skip
     report("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -395,8 +394,8 @@ def bench_time_to_binary(data_dir: str | None, threads: int, out: Path) -> None:
             )
         report(f"| {name} | {epochs} | {seconds:.0f} | {100 * accuracy:.2f}% | {' | '.join(cells)} |")
     after = "; ".join(
-        f"batches of {size}, {'20' if width else '10'}-hot: {', '.join(f'{100 * a:.2f}%' for a in accuracies)}"
-        for (size, width), accuracies in short_runs.items()
+        f"batches of {size}, {hot}-hot: {', '.join(f'{100 * a:.2f}%' for _, _, a in runs)}"
+        for (size, hot), runs in short_runs.items()
     )
     report("\nReLU test accuracy every quarter epoch (constant rate): "
            f"{', '.join(f'{100 * a:.2f}%' for _, _, a in curve.points)}; after a quarter, half and whole epoch "
