@@ -8,8 +8,10 @@ network and a NIR file, in one page.
         # concatenations of spikes and of convolutions, batch norm after them, average-pooled transitions
 
 1. Train the ordinary ReLU network (or load yours).
-2. ``ws.spikify(model, num_classes=10)``: every activation call site becomes a spiking activation, the fc
-   head an N-hot spiking head; the trained weights are kept.
+2. ``ws.spikify(model, num_classes=10, calibrate=batches)``: every activation call site becomes a spiking
+   activation, the fc head an N-hot spiking head; the trained weights are kept, and a few training batches
+   give each spiking layer the range of its ReLU activations, so the converted network starts where the
+   trained one is (without ``calibrate`` every layer would clip at 1).
 3. Fine-tune while sharpening, bottom-up, to binary spikes.
 4. ``ws.to_spiking_graph``: batch norm and the average pooling folded into the weights; run it in the
    event-driven simulator on the whole test set and write the NIR file.
@@ -162,8 +164,10 @@ def main() -> None:
     relu_accuracy = ws.evaluate(model, test_loader)[1]
     print(f"1. ReLU {args.network} (width {args.width}): {relu_accuracy:.2%} after {args.epochs[0]} epochs", flush=True)
 
-    # 2. Convert: one spiking activation per call site (17 in the ResNet), and an N-hot spiking head.
-    spiking = ws.spikify(model, num_classes=len(train.classes), key_width=10 * len(train.classes))
+    # 2. Convert: one spiking activation per call site (17 in the ResNet), an N-hot spiking head, and each layer's
+    #    range calibrated on a few training batches.
+    batches = [x for _, (x, _) in zip(range(8), loader)]
+    spiking = ws.spikify(model, num_classes=len(train.classes), key_width=10 * len(train.classes), calibrate=batches)
     layers = ws.spiking_layers(spiking)
     print(f"2. spikified: {len(layers)} spiking layers; before sharpening {ws.evaluate(spiking, test_loader)[1]:.2%}")
 
@@ -171,7 +175,7 @@ def main() -> None:
     steps = max(1, (args.epochs[1] - 1) * len(loader) // len(layers))  # binary one epoch before the end
     ws.set_model_surrogate(spiking, 0.0)
     trainer = ws.Trainer(spiking, torch.optim.Adam(spiking.parameters(), 1e-3), ws.SimpleSharpener(0, steps=steps, per="batch"),
-                         ws.Classification(logit_scale=0.1), progress=False)  # fmt: skip
+                         progress=False)  # fmt: skip
     result = trainer.fit(loader, args.epochs[1], test_loader)
     binary_accuracy = result.history[-1].eval_accuracy
     print(f"3. sharpened: {binary_accuracy:.2%}, fully binary: {result.fully_binary}", flush=True)

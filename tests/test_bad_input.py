@@ -610,7 +610,7 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("spikify a head onto a forward that branches on training", lambda: ws.spikify(_branching_model(), num_classes=10), ws.ConversionError,
      "Auxiliary: its forward takes another path in train than in eval mode"),
     ("graph of a model that concatenates along the height", lambda: ws.to_spiking_graph(_concatenating_model(), (1, 6, 6)),
-     ws.DeployError, "cat() in the forward of features concatenates along dimension 2; only channels (dim=1) deploy"),
+     ws.DeployError, "along the height: not channels`) concatenates along dimension 2; only channels (dim=1) deploy"),
     ("graph of a model with a NaN weight", lambda: ws.to_spiking_graph(_nan_model(), (4,)), ws.DeployError,
      "'features.0': its weight holds NaN or infinite values"),
     ("simulate a graph with NaN thresholds", lambda: ws.simulate(_broken_graph("threshold"), np.zeros((1, 4))), ws.DeployError,

@@ -71,9 +71,8 @@ def test_spikify_gives_every_call_site_its_own_spiking_module():
 @pytest.mark.parametrize(
     ("layer", "message"),
     [
-        (nn.GELU(), "1: GELU has no binary counterpart"),
-        (nn.SiLU(), "1: SiLU has no binary counterpart"),
-        (nn.Tanh(), "1: Tanh has no binary counterpart"),
+        (nn.Tanh(), "1: Tanh has no binary counterpart: it is negative for half its inputs"),
+        (nn.Softsign(), "1: Softsign has no binary counterpart"),
         (nn.LayerNorm(4), "1: LayerNorm normalises each sample across units"),
         (nn.Softmax(dim=1), "1: Softmax normalises across units"),
     ],
@@ -83,25 +82,52 @@ def test_spikify_refuses_what_has_no_binary_counterpart_before_training(layer, m
         ws.spikify(nn.Sequential(nn.Linear(4, 4), layer, nn.Linear(4, 2), nn.ReLU()))
 
 
-def test_spikify_refuses_functional_calls_naming_where_they_are():
-    class Gelu(nn.Module):
+def test_spikify_refuses_functional_calls_naming_the_module_and_the_source_line():
+    class Tanh(nn.Module):
         def __init__(self):
             super().__init__()
             self.inner = nn.Sequential(nn.Linear(4, 4))
 
         def forward(self, x):
-            return F.gelu(self.inner(x))
+            return torch.tanh(self.inner(x))
 
     class Outer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = Gelu()
+            self.body = Tanh()
 
         def forward(self, x):
-            return torch.tanh(self.body(x))
+            return F.relu(self.body(x))
 
-    with pytest.raises(ws.ConversionError, match=r"gelu\(\) in the forward of body has no binary counterpart"):
+    line = r"\S*test_convert\.py:\d+: `return torch\.tanh\(self\.inner\(x\)\)`"
+    with pytest.raises(
+        ws.ConversionError, match=rf"tanh\(\) in the forward of body \({line}\) has no binary counterpart"
+    ):
         ws.spikify(Outer())
+
+
+@pytest.mark.parametrize("smooth", [nn.GELU(), nn.SiLU(), nn.Hardswish(), nn.Mish(), nn.ELU(), nn.Softplus()])
+def test_smooth_relu_like_activations_become_the_spiking_brelu_with_a_warning_naming_each(smooth):
+    model = nn.Sequential(nn.Linear(4, 8), smooth, nn.Linear(8, 8), nn.ReLU())
+    with pytest.warns(UserWarning, match=rf"in place of smooth activations.*: 1 \({type(smooth).__name__}\)$"):
+        spiking = ws.spikify(model)
+    assert isinstance(spiking[1], ws.SpikingBReLU) and isinstance(spiking[3], ws.SpikingBReLU)
+
+
+def test_smooth_functional_calls_are_named_by_module_and_line_in_the_warning():
+    class Swish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.silu(self.fc(x))
+
+    with pytest.warns(
+        UserWarning, match=r"silu\(\) in the forward of the model \(\S*test_convert\.py:\d+: `return F\.silu"
+    ):
+        spiking = ws.spikify(Swish())
+    assert sum(isinstance(m, ws.SpikingBReLU) for m in spiking.modules()) == 1
 
 
 def test_spikify_gives_a_classifier_an_n_hot_spiking_head():
@@ -221,7 +247,9 @@ def test_fold_batchnorm_binary_outputs_agree_with_trained_model():
 
 def test_fold_batchnorm_refuses_unfoldable():
     model = nn.Sequential(nn.Linear(3, 3), ws.SpikingBReLU(), nn.BatchNorm1d(3))
-    with pytest.raises(ValueError, match=r"cannot fold batch norm \['2'\]"):
+    with pytest.raises(
+        ValueError, match=r"cannot fold batch norm 2: it follows 1 \(SpikingBReLU\), which is not a Linear"
+    ):
         ws.fold_batchnorm(model)
 
 

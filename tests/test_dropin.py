@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import whetstone as ws
@@ -287,6 +288,181 @@ class ShuffleNetV2(nn.Module):
         return self.fc(self.conv5(self.stage2(self.conv1(x))).mean([2, 3]))  # the mean, as torchvision takes it
 
 
+# -- Networks written as CIFAR-10 model collections and PyTorch's MNIST example write them: functional ReLUs and
+# pooling, one stateless module called several times, `out += shortcut`, pre-activation residual streams, swish
+# and squeeze-and-excitation gates, batch norm after pooling, channel slices inside a block (our own rewrites).
+
+
+class LeNet(nn.Module):  # PyTorch's MNIST example style: everything but the weights is functional
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 5), nn.Conv2d(6, 16, 3)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16 * 2 * 2, 32), nn.Linear(32, 24), nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.view(x.size(0), -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class SharedPoolNet(nn.Module):  # one nn.MaxPool2d (and one nn.ReLU) called after every convolution
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.relu, self.pool, self.fc = nn.ReLU(), nn.MaxPool2d(2, 2), nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+class CifarBlock(nn.Module):  # the CIFAR ResNet block of the model collections: functional ReLU, out += shortcut
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):  # ResNet-20's layout, one block a stage; the head pools with F.avg_pool2d
+    def __init__(self, block: type = CifarBlock, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(block(8, 8))
+        self.layer2 = nn.Sequential(block(8, 16, 2))
+        self.layer3 = nn.Sequential(block(16, 16, 2))
+        self.linear = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3])
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+class PreActBlock(nn.Module):  # batch norm and ReLU before each convolution: real sums flow between blocks
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(in_planes), nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(planes), nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        out += shortcut
+        return out
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.layer1 = nn.Sequential(PreActBlock(8, 8), PreActBlock(8, 8))
+        self.layer2 = nn.Sequential(PreActBlock(8, 16, 2), PreActBlock(16, 16))
+        self.bn = nn.BatchNorm2d(16)
+        self.linear = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        out = self.layer2(self.layer1(self.conv1(x)))
+        out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1)
+        return self.linear(out.flatten(1))
+
+
+class SqueezeExcite(nn.Module):  # x * sigmoid(fc(relu(fc(pool(x))))): a gate per channel
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.se1, self.se2 = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x):
+        w = F.adaptive_avg_pool2d(x, 1)
+        w = F.relu(self.se1(w))
+        w = self.se2(w).sigmoid()
+        return x * w
+
+
+class MBConv(nn.Module):  # EfficientNet's block: expand, depthwise, squeeze-and-excite, project; swish throughout
+    def __init__(self, channels: int, expansion: int = 2) -> None:
+        super().__init__()
+        wide = channels * expansion
+        self.conv1, self.bn1 = nn.Conv2d(channels, wide, 1, bias=False), nn.BatchNorm2d(wide)
+        self.conv2, self.bn2 = nn.Conv2d(wide, wide, 3, 1, 1, groups=wide, bias=False), nn.BatchNorm2d(wide)
+        self.se = SqueezeExcite(wide, channels // 2)
+        self.conv3, self.bn3 = nn.Conv2d(wide, channels, 1, bias=False), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = F.silu(self.bn1(self.conv1(x)))
+        out = F.silu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.se(out)))
+        return F.silu(out + x)
+
+
+class EfficientNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layers = nn.Sequential(MBConv(8), MBConv(8))
+        self.linear = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        out = F.silu(self.bn1(self.conv1(x)))
+        out = self.layers(out)
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class PoolThenNorm(nn.Module):  # conv, pool, then batch norm and ReLU (max pooling, then average pooling)
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.pool1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(8)
+        self.conv2, self.pool2, self.bn2 = nn.Conv2d(8, 16, 3, padding=1), nn.AvgPool2d(2), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.pool1(self.conv1(x))))
+        x = F.relu(self.bn2(self.pool2(self.conv2(x))))
+        return self.fc(x.flatten(1))
+
+
+class SliceBlock(nn.Module):  # a block that reads part of its input's channels (a partial convolution)
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.part = channels // 2
+        self.conv = nn.Conv2d(self.part, channels, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.conv(x[:, : self.part]))
+
+
+class SliceNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.layer1 = nn.Sequential(SliceBlock(16), SliceBlock(16))
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.layer1(F.relu(self.stem(x))).mean((2, 3)))
+
+
 NETWORKS = {
     "resnet-basicblock": lambda: ResNet(BasicBlock, [2, 2]),
     "resnet-bottleneck": lambda: ResNet(Bottleneck, [1, 2], width=4),
@@ -297,6 +473,22 @@ NETWORKS = {
     "googlenet": GoogLeNet,
     "alexnet": AlexNet,
     "shufflenet-v2": ShuffleNetV2,
+    "lenet-functional": LeNet,
+    "shared-pool": SharedPoolNet,
+    "cifar-resnet": CifarResNet,
+    "preact-resnet": PreActResNet,
+    "efficientnet-se": EfficientNet,
+    "pool-then-norm": PoolThenNorm,
+    "channel-slice": SliceNet,
+}
+# What spikify says while converting them (a warning each, naming every place).
+WARNINGS = {
+    # its depthwise convolutions feed 1x1 convolutions: spikes there
+    "shufflenet-v2": r"added a spiking activation at stage2\.0\.branch1\.1_spike, ",
+    # its linear bottlenecks feed the next block: spikes are added there
+    "mobilenet-v2": r"added a spiking activation at features\.1\.out_spike, features\.2\.conv\.3_spike, features\.3\.out_spike: ",
+    # swish becomes the spiking bounded ReLU, named by module and line
+    "efficientnet-se": r"in place of smooth activations.*silu\(\) in the forward of layers\.0 \(\S*test_dropin\.py:\d+: ",
 }
 SHAPE = (3, 16, 16)
 
@@ -328,23 +520,29 @@ def _statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=list(NETWORKS))
-def converted(request):
+def _converted(name: str) -> tuple[str, nn.Module, ws.SpikingGraph]:
+    """NETWORKS[name] spikified with an N-hot head, given batch-norm statistics, calibrated, sharpened to 1, deployed."""
     torch.manual_seed(0)
     with torch_threads(1):
-        if request.param == "shufflenet-v2":  # its depthwise convolutions feed 1x1 convolutions: spikes there
-            with pytest.warns(UserWarning, match=r"added a spiking activation at stage2\.0\.branch1\.1_spike, "):
-                model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
-        elif request.param == "mobilenet-v2":  # its linear bottlenecks feed the next block: spikes are added there
-            with pytest.warns(UserWarning, match=r"added a spiking activation at features\.1\.out_spike, "
-                              r"features\.2\.conv\.3_spike, features\.3\.out_spike: "):  # fmt: skip
-                model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
+        network = NETWORKS[name]()
+        if name in WARNINGS:
+            with pytest.warns(UserWarning, match=WARNINGS[name]):
+                model = ws.spikify(network, num_classes=10, key_width=40)
         else:
-            model = ws.spikify(NETWORKS[request.param](), num_classes=10, key_width=40)
+            model = ws.spikify(network, num_classes=10, key_width=40)
         _statistics(model)
+        # Each layer's range from data (as for a trained network): every calibrated spike then weighs its layer's
+        # scale downstream, through sums, concatenations, poolings and gates, which the graph must fold exactly.
+        ws.calibrate(model, [torch.rand(64, *SHAPE, generator=torch.Generator().manual_seed(2))], percentile=99.99)
+        assert any(layer.scale_value != 1.0 for layer in ws.spiking_layers(model))
         ws.set_model_sharpness(model, 1.0)
         graph = ws.to_spiking_graph(model, SHAPE)
-    return request.param, model, graph
+    return name, model, graph
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def converted(request):
+    return _converted(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -353,11 +551,13 @@ def images():
 
 
 def test_every_activation_call_site_is_its_own_spiking_layer(converted):
-    _, model, graph = converted
+    name, model, graph = converted
     calls = sum(1 for node in ws.tracing.trace(model).graph.nodes if node.op == "call_module"
                 and isinstance(model.get_submodule(node.target), ws.SpikingActivation))  # fmt: skip
     layers = ws.spiking_layers(model)
-    assert calls == len(layers) == len(set(map(id, layers))) == len(graph.spiking_nodes())
+    gates = [node for node in graph.spiking_nodes() if node.name.endswith(".mul")]  # spikes AND spikes: neurons too
+    assert len(gates) == (2 if name == "efficientnet-se" else 0)
+    assert calls == len(layers) == len(set(map(id, layers))) == len(graph.spiking_nodes()) - len(gates)
     names = [n.name for n in graph.nodes]
     assert len(names) == len(set(names))  # every node named once
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ws.fold_batchnorm(model).modules())
@@ -372,6 +572,24 @@ def test_the_simulator_gives_pytorchs_class_on_every_input(converted, images):
         model.float()
     assert_equal_where_decided(result.predictions, expected, result, tolerance=1e-9, min_decided=1.0)
     assert_equal_where_decided(result.predictions, unfolded, result, tolerance=1e-9, min_decided=1.0)
+
+
+def test_the_simulator_gives_pytorchs_output_spikes_on_every_input(converted, images):
+    """Stronger than the class: every output unit's spike (the decoder's input) is the same."""
+    _, model, graph = converted
+    decoder = next(m for m in model.modules() if isinstance(m, ws.SoftmaxDecode))
+    seen = []
+    hook = decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            model.double()(images.double())
+    finally:
+        hook.remove()
+        model.float()
+    result = ws.simulate(graph, images.numpy())
+    spiking = [layer for layer in result.layers if layer.op == "spike"]
+    assert sum(layer.spikes > 0 for layer in spiking) >= len(spiking) // 2  # not a network of silent layers
+    assert_equal_where_decided(result.output_spikes, seen[0].numpy(), result, tolerance=1e-9, min_decided=1.0)
 
 
 def test_nir_passes_nirs_checks_and_reads_back_to_the_same_network(converted, images, tmp_path):
@@ -572,3 +790,75 @@ def test_a_head_behind_an_identity_and_a_linear_subclass_convert_and_deploy():
     ws.set_model_sharpness(model, 1.0)
     graph = ws.to_spiking_graph(model.eval(), (1, 6, 6))
     assert [n.op for n in graph.nodes] == ["input", "conv2d", "spike", "sumpool2d", "flatten", "affine", "spike"]
+
+
+def test_a_squeeze_and_excitation_gate_is_one_neuron_that_fires_where_both_spike(images):
+    """x * gate of spikes: the product is 1 exactly where both fire; in the graph, a neuron of threshold 1.5 over the
+    two (the gate's spikes spread over every position it covers); it fires sometimes, and not everywhere."""
+    _, _, graph = _converted("efficientnet-se")
+    gate = graph.node("layers.0.se.mul")
+    assert float(gate.threshold.min()) == float(gate.threshold.max()) == 1.5 and len(gate.inputs) == 2
+    result = ws.simulate(graph, images.numpy(), record=["layers.0.se.mul"])
+    fired = result.recorded["layers.0.se.mul"]
+    assert 0.001 < fired.mean() < 0.99
+
+
+class _RealGate(nn.Module):  # the gate multiplies batch norm's real output, which nothing else reads
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.se, self.fc = SqueezeExcite(8, 4), nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        gate = torch.sigmoid(self.se.se2(F.relu(self.se.se1(F.adaptive_avg_pool2d(h, 1)))))
+        out = self.bn(self.conv(h)) * gate
+        return self.fc(F.relu(out).mean((2, 3)))
+
+
+class _NegativePoolNorm(PoolThenNorm):
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.bn1.weight[3] = -1.0  # a maximum scaled by a negative number is a minimum
+
+
+class _DataDependentPool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        out = F.relu(self.conv(x))
+        return self.fc(F.max_pool2d(out, out.size(-1)).flatten(1) * out.mean())  # a factor from the data
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        (
+            _RealGate,
+            (
+                r"mul\(\) in the forward of the model \(\S*test_dropin\.py:\d+: `out = self\.bn\(self\.conv\(h\)\) \* gate`\) "
+                r"multiplies the real-valued output of 'conv'.*put a spiking activation before the product"
+            ),
+        ),
+        (
+            _NegativePoolNorm,
+            (
+                r"cannot fold batch norm bn1 \(\S*test_dropin\.py:\d+: `x = F\.relu\(self\.bn1\(self\.pool1.*\): it follows "
+                r"the max pooling pool1 .* scales channels \[3\] by a number <= 0, which turns a maximum into a minimum: "
+                r"move the batch norm before the pooling"
+            ),
+        ),
+        (
+            _DataDependentPool,
+            r"mean\(\) in the forward of the model \(\S*test_dropin\.py:\d+: .*\) has no single-time-step",
+        ),
+    ],
+)
+def test_what_does_not_deploy_is_refused_in_one_line_naming_the_module_the_source_line_and_the_cause(network, message):
+    torch.manual_seed(0)
+    with pytest.raises(ws.DeployError, match=message) as raised:
+        ws.spikify(network().eval(), num_classes=10, input_shape=SHAPE)
+    assert "\n" not in str(raised.value)

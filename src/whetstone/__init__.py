@@ -6,6 +6,7 @@ exactly 0 or 1.
 """
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
+from .calibration import calibrate
 from .callbacks import Callback
 from .checkpoint import load_checkpoint
 from .config import ConfigError, RunConfig
@@ -65,6 +66,7 @@ __all__ = [
     "Trainer",
     "binary_report",
     "build_run",
+    "calibrate",
     "check_deployable",
     "create_model",
     "distillation_loss",

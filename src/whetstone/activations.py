@@ -160,18 +160,48 @@ class SpikingActivation(nn.Module):
 
     ``surrogate`` (default None) is a training setting, not part of the model's state: see
     :meth:`set_surrogate`.
+
+    ``scale`` (a 0-dim buffer, default 1) is the activation's range, set by :func:`~whetstone.calibrate` for a
+    trained ReLU network: the layer computes ``scale * f(x / scale)``, so at sharpness 0 it is a ReLU clipped at
+    ``scale`` instead of at 1, and once binary it emits 0 or ``scale``: a neuron that fires on
+    ``x >= scale * spike_threshold`` whose spikes reach the next synapses with weight ``scale`` (exported so).
     """
 
-    #: Pre-activation value at and above which the binary neuron fires.
+    #: Pre-activation value at and above which the binary neuron fires (at scale 1).
     spike_threshold: float = 0.0
 
-    def __init__(self, sharpness: float = 0.0) -> None:
+    def __init__(self, sharpness: float = 0.0, scale: float = 1.0) -> None:
         super().__init__()
         value = check_sharpness(sharpness)
         self.register_buffer("sharpness", torch.tensor(value, dtype=torch.float32))
-        self._sharpness, self._binary = value, value >= 1.0
+        self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float32))
+        self._sharpness, self._binary, self._scale = value, value >= 1.0, 1.0
         self.surrogate: float | None = None
         self.register_load_state_dict_post_hook(_refresh_sharpness_after_load)
+        self.set_scale(scale)
+
+    def set_scale(self, value: float) -> None:
+        """Set the activation's range (see the class docs); ``ValueError`` unless a positive finite number."""
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 < float(value) < math.inf:
+            raise ValueError(f"scale must be a positive finite number, got {value!r}")
+        self.scale.fill_(float(value))
+        self._scale = float(self.scale)  # the float32 value the buffer holds
+
+    @property
+    def scale_value(self) -> float:
+        """The scale as a Python float (no device sync)."""
+        return self._scale
+
+    @property
+    def membrane_threshold(self) -> float:
+        """The pre-activation value at and above which the binary neuron fires: ``scale * spike_threshold``."""
+        return self._scale * self.spike_threshold
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        state_dict.setdefault(prefix + "scale", torch.tensor(1.0))  # saved before layers had a scale: 1
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def set_sharpness(self, value: float) -> None:
         """Set the sharpness; ``ValueError`` unless ``value`` is in [0, 1]."""
@@ -201,13 +231,26 @@ class SpikingActivation(nn.Module):
 
     def extra_repr(self) -> str:
         surrogate = "" if self.surrogate is None else f", surrogate={self.surrogate:.4g}"
-        return f"sharpness={self._sharpness:.4g}{surrogate}"
+        scale = "" if self._scale == 1.0 else f", scale={self._scale:.4g}"
+        return f"sharpness={self._sharpness:.4g}{scale}{surrogate}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._scale == 1.0:
+            return self._activate(x)
+        return self._activate(x / self._scale) * self._scale
+
+    def _activate(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
 
 def _refresh_sharpness_after_load(module: nn.Module, incompatible_keys: object) -> None:
     value = float(module.sharpness)
     module._sharpness = check_sharpness(value, name=f"loaded sharpness of {type(module).__name__}")
     module._binary = value >= 1.0
+    scale = float(module.scale)
+    if not 0.0 < scale < math.inf:
+        raise ValueError(f"loaded scale of {type(module).__name__} must be a positive finite number, got {scale}")
+    module._scale = scale
 
 
 class SpikingBReLU(SpikingActivation):
@@ -222,7 +265,7 @@ class SpikingBReLU(SpikingActivation):
 
     spike_threshold = 0.5
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _activate(self, x: Tensor) -> Tensor:
         return _brelu_step(x, self.surrogate) if self._binary else _brelu_soft(x, self._soft_sharpness())
 
 
@@ -231,5 +274,5 @@ class SpikingSigmoid(SpikingActivation):
 
     spike_threshold = 0.0
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _activate(self, x: Tensor) -> Tensor:
         return _sigmoid_step(x, self.surrogate) if self._binary else _sigmoid_soft(x, self._soft_sharpness())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
+from .calibration import calibrate as calibrate_scales
 from .decode import SoftmaxDecode, key_generator
 from .graph_builder import check_deployable
 from .tracing import describe_call, reads_training, set_submodule, trace, why_untraceable
@@ -37,8 +39,9 @@ _RELU_CALLS = {F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.hardtanh, F.
 _SIGMOID_CALLS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "sigmoid_"}
 # Activations and normalisations with none: refused before training, with what to do instead.
 _NO_BINARY_ACTIVATION = (
-    "has no binary counterpart (a single-time-step neuron fires or not); replace it with nn.ReLU (or a bounded "
-    "ReLU: nn.ReLU6, nn.Hardtanh(0, 1)), which spikify turns into whetstone.SpikingBReLU, and train again"
+    "has no binary counterpart: it is negative for half its inputs, and a single-time-step neuron fires or not; "
+    "replace it with nn.ReLU (or a bounded ReLU: nn.ReLU6, nn.Hardtanh(0, 1)), which spikify turns into "
+    "whetstone.SpikingBReLU, and train again"
 )
 _ACROSS_UNITS = (
     "normalises across units; whetstone's decoder ends the network in class logits: remove it (cross-entropy "
@@ -48,30 +51,22 @@ _PER_SAMPLE = (
     "normalises each sample across units, which integrate-and-fire neurons cannot do; use batch norm (folded into "
     "the weights at deployment)"
 )
-_SMOOTH_MODULES = (nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Tanh, nn.Hardswish, nn.Softsign)
-_SMOOTH_CALLS = (
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.elu,
-    F.selu,
-    F.celu,
-    F.softplus,
-    torch.tanh,
-    F.tanh,
-    F.hardswish,
-    "tanh",
-    "tanh_",
-)
+# Smooth activations shaped like a ReLU (near zero below, rising above): replaced by the spiking bounded ReLU, with a
+# warning, since the network's function changes; a sign-symmetric one (tanh) has no such stand-in and is refused.
+_SMOOTH_MODULES = (nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardswish, nn.PReLU)
+_SMOOTH_CALLS = {F.gelu, F.silu, F.mish, F.elu, F.elu_, F.selu, F.celu, F.softplus, F.hardswish, F.prelu,
+                 "gelu", "silu", "mish", "elu", "selu", "celu", "softplus", "hardswish"}  # fmt: skip
+_SYMMETRIC_MODULES = (nn.Tanh, nn.Softsign, nn.Tanhshrink)
+_SYMMETRIC_CALLS = (torch.tanh, F.tanh, F.softsign, "tanh", "tanh_")
 _SOFTMAX_CALLS = (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax", "log_softmax")
 _NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
 _REFUSED_MODULES: dict[type, str] = {
-    **dict.fromkeys((*_SMOOTH_MODULES, nn.Tanhshrink, nn.PReLU), _NO_BINARY_ACTIVATION),
+    **dict.fromkeys(_SYMMETRIC_MODULES, _NO_BINARY_ACTIVATION),
     **dict.fromkeys((nn.Softmax, nn.LogSoftmax, nn.Softmin), _ACROSS_UNITS),
     **dict.fromkeys(_NORM_MODULES, _PER_SAMPLE),
 }
 _REFUSED_CALLS: dict[Any, str] = {
-    **dict.fromkeys(_SMOOTH_CALLS, _NO_BINARY_ACTIVATION),
+    **dict.fromkeys(_SYMMETRIC_CALLS, _NO_BINARY_ACTIVATION),
     **dict.fromkeys(_SOFTMAX_CALLS, _ACROSS_UNITS),
     **dict.fromkeys((F.layer_norm, F.group_norm, F.instance_norm), _PER_SAMPLE),
 }
@@ -88,6 +83,7 @@ class _Site:
     node: torch.fx.Node
     kind: str  # "relu", "sigmoid" or "spiking" (already a spiking activation)
     module: str | None  # the module path for a module call, None for a function or method call
+    smooth: str | None = None  # the smooth activation a spiking bounded ReLU replaces (GELU, SiLU, ...), if one
 
 
 def _site(node: torch.fx.Node, modules: dict[str, nn.Module]) -> _Site | None:
@@ -100,15 +96,19 @@ def _site(node: torch.fx.Node, modules: dict[str, nn.Module]) -> _Site | None:
             return _Site(node, "relu", node.target)
         if isinstance(module, _SIGMOID_MODULES):
             return _Site(node, "sigmoid", node.target)
+        if isinstance(module, _SMOOTH_MODULES):
+            return _Site(node, "relu", node.target, type(module).__name__)
         refused = next((why for kind, why in _REFUSED_MODULES.items() if isinstance(module, kind)), None)
         if refused:
-            raise ConversionError(f"{node.target}: {type(module).__name__} {refused}")
+            raise ConversionError(f"{describe_call(node)}: {type(module).__name__} {refused}")
         return None
     if node.op in ("call_function", "call_method"):
         if node.target in _RELU_CALLS:
             return _Site(node, "relu", None)
         if node.target in _SIGMOID_CALLS:
             return _Site(node, "sigmoid", None)
+        if node.target in _SMOOTH_CALLS:
+            return _Site(node, "relu", None, node.target if isinstance(node.target, str) else node.target.__name__)
         if node.target in _REFUSED_CALLS:
             raise ConversionError(f"{describe_call(node)} {_REFUSED_CALLS[node.target]}")
     return None
@@ -123,6 +123,7 @@ def spikify(
     key_width: int | None = None,
     key_seed: int = 0,
     input_shape: tuple[int, ...] | None = None,
+    calibrate: Iterable[Any] | None = None,
 ) -> nn.Module:
     """Turn every activation call site of ``model`` into its own spiking activation; returns the model to
     train (use the return value).
@@ -141,11 +142,17 @@ def spikify(
     With ``num_classes``, the classifier's final ``Linear(features, num_classes)`` becomes the N-hot
     spiking head the method needs: ``Linear(features, key_width)`` (default 10 units per class; each unit
     starts from the weights of its class's row), a spiking activation, and a
-    :class:`~whetstone.SoftmaxDecode` with a disjoint key drawn from ``key_seed``.
+    :class:`~whetstone.SoftmaxDecode` with a disjoint key drawn from ``key_seed`` and a logit scale of one over
+    the units per class (so the default ``Classification()`` loss trains it).
 
     With ``input_shape`` (one sample's, e.g. ``(3, 32, 32)``) the converted model is also checked to
     deploy once sharpened (:func:`~whetstone.graph_builder.check_deployable`): a layer with no single-time-step
     spiking equivalent is named now, before any training, not at export.
+
+    With ``calibrate`` (a few batches of training inputs, or a DataLoader), a *trained* network keeps its
+    accuracy: each spiking layer gets the range of its ReLU activations on that data and the spiking head the
+    range of its scores (:func:`~whetstone.calibration.calibrate`). Without it, every layer clips at 1, which
+    is right for a network trained from scratch but costs a trained one most of its accuracy.
     """
     if activation not in _SPIKING:
         raise ValueError(f"activation must be one of {sorted(_SPIKING)}, got {activation!r}")
@@ -162,10 +169,12 @@ def spikify(
                                   f"{why_untraceable(error)}") from None  # fmt: skip
         warnings.warn(f"spikify could not trace {type(model).__name__} ({why_untraceable(error)}); only its "
                       "activation modules are converted, call sites were not checked", stacklevel=2)  # fmt: skip
-        return _checked(_spikify_modules(model, activation, sharpness), input_shape)
+        return _finished(_spikify_modules(model, activation, sharpness), input_shape, calibrate)
     modules = dict(traced.named_modules())
     sites = [site for node in traced.graph.nodes if (site := _site(node, modules)) is not None]
     inner = _sites_inside_mode_leaves(traced, modules)
+    _warn_smooth([_smooth_site(site.node, site.smooth) for site in sites if site.smooth]
+                 + [f"{path} ({smooth})" for path, _, smooth in inner if smooth])  # fmt: skip
     calls = [site.module for site in sites if site.module is not None]
     if not sites and not inner:
         warnings.warn(f"spikify found no activation in {type(model).__name__}: nothing to sharpen", stacklevel=2)
@@ -174,14 +183,14 @@ def spikify(
     in_place = num_classes is None and not unspiked and len(calls) == len(sites) == len(set(calls))
     if not in_place:
         _check_same_in_both_modes(model, traced)  # before anything of the model is changed
-    for path, kind in inner:  # inside a module that keeps its own forward: converted in place
+    for path, kind, _ in inner:  # inside a module that keeps its own forward: converted in place
         if kind != "spiking":
             set_submodule(model, path, _spiking_for(kind, activation, sharpness))
     if in_place:
         for site in sites:  # one module per call site: replace in place, keep the model's class and its forward
             if site.kind != "spiking":
                 set_submodule(model, site.module, _spiking_for(site.kind, activation, sharpness))
-        return _checked(model, input_shape)
+        return _finished(model, input_shape, calibrate)
     graph, result = traced.graph, traced  # a GraphModule over model's own submodules
     taken = {name for name, _ in model.named_modules()}
     seen: set[str] = set()
@@ -210,11 +219,29 @@ def spikify(
     result.graph.lint()
     result.recompile()
     result.delete_all_unused_submodules()
-    return _checked(result.train(model.training), input_shape)
+    return _finished(result.train(model.training), input_shape, calibrate)
 
 
-def _sites_inside_mode_leaves(traced: torch.fx.GraphModule, modules: dict[str, nn.Module]) -> list[tuple[str, str]]:
-    """``(module path, kind)`` of each activation inside the modules kept whole because their forward reads
+def _smooth_site(node: torch.fx.Node, smooth: str) -> str:
+    """Where a smooth activation is, for the warning: a module with its class, or a call with its line."""
+    return f"{describe_call(node)} ({smooth})" if node.op == "call_module" else describe_call(node)
+
+
+def _warn_smooth(replaced: list[str]) -> None:
+    """Say where a smooth activation became the spiking bounded ReLU: the network's function changes there."""
+    if replaced:
+        warnings.warn(
+            "spikify put the spiking bounded ReLU in place of smooth activations, which a neuron that fires or not "
+            "cannot compute (the network's function changes there: train or fine-tune it while sharpening): "
+            + "; ".join(replaced),
+            stacklevel=3,
+        )
+
+
+def _sites_inside_mode_leaves(
+    traced: torch.fx.GraphModule, modules: dict[str, nn.Module]
+) -> list[tuple[str, str, str | None]]:
+    """``(module path, kind, smooth activation replaced)`` of each activation inside the modules kept whole because their forward reads
     ``self.training``: those are converted in place, so each must be a module called once."""
     found = []
     for node in traced.graph.nodes:
@@ -245,8 +272,8 @@ def _sites_inside_mode_leaves(traced: torch.fx.GraphModule, modules: dict[str, n
                 "converted in place; give each activation call its own module"
             )
         nested = _sites_inside_mode_leaves(inside, inner)
-        found += [(f"{node.target}.{site.module}", site.kind) for site in leaf_sites]
-        found += [(f"{node.target}.{path}", kind) for path, kind in nested]
+        found += [(f"{node.target}.{site.module}", site.kind, site.smooth) for site in leaf_sites]
+        found += [(f"{node.target}.{path}", kind, smooth) for path, kind, smooth in nested]
     return found
 
 
@@ -371,9 +398,12 @@ def _spike_after(model: torch.fx.GraphModule, node: torch.fx.Node, spike: Spikin
     return path
 
 
-def _checked(model: nn.Module, input_shape: tuple[int, ...] | None) -> nn.Module:
+def _finished(model: nn.Module, input_shape: tuple[int, ...] | None, batches: Iterable[Any] | None) -> nn.Module:
+    """The converted model, checked to deploy (with ``input_shape``) and calibrated (with ``batches``)."""
     if input_shape is not None:
         check_deployable(model, input_shape)
+    if batches is not None:
+        calibrate_scales(model, batches)
     return model
 
 
@@ -450,7 +480,9 @@ def _add_spiking_head(
         taken.add(name)
         names.append(name)
     model.add_submodule(names[0], spike)
-    model.add_submodule(names[1], SoftmaxDecode(key))
+    # Logits of an N-hot code differ by up to 4 N between classes: at 1 / N the softmax is not saturated from
+    # the first step, where the trained features would otherwise be torn up (measured in docs/results.md).
+    model.add_submodule(names[1], SoftmaxDecode(key, logit_scale=classes / width))
     with model.graph.inserting_after(last):
         spiked = model.graph.call_module(names[0], (last,))
     with model.graph.inserting_after(spiked):
@@ -460,9 +492,11 @@ def _add_spiking_head(
 
 def _spikify_modules(model: nn.Module, activation: str, sharpness: float) -> nn.Module:
     """Replace activation modules in place (for models torch.fx cannot trace)."""
-    for parent in list(model.modules()):
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
-            if type(child) in _RELU_MODULES:
+            if type(child) in _RELU_MODULES or type(child) in _SMOOTH_MODULES:
+                if type(child) in _SMOOTH_MODULES:
+                    _warn_smooth([f"{parent_name}.{name}".lstrip(".") + f" ({type(child).__name__})"])
                 setattr(parent, name, _SPIKING[activation](sharpness))
             elif type(child) in _SIGMOID_MODULES:
                 setattr(parent, name, SpikingSigmoid(sharpness))

@@ -8,6 +8,8 @@ softmax cross-entropy on ``z``; the prediction is ``argmax z``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -78,13 +80,20 @@ class SoftmaxDecode(nn.Module):
     Args:
         key: {0, 1} tensor (num_classes, width), e.g. from :func:`key_generator`. Stored as a buffer,
             so checkpoints carry it.
+        logit_scale: multiplies the logits: the softmax's inverse temperature in training (the prediction is
+            the same). The logits of an N-hot code differ by up to ``4 N`` between classes, which saturates
+            a softmax; :func:`~whetstone.spikify` gives its heads ``1 / N``. Stored as a buffer.
     """
 
-    def __init__(self, key: Tensor) -> None:
+    def __init__(self, key: Tensor, logit_scale: float = 1.0) -> None:
         super().__init__()
         key = validate_key(key)
+        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not 0 < logit_scale < math.inf:
+            raise ValueError(f"logit_scale must be a positive finite number, got {logit_scale!r}")
         self.register_buffer("key", key)
         self.register_buffer("signed_key_t", (2.0 * key - 1.0).t().contiguous(), persistent=False)
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self._logit_scale = float(self.logit_scale)
 
     @property
     def num_classes(self) -> int:
@@ -99,7 +108,8 @@ class SoftmaxDecode(nn.Module):
             raise ValueError(
                 f"SoftmaxDecode expects inputs with {self.width} features (the key's width), got shape {tuple(x.shape)}"
             )
-        return (2.0 * x - 1.0) @ self.signed_key_t.to(x.dtype)
+        logits = (2.0 * x - 1.0) @ self.signed_key_t.to(x.dtype)
+        return logits if self._logit_scale == 1.0 else logits * self._logit_scale
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -116,7 +126,12 @@ class SoftmaxDecode(nn.Module):
                     f"{tuple(self.key.shape)} (classes, width)"
                 )
             self.signed_key_t = (2.0 * validate_key(key) - 1.0).t().contiguous().to(self.key.device)
+        scale = state_dict.setdefault(prefix + "logit_scale", torch.tensor(1.0))  # saved before it existed: 1
+        if not isinstance(scale, Tensor) or scale.numel() != 1 or not 0 < float(scale) < math.inf:
+            raise ValueError(f"checkpoint {prefix}logit_scale must be one positive finite number")
+        self._logit_scale = float(scale)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, width={self.width}"
+        scale = "" if self._logit_scale == 1.0 else f", logit_scale={self._logit_scale:.4g}"
+        return f"num_classes={self.num_classes}, width={self.width}{scale}"

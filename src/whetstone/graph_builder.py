@@ -107,6 +107,7 @@ class _GraphBuilder:
         self.pieces: dict[torch.fx.Node, list[range]] = {}
         # Reshapes to shapes no layer holds (a shuffle's 5-D view): fx node -> (the value moved, element numbers).
         self.pending: dict[torch.fx.Node, tuple[torch.fx.Node, torch.Tensor]] = {}
+        self.names = _call_names(traced.graph)
 
     # -- the walk ------------------------------------------------------------------------------
     def build(self) -> SpikingGraph:
@@ -145,6 +146,12 @@ class _GraphBuilder:
             return self.flatten_call
         if fx_node.op == "call_function" and fx_node.target is nn.functional.adaptive_avg_pool2d:
             return self.adaptive_avg_pool
+        if fx_node.op == "call_function" and fx_node.target in _MAX_POOLS:
+            return self.max_pool
+        if fx_node.op == "call_function" and fx_node.target is nn.functional.avg_pool2d:
+            return self.avg_pool
+        if fx_node.target in _PRODUCTS:
+            return self.product
         if (fx_node.op == "call_method" and fx_node.target == "mean") or (
             fx_node.op == "call_function" and fx_node.target is torch.mean
         ):
@@ -159,9 +166,15 @@ class _GraphBuilder:
             return self.split
         if fx_node.op == "call_function" and fx_node.target is operator.getitem and fx_node.args[0] in self.pieces:
             return self.piece
+        if fx_node.op == "call_function" and fx_node.target is operator.getitem and fx_node.args[0] in self.alias:
+            return self.take
         return self.unsupported_call
 
     # -- helpers -------------------------------------------------------------------------------
+    def _name(self, fx_node: torch.fx.Node) -> str:
+        """The graph node name of a traced call (see :func:`_call_names`)."""
+        return self.names[fx_node]
+
     def _graph_node(self, name: str) -> GraphNode:
         return next(n for n in self.nodes if n.name == name)
 
@@ -231,6 +244,16 @@ class _GraphBuilder:
             return all(self._spikes_or_input(source) for source in node.inputs)
         return isinstance(node, InputNode)
 
+    def _common_scale(self, fx_node: torch.fx.Node, terms: list[_Term]) -> float:
+        """The one scale of several summands of spikes (a concatenation of calibrated layers' spikes)."""
+        scales = {term.scale for term in terms}
+        if len(scales) != 1 or any(term.spatial is not None for term in terms):
+            raise DeployError(
+                f"{describe_call(fx_node)} reads spikes of layers with different scales ({sorted(scales)}) joined "
+                "together: give the layers whose spikes are concatenated one scale (whetstone.calibrate does)"
+            )
+        return scales.pop()
+
     def _one_term(self, fx_node: torch.fx.Node, what: str, terms: list[_Term] | None = None) -> _Term:
         terms = self._terms(fx_node) if terms is None else terms
         if len(terms) != 1:
@@ -265,39 +288,43 @@ class _GraphBuilder:
     def linear(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         if len(self._shape(fx_node.args[0])) != 1:
-            raise DeployError(f"{fx_node.target}: Linear must receive flat (N, features) input")
+            raise DeployError(f"{self._name(fx_node)}: Linear must receive flat (N, features) input")
         weight, terms = _array(module.weight), self._terms(fx_node)
+        if len(terms) > 1 and not all(term.plain for term in terms):  # scaled spikes, concatenated: one scale
+            weight, terms = weight * np.float32(self._common_scale(fx_node, terms)), [_Term(t.name) for t in terms]
         if not all(term.plain for term in terms):  # average pooling before it: fold it into the weights (exact)
-            term = self._one_term(fx_node, fx_node.target)
+            term = self._one_term(fx_node, self._name(fx_node))
             weight = weight * np.float32(term.scale)
             if term.spatial is not None:  # (out, C, h*w) @ (h*w, H*W) -> (out, C, H*W): each input's share
                 channels = term.spatial_shape[0]
                 weight = (weight.reshape(len(weight), channels, -1) @ term.spatial).reshape(len(weight), -1)
             terms = [_Term(term.name)]
-        self._require_synaptic(terms, fx_node.target)
+        self._require_synaptic(terms, self._name(fx_node))
         bias = _bias(module, module.out_features)
-        self._add(fx_node, AffineNode(fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, bias))
+        self._add(fx_node, AffineNode(self._name(fx_node), [t.name for t in terms], self._shape(fx_node), weight, bias))
 
     def conv2d(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         if module.padding_mode != "zeros":
-            raise DeployError(f"{fx_node.target}: only zero padding can be exported, got {module.padding_mode!r}")
+            raise DeployError(f"{self._name(fx_node)}: only zero padding can be exported, got {module.padding_mode!r}")
         # torch resolves padding="same"/"valid" into this (left, right, top, bottom) tuple.
         left, right, top, bottom = module._reversed_padding_repeated_twice
         if left != right or top != bottom:
-            raise DeployError(f"{fx_node.target}: asymmetric padding cannot be exported")
+            raise DeployError(f"{self._name(fx_node)}: asymmetric padding cannot be exported")
         weight, terms = _array(module.weight), self._terms(fx_node)
+        if len(terms) > 1 and not all(term.plain for term in terms):  # scaled spikes, concatenated: one scale
+            weight, terms = weight * np.float32(self._common_scale(fx_node, terms)), [_Term(t.name) for t in terms]
         if not all(term.plain for term in terms):
-            term = self._one_term(fx_node, fx_node.target)
+            term = self._one_term(fx_node, self._name(fx_node))
             if term.spatial is not None:
                 raise DeployError(
-                    f"{fx_node.target}: receives adaptive average pooling with uneven windows, which folds only into a "
+                    f"{self._name(fx_node)}: receives adaptive average pooling with uneven windows, which folds only into a "
                     "following Linear; pool to a size that divides the input, or flatten before a Linear"
                 )
             weight, terms = weight * np.float32(term.scale), [_Term(term.name)]
-        self._require_synaptic(terms, fx_node.target)
+        self._require_synaptic(terms, self._name(fx_node))
         self._add(fx_node, Conv2dNode(
-            fx_node.target, [t.name for t in terms], self._shape(fx_node), weight, _bias(module, module.out_channels),
+            self._name(fx_node), [t.name for t in terms], self._shape(fx_node), weight, _bias(module, module.out_channels),
             _pair(module.stride), (top, left), _pair(module.dilation), module.groups,
         ))  # fmt: skip
 
@@ -305,30 +332,33 @@ class _GraphBuilder:
         module = self.modules[fx_node.target]
         if not module.is_binary:
             raise DeployError(
-                f"{fx_node.target}: {type(module).__name__} has sharpness {module.get_sharpness():.4g}; "
+                f"{self._name(fx_node)}: {type(module).__name__} has sharpness {module.get_sharpness():.4g}; "
                 "only fully sharpened layers (sharpness 1) are integrate-and-fire neurons"
             )
         pool = self.pools_before_spike.pop(fx_node.args[0], None)
         shape = pool[0] if pool else self._shape(fx_node)
-        threshold = np.full(shape, module.spike_threshold, dtype=np.float32)
+        # A calibrated layer fires on x >= scale * threshold and its spikes weigh `scale` (folded downstream).
+        threshold = np.full(shape, module.spike_threshold * np.float32(module.scale), dtype=np.float32)
+        out = float(module.scale)
         terms = self._terms(fx_node)
         if any(term.spatial is not None for term in terms):
-            raise DeployError(f"{fx_node.target}: receives adaptive average pooling with uneven windows, which folds "
+            raise DeployError(f"{self._name(fx_node)}: receives adaptive average pooling with uneven windows, which folds "
                               "only into a following Linear")  # fmt: skip
-        if len(terms) == 1 and terms[0].scale != 1.0:  # s * v >= theta  <=>  v >= theta / s: the pooling's 1/k
-            threshold = threshold / np.float32(terms[0].scale)
+        if len({term.scale for term in terms}) == 1 and terms[0].scale != 1.0:  # s v >= theta <=> v >= theta / s
+            threshold = threshold / np.float32(terms[0].scale)  # (a pooling's 1 / k, a calibrated layer's scale)
         elif not all(term.plain for term in terms):  # several summands, some averaged: explicit synapses for those
             terms = [self._scaled_synapses(fx_node, term, shape) if not term.plain else term for term in terms]
         # Several inputs are summed into the neuron: a skip connection is just more synapses.
-        self._add(fx_node, SpikeNode(fx_node.target, [t.name for t in terms], shape, threshold))
+        name = self._name(fx_node)
+        self._add(fx_node, SpikeNode(name, [t.name for t in terms], shape, threshold), _Term(name, out))
         if pool:  # a step is monotone, so step(max(v)) == max(step(v)): fire first, then OR the window
-            pooled = dataclasses.replace(pool[1], inputs=[fx_node.target])
-            self._add(fx_node, pooled)
+            pooled = dataclasses.replace(pool[1], inputs=[name])
+            self._add(fx_node, pooled, _Term(pooled.name, out))
 
     def _scaled_synapses(self, fx_node: torch.fx.Node, term: _Term, shape: tuple[int, ...]) -> _Term:
         """One synapse of weight ``term.scale`` per unit (a 1x1 depthwise convolution) from ``term``'s node."""
         channels = shape[0]
-        name = f"{fx_node.target}.scale_{term.name}"
+        name = f"{self._name(fx_node)}.scale_{term.name}"
         weight = np.full((channels, 1, 1, 1), term.scale, dtype=np.float32)
         node = Conv2dNode(
             name, [term.name], shape, weight, np.zeros(channels, np.float32), (1, 1), (0, 0), (1, 1), channels
@@ -337,27 +367,57 @@ class _GraphBuilder:
         self.origin[name] = name
         return _Term(name)
 
+    def _pool_module(self, fx_node: torch.fx.Node, kind: type) -> nn.Module:
+        """The pooling module a call stands for: the module itself, or one built from a functional call's
+        constant arguments (``F.max_pool2d(x, 2)``, ``F.avg_pool2d(out, out.size(3))``); an adaptive max
+        pooling with even windows is the max pooling of those windows."""
+        if fx_node.op == "call_module" and not isinstance(self.modules[fx_node.target], nn.AdaptiveMaxPool2d):
+            return self.modules[fx_node.target]
+        settings = {key: self._constant(fx_node, value) for key, value in fx_node.kwargs.items()}
+        names = _POOL_ARGUMENTS[fx_node.target if fx_node.target in _POOL_ARGUMENTS else kind]
+        settings.update(zip(names, (self._constant(fx_node, a) for a in fx_node.args[1:])))
+        if settings.pop("return_indices", False):
+            raise DeployError(f"{describe_call(fx_node)} returns the indices of the maxima, which no neuron computes")
+        if fx_node.target is nn.functional.adaptive_max_pool2d or fx_node.op == "call_module":
+            (_, height, width), (_, out_h, out_w) = self._shape(fx_node.args[0]), self._shape(fx_node)
+            if height % out_h or width % out_w:
+                raise DeployError(f"{describe_call(fx_node)}: adaptive max pooling with uneven windows ({height}x{width} -> "
+                                  f"{out_h}x{out_w}) cannot be exported; pool to a size that divides the input")  # fmt: skip
+            return nn.MaxPool2d((height // out_h, width // out_w))
+        return kind(**settings)
+
+    def _constant(self, fx_node: torch.fx.Node, value: Any) -> Any:
+        """An argument of a call as the number it is for this input shape (``out.size(3)`` is one)."""
+        if not isinstance(value, torch.fx.Node):
+            return value
+        if "value" not in value.meta:
+            raise DeployError(f"{describe_call(fx_node)} takes an argument computed from the data, not from sizes")
+        return value.meta["value"]
+
     def max_pool(self, fx_node: torch.fx.Node) -> None:
-        module = self.modules[fx_node.target]
+        module = self._pool_module(fx_node, nn.MaxPool2d)
         settings = _pool_settings(fx_node, module)
         if _pair(module.dilation) != (1, 1):
-            raise DeployError(f"{fx_node.target}: dilated max pooling cannot be exported")
-        inputs = self._plain(fx_node, f"max pooling {fx_node.target!r}")
-        node = MaxPool2dNode(fx_node.target, inputs, self._shape(fx_node), *settings)
+            raise DeployError(f"{self._name(fx_node)}: dilated max pooling cannot be exported")
+        terms = self._terms(fx_node)
+        spikes = all(term.spatial is None and self.origin[term.name] is None for term in terms)
+        scale = self._common_scale(fx_node, terms) if spikes else 1.0  # max(s x) = s max(x): OR, still scaled
+        inputs = [t.name for t in terms] if spikes else self._plain(fx_node, f"max pooling {self._name(fx_node)!r}")
+        node = MaxPool2dNode(self._name(fx_node), inputs, self._shape(fx_node), *settings)
         users = list(fx_node.users)
         if any(self.origin[i] is not None for i in inputs) and len(users) == 1 and _is_spike(users[0], self.modules):
             # Max pooling of membrane potentials straight into a spike: exported as spike, then pool.
             self.pools_before_spike[fx_node] = (self._shape(fx_node.args[0]), node)
             self.alias[fx_node] = [_Term(name) for name in inputs]
             return
-        self._require_binary(inputs, f"max pooling {fx_node.target!r}")
-        self._add(fx_node, node)
+        self._require_binary(inputs, f"max pooling {self._name(fx_node)!r}")
+        self._add(fx_node, node, _Term(node.name, scale))
 
     def avg_pool(self, fx_node: torch.fx.Node) -> None:
-        module = self.modules[fx_node.target]
+        module = self._pool_module(fx_node, nn.AvgPool2d)
         kernel, stride, padding = _pool_settings(fx_node, module)
         if module.divisor_override is not None or (padding != (0, 0) and not module.count_include_pad):
-            raise DeployError(f"{fx_node.target}: only plain average pooling can be exported")
+            raise DeployError(f"{self._name(fx_node)}: only plain average pooling can be exported")
         self._sum_pool(fx_node, kernel, stride, padding)
 
     def adaptive_avg_pool(self, fx_node: torch.fx.Node) -> None:
@@ -367,7 +427,7 @@ class _GraphBuilder:
             kernel = (height // out_h, width // out_w)
             self._sum_pool(fx_node, kernel, kernel, (0, 0))
             return
-        name = _name(fx_node)
+        name = self._name(fx_node)
         term = self._one_term(fx_node, name)
         if not term.plain:
             raise DeployError(f"{name}: adaptive average pooling of already averaged values cannot be folded")
@@ -378,7 +438,7 @@ class _GraphBuilder:
         self, fx_node: torch.fx.Node, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
     ) -> None:
         """Average pooling = sum pooling (an exact count of the inputs) whose 1 / window scale waits in the term."""
-        name = _name(fx_node)
+        name = self._name(fx_node)
         terms = self._terms(fx_node)  # a sum (a concatenation's placements) pools as one: pooling is linear
         if any(term.spatial is not None for term in terms) or len({term.scale for term in terms}) != 1:
             raise DeployError(f"{name}: pooling of unevenly averaged values cannot be folded")
@@ -395,7 +455,7 @@ class _GraphBuilder:
         if len(source) != 3 or sorted(d % 4 for d in dims) != [2, 3]:
             self.unsupported_call(fx_node)
         channels, height, width = source
-        name = _name(fx_node)
+        name = self._name(fx_node)
         term = self._one_term(fx_node, name)
         if term.spatial is not None:
             raise DeployError(f"{name}: the mean of unevenly averaged values cannot be folded")
@@ -411,14 +471,14 @@ class _GraphBuilder:
 
     def flatten_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
-        _check_flatten(fx_node.target, module.start_dim, module.end_dim)
-        self._flatten(fx_node, fx_node.target)
+        _check_flatten(self._name(fx_node), module.start_dim, module.end_dim)
+        self._flatten(fx_node, self._name(fx_node))
 
     def flatten_call(self, fx_node: torch.fx.Node) -> None:
         start = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("start_dim", 0)
         end = fx_node.args[2] if len(fx_node.args) > 2 else fx_node.kwargs.get("end_dim", -1)
-        _check_flatten(fx_node.name, start, end)
-        self._flatten(fx_node, fx_node.name)
+        _check_flatten(self._name(fx_node), start, end)
+        self._flatten(fx_node, self._name(fx_node))
 
     def _flatten(self, fx_node: torch.fx.Node, name: str, terms: list[_Term] | None = None) -> None:
         term = self._one_term(fx_node, name, terms)
@@ -427,10 +487,10 @@ class _GraphBuilder:
         self._add(fx_node, FlattenNode(name, [term.name], shape), dataclasses.replace(term, name=name))
 
     def decoder(self, fx_node: torch.fx.Node) -> None:
-        inputs = self._plain(fx_node, f"the decoder {fx_node.target!r}")
+        inputs = self._plain(fx_node, f"the decoder {self._name(fx_node)!r}")
         if any(name in self.placements for name in inputs):
-            raise DeployError(f"the decoder {fx_node.target!r} reads a concatenation: give it one spiking layer")
-        self._require_binary(inputs, f"the decoder {fx_node.target!r}")
+            raise DeployError(f"the decoder {self._name(fx_node)!r} reads a concatenation: give it one spiking layer")
+        self._require_binary(inputs, f"the decoder {self._name(fx_node)!r}")
         self.output = _single(inputs, "the decoder")
         self.key = self.modules[fx_node.target].key
         self.alias[fx_node] = []
@@ -449,17 +509,19 @@ class _GraphBuilder:
             raise DeployError(
                 f"{describe_call(fx_node)} concatenates along dimension {dim}; only channels (dim=1) deploy"
             )
-        stem, offset, terms = _owned_name(fx_node), 0, []
+        stem, offset, terms = self._name(fx_node), 0, []
         for index, part in enumerate(parts):
             width = self._shape(part)[0]
             for number, term in enumerate(self.alias[part]):
                 if term.spatial is not None:
                     raise DeployError(f"{stem}: concatenates unevenly averaged values, which cannot be folded")
                 name = f"{stem}.part{index}" + (f"_{number}" if number else "")
-                self.nodes.append(_placement(name, term, self._shape(part), shape, offset))
-                self.origin[name] = self.origin[term.name]  # placed spikes are spikes
+                spikes = self.origin[term.name] is None  # placed by weight-1 synapses, spikes stay spikes
+                weight = 1.0 if spikes else term.scale  # (a calibrated layer's spikes keep their scale in the term)
+                self.nodes.append(_placement(name, term.name, weight, self._shape(part), shape, offset))
+                self.origin[name] = self.origin[term.name]
                 self.placements.add(name)
-                terms.append(_Term(name))
+                terms.append(_Term(name, term.scale if spikes else 1.0))
             offset += width
         self.alias[fx_node] = terms
 
@@ -489,7 +551,7 @@ class _GraphBuilder:
         moved = self._replayed(fx_node, index)
         base_shape, shape = self._shape(base), tuple(moved.shape[1:])
         order = moved.reshape(-1).long().numpy()
-        name = _owned_name(fx_node)
+        name = self._name(fx_node)
         if np.array_equal(order, np.arange(len(order))) and shape == base_shape:
             self.alias[fx_node] = self.alias[base]
         elif np.array_equal(order, np.arange(len(order))) and len(shape) == 1 and len(base_shape) > 1:
@@ -521,7 +583,27 @@ class _GraphBuilder:
         split, index = fx_node.args
         channels = np.array(self.pieces[split][index])
         source = split.args[0]
-        self._select(fx_node, channels, self._shape(source), f"{_owned_name(fx_node)}.take", self.alias[source])
+        self._select(fx_node, channels, self._shape(source), f"{self._name(fx_node)}.take", self.alias[source])
+
+    def take(self, fx_node: torch.fx.Node) -> None:
+        """``x[:, :8]``, ``x[:, idx]``: a selection of channels (or features), as weight-1 synapses into the taken
+        ones; anything that takes positions or samples is refused."""
+        source = fx_node.args[0]
+        shape = self._shape(source)
+        taken = self._replayed(fx_node, torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape))
+        if not isinstance(taken, torch.Tensor) or taken.dim() != len(shape) + 1 or taken.shape[0] != 1:
+            raise DeployError(f"{describe_call(fx_node)} indexes other than a selection of channels; only that deploys")
+        order = taken.reshape(-1).long().numpy()
+        if len(shape) == 3:
+            channels = order.reshape(taken.shape[1:])[:, 0, 0] // (shape[1] * shape[2])
+            if tuple(taken.shape[2:]) != shape[1:] or not np.array_equal(
+                order.reshape(taken.shape[1:]), _channel_gather(channels, shape)
+            ):
+                raise DeployError(f"{describe_call(fx_node)} takes positions, not whole channels; only a selection "
+                                  "of channels deploys")  # fmt: skip
+        else:
+            channels = order
+        self._select(fx_node, channels, shape, f"{self._name(fx_node)}.take", self.alias[source])
 
     def _select(
         self, fx_node: torch.fx.Node, channels: np.ndarray, shape: tuple[int, ...], stem: str, sources: list[_Term]
@@ -574,6 +656,69 @@ class _GraphBuilder:
             if self.output == placement.name:
                 self.output = fused.name
 
+    def product(self, fx_node: torch.fx.Node) -> None:
+        """``x * c`` or ``x / c`` with a positive constant ``c``: a scale, folded into the synapses (or threshold) that
+        read it. ``a * g`` of two spike trains (a squeeze-and-excitation gate: spikes times a per-channel spike):
+        ``1`` exactly where both fire, the integrate-and-fire neuron ``1[a + g >= 1.5]``, the gate's spikes
+        reaching every position it covers through weight-1 synapses."""
+        left, right = fx_node.args[:2]
+        dividing = fx_node.target in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+        values = [arg for arg in (left, right) if isinstance(arg, torch.fx.Node) and "value" not in arg.meta]
+        if len(values) == 1 and not fx_node.kwargs:
+            constant = self._constant(fx_node, right if values[0] is left else left)
+            if dividing and values[0] is not left:
+                raise DeployError(
+                    f"{describe_call(fx_node)} divides by a value of the network, which no neuron computes"
+                )
+            if isinstance(constant, bool) or not isinstance(constant, (int, float)) or not 0 < constant < math.inf:
+                raise DeployError(f"{describe_call(fx_node)} multiplies by {constant!r}; only a positive number folds into "
+                                  "the synapses (a tensor of factors, or a negative one, does not)")  # fmt: skip
+            factor = 1.0 / constant if dividing else float(constant)
+            terms = self.alias[values[0]]
+            self.alias[fx_node] = [dataclasses.replace(term, scale=term.scale * factor) for term in terms]
+            return
+        if len(values) != 2 or dividing or fx_node.kwargs:
+            self.unsupported_call(fx_node)
+        self._gate(fx_node, values)
+
+    def _gate(self, fx_node: torch.fx.Node, operands: list[torch.fx.Node]) -> None:
+        name, shape, inputs, scale = self._name(fx_node), self._shape(fx_node), [], 1.0
+        for operand in operands:
+            terms = self.alias[operand]
+            term = terms[0] if len(terms) == 1 else None
+            if term is None or term.spatial is not None or self.origin[term.name] is not None:
+                source = self.origin[term.name] if term is not None else None
+                what = f"the real-valued output of {source!r}" if source else "a value that is not binary spikes"
+                raise DeployError(
+                    f"{describe_call(fx_node)} multiplies {what}: a product is deployable only between spikes (a gate of "
+                    "spikes by spikes is one neuron that fires where both do); put a spiking activation before the "
+                    "product (e.g. an nn.ReLU on the gated value), or build the model without the gate"
+                )
+            scale *= term.scale  # (s a)(r g) = s r (a AND g): the product of calibrated spikes weighs s r
+            inputs.append(self._broadcast(f"{name}.spread{len(inputs)}", term.name, self._shape(operand), shape))
+        node = SpikeNode(name, inputs, shape, np.full(shape, 1.5, dtype=np.float32))
+        self._add(fx_node, node, _Term(name, scale))
+
+    def _broadcast(self, name: str, source: str, given: tuple[int, ...], shape: tuple[int, ...]) -> str:
+        """``source`` (spikes of shape ``given``) where a product broadcasts it to ``shape``: itself where the
+        shapes agree, else weight-1 synapses from each unit to every position it covers (a convolution of a
+        1x1 map whose kernel spans the whole map, padded to give every position)."""
+        if given == shape:
+            return source
+        if len(shape) != 3 or len(given) != 3 or any(g not in (1, s) for g, s in zip(given, shape, strict=True)):
+            raise DeployError(f"{name}: a gate of shape {given} cannot be spread over values of shape {shape}")
+        channels, kernel = shape[0], (shape[1] // given[1], shape[2] // given[2])
+        groups = channels if given[0] == channels else 1
+        weight = np.ones((channels, given[0] // groups, *kernel), dtype=np.float32)
+        padding = (kernel[0] - 1, kernel[1] - 1)
+        node = Conv2dNode(
+            name, [source], shape, weight, np.zeros(channels, np.float32), (1, 1), padding, (1, 1), groups
+        )
+        self.nodes.append(node)
+        self.origin[name] = None  # spikes moved by weight-1 synapses stay spikes
+        self.placements.add(name)
+        return name
+
     def skip_sum(self, fx_node: torch.fx.Node) -> None:
         terms = [a for a in fx_node.args if isinstance(a, torch.fx.Node)]
         if len(terms) != len(fx_node.args) or fx_node.kwargs:
@@ -582,7 +727,7 @@ class _GraphBuilder:
 
     def upsample(self, fx_node: torch.fx.Node) -> None:
         raise DeployError(
-            f"{fx_node.target}: up-sampling (nn.Upsample) cannot be exported: NIR has no up-sampling node and no "
+            f"{self._name(fx_node)}: up-sampling (nn.Upsample) cannot be exported: NIR has no up-sampling node and no "
             "neuromorphic toolchain reads one; the network runs in PyTorch only (a transposed convolution would be "
             "a Conv2d with stride < 1, which NIR cannot express either)"
         )
@@ -590,7 +735,7 @@ class _GraphBuilder:
     def unsupported_module(self, fx_node: torch.fx.Node) -> None:
         module = self.modules[fx_node.target]
         raise DeployError(
-            f"{fx_node.target}: {type(module).__name__} has no single-time-step spiking equivalent "
+            f"{self._name(fx_node)}: {type(module).__name__} has no single-time-step spiking equivalent "
             "(supported: Linear, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, spiking activations, batch "
             "norm (folded into the weights), Identity, Dropout)"
         )
@@ -600,18 +745,31 @@ class _GraphBuilder:
         why = _WHY_NOT.get(name, "has no single-time-step spiking equivalent in whetstone")
         raise DeployError(
             f"{describe_call(fx_node)} {why}; what deploys: Linear, Conv2d, pooling, flatten, `+` (skip connections), "
-            "spiking activations, batch norm after a layer or a sum"
+            "concatenation and selection of channels, a product of spikes (a gate), a positive constant factor, "
+            "spiking activations, batch norm after a layer, a sum, a concatenation or a pooling"
         )
 
 
 #: Why common operations do not deploy, and what to do instead.
 _WHY_NOT = {
-    "mul": "multiplies two values (a squeeze-and-excitation or attention gate): integrate-and-fire neurons only add; "
-    "build the model without the gate (timm: se_layer=None)",
-    "mul_": "multiplies two values in place (a gate): integrate-and-fire neurons only add",
+    "mul": "multiplies in a way no neuron computes (only a positive constant factor, or spikes by spikes, deploy)",
+    "mul_": "multiplies in a way no neuron computes (only a positive constant factor, or spikes by spikes, deploy)",
+    "truediv": "divides by a value of the network, which no neuron computes",
     "interpolate": "up-samples, which NIR cannot express",
 }
 
+
+#: The arguments of F.max_pool2d and F.avg_pool2d after the input, in order (they differ from the modules').
+_POOL_ARGUMENTS = {
+    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    nn.AvgPool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    nn.functional.adaptive_max_pool2d: ("output_size", "return_indices"),
+}
+#: Functional max poolings (with constant arguments, as modules would hold them).
+_MAX_POOLS = {nn.functional.max_pool2d, torch.max_pool2d, nn.functional.adaptive_max_pool2d}
+#: Products: a value times a constant (a scale, folded into the synapses), or two spike trains (a gate).
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, operator.itruediv, torch.div,
+             "div", "div_"}  # fmt: skip
 
 #: Calls that only move a tensor's elements, and calls that split one into pieces.
 _MOVES = {"view", "reshape", "transpose", "permute", "contiguous", torch.reshape, torch.transpose, torch.permute}
@@ -637,18 +795,14 @@ def _channel_gather(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return channels[:, None, None] * (shape[1] * shape[2]) + positions
 
 
-def _owned_name(fx_node: torch.fx.Node) -> str:
-    """A function call's name under the module whose forward makes it (``features.block1.cat``)."""
-    owner = list((fx_node.meta.get("nn_module_stack") or {}).values())
-    return f"{owner[-1][0]}.{fx_node.name}" if owner and owner[-1][0] else fx_node.name
-
-
-def _placement(name: str, term: _Term, part: tuple[int, ...], whole: tuple[int, ...], offset: int) -> GraphNode:
-    """Synapses of weight ``term.scale`` from each unit of ``part`` to the same unit, ``offset`` channels on, of
-    ``whole``: a 1x1 convolution for (C, H, W) values, a Linear for flat ones."""
+def _placement(
+    name: str, source: str, weight: float, part: tuple[int, ...], whole: tuple[int, ...], offset: int
+) -> GraphNode:
+    """Synapses of ``weight`` from each unit of ``source`` (of shape ``part``) to the same unit, ``offset``
+    channels on, of ``whole``: a 1x1 convolution for (C, H, W) values, a Linear for flat ones."""
     matrix = np.zeros((whole[0], part[0]), dtype=np.float32)
-    matrix[offset + np.arange(part[0]), np.arange(part[0])] = term.scale
-    return _routing(name, term.name, matrix, whole)
+    matrix[offset + np.arange(part[0]), np.arange(part[0])] = weight
+    return _routing(name, source, matrix, whole)
 
 
 def _routing(name: str, source: str, matrix: np.ndarray, shape: tuple[int, ...]) -> GraphNode:
@@ -669,9 +823,28 @@ def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
     return dataclasses.replace(layer, shape=placement.shape, weight=fused, bias=matrix @ layer.bias, groups=1)
 
 
-def _name(fx_node: torch.fx.Node) -> str:
-    """A graph node's name: the module path of a module call, else the traced call's own name."""
-    return str(fx_node.target) if fx_node.op == "call_module" else fx_node.name
+def _call_names(graph: torch.fx.Graph) -> dict[torch.fx.Node, str]:
+    """A unique name per traced call: the module path of a module call (``pool``; a module called again, such
+    as one ``nn.MaxPool2d`` used after every convolution, ``pool_1``, ``pool_2``, ...), else the called
+    function's name under the module whose forward calls it (``layer1.0.add``; ``layer1.0.add_1`` for its
+    second ``+``)."""
+    names: dict[torch.fx.Node, str] = {}
+    modules = {str(node.target) for node in graph.nodes if node.op == "call_module"}
+    seen: set[str] = set()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            stem = str(node.target)
+        else:
+            owner = list((node.meta.get("nn_module_stack") or {}).values())
+            call = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
+            stem = f"{owner[-1][0]}.{call}" if owner and owner[-1][0] and node.op != "placeholder" else node.name
+        name, index = stem, 0
+        while name in seen or (index and name in modules):  # a later call: the next free number
+            index += 1
+            name = f"{stem}_{index}"
+        seen.add(name)
+        names[node] = name
+    return names
 
 
 def _adaptive_average_matrix(size: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
@@ -695,7 +868,7 @@ _MODULE_RULES: list[tuple[type | tuple[type, ...], str]] = [
     (nn.Linear, "linear"),
     (nn.Conv2d, "conv2d"),
     (SpikingActivation, "spike"),
-    (nn.MaxPool2d, "max_pool"),
+    ((nn.MaxPool2d, nn.AdaptiveMaxPool2d), "max_pool"),
     (nn.AvgPool2d, "avg_pool"),
     (nn.AdaptiveAvgPool2d, "adaptive_avg_pool"),
     (nn.Flatten, "flatten_module"),
@@ -716,7 +889,7 @@ def _pool_settings(
         floor = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(size, padding, kernel, stride, strict=True))
         if floor != _GraphBuilder._shape(fx_node)[1:]:
             raise DeployError(
-                f"{fx_node.target}: ceil_mode=True adds a partial window at the edge here ({size} -> "
+                f"{describe_call(fx_node)}: ceil_mode=True adds a partial window at the edge here ({size} -> "
                 f"{_GraphBuilder._shape(fx_node)[1:]}, not {floor}), which cannot be exported; use ceil_mode=False"
             )
     return kernel, stride, padding

@@ -16,21 +16,25 @@ __all__ = ["Heaviside", "for_inference"]
 
 
 class Heaviside(nn.Module):
-    """``1[x >= threshold]`` for inference: with no gradient to keep, the comparison is written into ``x``
-    itself (one pass over memory, like an in-place ReLU), otherwise into a new tensor."""
+    """``scale * 1[x >= threshold]`` for inference: with no gradient to keep, the comparison is written into
+    ``x`` itself (one pass over memory, like an in-place ReLU), otherwise into a new tensor. ``scale`` is a
+    calibrated layer's (:meth:`~whetstone.SpikingActivation.set_scale`), 1 otherwise."""
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, scale: float = 1.0) -> None:
         super().__init__()
         # A 0-dim tensor: comparing with it skips the per-call Python-scalar conversion (~2 us a call).
         self.register_buffer("threshold", torch.tensor(float(threshold)), persistent=False)
+        self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:  # autograd may still need x: leave it alone
-            return (x >= self.threshold).to(x.dtype)
-        return x.ge_(self.threshold)  # float in, float 0/1 out
+            spikes = (x >= self.threshold).to(x.dtype)
+        else:
+            spikes = x.ge_(self.threshold)  # float in, float 0/1 out
+        return spikes if self.scale == 1.0 else spikes.mul_(self.scale)
 
     def extra_repr(self) -> str:
-        return f"threshold={float(self.threshold)}"
+        return f"threshold={float(self.threshold)}" + ("" if self.scale == 1.0 else f", scale={self.scale:.4g}")
 
 
 def for_inference(
@@ -63,5 +67,5 @@ def for_inference(
                     raise ValueError(
                         f"{where} has sharpness {child.get_sharpness():.4g}; for_inference() needs a fully sharpened model"
                     )
-                setattr(parent, name, Heaviside(child.spike_threshold))
+                setattr(parent, name, Heaviside(child.membrane_threshold, child.scale_value))
     return deployed

@@ -94,6 +94,8 @@ def binary_report(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> 
     def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
         entry = stats[module]
         flat = output.detach().flatten(1)
+        if module.scale_value != 1.0:  # a calibrated layer emits 0 or its scale: its spikes, divided by it
+            flat = flat / module.scale_value
         binary, total, fired = ((flat == 0) | (flat == 1)).all(), flat.sum(dtype=torch.float64), (flat > 0).any(dim=0)
         if entry["count"]:
             binary, total, fired = binary & entry["binary"], total + entry["sum"], fired | entry["fired"]

@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import operator
+import os
 import re
 from collections import Counter, OrderedDict
 from itertools import pairwise
@@ -25,7 +26,15 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from .activations import SpikingActivation
 from .decode import SoftmaxDecode
 
-__all__ = ["describe_call", "fold_batchnorm", "reads_training", "set_submodule", "trace", "why_untraceable"]
+__all__ = [
+    "describe_call",
+    "fold_batchnorm",
+    "reads_training",
+    "set_submodule",
+    "source_line",
+    "trace",
+    "why_untraceable",
+]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -65,6 +74,7 @@ class _LeafTracer(torch.fx.Tracer):
     def __init__(self, mode_leaves: bool = False) -> None:
         super().__init__()
         self.mode_leaves = mode_leaves
+        self.record_stack_traces = True  # messages name the user's source line (see describe_call)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, (SpikingActivation, SoftmaxDecode)) or (self.mode_leaves and reads_training(m)):
@@ -75,12 +85,34 @@ class _LeafTracer(torch.fx.Tracer):
 
 
 def describe_call(node: torch.fx.Node) -> str:
-    """Where a traced call is, in the user's terms: a module path, or the function inside a module's forward."""
+    """Where a traced call is, in the user's terms: the module path of a module call, or the function inside a
+    module's ``forward``, with the source line that makes the call (``file.py:42: `x[:, :8]```) where torch.fx
+    recorded it."""
     if node.op == "call_module":
-        return str(node.target)
-    owner = list((node.meta.get("nn_module_stack") or {}).values())
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-    return f"{name}() in the forward of {owner[-1][0] if owner else 'the model'}"
+        where = str(node.target)
+    else:
+        owner = list((node.meta.get("nn_module_stack") or {}).values())
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        where = f"{name}() in the forward of {owner[-1][0] if owner and owner[-1][0] else 'the model'}"
+    line = source_line(node)
+    return f"{where} ({line})" if line else where
+
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in \S+\n\s*(?P<code>[^\n]*)')
+_LIBRARY = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def source_line(node: torch.fx.Node) -> str:
+    """``file.py:42: `code``` of the user's call that made ``node`` (the innermost frame outside torch and
+    whetstone), or "" where torch.fx recorded none."""
+    frames = [m for m in _FRAME.finditer(node.meta.get("stack_trace") or "")
+              if not os.path.abspath(m["file"]).startswith(_LIBRARY)]  # fmt: skip
+    if not frames:
+        return ""
+    frame = frames[-1]
+    path = os.path.abspath(frame["file"])
+    shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+    return f"{shown}:{frame['line']}: `{frame['code'].strip()}`"
 
 
 def why_untraceable(error: BaseException) -> str:
@@ -97,8 +129,54 @@ def trace(model: nn.Module, mode_leaves: bool = False) -> torch.fx.GraphModule:
 
     Tracing runs ``forward`` once, so a branch on ``self.training`` is frozen in the mode the model is in.
     That is right for deployment (always eval mode) but not for a model to train: ``mode_leaves=True``
-    keeps each module whose forward reads ``self.training`` as one call, so its own code still decides."""
+    keeps each module whose forward reads ``self.training`` as one call, so its own code still decides.
+
+    A ``GraphModule`` (what :func:`~whetstone.spikify` returns for most models) is traced again node by node,
+    so every call keeps the module path and source line it was first traced with (messages name them)."""
+    if isinstance(model, torch.fx.GraphModule):
+        return torch.fx.GraphModule(model, _retraced(model, _LeafTracer(mode_leaves)))
     return torch.fx.GraphModule(model, _LeafTracer(mode_leaves).trace(model))
+
+
+def _retraced(model: torch.fx.GraphModule, tracer: _LeafTracer) -> torch.fx.Graph:
+    """``model``'s graph, copied with every node's metadata (module stack, the user's source line), where each
+    call of a module that is not a leaf for ``tracer`` is replaced by that module's own traced calls."""
+    graph = torch.fx.Graph()
+    values: dict[torch.fx.Node, Any] = {}
+    for node in model.graph.nodes:
+        module = model.get_submodule(node.target) if node.op == "call_module" else None
+        if module is None or tracer.is_leaf_module(module, node.target):
+            values[node] = graph.node_copy(node, lambda arg: values[arg])
+            continue
+        args = torch.fx.map_arg(node.args, lambda arg: values[arg])
+        kwargs = torch.fx.map_arg(node.kwargs, lambda arg: values[arg])
+        inner = _LeafTracer(tracer.mode_leaves).trace(module)
+        values[node] = _inline(graph, inner, str(node.target), args, kwargs, node.meta)
+    return graph
+
+
+def _inline(graph: torch.fx.Graph, inner: torch.fx.Graph, path: str, args: tuple, kwargs: dict, meta: dict) -> Any:
+    """Copy the calls of ``inner`` (a module's traced graph) into ``graph`` as calls of the module at ``path``,
+    its inputs bound to ``args``/``kwargs``; returns what it outputs. Each call keeps its own source line, and
+    its module stack starts with the stack of the call it replaces."""
+    values: dict[torch.fx.Node, Any] = {}
+    given = iter(args)
+    outer_stack = dict(meta.get("nn_module_stack") or {})
+    for node in inner.nodes:
+        if node.op == "placeholder":
+            default = node.args[0] if node.args else None
+            values[node] = next(given, kwargs.get(node.target, default))
+            continue
+        if node.op == "output":
+            return torch.fx.map_arg(node.args[0], lambda arg: values[arg])
+        copied = graph.node_copy(node, lambda arg: values[arg])
+        if node.op in ("call_module", "get_attr"):
+            copied.target = f"{path}.{node.target}"
+        stack = {f"{path}.{key}": (f"{path}.{name}", kind) for key, (name, kind) in
+                 (node.meta.get("nn_module_stack") or {}).items()}  # fmt: skip
+        copied.meta["nn_module_stack"] = {**outer_stack, **stack}
+        values[node] = copied
+    raise AssertionError("a traced graph ends in an output node")
 
 
 @functools.cache
@@ -200,11 +278,39 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             folded = _fold_in_graph(traced)
     leftover = [name for name, module in folded.named_modules() if isinstance(module, _BATCHNORMS)]
     if leftover:
+        causes = _why_not_folded(folded) if isinstance(folded, torch.fx.GraphModule) else []
         raise ValueError(
-            f"cannot fold batch norm {leftover}: each must follow a Linear or Conv layer, or the sum of a "
-            "residual block"
+            "; ".join(causes)
+            if causes
+            else f"cannot fold batch norm {leftover}: each must follow a Linear or Conv "
+            "layer, the sum of a residual block, a concatenation or a pooling of those"
         )
     return folded.eval()
+
+
+def _why_not_folded(graph_module: torch.fx.GraphModule) -> list[str]:
+    """For each batch norm left in the graph, in one clause: which call it is and what blocks folding it."""
+    modules = dict(graph_module.named_modules())
+    causes = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
+            continue
+        source = _through_identity(node.args[0], modules)
+        if isinstance(source, torch.fx.Node) and source.op == "placeholder":
+            why = ("normalises the network's input, which no synapse precedes: normalise the data instead, or put "
+                   "the batch norm after the first layer")  # fmt: skip
+        elif isinstance(source, torch.fx.Node) and _pooling_kind(source, modules) == "max":
+            negative = (_scale_shift(modules[node.target])[0] <= 0).nonzero().flatten().tolist()
+            why = (f"follows the max pooling {describe_call(source)} and scales channels {negative[:8]} by a number "
+                   "<= 0, which turns a maximum into a minimum: move the batch norm before the pooling")  # fmt: skip
+        else:
+            what = describe_call(source) if isinstance(source, torch.fx.Node) else repr(source)
+            if isinstance(source, torch.fx.Node) and source.op == "call_module":
+                what += f" ({type(modules[source.target]).__name__})"
+            why = (f"follows {what}, which is not a Linear or Conv layer, a sum, a concatenation or a pooling of "
+                   "those: move it right after one")  # fmt: skip
+        causes.append(f"cannot fold batch norm {describe_call(node)}: it {why}")
+    return causes
 
 
 def _check_statistics(name: str, bn: nn.Module) -> None:
@@ -355,61 +461,131 @@ def _width(part: torch.fx.Node, layer: torch.fx.Node | None, modules: dict[str, 
 
 
 def _fold_in_graph(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Fold the batch norms that need the call graph rewritten (see :func:`fold_batchnorm`)."""
+    """Fold the batch norms that need the call graph rewritten (see :func:`fold_batchnorm`), one at a time until
+    none is left that folds (a batch norm moved before a pooling folds on the next pass)."""
     graph = graph_module.graph
-    for node in list(graph.nodes):
-        modules = dict(graph_module.named_modules())
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
-            continue
-        bn = modules[node.target]
-        _check_statistics(node.target, bn)
-        scale, shift = _scale_shift(bn)
-        source = _through_identity(node.args[0], modules)
-        if (
-            isinstance(source, torch.fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules[source.target], _WEIGHTED)
-        ):
-            terms = [source]  # a layer whose output also feeds something else: a folded copy for this path
-        elif (
-            isinstance(source, torch.fx.Node)
-            and source.op == "call_function"
-            and source.target in (operator.add, torch.add)
-        ):
-            terms = [_through_identity(arg, modules) for arg in source.args]
-            if source.kwargs or not all(isinstance(term, torch.fx.Node) for term in terms):
-                continue
-        elif (
-            isinstance(source, torch.fx.Node)
-            and source.op == "call_function"
-            and source.target in (torch.cat, torch.concat)
-        ):
-            if _fold_after_concatenation(graph_module, node, source, bn, scale, shift):
-                graph.erase_node(node)
-            continue
-        else:
-            continue  # named by fold_batchnorm's leftover check
-        replacements, pending_shift = [], shift
-        for term in terms:
-            weighted = term.op == "call_module" and isinstance(modules[term.target], _WEIGHTED)
-            if weighted:
-                module = _scaled_layer(modules[term.target], scale, pending_shift)
-                path, args = _free_path(graph_module, f"{term.target}_folded"), term.args
-            else:  # spikes from a shortcut: explicit synapses of weight s
-                module = _channel_synapses(bn, scale, pending_shift)
-                path, args = _free_path(graph_module, f"{node.target}_shortcut"), (term,)
-            pending_shift = None  # the shift enters once
-            graph_module.add_submodule(path, module)
-            with graph.inserting_before(node):
-                replacements.append(graph.call_module(path, args))
-        with graph.inserting_before(node):
-            total = replacements[0]
-            for other in replacements[1:]:
-                total = graph.call_function(operator.add, (total, other))
-        node.replace_all_uses_with(total)
-        graph.erase_node(node)
+    while any(_fold_one(graph_module, node) for node in list(graph.nodes)):
+        pass
     graph.eliminate_dead_code()
     graph.lint()
     graph_module.recompile()
     graph_module.delete_all_unused_submodules()
     return graph_module
+
+
+def _fold_one(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Fold the batch norm ``node`` calls, if it is one and it folds; True when the graph changed."""
+    graph = graph_module.graph
+    modules = dict(graph_module.named_modules())
+    if node.op != "call_module" or not isinstance(modules.get(node.target), _BATCHNORMS):
+        return False
+    bn = modules[node.target]
+    _check_statistics(node.target, bn)
+    scale, shift = _scale_shift(bn)
+    source = _through_identity(node.args[0], modules)
+    if not isinstance(source, torch.fx.Node):
+        return False
+    if source.op == "call_module" and isinstance(modules[source.target], _WEIGHTED):
+        terms = [source]  # a layer whose output also feeds something else: a folded copy for this path
+    elif source.op == "call_function" and source.target in _SUMS:
+        terms = _summands(source, modules)
+        if terms is None:
+            return False
+    elif source.op == "call_function" and source.target in (torch.cat, torch.concat):
+        if not _fold_after_concatenation(graph_module, node, source, bn, scale, shift):
+            return False
+        graph.erase_node(node)
+        return True
+    else:
+        return _move_before_pooling(graph_module, node, source, modules, scale)
+    replacements, pending_shift = [], shift
+    for term in terms:
+        weighted = term.op == "call_module" and isinstance(modules[term.target], _WEIGHTED)
+        if weighted:
+            module = _scaled_layer(modules[term.target], scale, pending_shift)
+            path, args = _free_path(graph_module, f"{term.target}_folded"), term.args
+        else:  # spikes from a shortcut: explicit synapses of weight s
+            module = _channel_synapses(bn, scale, pending_shift)
+            path, args = _free_path(graph_module, f"{node.target}_shortcut"), (term,)
+        pending_shift = None  # the shift enters once
+        graph_module.add_submodule(path, module)
+        with graph.inserting_before(node):
+            replacements.append(graph.call_module(path, args))
+    with graph.inserting_before(node):
+        total = replacements[0]
+        for other in replacements[1:]:
+            total = graph.call_function(operator.add, (total, other))
+    node.replace_all_uses_with(total)
+    graph.erase_node(node)
+    return True
+
+
+_SUMS = (operator.add, torch.add, operator.iadd)
+
+
+def _summands(node: torch.fx.Node, modules: dict[str, nn.Module]) -> list[torch.fx.Node] | None:
+    """The values a sum adds up, through nested sums (a pre-activation residual stream is the sum of every
+    block's output since the last downsampling): ``BN(a + (b + c)) = s a + s b + s c + t``. None for a sum of
+    anything but values (a constant added, keyword arguments)."""
+    terms = []
+    for arg in node.args:
+        term = _through_identity(arg, modules)
+        if not isinstance(term, torch.fx.Node) or node.kwargs:
+            return None
+        if term.op == "call_function" and term.target in _SUMS:
+            inner = _summands(term, modules)
+            if inner is None:
+                return None
+            terms += inner
+        else:
+            terms.append(term)
+    return terms
+
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+_AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_MAX_POOL_CALLS = {nn.functional.max_pool2d, torch.max_pool2d, nn.functional.adaptive_max_pool2d}
+_AVERAGE_POOL_CALLS = {nn.functional.avg_pool2d, nn.functional.adaptive_avg_pool2d}
+
+
+def _pooling_kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """ "max" or "average" for a pooling call that commutes with a per-channel affine map (an average pooling
+    without padding; any max pooling, for positive scales), else None."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, _MAX_POOLS):
+            return "max"
+        padded = getattr(module, "padding", 0) not in (0, (0, 0))
+        return "average" if isinstance(module, _AVERAGE_POOLS) and not padded else None
+    if node.op != "call_function":
+        return None
+    if node.target in _MAX_POOL_CALLS:
+        return "max"
+    padding = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+    return "average" if node.target in _AVERAGE_POOL_CALLS and padding in (0, (0, 0)) else None
+
+
+def _move_before_pooling(
+    graph_module: torch.fx.GraphModule,
+    node: torch.fx.Node,
+    pool: torch.fx.Node,
+    modules: dict[str, nn.Module],
+    scale: torch.Tensor,
+) -> bool:
+    """``BN(pool(x)) = pool(BN(x))``: batch norm is a per-channel affine map, which an average pooling without
+    padding commutes with, and a max pooling too where every scale is positive. Rewrites the graph so (a copy
+    of) the batch norm reads the pooling's input, to fold there on the next pass; False where it cannot move."""
+    kind = _pooling_kind(pool, modules)
+    if kind is None or (kind == "max" and not bool((scale > 0).all())):
+        return False
+    graph = graph_module.graph
+    path = _free_path(graph_module, f"{node.target}_before_pool")
+    graph_module.add_submodule(path, copy.deepcopy(modules[node.target]))
+    with graph.inserting_before(node):
+        normed = graph.call_module(path, (pool.args[0],))
+        normed.meta = dict(node.meta)
+        pooled = graph.create_node(pool.op, pool.target, (normed, *pool.args[1:]), dict(pool.kwargs))
+        pooled.meta = dict(pool.meta)
+    node.replace_all_uses_with(pooled)
+    graph.erase_node(node)
+    return True

@@ -51,6 +51,13 @@ def _restoring(part: str) -> Iterator[None]:
         raise ValueError(f"the checkpoint's {part} cannot be restored: {reason[:300]}") from None
 
 
+#: What to change when training diverges (a non-finite loss, or a collapse that slower sharpening did not cure).
+_DIVERGED = (
+    ": lower the learning rate (--lr), or the loss's logit scale (Classification(logit_scale=...), --logit-scale: "
+    "the decoder's logits differ by up to 4 per output unit of a class), or sharpen more slowly (--steps)"
+)
+
+
 class Trainer:
     """Train a spiking model with a sharpener until it is fully binary.
 
@@ -282,7 +289,7 @@ class Trainer:
         loss_sum, hit_sum, size = distributed.all_sum(pending).tolist()
         loss_value = loss_sum / size
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, batch {batch}")
+            raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, batch {batch}{_DIVERGED}")
         self._totals = [self._totals[0] + loss_sum, self._totals[1] + hit_sum, self._totals[2] + size]
         return loss_value
 
@@ -347,7 +354,9 @@ class Trainer:
         """Return to ``snapshot`` (the start of the failed epoch) and halve the sharpening rate."""
         rollbacks = self.rollbacks + 1
         if rollbacks > self.max_retries:
-            raise FloatingPointError(f"{problem}; gave up after {self.max_retries} rollbacks with slower sharpening")
+            raise FloatingPointError(
+                f"{problem}; gave up after {self.max_retries} rollbacks with slower sharpening{_DIVERGED}"
+            )
         self.load_state_dict(snapshot)
         self.rollbacks = rollbacks
         assert self.sharpener is not None

@@ -1,0 +1,134 @@
+"""Warm start of a trained ReLU network: ``spikify(..., calibrate=batches)`` keeps its accuracy at sharpness 0,
+each layer's scale folds exactly into the deployed network, and the new state loads and saves like the rest."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import whetstone as ws
+from whetstone.data import load_dataset
+
+from conftest import assert_equal_where_decided, torch_threads
+
+
+class SmallNet(nn.Module):  # PyTorch's MNIST example, smaller: functional ReLUs and pooling
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3), nn.Conv2d(8, 16, 3)
+        self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 64), nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+@pytest.fixture(scope="module")
+def trained_relu():
+    """SmallNet trained as a ReLU network on the bundled digits (two epochs, one thread: the same weights anywhere)."""
+    torch.manual_seed(0)
+    train = load_dataset("mnist-mini", "train")
+    loader = ws.TensorLoader.from_dataset(train, 64, shuffle=True, seed=0)
+    model = SmallNet()
+    with torch_threads(1):
+        ws.Trainer(model, torch.optim.Adam(model.parameters(), 2e-3), progress=False).fit(loader, 2)
+    batches = [x for _, (x, _) in zip(range(8), loader, strict=False)]
+    return model.eval(), batches
+
+
+def test_calibration_keeps_a_trained_networks_accuracy_at_sharpness_0(trained_relu, mini_test):
+    model, batches = trained_relu
+    x, y = mini_test
+    with torch_threads(1), torch.no_grad():
+        relu = (model(x).argmax(1) == y).float().mean().item()
+        cold = ws.spikify(copy.deepcopy(model), num_classes=10)
+        warm = ws.spikify(copy.deepcopy(model), num_classes=10, calibrate=batches)
+        cold_accuracy = (cold.eval()(x).argmax(1) == y).float().mean().item()
+        warm_accuracy = (warm.eval()(x).argmax(1) == y).float().mean().item()
+    assert relu > 0.85
+    assert abs(warm_accuracy - relu) <= 0.01, (relu, warm_accuracy)
+    assert cold_accuracy < relu - 0.05, (relu, cold_accuracy)  # what calibration is for: clipping at 1 costs this
+    scales = [layer.scale_value for layer in ws.spiking_layers(warm)]
+    assert all(s > 0 for s in scales) and scales[-1] == 1.0 and len(set(scales[:-1])) == len(scales) - 1
+
+
+def test_a_calibrated_binary_network_deploys_spike_for_spike_and_reports_binary(trained_relu, mini_test):
+    model, batches = trained_relu
+    warm = ws.spikify(copy.deepcopy(model), num_classes=10, calibrate=batches).eval()
+    ws.set_model_sharpness(warm, 1.0)
+    x = mini_test[0][:200]
+    graph = ws.to_spiking_graph(warm, (1, 28, 28))
+    first = graph.spiking_nodes()[0]
+    layer = ws.spiking_layers(warm)[0]
+    np.testing.assert_allclose(first.threshold, layer.membrane_threshold, rtol=1e-6)  # the scale is the threshold's
+    result = ws.simulate(graph, x.numpy())
+    with torch.no_grad():
+        expected = warm.double()(x.double()).argmax(1).numpy()
+        warm.float()
+        fast = ws.for_inference(warm)(x).argmax(1).numpy()  # Heaviside steps emitting the layers' scales
+    assert_equal_where_decided(result.predictions, expected, result, min_decided=0.9)
+    assert_equal_where_decided(fast, expected, result, min_decided=0.9)
+    reports = ws.binary_report(warm, [(x, mini_test[1][:200])])
+    assert ws.is_fully_binary(warm, reports)  # 0 or the scale: spikes, counted as such
+    assert all(0 < r.firing_rate < 1 for r in reports[:-1])
+
+
+def test_scale_and_logit_scale_travel_in_the_state_dict_and_old_state_dicts_still_load(trained_relu):
+    model, batches = trained_relu
+    warm = ws.spikify(copy.deepcopy(model), num_classes=10, key_width=40, calibrate=batches)
+    decoder = next(m for m in warm.modules() if isinstance(m, ws.SoftmaxDecode))
+    assert decoder.logit_scale.item() == pytest.approx(0.25)  # one over the 4 units of a class
+    state = warm.state_dict()
+    fresh = ws.spikify(SmallNet(), num_classes=10, key_width=40)
+    fresh.load_state_dict(state)
+    assert [m.scale_value for m in ws.spiking_layers(fresh)] == [m.scale_value for m in ws.spiking_layers(warm)]
+    x = batches[0][:16]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), warm.eval()(x))
+    old = {k: v for k, v in state.items() if not k.endswith(".scale") and not k.endswith("logit_scale")}
+    fresh.load_state_dict(old)  # saved before layers had a scale and decoders a logit scale: both 1
+    assert all(m.scale_value == 1.0 for m in ws.spiking_layers(fresh))
+    assert next(m for m in fresh.modules() if isinstance(m, ws.SoftmaxDecode))._logit_scale == 1.0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda m: ws.calibrate(m, [torch.rand(2, 1, 28, 28)], percentile=0),
+            r"percentile must be a number in \(0, 100\]",
+        ),
+        (lambda m: ws.calibrate(m, [torch.rand(2, 1, 28, 28)], percentile=True), "percentile must be a number"),
+        (lambda m: ws.calibrate(m, []), "calibrate: the batches yielded nothing"),
+        (
+            lambda m: ws.calibrate(m, [[1, 2]]),
+            "calibrate: each batch must be a tensor or an .inputs, labels. pair, got int",
+        ),
+        (lambda m: ws.calibrate(None, []), "model must be an nn.Module, got NoneType"),
+        (lambda m: ws.spiking_layers(m)[0].set_scale(0.0), "scale must be a positive finite number, got 0.0"),
+        (lambda m: ws.spiking_layers(m)[0].set_scale(float("nan")), "scale must be a positive finite number, got nan"),
+        (lambda m: ws.SoftmaxDecode(torch.eye(3), logit_scale=-1), "logit_scale must be a positive finite number"),
+    ],
+)
+def test_bad_calibration_arguments_are_one_line_errors(call, message):
+    model = ws.spikify(SmallNet(), num_classes=10)
+    with pytest.raises(ValueError, match=message) as raised:
+        call(model)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_diverging_run_says_which_setting_to_change(trained_relu):
+    model = ws.spikify(SmallNet(), num_classes=10)
+    with torch.no_grad():
+        model.get_submodule("fc1").weight.fill_(float("nan"))
+    trainer = ws.Trainer(model, torch.optim.Adam(model.parameters()), progress=False)
+    batches = [(x, torch.zeros(len(x), dtype=torch.long)) for x in trained_relu[1][:2]]
+    with pytest.raises(FloatingPointError, match=r"lower the learning rate \(--lr\), or the loss's logit scale"):
+        trainer.fit(batches, 1)
