@@ -211,7 +211,9 @@ def spikify(
     if added:
         warnings.warn(
             f"spikify added a spiking activation at {', '.join(added)}: the value there reached a Linear or Conv "
-            "layer as real numbers (a linear bottleneck), which no integrate-and-fire network passes between layers",
+            "layer as real numbers (a linear bottleneck, or a residual stream without an activation), which no "
+            "integrate-and-fire network passes between layers; the spikes there change the network's function "
+            "(values below 0 are dropped, large ones clipped): train or fine-tune it while sharpening",
             stacklevel=2,
         )
     if num_classes is not None:

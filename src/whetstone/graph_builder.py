@@ -12,8 +12,10 @@ channels of the whole), fused into the layer that computes a part wherever that 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import io
 import math
 import operator
 from collections.abc import Callable
@@ -939,9 +941,11 @@ def to_spiking_graph(
         raise DeployError(f"cannot trace {type(model).__name__} with torch.fx: {why_untraceable(error)}") from None
     example = torch.zeros(1, *input_shape)
     try:
-        _ShapesAndSizes(traced).propagate(example)
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failure itself
+            _ShapesAndSizes(traced).propagate(example)
     except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
-        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        cause = error.__cause__ or error  # ShapeProp wraps the model's own error in a dump of the node
+        reason = " ".join(str(cause).split())[:300] or type(cause).__name__
         try:
             with torch.no_grad():
                 folded(example)

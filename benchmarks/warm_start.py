@@ -1,0 +1,223 @@
+"""Warm start, end to end: a network written the way model collections write it, trained as a ReLU network,
+converted with ``spikify(..., calibrate=...)`` and sharpened to binary spikes.
+
+Per data set and seed it trains the ReLU network for a stated budget, then measures on the whole test set:
+the ReLU network's accuracy; the converted network at sharpness 0 without and with calibration (what
+``calibrate=`` keeps); after fine-tuning while sharpening, the fully binary network's accuracy (checked 0/1 on
+every unit) and its gap to the ReLU network. Results append to a JSON-lines file, one line per (data set,
+seed), so an interrupted run continues where it stopped.
+
+    python benchmarks/warm_start.py --datasets mnist fashion-mnist --seeds 0 1 --threads 1 --data-dir DATA
+    python benchmarks/warm_start.py --datasets cifar10 --relu-epochs 30 --sharpen-epochs 10 --data-dir DATA
+    python benchmarks/warm_start.py --table runs/warm_*.jsonl     # the table of every result, into docs/results.md
+
+The networks are this file's own rewrites of two widely copied layouts: PyTorch's MNIST example (functional
+ReLUs and ``F.max_pool2d``, dropout) and the CIFAR-10 ResNet-20 of the model collections (functional ReLUs,
+``out += shortcut``, an ``F.avg_pool2d`` head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import whetstone as ws
+from whetstone.data import augmentation
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, write_section
+
+
+class MnistExample(nn.Module):  # PyTorch's MNIST example, as written there (our rewrite)
+    def __init__(self, channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        return self.fc2(x)
+
+
+class BasicBlock(nn.Module):  # the CIFAR ResNet block of the model collections
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class ResNet20(nn.Module):  # three stages of three blocks, 16-32-64 channels
+    def __init__(self, num_blocks: tuple[int, ...] = (3, 3, 3), num_classes: int = 10) -> None:
+        super().__init__()
+        self.in_planes = 16
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._make_layer(16, num_blocks[0], 1)
+        self.layer2 = self._make_layer(32, num_blocks[1], 2)
+        self.layer3 = self._make_layer(64, num_blocks[2], 2)
+        self.linear = nn.Linear(64, num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(BasicBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3])
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+def _network(dataset: str) -> nn.Module:
+    return ResNet20() if dataset == "cifar10" else MnistExample()
+
+
+def _cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, max(1, steps), eta_min=optimizer.param_groups[0]["lr"] / 100
+    )
+
+
+def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
+    torch.manual_seed(seed)
+    train, test = ws.load_dataset(dataset, "train", args.data_dir), ws.load_dataset(dataset, "test", args.data_dir)
+    transform = augmentation(dataset) if dataset != "mnist" else None
+    loader = ws.TensorLoader.from_dataset(train, args.batch_size, shuffle=True, seed=seed, transform=transform)
+    test_loader = ws.TensorLoader.from_dataset(test, 1000)
+    started = time.perf_counter()
+
+    # 1. The ordinary ReLU network, trained as its authors would (Adam, a cosine schedule).
+    model = _network(dataset)
+    optimizer = torch.optim.Adam(model.parameters(), args.lr)
+    ws.Trainer(model, optimizer, scheduler=_cosine(optimizer, args.relu_epochs * len(loader)), scheduler_per="batch",
+               progress=False).fit(loader, args.relu_epochs)  # fmt: skip
+    relu = ws.evaluate(model, test_loader)[1]
+    relu_seconds = time.perf_counter() - started
+
+    # 2. Converted, at sharpness 0: without and with calibration on a few training batches.
+    calibration = [x for _, (x, _) in zip(range(args.calibration_batches), loader, strict=False)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the head's and any smooth activation's notices
+        cold = ws.spikify(copy.deepcopy(model), num_classes=10, key_width=args.key_width)
+        warm = ws.spikify(copy.deepcopy(model), num_classes=10, key_width=args.key_width)
+        ws.calibrate(warm, calibration, percentile=args.percentile)
+    cold_accuracy, warm_accuracy = ws.evaluate(cold, test_loader)[1], ws.evaluate(warm, test_loader)[1]
+
+    # 3. Fine-tune while sharpening, bottom-up a little every batch, binary one epoch before the end.
+    layers = ws.spiking_layers(warm)
+    steps = max(1, (args.sharpen_epochs - 1) * len(loader) // len(layers))
+    ws.set_model_surrogate(warm, 0.0)
+    optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
+    trainer = ws.Trainer(warm, optimizer, ws.SimpleSharpener(0, steps=steps, per="batch"),
+                         scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
+                         progress=False)  # fmt: skip
+    result = trainer.fit(loader, args.sharpen_epochs, test_loader)
+    binary = ws.evaluate(warm, test_loader)[1]
+    return {
+        "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
+        "sharpen_epochs": args.sharpen_epochs, "relu": relu, "converted": cold_accuracy, "calibrated": warm_accuracy,
+        "binary": binary, "fully_binary": result.fully_binary, "gap": relu - binary,
+        "relu_seconds": round(relu_seconds), "seconds": round(time.perf_counter() - started), "machine": machine(),
+    }  # fmt: skip
+
+
+def table(paths: list[str]) -> str:
+    """The markdown table of the results in ``paths`` (JSON lines), one row per run and a mean per setting."""
+    records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+    records.sort(key=lambda r: (r["dataset"], r["relu_epochs"], r["sharpen_epochs"], r["seed"]))
+    header = "| data set | network | epochs ReLU + sharpening | seed | ReLU | converted, s=0 | calibrated, s=0 | fully binary | gap | time |"
+    rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def row(r: dict, seed: str) -> str:
+        return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']} | {seed} | "
+                f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {r['binary']:.2%} | "
+                f"{100 * r['gap']:.2f} | {r.get('seconds', 0)} s |")  # fmt: skip
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["network"], r["relu_epochs"], r["sharpen_epochs"]), []).append(r)
+    for group in groups.values():
+        rows += [row(r, str(r["seed"])) + ("" if r["fully_binary"] else " (not fully binary)") for r in group]
+        if len(group) > 1:
+            mean = {
+                k: sum(r[k] for r in group) / len(group) for k in ("relu", "converted", "calibrated", "binary", "gap")
+            }
+            rows.append(row({**group[0], **mean, "seconds": round(sum(r["seconds"] for r in group) / len(group))},
+                            f"**mean of {len(group)}**"))  # fmt: skip
+    return "\n".join(rows + ["", f"Measured on: {records[0]['machine']} per run." if records else ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"],
+                        choices=["mnist", "fashion-mnist", "cifar10", "mnist-mini"])  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--relu-epochs", type=int, default=3)
+    parser.add_argument("--sharpen-epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lr", type=float, default=5e-4)
+    parser.add_argument("--key-width", type=int, default=100)
+    parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--percentile", type=float, default=99.9, help="of each layer's activations: its scale")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out", default="runs/warm_start.jsonl", help="JSON lines, one per (data set, seed)")
+    parser.add_argument("--table", nargs="+", metavar="JSONL", help="write the table of these results into "
+                        "docs/results.md instead of running")  # fmt: skip
+    args = parser.parse_args()
+    if args.table:
+        text = table(args.table)
+        write_section(Path(__file__).parents[1] / "docs" / "results.md", "warm-start", "Warm start", text)
+        print(text)
+        return
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    keys = {(r["dataset"], r["seed"], r["relu_epochs"], r["sharpen_epochs"]) for r in done}
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            if (dataset, seed, args.relu_epochs, args.sharpen_epochs) in keys:
+                continue
+            record = run(dataset, seed, args)
+            with out.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
