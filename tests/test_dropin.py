@@ -320,41 +320,6 @@ class SharedPoolNet(nn.Module):  # one nn.MaxPool2d (and one nn.ReLU) called aft
         return self.fc(torch.flatten(x, 1))
 
 
-class CifarBlock(nn.Module):  # the CIFAR ResNet block of the model collections: functional ReLU, out += shortcut
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += self.shortcut(x)
-        return F.relu(out)
-
-
-class CifarResNet(nn.Module):  # ResNet-20's layout, one block a stage; the head pools with F.avg_pool2d
-    def __init__(self, block: type = CifarBlock, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
-        self.layer1 = nn.Sequential(block(8, 8))
-        self.layer2 = nn.Sequential(block(8, 16, 2))
-        self.layer3 = nn.Sequential(block(16, 16, 2))
-        self.linear = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.avg_pool2d(out, out.size()[3])
-        out = out.view(out.size(0), -1)
-        return self.linear(out)
-
-
 class PreActBlock(nn.Module):  # batch norm and ReLU before each convolution: real sums flow between blocks
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -475,7 +440,7 @@ NETWORKS = {
     "shufflenet-v2": ShuffleNetV2,
     "lenet-functional": LeNet,
     "shared-pool": SharedPoolNet,
-    "cifar-resnet": CifarResNet,
+    "cifar-resnet": lambda: _benchmark("warm_start").ResNet20((1, 1, 1)),  # the CIFAR ResNet, a block a stage
     "preact-resnet": PreActResNet,
     "efficientnet-se": EfficientNet,
     "pool-then-norm": PoolThenNorm,
@@ -493,16 +458,27 @@ WARNINGS = {
 SHAPE = (3, 16, 16)
 
 
-def _example():
-    """examples/convert_your_model.py as a module: its DenseNet layout is the one tested here."""
+def _load(path):
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).parents[1] / "examples" / "convert_your_model.py"
-    spec = importlib.util.spec_from_file_location("convert_your_model", path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _example():
+    """examples/convert_your_model.py as a module: its DenseNet layout is the one tested here."""
+    from pathlib import Path
+
+    return _load(Path(__file__).parents[1] / "examples" / "convert_your_model.py")
+
+
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module: its CIFAR ResNet (the layout of the model collections) is tested here."""
+    from pathlib import Path
+
+    return _load(Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
 
 
 def _statistics(model: nn.Module) -> nn.Module:
