@@ -141,34 +141,44 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     steps = max(1, (args.sharpen_epochs - 1) * len(loader) // len(layers))
     ws.set_model_surrogate(warm, 0.0)
     optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
-    trainer = ws.Trainer(warm, optimizer, ws.SimpleSharpener(0, steps=steps, per="batch"),
+    loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
+    trainer = ws.Trainer(warm, optimizer, ws.SimpleSharpener(0, steps=steps, per="batch"), loss,
                          scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
                          progress=False)  # fmt: skip
     result = trainer.fit(loader, args.sharpen_epochs, test_loader)
     binary = ws.evaluate(warm, test_loader)[1]
     return {
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
-        "sharpen_epochs": args.sharpen_epochs, "relu": relu, "converted": cold_accuracy, "calibrated": warm_accuracy,
+        "sharpen_epochs": args.sharpen_epochs, "distill": args.distill, "key_width": args.key_width, "relu": relu, "converted": cold_accuracy, "calibrated": warm_accuracy,
         "binary": binary, "fully_binary": result.fully_binary, "gap": relu - binary,
         "relu_seconds": round(relu_seconds), "seconds": round(time.perf_counter() - started), "machine": machine(),
     }  # fmt: skip
 
 
+def _setting(record: dict) -> tuple:
+    """What makes two results comparable: everything but the seed (results written before a setting existed
+    ran at its default)."""
+    return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
+            record.get("key_width", 100))  # fmt: skip
+
+
 def table(paths: list[str]) -> str:
     """The markdown table of the results in ``paths`` (JSON lines), one row per run and a mean per setting."""
     records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
-    records.sort(key=lambda r: (r["dataset"], r["relu_epochs"], r["sharpen_epochs"], r["seed"]))
+    records.sort(key=lambda r: _setting(r) + (r["seed"],))
     header = "| data set | network | epochs ReLU + sharpening | seed | ReLU | converted, s=0 | calibrated, s=0 | fully binary | gap | time |"
     rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(r: dict, seed: str) -> str:
-        return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']} | {seed} | "
+        extra = "".join([f", distilled {r['distill']:g}" if r.get("distill") else "",
+                         f", {r['key_width']} outputs" if r.get("key_width", 100) != 100 else ""])  # fmt: skip
+        return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
                 f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {r['binary']:.2%} | "
                 f"{100 * r['gap']:.2f} | {r.get('seconds', 0)} s |")  # fmt: skip
 
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["network"], r["relu_epochs"], r["sharpen_epochs"]), []).append(r)
+        groups.setdefault(_setting(r), []).append(r)
     for group in groups.values():
         rows += [row(r, str(r["seed"])) + ("" if r["fully_binary"] else " (not fully binary)") for r in group]
         if len(group) > 1:
@@ -192,6 +202,7 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
     parser.add_argument("--key-width", type=int, default=100)
     parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the ReLU network")
     parser.add_argument("--percentile", type=float, default=99.9, help="of each layer's activations: its scale")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir")
@@ -208,10 +219,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    keys = {(r["dataset"], r["seed"], r["relu_epochs"], r["sharpen_epochs"]) for r in done}
+    keys = {_setting(r) + (r["seed"],) for r in done}
     for dataset in args.datasets:
         for seed in args.seeds:
-            if (dataset, seed, args.relu_epochs, args.sharpen_epochs) in keys:
+            if _setting({"dataset": dataset, **vars(args)}) + (seed,) in keys:
                 continue
             record = run(dataset, seed, args)
             with out.open("a") as file:
