@@ -156,6 +156,16 @@ def spikify(
     """
     if activation not in _SPIKING:
         raise ValueError(f"activation must be one of {sorted(_SPIKING)}, got {activation!r}")
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"spikify takes an nn.Module, got {type(model).__name__}")
+    recurrent = next((path for path, m in model.named_modules() if isinstance(m, nn.RNNBase | nn.RNNCellBase)), None)
+    if recurrent is not None:
+        kind = type(model.get_submodule(recurrent)).__name__
+        raise ConversionError(
+            f"{recurrent or 'the model'}: {kind} computes tanh and sigmoid gates inside, which have no binary "
+            "counterpart and no call site spikify can reach; use whetstone.recurrent.RecurrentSpiking (a recurrent "
+            "spiking layer that sharpens like any other)"
+        )
     if isinstance(model, torch.jit.ScriptModule):
         raise ConversionError(
             f"spikify takes a Python nn.Module; {getattr(model, 'original_name', 'this')} is a TorchScript module, whose code cannot be "
