@@ -136,23 +136,31 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         ws.calibrate(warm, calibration, percentile=args.percentile)
     cold_accuracy, warm_accuracy = ws.evaluate(cold, test_loader)[1], ws.evaluate(warm, test_loader)[1]
 
-    # 3. Fine-tune while sharpening, bottom-up a little every batch, binary one epoch before the end.
-    layers = ws.spiking_layers(warm)
-    steps = max(1, (args.sharpen_epochs - 1) * len(loader) // len(layers))
-    ws.set_model_surrogate(warm, 0.0)
-    optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
-    loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
-    trainer = ws.Trainer(warm, optimizer, ws.SimpleSharpener(0, steps=steps, per="batch"), loss,
-                         scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
-                         progress=False)  # fmt: skip
-    result = trainer.fit(loader, args.sharpen_epochs, test_loader)
-    binary = ws.evaluate(warm, test_loader)[1]
-    return {
+    record = {
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
-        "sharpen_epochs": args.sharpen_epochs, "distill": args.distill, "key_width": args.key_width, "relu": relu, "converted": cold_accuracy, "calibrated": warm_accuracy,
-        "binary": binary, "fully_binary": result.fully_binary, "gap": relu - binary,
-        "relu_seconds": round(relu_seconds), "seconds": round(time.perf_counter() - started), "machine": machine(),
+        "sharpen_epochs": args.sharpen_epochs, "distill": args.distill, "key_width": args.key_width, "relu": relu,
+        "converted": cold_accuracy, "calibrated": warm_accuracy, "binary": None, "fully_binary": False, "gap": None,
+        "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
+    if (
+        args.sharpen_epochs
+    ):  # 3. Fine-tune while sharpening, bottom-up a little every batch, binary one epoch before the end.
+        layers = ws.spiking_layers(warm)
+        steps = max(1, (args.sharpen_epochs - 1) * len(loader) // len(layers))
+        ws.set_model_surrogate(warm, 0.0)
+        optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
+        loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
+        trainer = ws.Trainer(warm, optimizer, ws.SimpleSharpener(0, steps=steps, per="batch"), loss,
+                             scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
+                             progress=False)  # fmt: skip
+        try:
+            result = trainer.fit(loader, args.sharpen_epochs, test_loader)
+        except FloatingPointError as error:  # recorded as such: the figures before sharpening still count
+            record["diverged"] = str(error)
+        else:
+            binary = ws.evaluate(warm, test_loader)[1]
+            record.update(binary=binary, fully_binary=result.fully_binary, gap=relu - binary)
+    return {**record, "seconds": round(time.perf_counter() - started)}
 
 
 def _setting(record: dict) -> tuple:
@@ -160,6 +168,15 @@ def _setting(record: dict) -> tuple:
     ran at its default)."""
     return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
             record.get("key_width", 100))  # fmt: skip
+
+
+def _binary_cell(record: dict) -> str:
+    """The fully binary accuracy, or what became of the run instead."""
+    if record.get("diverged"):
+        return f"sharpening diverged ({record['diverged'].split(';')[0]})"
+    if record["binary"] is None:
+        return "not sharpened" if not record["sharpen_epochs"] else "-"
+    return f"{record['binary']:.2%}" + ("" if record["fully_binary"] else " (not fully binary)")
 
 
 def table(paths: list[str]) -> str:
@@ -170,22 +187,22 @@ def table(paths: list[str]) -> str:
     rows = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(r: dict, seed: str) -> str:
+        gap = "-" if r["gap"] is None else f"{100 * r['gap']:.2f}"
         extra = "".join([f", distilled {r['distill']:g}" if r.get("distill") else "",
                          f", {r['key_width']} outputs" if r.get("key_width", 100) != 100 else ""])  # fmt: skip
         return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
-                f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {r['binary']:.2%} | "
-                f"{100 * r['gap']:.2f} | {r.get('seconds', 0)} s |")  # fmt: skip
+                f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {_binary_cell(r)} | "
+                f"{gap} | {r.get('seconds', 0)} s |")  # fmt: skip
 
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(_setting(r), []).append(r)
     for group in groups.values():
-        rows += [row(r, str(r["seed"])) + ("" if r["fully_binary"] else " (not fully binary)") for r in group]
+        rows += [row(r, str(r["seed"])) for r in group]
         if len(group) > 1:
-            mean = {
-                k: sum(r[k] for r in group) / len(group) for k in ("relu", "converted", "calibrated", "binary", "gap")
-            }
-            rows.append(row({**group[0], **mean, "seconds": round(sum(r["seconds"] for r in group) / len(group))},
+            values = {k: [r[k] for r in group] for k in ("relu", "converted", "calibrated", "binary", "gap")}
+            mean = {k: None if None in v else sum(v) / len(v) for k, v in values.items()}
+            rows.append(row({**group[0], **mean, "fully_binary": all(r["fully_binary"] for r in group), "seconds": round(sum(r["seconds"] for r in group) / len(group))},
                             f"**mean of {len(group)}**"))  # fmt: skip
     return "\n".join(rows + ["", f"Measured on: {records[0]['machine']} per run." if records else ""])
 
