@@ -132,3 +132,31 @@ def test_a_diverging_run_says_which_setting_to_change(trained_relu):
     batches = [(x, torch.zeros(len(x), dtype=torch.long)) for x in trained_relu[1][:2]]
     with pytest.raises(FloatingPointError, match=r"lower the learning rate \(--lr\), or the loss's logit scale"):
         trainer.fit(batches, 1)
+
+
+def test_concatenated_layers_share_one_scale_and_deploy_spike_for_spike():
+    class Branches(nn.Module):  # two ReLU branches joined (one ranging 3 times further), then a sigmoid branch joined
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 1)
+            self.d, self.e, self.f = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(1, 4, 1), nn.Conv2d(8, 8, 1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            joined = torch.cat([F.relu(self.a(x)), F.relu(3 * self.b(x))], 1)
+            mixed = torch.cat([torch.sigmoid(self.c(x)), F.relu(self.e(x))], 1)  # a sigmoid has no scale to share
+            return self.fc(F.relu(self.d(joined) + self.f(mixed)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = ws.spikify(Branches(), num_classes=10, calibrate=[torch.rand(32, 1, 8, 8)])
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, ws.SpikingActivation)}
+    assert layers["relu"].scale_value == layers["relu_1"].scale_value > 1.0  # the larger of the two ranges
+    assert layers["sigmoid"].scale_value == 1.0 and layers["relu_2"].scale_value == 1.0  # joined with a sigmoid
+    assert layers["relu_3"].scale_value not in (1.0, layers["relu"].scale_value)  # its own
+    ws.set_model_sharpness(model, 1.0)
+    graph = ws.to_spiking_graph(model.eval(), (1, 8, 8))
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    result = ws.simulate(graph, x.numpy())
+    with torch.no_grad():
+        expected = model.double()(x.double()).argmax(1).numpy()
+    assert_equal_where_decided(result.predictions, expected, result, min_decided=0.9)

@@ -64,8 +64,11 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
     _run(model, batches, {layer: as_relu for layer in hidden})
     scales = {layer: float(torch.stack(tops[layer]).mean()) if tops[layer] else 0.0 for layer in hidden}
     for group in _concatenated(model):  # spikes joined into one value share a scale: their largest
-        shared = max(scales.get(layer, 1.0) for layer in group)
-        scales.update(dict.fromkeys(group, shared))
+        if all(layer in scales for layer in group):
+            scales.update(dict.fromkeys(group, max(scales[layer] for layer in group)))
+        else:  # joined with a layer that has no scale (a sigmoid, the output): these stay at 1, uncalibrated
+            for layer in group:
+                scales.pop(layer, None)
     for layer, scale in scales.items():
         if scale > 0 and math.isfinite(scale):
             layer.set_scale(scale)

@@ -251,8 +251,10 @@ class _GraphBuilder:
         scales = {term.scale for term in terms}
         if len(scales) != 1 or any(term.spatial is not None for term in terms):
             raise DeployError(
-                f"{describe_call(fx_node)} reads spikes of layers with different scales ({sorted(scales)}) joined "
-                "together: give the layers whose spikes are concatenated one scale (whetstone.calibrate does)"
+                f"{describe_call(fx_node)} reads the sum or concatenation of spikes of different weights "
+                f"({sorted(scales)}: layers calibrated to different scales, or pooled over different windows), which "
+                "one set of synapses cannot fold: give the joined layers one scale (whetstone.calibrate does for "
+                "concatenated ones), or let each reach a spiking layer of its own"
             )
         return scales.pop()
 
