@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import positive_number
+
 __all__ = [
     "SHARPNESS_EPSILON",
     "SpikingActivation",
@@ -184,9 +186,9 @@ class SpikingActivation(nn.Module):
         """Set the activation's range (see the class docs); ``ValueError`` unless a positive finite number."""
         if isinstance(value, Tensor) and value.numel() == 1:
             value = value.item()
-        if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 < float(value) < math.inf:
-            raise ValueError(f"scale must be a positive finite number, got {value!r}")
-        self.scale.fill_(float(value))
+        if isinstance(value, Real) and not isinstance(value, bool):  # numpy scalars too
+            value = float(value)
+        self.scale.fill_(positive_number(value, "scale"))
         self._scale = float(self.scale)  # the float32 value the buffer holds
 
     @property

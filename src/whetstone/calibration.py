@@ -52,7 +52,12 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
         raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
     layers = spiking_layers(model)
-    output, head = _output_layer(model)
+    try:
+        graph: torch.fx.Graph | None = trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable: no output layer or concatenation known, layers scaled alone
+        graph = None
+    modules = dict(model.named_modules())
+    output, head = _output_layer(graph, modules)
     hidden = [layer for layer in layers if isinstance(layer, SpikingBReLU) and layer is not output]
     tops: dict[SpikingActivation, list[Tensor]] = {layer: [] for layer in hidden}
 
@@ -63,7 +68,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
 
     _run(model, batches, {layer: as_relu for layer in hidden})
     scales = {layer: float(torch.stack(tops[layer]).mean()) if tops[layer] else 0.0 for layer in hidden}
-    for group in _concatenated(model):  # spikes joined into one value share a scale: their largest
+    for group in _concatenated(graph, modules):  # spikes joined into one value share a scale: their largest
         if all(layer in scales for layer in group):
             scales.update(dict.fromkeys(group, max(scales[layer] for layer in group)))
         else:  # joined with a layer that has no scale (a sigmoid, the output): these stay at 1, uncalibrated
@@ -82,14 +87,11 @@ _PASS_MODULES = (nn.Identity, nn.Dropout, nn.Flatten, nn.MaxPool2d, nn.AdaptiveM
 _PASS_CALLS = {"view", "reshape", "flatten", "contiguous", torch.flatten, F.max_pool2d, F.adaptive_max_pool2d}
 
 
-def _concatenated(model: nn.Module) -> list[set[SpikingActivation]]:
+def _concatenated(graph: torch.fx.Graph | None, modules: dict[str, nn.Module]) -> list[set[SpikingActivation]]:
     """Groups of spiking layers whose spikes are concatenated into one value (an Inception block's branches):
     the synapses that read it give all its channels one weight scale, so the layers must share one scale."""
-    try:
-        graph = trace(model).graph
-    except Exception:  # noqa: BLE001 - untraceable: no groups known
+    if graph is None:
         return []
-    modules = dict(model.named_modules())
     carried: dict[torch.fx.Node, set[SpikingActivation]] = {}
     groups: list[set[SpikingActivation]] = []
     for node in graph.nodes:
@@ -114,14 +116,13 @@ def _concatenated(model: nn.Module) -> list[set[SpikingActivation]]:
     return merged
 
 
-def _output_layer(model: nn.Module) -> tuple[SpikingActivation | None, nn.Linear | nn.Conv2d | None]:
+def _output_layer(
+    graph: torch.fx.Graph | None, modules: dict[str, nn.Module]
+) -> tuple[SpikingActivation | None, nn.Linear | nn.Conv2d | None]:
     """The spiking layer that feeds the decoder, and the Linear (or Conv2d) that feeds it alone, if the
     model is traced that way; ``(None, None)`` otherwise."""
-    try:
-        graph = trace(model).graph
-    except Exception:  # noqa: BLE001 - untraceable: no output layer found, nothing of the head is changed
+    if graph is None:
         return None, None
-    modules = dict(model.named_modules())
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], SoftmaxDecode):
             continue

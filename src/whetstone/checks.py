@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
-__all__ = ["int_at_least", "is_number", "positive_int", "sizes"]
+__all__ = ["int_at_least", "is_number", "positive_int", "positive_number", "sizes"]
 
 
 def int_at_least(value: object, name: str, minimum: int = 0) -> int:
@@ -21,6 +22,13 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def positive_number(value: object, name: str) -> float:
+    """``value`` as a float if it is a positive finite number (an int or a float, not a bool)."""
+    if not is_number(value) or not 0 < value < math.inf:  # also rejects NaN
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
 
 
 def is_number(value: object) -> bool:

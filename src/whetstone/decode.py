@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .checks import positive_int
+from .checks import positive_int, positive_number
 
 __all__ = ["SoftmaxDecode", "key_generator", "validate_key"]
 
@@ -88,11 +88,10 @@ class SoftmaxDecode(nn.Module):
     def __init__(self, key: Tensor, logit_scale: float = 1.0) -> None:
         super().__init__()
         key = validate_key(key)
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) or not 0 < logit_scale < math.inf:
-            raise ValueError(f"logit_scale must be a positive finite number, got {logit_scale!r}")
+        logit_scale = positive_number(logit_scale, "logit_scale")
         self.register_buffer("key", key)
         self.register_buffer("signed_key_t", (2.0 * key - 1.0).t().contiguous(), persistent=False)
-        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.register_buffer("logit_scale", torch.tensor(logit_scale))
         self._logit_scale = float(self.logit_scale)
 
     @property

@@ -9,19 +9,14 @@ training batches).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .checks import positive_number
+
 __all__ = ["Classification", "Distillation", "Loss", "Reconstruction", "as_loss", "distillation_loss"]
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 class Loss:
@@ -49,7 +44,7 @@ class Classification(Loss):
     conv models learn faster with a smaller scale (the registry's recipes say which)."""
 
     def __init__(self, logit_scale: float = 1.0) -> None:
-        self.logit_scale = _positive(logit_scale, "logit_scale")
+        self.logit_scale = positive_number(logit_scale, "logit_scale")
 
     def __call__(self, output: Tensor, x: Tensor, y: Tensor) -> Tensor:
         logits = output if self.logit_scale == 1.0 else output * self.logit_scale
@@ -97,7 +92,7 @@ class Distillation(Loss):
             raise ValueError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
-        temperature = _positive(temperature, "distill_temperature")
+        temperature = positive_number(temperature, "distill_temperature")
         self.base = base if base is not None else Classification()
         if self.base.reconstruct:
             raise ValueError("a teacher distils class scores: its base loss must classify, not reconstruct")
