@@ -296,15 +296,43 @@ def test_quantize_gives_the_encoder_its_own_precision(trained):
 
 def test_quantize_per_channel_gives_each_channel_the_whole_range(trained, mini_test):
     float_graph = ws.to_spiking_graph(trained, (1, 28, 28))
-    graph = ws.quantize(float_graph, 4, per_channel=True)
-    for node in graph.nodes:
+    graph = ws.quantize(float_graph, 4)  # per channel, the default
+    coarse = ws.quantize(float_graph, 4, per_channel=False)
+    for node, layer in zip(graph.nodes, coarse.nodes, strict=True):
         if isinstance(node, (AffineNode, Conv2dNode)):  # every channel reaches 7, not only the layer's largest
             assert np.all(np.abs(node.weight).reshape(len(node.weight), -1).max(axis=1) == 7)
-    assert any(np.unique(spike.threshold).size > 1 for spike in graph.spiking_nodes())  # a threshold per channel
+            assert np.any(np.abs(layer.weight).reshape(len(layer.weight), -1).max(axis=1) < 7)
+    assert all(np.unique(spike.threshold).size == 1 for spike in graph.spiking_nodes())  # the biases carry the rest
     images = mini_test[0][:300].numpy().reshape(-1, 1, 28, 28)
-    fine = ws.quantize(float_graph, 16, per_channel=True)  # at 16 bits: the float network's spikes, nearly all
+    fine = ws.quantize(float_graph, 16)  # at 16 bits: the float network's spikes, nearly all
     same = (ws.simulate(fine, images).output_spikes == ws.simulate(float_graph, images).output_spikes).all(axis=1)
     assert same.mean() >= 0.98
+
+
+def test_quantize_scales_a_channel_down_until_the_chip_registers_hold_it(trained, mini_test):
+    from whetstone.targets.loihi2_program import BIAS_MANT_MAX, program
+
+    graph = ws.to_spiking_graph(trained, (1, 28, 28))
+    hidden = [node for node in graph.nodes if isinstance(node, (AffineNode, Conv2dNode))][1]
+    # Channel 0's bias, at full weight precision, would be ~20,000 weight steps: beyond the 13-bit mantissa.
+    steps = 127 / np.abs(hidden.weight[0]).max()
+    bias = hidden.bias.copy()
+    bias[0] = -20_000 / steps
+    graph = ws.SpikingGraph([dataclasses.replace(n, bias=bias) if n is hidden else n for n in graph.nodes],
+                            graph.output, graph.key, graph.metadata)  # fmt: skip
+    with pytest.raises(DeployError, match="beyond Loihi 2's bias register"):
+        program(ws.quantize(graph, 8))
+    written = get_target("loihi2").prepare(graph)
+    plan = program(written)  # the chip's registers, scaled for: it loads
+    assert all(np.all(np.abs(layer.bias) <= 2 * BIAS_MANT_MAX) for layer in plan.layers)
+    largest = np.abs(written.node(hidden.name).weight).reshape(len(bias), -1).max(axis=1)
+    assert largest[0] < 127 and np.all(largest[1:] == 127)  # only that channel gave up precision
+    images = mini_test[0][:300].numpy().reshape(-1, 1, 28, 28)  # and the other channels compute what they did
+    hidden_spike = graph.consumers()[hidden.name][0].name
+    rescaled = ws.simulate(written, images, record=(hidden_spike,)).recorded[hidden_spike].reshape(300, len(bias), -1)
+    unscaled = ws.simulate(ws.quantize(graph, 8), images, record=(hidden_spike,)).recorded[hidden_spike]
+    unscaled = unscaled.reshape(300, len(bias), -1)
+    np.testing.assert_array_equal(rescaled[:, 1:], unscaled[:, 1:])
 
 
 def test_xylo_biases_move_into_thresholds_where_those_stay_positive(trained_dense, mini_test):
@@ -324,3 +352,16 @@ def test_xylo_biases_move_into_thresholds_where_those_stay_positive(trained_dens
     np.testing.assert_array_equal(folded.node(spike).threshold.reshape(-1), limit - changed[small.name].bias)
     images = mini_test[0][:300].numpy().reshape(-1, 1, 28, 28)
     np.testing.assert_array_equal(ws.simulate(folded, images).output_spikes, ws.simulate(graph, images).output_spikes)
+
+
+def test_a_chip_with_one_threshold_per_layer_refuses_thresholds_that_vary_by_channel(trained, tmp_path):
+    graph = ws.quantize(ws.to_spiking_graph(trained, (1, 28, 28)), 8)
+    spike = graph.spiking_nodes()[1]
+    varied = dataclasses.replace(
+        spike, threshold=spike.threshold + np.arange(spike.threshold.size).reshape(spike.shape) % 2
+    )
+    graph = ws.SpikingGraph([varied if n is spike else n for n in graph.nodes], graph.output, graph.key, graph.metadata)
+    for target in ("speck", "onnx-int8"):
+        with pytest.raises(DeployError, match=f"{spike.name}: .* holds one threshold per layer, and this layer's vary"):
+            export(graph, tmp_path / f"m.{get_target(target).format}", target)
+    assert not list(tmp_path.iterdir())

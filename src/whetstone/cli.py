@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
     ve.add_argument("--limit", type=COUNT, help="only the first N images")
     ve.add_argument("--no-progress", action="store_true")
 
-    fit = commands.add_parser("fit", help="check a trained network against a chip's published limits")
+    fit = commands.add_parser("fit", parents=[data], help="check a trained network against a chip's published limits")
     fit.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     chips = [*CHIPS, *(alias for name in CHIPS for alias in TARGETS[name].aliases)]
     fit.add_argument("--chip", choices=chips, required=True)
@@ -194,7 +195,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .quantization import quantize
     from .restore import graph_from_checkpoint, recorded_data_dir
+    from .run_report import precision_on_run
     from .targets import export, get_target, verify_on_dataset
 
     target = get_target(args.target or ("onnx" if args.format == "onnx" else "generic"))
@@ -212,10 +215,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--out {out}: a {args.format.upper()} file's name ends in .{args.format}, e.g. {out.stem}.{args.format}"
         )
-    graph, _, checkpoint = graph_from_checkpoint(args.checkpoint, args.bits)
-    written = target.prepare(graph).metadata.get("quantized_bits")
+    trained, _, checkpoint = graph_from_checkpoint(args.checkpoint)
+    graph = quantize(trained, args.bits) if args.bits else trained
+    prepared = target.prepare(graph)
+    written = prepared.metadata.get("quantized_bits")
     if args.bits and written != args.bits:  # a chip's precision, not the one asked for: say so, write nothing
         raise ValueError(f"--bits {args.bits}: --target {target.name} holds at most {written}-bit weights")
+    print(precision_on_run(trained, prepared, checkpoint, args.data_dir, args.download, args.limit), end="")
     export(graph, out, target.name, replace=args.overwrite)
     print(graph.summary())
     print(f"wrote {args.format.upper()} {out} for {target.name} ({target.summary}; {out.stat().st_size:,} bytes)")
@@ -245,15 +251,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from .restore import graph_from_checkpoint
-    from .targets import fit_report
+    from .run_report import precision_on_run
+    from .targets import fit_report, get_target
 
-    report = fit_report(graph_from_checkpoint(args.checkpoint)[0], args.chip)
+    graph, _, checkpoint = graph_from_checkpoint(args.checkpoint)
+    report = fit_report(graph, args.chip)
     print(report.table())
+    print(
+        precision_on_run(graph, get_target(args.chip).prepare(graph), checkpoint, args.data_dir, args.download), end=""
+    )
     return 0 if report.fits else 1
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .run_report import simulate_run
+    from .run_report import simulate_run, simulation_text
 
     if args.json_out:
         check_output_path(args.json_out, "--json", args.overwrite, example="report.json")
@@ -261,15 +272,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result, figures = simulate_run(args.source, args.dataset, args.split, args.limit, args.bits, arithmetic,
                                    args.batch_size, args.data_dir, args.download, progress=not args.no_progress,
                                    tie_break=args.tie_break)  # fmt: skip
-    print(result.report(arithmetic))
-    print(
-        f"simulated accuracy on {figures['samples']:,} {figures['dataset']} {args.split} images: {figures['accuracy']:.2%}"
-    )
-    if "agreement_with_torch" in figures:
-        agree = round(figures["agreement_with_torch"] * figures["samples"])
-        print(
-            f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of {figures['samples']:,}"
-        )
+    print(simulation_text(result, figures, arithmetic))
     if args.json_out:
         atomic_write(args.json_out, json.dumps(figures, indent=1), replace=args.overwrite)
     return 0
@@ -313,13 +316,19 @@ _HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "verify
 #: What a user can cause: reported in one line, never as a traceback.
 
 
+def _print_warning(message: Warning | str, *_: object, **__: object) -> None:
+    """A warning as the command line says it: one line on stderr, without the library's source line."""
+    print(f"whetstone: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
     except SystemExit as stop:  # --help, or a usage error already printed in one line
         return int(stop.code or 0)
     try:
-        with sigterm_raises():
+        with sigterm_raises(), warnings.catch_warnings():
+            warnings.showwarning = _print_warning
             return _HANDLERS[args.command](args)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -4,12 +4,30 @@ chips hold and what the 8-bit engines (:mod:`whetstone.integer`, the ``onnx-int8
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
 from .graph import WEIGHTED_NODES, AffineNode, Conv2dNode, DeployError, GraphNode, SpikingGraph, SumPool2dNode
 
-__all__ = ["quantize"]
+__all__ = ["Registers", "quantize"]
+
+
+@dataclass(frozen=True)
+class Registers:
+    """What a chip's registers hold for a spiking layer fed by spikes, in units of one integer weight step:
+    :func:`quantize` lowers a layer's (or a channel's) scale until its numbers fit, so the file a target
+    writes always loads, at the cost of a little precision where a register binds.
+
+    Args:
+        bias: the largest ``|b - T|`` (a unit's integer bias less its integer threshold): Loihi 2's 13-bit
+            bias mantissa, or a 16-bit threshold that a bias moves into (Xylo, Speck).
+        current: the largest synaptic input a unit may receive, all its excitatory (or all its inhibitory)
+            synapses active at once, bias and threshold included: Loihi 2's 24-bit current.
+    """
+
+    bias: int | None = None
+    current: int | None = None
 
 
 def quantize(
@@ -17,7 +35,8 @@ def quantize(
     bits: int = 8,
     input_levels: int = 255,
     encoder_bits: int | None = None,
-    per_channel: bool = False,
+    per_channel: bool = True,
+    registers: Registers | None = None,
 ) -> SpikingGraph:
     """Integer weights: each spiking layer's synaptic weights and biases become integers, weights in
     ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``, and its threshold an integer too.
@@ -39,9 +58,13 @@ def quantize(
 
     ``encoder_bits`` gives the spiking layer that reads the pixels a precision of its own (Akida's input
     layer holds 8-bit weights, its other layers 4); the graph's ``quantized_bits`` is then the larger.
-    ``per_channel`` scales each output channel (unit, for a dense layer) by its own largest weight, with a
-    threshold of its own, where the layer has no skip connection: exact in the same way, and finer where
-    the precision is low (for chips with a threshold per channel, such as Akida).
+    ``per_channel`` scales each output channel (unit, for a dense layer) by its own largest weight where
+    the layer has no skip connection, which is finer where the precision is low. The layer keeps one
+    threshold (the largest ``round(s_c theta)``) and each channel's bias carries the difference, exactly,
+    so any chip with a bias per neuron holds it (a layer fed through a sum pooling, whose biases would be
+    counted once per window, gets a threshold per channel instead). ``registers`` (a
+    :class:`Registers`) lowers the scale of a layer fed by spikes, or of a channel, until its biases and
+    currents fit the chip's registers.
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
@@ -52,6 +75,8 @@ def quantize(
     if encoder_bits is not None and (isinstance(encoder_bits, bool) or not isinstance(encoder_bits, int)
                                      or not 2 <= encoder_bits <= 16):  # fmt: skip
         raise ValueError(f"encoder_bits must be an integer in [2, 16] or None, got {encoder_bits!r}")
+    if registers is not None and not isinstance(registers, Registers):
+        raise ValueError(f"registers must be a whetstone.quantization.Registers or None, got {registers!r}")
     users = graph.consumers()
     by_name = {node.name: node for node in graph.check().nodes}
     replaced: dict[str, GraphNode] = {}
@@ -61,7 +86,7 @@ def quantize(
         if thresholds.size != 1:
             raise DeployError(f"{spike.name!r}: quantize() needs one threshold per spiking layer")
         theta = float(thresholds[0])
-        weighted, direct, others = [], [], []
+        weighted, direct, others, window = [], [], [], {}
         for name in spike.inputs:
             source = by_name[name]
             behind = by_name[source.inputs[0]] if isinstance(source, SumPool2dNode) else None
@@ -70,6 +95,7 @@ def quantize(
                 if len(users[layer.name]) != 1:
                     raise DeployError(f"{layer.name!r}: quantize() needs each weighted layer to feed one spiking layer")
                 weighted.append(layer)
+                window[layer.name] = 1 if layer is source else int(np.prod(source.kernel_size))
                 if layer is source:
                     direct.append(layer)
             else:
@@ -80,20 +106,23 @@ def quantize(
         reads_pixels = any(layer.name == graph.encoder for layer in weighted)
         limit = 2 ** ((encoder_bits if reads_pixels and encoder_bits else bits) - 1) - 1
         channels = len(weighted[0].bias)
-        if per_channel and not others:  # each channel by its own largest weight
-            largest = np.max([np.abs(layer.weight).reshape(channels, -1).max(axis=1) for layer in weighted], axis=0)
-        else:  # a skip connection's synapses (weight 1) count among the weights
-            largest = np.full(
-                channels, max([float(np.abs(layer.weight).max()) for layer in weighted] + [1.0] * len(others))
-            )
-        scale = limit / np.maximum(largest.astype(np.float64), 1e-12)
+        own = per_channel and not others
+        largest = np.max([np.abs(layer.weight).reshape(channels, -1).max(axis=1) for layer in weighted], axis=0)
+        largest = np.maximum(largest.astype(np.float64), 1.0 if others else 1e-12)  # a skip's synapses weigh 1
+        scale = limit / largest
+        if registers is not None and not reads_pixels:
+            scale = np.minimum(scale, _register_scale(registers, weighted, window, len(others), theta))
+        if not own:
+            scale = np.full(channels, scale.min())
         threshold = np.round(scale * theta)
         biases = {layer.name: np.round(layer.bias * scale) for layer in weighted}
         if direct:  # round the comparison once: the first direct layer carries sum(b) - theta
             first = direct[0].name
             rest = sum((bias for name, bias in biases.items() if name != first), start=np.zeros_like(biases[first]))
             total = sum((layer.bias for layer in weighted), start=np.zeros_like(weighted[0].bias))
-            biases[first] = np.round((total - theta) * scale) + threshold - rest
+            shared = threshold.max()  # one threshold for the layer: each channel's bias carries its own
+            biases[first] = np.round((total - theta) * scale) + shared - rest
+            threshold = np.full(channels, shared)
         for layer in weighted:
             bias = biases[layer.name] + (0.5 / input_levels if layer.name == graph.encoder else 0.0)
             weight = np.clip(np.round(layer.weight * scale.reshape(-1, *[1] * (layer.weight.ndim - 1))), -limit, limit)
@@ -118,6 +147,28 @@ def quantize(
         {**graph.metadata, "quantized_bits": max(bits, encoder_bits or 0)},
         graph.readout,
     )
+
+
+def _register_scale(
+    registers: Registers, weighted: list[GraphNode], window: dict[str, int], skips: int, theta: float
+) -> np.ndarray:
+    """Per channel, the largest scale whose integers fit ``registers``, with room for the roundings."""
+    channels = len(weighted[0].bias)
+    total = sum((np.asarray(layer.bias, np.float64) for layer in weighted), start=np.zeros(channels))
+    bound = np.full(channels, np.inf)
+    if registers.bias is not None:  # |round(s (b - theta))| plus the threshold's own rounding
+        bound = np.minimum(bound, (registers.bias - 2) / np.maximum(np.abs(total - theta), 1e-12))
+    if registers.current is not None:  # every synapse of one sign at once, each rounded up by 1/2 at most
+        weights = [np.abs(layer.weight).reshape(channels, -1) * window[layer.name] for layer in weighted]
+        fan_in = sum(w.shape[1] * window[layer.name] for w, layer in zip(weights, weighted, strict=True)) + skips
+        reach = sum(w.sum(axis=1) for w in weights) + skips + np.abs(total) + 2 * abs(theta)
+        bound = np.minimum(bound, (registers.current - fan_in / 2 - 4) / np.maximum(reach, 1e-12))
+    if np.any(bound < 1):
+        raise DeployError(
+            f"{weighted[0].name!r}: its biases or currents do not fit the chip's registers ({registers}) even with "
+            "weights of 1"
+        )
+    return bound
 
 
 def _identity_synapses(name: str, source: GraphNode, weight: float) -> GraphNode:

@@ -1,6 +1,7 @@
 """A saved run measured: :func:`evaluate_run` (the PyTorch model on a test set: accuracy, loss, the binary
 check) and :func:`simulate_run` (its deployable graph, or a ``.nir`` file, in the reference simulator:
-accuracy, operations, energy). What ``whetstone eval`` and ``whetstone simulate`` print."""
+accuracy, operations, energy), and what a chip's integer weights cost it (:func:`precision_on_run`). What
+``whetstone eval``, ``simulate``, ``export`` and ``fit`` print about a run."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ import torch
 from .checkpoint import load_checkpoint
 from .data import TensorLoader, check_holds, load_dataset
 from .export.nir import read_nir
+from .graph import SpikingGraph
 from .losses import Classification, Reconstruction
 from .models import recipe
+from .precision import PrecisionCost, precision_cost
 from .quantization import quantize
 from .report import binary_report, evaluate, is_fully_binary
 from .restore import check_dataset, graph_from_checkpoint, model_from_checkpoint, recorded_data_dir
 from .sim import simulate
 
-__all__ = ["evaluate_run", "simulate_run"]
+#: Test images on which export and fit measure what a chip's integer weights cost.
+PRECISION_IMAGES = 1000
+
+__all__ = ["PRECISION_IMAGES", "evaluate_run", "precision_on_run", "simulate_run", "simulation_text"]
 
 
 def evaluate_run(
@@ -78,16 +84,16 @@ def simulate_run(
     if path.suffix == ".nir":
         if not dataset:
             raise ValueError("--dataset is required to simulate a .nir file")
-        graph = read_nir(path)
-        graph = quantize(graph, bits) if bits else graph
-        check_holds(dataset, graph.sample_shape, source)
+        trained = read_nir(path)
+        check_holds(dataset, trained.sample_shape, source)
     else:
-        graph, model, checkpoint = graph_from_checkpoint(str(source), bits)
+        trained, model, checkpoint = graph_from_checkpoint(str(source))
         dataset = dataset or checkpoint["run"].get("dataset")
         check_dataset(checkpoint, dataset, str(source))
         data_dir = data_dir or recorded_data_dir(checkpoint)
     data = load_dataset(dataset, split, data_dir, download)
     images, labels = data.images[:limit].float().div_(255.0), data.labels[:limit].numpy()
+    graph = quantize(trained, bits) if bits else trained
     result = simulate(graph, images.numpy(), batch_size, progress=progress, tie_break=tie_break)
     figures = {
         "source": str(source),
@@ -97,9 +103,57 @@ def simulate_run(
         "tie_break": tie_break,
         **result.figures(labels, arithmetic),
     }
+    if bits:  # what the integer weights cost: warned past a point, refused at chance
+        floats = simulate(trained, images.numpy(), batch_size, tie_break=tie_break).predictions
+        cost = PrecisionCost(bits, len(labels), float((floats == labels).mean()), figures["accuracy"],
+                             int(trained.key.shape[0]))  # fmt: skip
+        figures["float_accuracy"] = cost.float_accuracy
+        cost.check()
     if model is not None:
         with torch.no_grad():
             reference = torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)]).numpy()
         figures["torch_accuracy"] = float((reference == labels).mean())
         figures["agreement_with_torch"] = float((reference == result.predictions).mean())
     return result, figures
+
+
+def simulation_text(result: Any, figures: dict[str, Any], arithmetic: str) -> str:
+    """What ``whetstone simulate`` prints: the per-layer report, the accuracy, with ``--bits`` the float
+    network's beside it, and for a checkpoint the PyTorch model's and how often the two agree."""
+    where = f"{figures['samples']:,} {figures['dataset']} {figures['split']} images"
+    lines = [result.report(arithmetic), f"simulated accuracy on {where}: {figures['accuracy']:.2%}"]
+    if "float_accuracy" in figures:
+        change = 100 * (figures["accuracy"] - figures["float_accuracy"])
+        lines.append(f"with float weights: {figures['float_accuracy']:.2%} (the {figures['bits']}-bit weights: {change:+.2f} points)")  # fmt: skip
+    if "agreement_with_torch" in figures:
+        agree = round(figures["agreement_with_torch"] * figures["samples"])
+        lines.append(f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of "
+                     f"{figures['samples']:,}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def precision_on_run(
+    graph: SpikingGraph,
+    prepared: SpikingGraph,
+    checkpoint: dict[str, Any],
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    limit: int | None = None,
+) -> str:
+    """What a chip's integer weights cost a trained run: ``graph`` (float) and ``prepared`` (what the target
+    writes) simulated on the first ``limit`` (default :data:`PRECISION_IMAGES`) test images of the run's
+    dataset. Returns the line to print ("" for a float file; a line saying why where the data is
+    missing); raises ``ValueError`` for a network left at chance, warns past a point
+    (:meth:`~whetstone.precision.PrecisionCost.check`)."""
+    if prepared.metadata.get("quantized_bits") is None:
+        return ""
+    dataset = checkpoint["run"].get("dataset")
+    try:
+        data = load_dataset(dataset, "test", data_dir or recorded_data_dir(checkpoint), download)
+    except (OSError, ValueError) as error:  # DatasetError is a ValueError
+        return f"the integer weights' accuracy is not measured: {' '.join(str(error).split())}\n"
+    count = limit or PRECISION_IMAGES
+    images, labels = data.images[:count].float().div_(255.0).numpy(), data.labels[:count].numpy()
+    cost = precision_cost(graph, prepared, images, labels)
+    cost.check()
+    return f"{cost.line()} ({dataset} test)\n"

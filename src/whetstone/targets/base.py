@@ -27,7 +27,7 @@ from ..graph import (
     SpikingGraph,
     SumPool2dNode,
 )
-from ..quantization import quantize
+from ..quantization import Registers, quantize
 
 __all__ = ["FitCheck", "FitReport", "Target", "Verification", "average_pools", "chain_only", "positive_thresholds"]
 
@@ -274,10 +274,33 @@ def torch_module_of(nir_graph: Any, import_node: Callable[[Any], Any]) -> Any:
     return nirtorch.nir_to_torch(nir_graph, node_map)
 
 
-def at_most_bits(graph: SpikingGraph, bits: int) -> SpikingGraph:
-    """``graph`` if its weights are integers of at most ``bits`` bits already, else quantized to ``bits``."""
+def at_most_bits(
+    graph: SpikingGraph,
+    bits: int,
+    per_channel: bool = True,
+    registers: Registers | None = None,
+    one_threshold: bool = False,
+    target: str = "",
+) -> SpikingGraph:
+    """``graph`` if its weights are integers of at most ``bits`` bits already, else quantized to ``bits``
+    (:func:`~whetstone.quantization.quantize` with ``per_channel`` and the chip's ``registers``).
+    ``one_threshold``: the chip holds one threshold per layer, so a layer whose channels have thresholds of
+    their own (fed through a sum pooling) is quantized with one scale for the layer, and a graph that was
+    quantized that way already is refused by ``target`` and layer name."""
     held = weight_bits(graph)
-    return graph if held is not None and held <= bits else quantize(graph, bits)
+    if held is not None and held <= bits:
+        if one_threshold:
+            for spike in graph.spiking_nodes():
+                if np.unique(spike.threshold).size > 1:
+                    raise DeployError(
+                        f"{spike.name}: {target} holds one threshold per layer, and this layer's vary by channel; "
+                        "quantize with one scale per layer (quantize(graph, bits, per_channel=False))"
+                    )
+        return graph
+    quantized = quantize(graph, bits, per_channel=per_channel, registers=registers)
+    if one_threshold and any(np.unique(spike.threshold).size > 1 for spike in quantized.spiking_nodes()):
+        quantized = quantize(graph, bits, per_channel=False, registers=registers)
+    return quantized
 
 
 def weight_bits_check(graph: SpikingGraph, bits: int, source: str) -> FitCheck:

@@ -38,9 +38,10 @@ import numpy as np
 
 from ..export.nir import NirStyle, read_nir
 from ..graph import SpikingGraph
+from ..quantization import Registers
 from ..sim import simulate
 from .base import FitCheck, FitReport, Target, at_most_bits, weight_bits_check
-from .loihi2_program import ACT_SHIFT, STATE_LIMIT, VTH_MAX, LoihiProgram, program
+from .loihi2_program import ACT_SHIFT, BIAS_MANT_MAX, STATE_LIMIT, VTH_MAX, LoihiProgram, program
 
 __all__ = ["LAVA_VERSION", "TARGET", "fit", "lava_python", "run_in_lava"]
 
@@ -52,6 +53,9 @@ LIF_SOURCE = "lava-nc 0.10 lava/proc/lif/models.py (PyLifResetModelBitAcc)"
 WEIGHT_SOURCE = "lava-nc 0.10 lava/utils/weightutils.py"
 CORES, NEURONS_PER_CORE, SYNAPSES_PER_CHIP, WEIGHT_BITS = 128, 8192, 120_000_000, 8
 SYNAPSES_PER_CORE = SYNAPSES_PER_CHIP // CORES
+#: The bias mantissa (with the threshold moved into it) and the 24-bit current, in weight steps: export
+#: scales each channel's weights (8 bits at most) down until both hold.
+REGISTERS = Registers(bias=BIAS_MANT_MAX, current=(STATE_LIMIT >> ACT_SHIFT) - 1)
 #: The Lava release the runner is written for and ``make install`` installs.
 LAVA_VERSION = "0.10.0"
 #: How to make the environment Lava runs in.
@@ -61,7 +65,7 @@ SETUP = "python3.10 -m venv ENV && ENV/bin/pip install lava-nc==0.10.0, then set
 def fit(graph: SpikingGraph) -> FitReport:
     """The graph, as Loihi 2's registers hold it (:func:`~.loihi2_program.program`), against one chip."""
     report = FitReport("Loihi 2 (one chip)")
-    written = at_most_bits(graph, WEIGHT_BITS)
+    written = at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS)
     plan = program(written)  # refuses what the registers cannot hold, as export does
     for name, units in plan.host.items():
         report.checks.append(FitCheck(name, "spikes into the chip", f"{units:,} units computed on the host (pixels)",
@@ -97,7 +101,7 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
-    quantized = at_most_bits(graph, WEIGHT_BITS)
+    quantized = at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS)
     program(quantized)  # refuses, by layer, what the registers cannot hold
     return quantized
 

@@ -43,7 +43,7 @@ INTEGER = Target(
     consumer="ONNX Runtime",
     summary="8-bit weights in integer arithmetic (uint8 x int8 QLinearConv per spiking layer), bit-exact",
     format="onnx",
-    prepare=lambda graph: at_most_bits(graph, 8),
+    prepare=lambda graph: at_most_bits(graph, 8, one_threshold=True, target="the integer ONNX file"),
     write=_write_integer,
     run=run,
     unavailable="pip install onnx onnxruntime",

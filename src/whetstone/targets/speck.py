@@ -24,6 +24,7 @@ import numpy as np
 
 from ..export.nir import NirStyle
 from ..graph import AffineNode, Conv2dNode, FlattenNode, SpikingGraph
+from ..quantization import Registers
 from .base import (
     FitCheck,
     FitReport,
@@ -46,6 +47,8 @@ KERNEL_MEMORY = (16, 16, 16, 32, 32, 64, 64, 16, 16)  # Ki words per core (chips
 NEURON_MEMORY = (64, 64, 64, 32, 32, 16, 16, 16, 16)
 BIASES_PER_CORE = 1024
 WEIGHT_BITS, STATE_BITS = 8, 16
+#: A bias and a threshold are 16-bit states: weights are scaled per channel until they fit.
+REGISTERS = Registers(bias=2 ** (STATE_BITS - 1) - 1)
 
 
 def _log2_up(value: int) -> int:
@@ -129,7 +132,7 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
     graph = positive_thresholds(no_padded_pools(graph, "Sinabs"), "Sinabs")
-    return at_most_bits(graph, WEIGHT_BITS)
+    return at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS, one_threshold=True, target="Speck")
 
 
 def run(path: Path, images: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
-    return at_most_bits(graph, WEIGHT_BITS)
+    return at_most_bits(graph, WEIGHT_BITS, per_channel=False)  # the importer rescales by layer: see above
 
 
 TARGET = Target(

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..export.nir import NirStyle
 from ..graph import AffineNode, GraphNode, SpikingGraph
+from ..quantization import Registers
 from .base import (
     FitCheck,
     FitReport,
@@ -42,6 +43,8 @@ STYLE = NirStyle(target="rockpool", fires_on=">=", neuron="CubaLIF",
                  run="rockpool from_nir; max_spikes_per_dt=1 on every LIFTorch; flat input; one step")  # fmt: skip
 SOURCE = "rockpool 3.1.0 devices/xylo/syns61201"
 INPUTS, HIDDEN, OUTPUTS, WEIGHT_BITS, THRESHOLD_BITS = 16, 1000, 8, 8, 16
+#: A bias moves into a 16-bit threshold: weights are scaled per channel until it fits.
+REGISTERS = Registers(bias=2 ** (THRESHOLD_BITS - 1) - 1)
 
 
 def fit(graph: SpikingGraph) -> FitReport:
@@ -95,7 +98,7 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
     graph = dense_only(graph, "Rockpool")
-    return fold_biases(at_most_bits(graph, WEIGHT_BITS))
+    return fold_biases(at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS))
 
 
 def fold_biases(graph: SpikingGraph) -> SpikingGraph:
