@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import re
 from pathlib import Path
@@ -17,6 +18,14 @@ def machine() -> str:
     """One line naming where a figure was measured."""
     device = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU {platform.machine()}"
     return f"{device}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Append ``record`` to the JSON-lines file ``path`` (one result per line, so an interrupted benchmark
+    keeps what it finished) and print it."""
+    with path.open("a") as file:
+        file.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
 
 
 def write_section(path: Path, name: str, title: str, text: str) -> None:

@@ -34,7 +34,7 @@ import whetstone as ws
 from whetstone.data import augmentation
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, write_section
+from _common import append_record, machine, write_section
 
 
 class MnistExample(nn.Module):  # PyTorch's MNIST example, as written there (our rewrite)
@@ -241,10 +241,7 @@ def main() -> None:
         for seed in args.seeds:
             if _setting({"dataset": dataset, **vars(args)}) + (seed,) in keys:
                 continue
-            record = run(dataset, seed, args)
-            with out.open("a") as file:
-                file.write(json.dumps(record) + "\n")
-            print(json.dumps(record), flush=True)
+            append_record(out, run(dataset, seed, args))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import whetstone as ws
 from whetstone.checkpoint import load_checkpoint, save_checkpoint
 from whetstone.cli import main
 from whetstone.files import FolderLock
+from whetstone.precision import precision_cost
 
 TINY = ["--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3", "--start-epoch", "0",
         "--steps", "1", "--no-progress", "--threads", "1"]  # fmt: skip
@@ -102,6 +103,10 @@ CLI_CASES = [
     _cli("teacher of another dataset", TRAIN + " --teacher {fashion_teacher}", "was trained on 'fashion-mnist', this run trains on 'mnist-mini'"),
     _cli("distillation weight above 1", TRAIN + " --teacher {run} --distill-weight 2", "--distill-weight must be in [0, 1], got 2.0"),
     _cli("zero distillation temperature", TRAIN + " --teacher {run} --distill-temperature 0", "--distill-temperature must be a positive finite number"),
+    _cli("weight bits below 2", TRAIN + " --bits 1", "--bits must be an integer >= 2, got 1"),
+    _cli("weight bits beyond 16", TRAIN + " --bits 17", "--bits must be an integer in [2, 16], got 17 (the integer weights quantize() writes)"),
+    _cli("weight bits and a chip target", TRAIN + " --bits 4 --target akida", "--bits and --target akida both set the weights' precision: give one"),
+    _cli("training for an unknown target", TRAIN + " --target loihi3", "argument --target: invalid choice: 'loihi3'"),
     _cli("missing --config file", TRAIN + " --config {tmp}/none.toml", "--config {tmp}/none.toml: no such file"),
     _cli("--config not TOML", TRAIN + " --config {not_toml}", "not a readable TOML file"),
     _cli("--config with an unknown setting", TRAIN + " --config {unknown_setting_toml}", "--learning-rate is not a setting"),
@@ -565,6 +570,17 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("simulate with batch size 0", lambda: ws.simulate(_graph(), np.zeros((2, 4)), batch_size=0), ValueError, "batch_size must be a positive integer"),
     ("quantize to 1 bit", lambda: ws.quantize(_graph(), bits=1), ValueError, "bits must be an integer in [2, 16], got 1"),
     ("quantize to '8' bits", lambda: ws.quantize(_graph(), bits="8"), ValueError, "bits must be an integer in [2, 16], got '8'"),
+    ("quantize with registers of the wrong kind", lambda: ws.quantize(_graph(), registers={"bias": 10}), ValueError,
+     "registers must be a whetstone.quantization.Registers or None"),
+    ("train 1-bit weights", lambda: ws.quantize_weights(ws.create_model("mnist-dense"), 1), ValueError,
+     "bits must be an integer in [2, 16], got 1"),
+    ("quantization-aware from a negative epoch", lambda: ws.QuantizationAware(4, start_epoch=-1), ValueError,
+     "start_epoch must be an integer >= 0, got -1"),
+    ("trainer with a quantizer of the wrong kind", lambda: ws.Trainer(ws.create_model("mnist-dense"), torch.optim.SGD(
+        ws.create_model("mnist-dense").parameters(), 0.1), quantizer=4), ValueError,
+     "quantizer must be a whetstone QuantizationAware or None, got int"),
+    ("the cost of integer weights, measured on a float graph", lambda: precision_cost(_graph(), _graph(), np.zeros((1, 4)),
+     np.zeros(1)), ValueError, "quantized must be a graph with integer weights"),
     ("graph of an input shape with a 0", lambda: ws.to_spiking_graph(torch.nn.Linear(1, 1), (0, 28)), ws.DeployError, "input_shape must be positive integer sizes"),
     ("graph of an unsharpened model", lambda: ws.to_spiking_graph(ws.create_model("mnist-dense"), (1, 28, 28)), ws.DeployError, "features.2: SpikingBReLU has sharpness 0"),
     ("unknown model", lambda: ws.create_model("nope"), ValueError, "unknown model 'nope'; choose one of"),
@@ -795,7 +811,7 @@ def test_overwrite_replaces_a_run_only_when_asked(runs, tmp_path, capsys):
 # -- fuzzing the numeric flags -------------------------------------------------------------------
 NUMERIC_FLAGS = ["--lr", "--epochs", "--batch-size", "--threads", "--limit", "--holdout", "--weight-decay", "--surrogate",
                  "--logit-scale", "--key-width", "--seed", "--start-epoch", "--steps", "--checkpoint-every", "--min-init-epochs",
-                 "--nproc", "--distill-weight", "--distill-temperature"]  # fmt: skip
+                 "--nproc", "--distill-weight", "--distill-temperature", "--bits"]  # fmt: skip
 NUMBERS = st.one_of(
     st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),

@@ -71,3 +71,10 @@ def test_lightning_callback_sharpens_a_lightning_module_to_binary():
     assert ws.evaluate(module.net, loader)[1] > 0.5
     with pytest.raises(TypeError, match="Sharpener"):
         SharpenerCallback("simple")
+    # Quantization-aware: from the epoch sharpening starts, the layers compute with 4-bit weights.
+    module, sharpener = LitClassifier(), ws.SimpleSharpener(1, steps=1)
+    callback = SharpenerCallback(sharpener, quantizer=ws.QuantizationAware(4, start_epoch=1))
+    trainer = pl.Trainer(max_epochs=20, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])  # fmt: skip
+    trainer.fit(module, data)
+    assert {m.weight_bits for m in module.net.modules() if isinstance(m, torch.nn.Linear)} == {4}

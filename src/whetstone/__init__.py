@@ -20,6 +20,7 @@ from .integer import IntegerNetwork
 from .losses import Classification, Distillation, Reconstruction, distillation_loss
 from .models import SpikingClassifier, create_model, list_models
 from .quantization import quantize
+from .quantization_aware import QuantizationAware, float_weights, quantize_weights
 from .report import binary_report, evaluate, is_fully_binary
 from .restore import model_from_checkpoint
 from .run import build_run
@@ -50,6 +51,7 @@ __all__ = [
     "DeployError",
     "Distillation",
     "IntegerNetwork",
+    "QuantizationAware",
     "Reconstruction",
     "RunConfig",
     "ScheduledSharpener",
@@ -71,6 +73,7 @@ __all__ = [
     "create_model",
     "distillation_loss",
     "evaluate",
+    "float_weights",
     "fold_batchnorm",
     "for_inference",
     "is_fully_binary",
@@ -82,6 +85,7 @@ __all__ = [
     "model_sharpness",
     "pool_before_spikes",
     "quantize",
+    "quantize_weights",
     "set_model_sharpness",
     "set_model_surrogate",
     "sharpness_map",

@@ -28,6 +28,7 @@ from .checks import is_number
 from .data import DATASETS
 from .files import atomic_write
 from .models import list_models, recipe
+from .quantization_aware import TARGET_WEIGHTS
 from .train import PRECISIONS
 
 __all__ = [
@@ -152,6 +153,11 @@ class RunConfig:
                                             metavar="W")  # fmt: skip
     distill_temperature: float | None = _setting(help="with --teacher: softmax temperature of the distillation (default 1)",
                                                  metavar="T")  # fmt: skip
+    # The chip's precision.
+    bits: int | None = _setting(help="train for integer weights of N bits (2-16), per channel as export writes them, from "
+                                "--start-epoch on (quantization-aware; export with the same --bits)", metavar="N")  # fmt: skip
+    target: str | None = _setting(help="train for this chip target's weights: its bits and scheme (akida: 4 bits, an 8-bit "
+                                  "input layer)", choices=tuple(TARGET_WEIGHTS))  # fmt: skip
     deterministic: bool = _setting(False, "deterministic algorithms only (a resumed run is then bit-identical)")
     precision: str = _setting("fp32", "training arithmetic: bf16 or fp16 autocast for the forward pass (evaluation, the "
                               "binary check and the reported accuracy stay float32: the deployed network's)",
@@ -292,6 +298,9 @@ class RunConfig:
         _at_least(self, "sync_every", 1)
         _at_least(self, "nproc", 1)
         _at_least(self, "key_width", 2, 2**20)
+        _at_least(self, "bits", 2, 16)
+        if self.bits is not None and self.target is not None:
+            raise ConfigError("bits", f"and --target {self.target} both set the weights' precision: give one")
         taken = sorted(set(self.model_options) & set(_SET_BY_THE_RUN))
         if taken:
             raise ConfigError(
@@ -369,6 +378,7 @@ _LIMITS = {
     "seed": " (a 64-bit generator seed)",
     "threads": " (torch crashes asked for more threads than it can start)",
     "key_width": " (output units: a larger code does not fit in memory)",
+    "bits": " (the integer weights quantize() writes)",
 }
 #: create_model's own arguments, which a run sets from other settings, never from --model-option.
 _SET_BY_THE_RUN = {"num_classes": "the dataset", "activation": "--activation", "key_width": "--key-width",

@@ -99,6 +99,7 @@ _SECTIONS = {
     "optimizer": "optimisation",
     "sharpener": "sharpening",
     "teacher": "distillation",
+    "bits": "the chip's precision",
     "deterministic": "arithmetic",
     "out": "where and how it runs (a resumed run may change these)",
 }

@@ -44,8 +44,11 @@ def quantize(
     A spiking layer's output depends only on the sign of ``sum of its inputs - theta``, so each layer may
     be scaled freely: ``s = (2**(bits-1) - 1) / max|W|`` over all the synapses into it; weights are
     ``round(s W)``, the threshold ``T = round(s theta)`` and the biases ``round(s b)``, the first one
-    corrected to ``round(s (sum b - theta)) + T - (the others)`` so that the comparison rounds once
-    (bias currents are usually wider registers on chip). A skip connection of spikes (or of pooled
+    corrected to ``floor(s (sum b - theta)) + T - (the others)``. Over spikes the weighted sum ``S`` is an
+    integer, and ``S + s (b - theta) >= 0`` holds exactly where ``S + floor(s (b - theta)) >= 0``: the
+    integer layer computes what the float layer with the rounded weights computes, whatever the bits (so
+    :mod:`~whetstone.quantization_aware` training is what the chip runs). The encoder's sum is a multiple
+    of ``1 / input_levels``, so its bias is floored to that step. A skip connection of spikes (or of pooled
     spike counts) into the layer gets explicit synapses of weight ``round(s)`` (a 1x1 depthwise
     convolution). A layer fed by spikes or counts alone keeps weight 1 and fires at ``ceil(theta)``,
     exactly. Binary inputs times integer weights sum exactly in any float format, so every layer after
@@ -116,12 +119,13 @@ def quantize(
             scale = np.full(channels, scale.min())
         threshold = np.round(scale * theta)
         biases = {layer.name: np.round(layer.bias * scale) for layer in weighted}
-        if direct:  # round the comparison once: the first direct layer carries sum(b) - theta
+        if direct:  # the first direct layer carries sum(b) - theta, rounded down: exact for integer sums
             first = direct[0].name
             rest = sum((bias for name, bias in biases.items() if name != first), start=np.zeros_like(biases[first]))
-            total = sum((layer.bias for layer in weighted), start=np.zeros_like(weighted[0].bias))
+            total = sum((layer.bias.astype(np.float64) for layer in weighted), start=np.zeros(channels))
             shared = threshold.max()  # one threshold for the layer: each channel's bias carries its own
-            biases[first] = np.round((total - theta) * scale) + shared - rest
+            step = input_levels if reads_pixels else 1  # the sums are integers (spikes) or multiples of 1/levels
+            biases[first] = np.floor((total - theta) * scale * step) / step + shared - rest
             threshold = np.full(channels, shared)
         for layer in weighted:
             bias = biases[layer.name] + (0.5 / input_levels if layer.name == graph.encoder else 0.0)

@@ -16,12 +16,14 @@ from .graph import SpikingGraph
 from .graph_builder import to_spiking_graph
 from .models import create_model
 from .quantization import quantize
+from .quantization_aware import TARGET_WEIGHTS, quantize_weights
 
 __all__ = ["check_dataset", "graph_from_checkpoint", "model_from_checkpoint", "recorded_data_dir"]
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpoint") -> nn.Module:
-    """Rebuild a registry model from a checkpoint written by the trainer, in eval mode.
+    """Rebuild a registry model from a checkpoint written by the trainer, in eval mode; a run trained for
+    integer weights (``--bits``, ``--target``) computes with them, as it did in training.
 
     ``ValueError`` (one line, starting with ``source``) when the checkpoint names no registered model,
     or its weights do not fit the model it names (another model's weights, other options, tampering)."""
@@ -45,6 +47,12 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpo
         raise ValueError(
             f"{source}: its weights do not fit model {run['model']!r}: {describe_load_error(error)}"
         ) from None
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    if config.get("target") in TARGET_WEIGHTS:
+        bits, encoder_bits, per_channel = TARGET_WEIGHTS[config["target"]]
+        quantize_weights(model, bits, encoder_bits, per_channel)
+    elif isinstance(config.get("bits"), int) and not isinstance(config.get("bits"), bool):
+        quantize_weights(model, config["bits"])
     return model.eval()
 
 

@@ -37,6 +37,7 @@ from .data import DATASETS, ImageDataset, TensorLoader, augmentation, check_avai
 from .history import EpochRecord, TrainResult
 from .losses import Classification, Distillation, Loss, Reconstruction
 from .models import create_model, recipe
+from .quantization_aware import QuantizationAware
 from .restore import model_from_checkpoint
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_surrogate
 from .train import Trainer
@@ -83,6 +84,14 @@ def build_scheduler(
     if config.lr_schedule not in COSINE_SCHEDULES:
         return None, per
     return cosine_schedule(optimizer, config.epochs * (batches_per_epoch if per == "batch" else 1)), per
+
+
+def build_quantizer(config: RunConfig) -> QuantizationAware | None:
+    """Quantization-aware training for ``--bits`` or ``--target``, from the epoch sharpening starts."""
+    start = config.start_epoch if config.start_epoch is not None else 0
+    if config.target is not None:
+        return QuantizationAware.for_target(config.target, start)
+    return QuantizationAware(config.bits, start) if config.bits is not None else None
 
 
 def build_sharpener(config: RunConfig) -> Sharpener | None:
@@ -234,7 +243,8 @@ def build_run(
     if config.tensorboard:
         extra.append(TensorBoard(Path(config.out) / "tensorboard"))
     trainer = Trainer(
-        trained, optimizer, build_sharpener(config), _loss(config, device), scheduler=scheduler, callbacks=extra,
+        trained, optimizer, build_sharpener(config), _loss(config, device), scheduler=scheduler,
+        quantizer=build_quantizer(config), callbacks=extra,
         out_dir=config.out, progress=config.progress, checkpoint_every=config.checkpoint_every, precision=config.precision,
         channels_last=config.channels_last,
         compile=config.compile,

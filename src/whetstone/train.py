@@ -29,6 +29,7 @@ from .checks import positive_int
 from .files import raise_if_terminated
 from .history import EpochRecord, TrainResult
 from .losses import Loss, as_loss
+from .quantization_aware import QuantizationAware
 from .report import binary_report, evaluate, is_fully_binary
 from .sharpen import Sharpener, model_sharpness
 
@@ -71,6 +72,8 @@ class Trainer:
         scheduler: an optional learning-rate scheduler over ``optimizer``, stepped after each completed
             epoch, or each batch with ``scheduler_per="batch"`` (and saved in checkpoints).
         scheduler_per: ``"epoch"`` or ``"batch"``: when ``scheduler`` steps.
+        quantizer: a :class:`~whetstone.quantization_aware.QuantizationAware`: train for the integer weights
+            a chip holds, from its ``start_epoch`` on (on every process).
         callbacks: :class:`~whetstone.callbacks.Callback` objects, or functions called with each
             :class:`EpochRecord`.
         out_dir: the run folder: ``checkpoint.pt`` (every epoch, and every ``checkpoint_every``
@@ -116,6 +119,7 @@ class Trainer:
         loss: Loss | Callable[[Tensor, Tensor], Tensor] | None = None,
         *,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        quantizer: QuantizationAware | None = None,
         callbacks: Sequence[Callback | Callable[[EpochRecord], Any]] = (),
         out_dir: str | os.PathLike | None = None,
         run_info: dict[str, Any] | None = None,
@@ -133,6 +137,9 @@ class Trainer:
             raise ValueError(f"scheduler_per must be 'epoch' or 'batch', got {scheduler_per!r}")
         self.model, self.optimizer, self.sharpener, self.scheduler = model, optimizer, sharpener, scheduler
         self.scheduler_per = scheduler_per
+        if quantizer is not None and not isinstance(quantizer, QuantizationAware):
+            raise ValueError(f"quantizer must be a whetstone QuantizationAware or None, got {type(quantizer).__name__}")
+        self.quantizer = quantizer
         # The model itself, without a DistributedDataParallel wrapper: what is saved, evaluated, sharpened.
         self.module: nn.Module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.is_main = distributed.rank() == 0
@@ -201,6 +208,8 @@ class Trainer:
         while epoch < epochs and not (self._complete() and self.history):
             started = time.perf_counter()
             snapshot = copy.deepcopy(self.state_dict())
+            if self.quantizer is not None:  # every process: the weights each computes with
+                self.quantizer.on_epoch_begin(self.module, epoch)
             self._call("on_epoch_begin", epoch, start_batch)
             try:
                 train_loss, train_accuracy = self._train_epoch(train_loader, epoch, start_batch)

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - the older package name
     except ImportError as error:
         raise ImportError("the Lightning callback needs lightning: pip install 'whetstone-snn[lightning]'") from error
 
+from ..quantization_aware import QuantizationAware
 from ..sharpen import Sharpener
 
 __all__ = ["SharpenerCallback"]
@@ -37,12 +38,18 @@ class SharpenerCallback(pl.Callback):
         stop_when_done: set ``trainer.should_stop`` when every spiking layer reaches sharpness 1
             (further epochs cannot change a fully binary network: it passes no gradient). Pass False
             to train on with surrogate gradients (:func:`~whetstone.sharpen.set_model_surrogate`).
+        quantizer: a :class:`~whetstone.quantization_aware.QuantizationAware`: train for a chip's integer
+            weights from its ``start_epoch`` on (applied on every process).
     """
 
-    def __init__(self, sharpener: Sharpener, stop_when_done: bool = True) -> None:
+    def __init__(
+        self, sharpener: Sharpener, stop_when_done: bool = True, quantizer: QuantizationAware | None = None
+    ) -> None:
         if not isinstance(sharpener, Sharpener):
             raise TypeError(f"sharpener must be a whetstone Sharpener, got {type(sharpener).__name__}")
-        self.sharpener, self.stop_when_done = sharpener, stop_when_done
+        if quantizer is not None and not isinstance(quantizer, QuantizationAware):
+            raise TypeError(f"quantizer must be a whetstone QuantizationAware, got {type(quantizer).__name__}")
+        self.sharpener, self.stop_when_done, self.quantizer = sharpener, stop_when_done, quantizer
         self._loss_sum, self._batches = 0.0, 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -52,6 +59,8 @@ class SharpenerCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._loss_sum, self._batches = 0.0, 0
+        if self.quantizer is not None:
+            self.quantizer.on_epoch_begin(pl_module, trainer.current_epoch)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
