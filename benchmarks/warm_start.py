@@ -138,15 +138,18 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
 
     record = {
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
-        "sharpen_epochs": args.sharpen_epochs, "distill": args.distill, "key_width": args.key_width, "relu": relu,
+        "sharpen_epochs": args.sharpen_epochs, "binary_epochs": args.binary_epochs, "finetune_dropout": args.finetune_dropout,
+        "distill": args.distill, "key_width": args.key_width, "relu": relu,
         "converted": cold_accuracy, "calibrated": warm_accuracy, "binary": None, "fully_binary": False, "gap": None,
         "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
-    if (
-        args.sharpen_epochs
-    ):  # 3. Fine-tune while sharpening, bottom-up a little every batch, binary one epoch before the end.
+    if args.sharpen_epochs:  # 3. Fine-tune while sharpening, bottom-up a little every batch, then binary.
         layers = ws.spiking_layers(warm)
-        steps = max(1, (args.sharpen_epochs - 1) * len(loader) // len(layers))
+        steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader) // len(layers))
+        if not args.finetune_dropout:  # binary units already quantize; dropping half of 128 of them is much noise
+            for module in warm.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
         ws.set_model_surrogate(warm, 0.0)
         optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
         loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
@@ -167,7 +170,7 @@ def _setting(record: dict) -> tuple:
     """What makes two results comparable: everything but the seed (results written before a setting existed
     ran at its default)."""
     return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
-            record.get("key_width", 100))  # fmt: skip
+            record.get("key_width", 100), record.get("binary_epochs", 1), record.get("finetune_dropout", True))  # fmt: skip
 
 
 def _binary_cell(record: dict) -> str:
@@ -189,7 +192,9 @@ def table(paths: list[str]) -> str:
     def row(r: dict, seed: str) -> str:
         gap = "-" if r["gap"] is None else f"{100 * r['gap']:.2f}"
         extra = "".join([f", distilled {r['distill']:g}" if r.get("distill") else "",
-                         f", {r['key_width']} outputs" if r.get("key_width", 100) != 100 else ""])  # fmt: skip
+                         f", {r['key_width']} outputs" if r.get("key_width", 100) != 100 else "",
+                         f", binary for the last {r['binary_epochs']}" if r.get("binary_epochs", 1) != 1 else "",
+                         ", no dropout in fine-tuning" if not r.get("finetune_dropout", True) else ""])  # fmt: skip
         return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
                 f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {_binary_cell(r)} | "
                 f"{gap} | {r.get('seconds', 0)} s |")  # fmt: skip
@@ -214,6 +219,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--relu-epochs", type=int, default=3)
     parser.add_argument("--sharpen-epochs", type=int, default=3)
+    parser.add_argument("--binary-epochs", type=int, default=1, help="of --sharpen-epochs, the last ones fully binary")
+    parser.add_argument("--finetune-dropout", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the network's dropout while fine-tuning (--no-finetune-dropout: off)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)

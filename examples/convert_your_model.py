@@ -15,6 +15,7 @@ network and a NIR file, in one page.
 3. Fine-tune while sharpening, bottom-up, to binary spikes.
 4. ``ws.to_spiking_graph``: batch norm and the average pooling folded into the weights; run it in the
    event-driven simulator on the whole test set and write the NIR file.
+5. What a chip's integer weights cost it: the 8-bit network written for Loihi 2 against the float one.
 """
 
 import sys
@@ -26,7 +27,8 @@ from torch import nn
 
 import whetstone as ws
 from whetstone.flags import COUNT, OneLineParser, run_script
-from whetstone.targets import export
+from whetstone.precision import precision_cost
+from whetstone.targets import export, get_target
 
 
 class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock, as written there
@@ -192,6 +194,9 @@ def main() -> None:
     path = export(graph, Path(args.out) / f"{args.network}.nir")  # the generic NIR file
     print(f"4. simulator: {simulated.accuracy(test.labels.numpy()):.2%}, the same class as PyTorch on {agreement:.2%} of "
           f"{len(images):,} test images; {simulated.synaptic_ops()[1]:,.0f} synaptic events per image; wrote {path}")  # fmt: skip
+    # 5. At a chip's precision: the 8-bit integer network Loihi 2 would hold, against the float one.
+    cost = precision_cost(graph, get_target("loihi2").prepare(graph), images, test.labels.numpy())
+    print(f"5. Loihi 2's {cost.line()}")
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 

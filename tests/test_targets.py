@@ -290,7 +290,7 @@ def test_quantize_gives_the_encoder_its_own_precision(trained):
     weights = [node for node in graph.nodes if isinstance(node, (AffineNode, Conv2dNode))]
     assert np.abs(weights[0].weight).max() == 127 and all(np.abs(w.weight).max() == 7 for w in weights[1:])
     assert graph.metadata["quantized_bits"] == 8
-    with pytest.raises(ValueError, match="encoder_bits must be an integer in \\[2, 16\\] or None, got 1"):
+    with pytest.raises(ValueError, match="encoder_bits must be an integer in \\[2, 16\\], got 1"):
         ws.quantize(graph, 4, encoder_bits=1)
 
 

@@ -7,13 +7,27 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["int_at_least", "is_number", "positive_int", "positive_number", "sizes"]
+__all__ = ["boolean", "int_at_least", "int_in", "is_number", "positive_int", "positive_number", "sizes"]
 
 
 def int_at_least(value: object, name: str, minimum: int = 0) -> int:
     """``value`` if it is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def int_in(value: object, name: str, low: int, high: int) -> int:
+    """``value`` if it is an integer in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def boolean(value: object, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
 
 

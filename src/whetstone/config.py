@@ -16,7 +16,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CONFIG_HEADER, CONFIG_NAME, load_checkpoint
-from .checks import is_number
+from .checks import int_at_least, int_in, is_number, positive_number
 from .data import DATASETS
 from .files import atomic_write
 from .models import list_models, recipe
@@ -357,20 +357,25 @@ def _shown(value: Any) -> bool:
     return value is not None and value is not False and value != {}
 
 
-def _positive(config: RunConfig, name: str) -> None:
-    value = getattr(config, name)
-    if value is not None and not (is_number(value) and 0 < value < math.inf):
-        raise ConfigError(name, f"must be a positive finite number, got {value!r}")
-
-
-def _at_least(config: RunConfig, name: str, minimum: int, maximum: int | None = None) -> None:
+def _checked(config: RunConfig, name: str, check: Callable[..., Any], *limits: int, why: str = "") -> None:
+    """Run one of :mod:`~whetstone.checks` on a set setting, as a :class:`ConfigError` naming its flag."""
     value = getattr(config, name)
     if value is None:
         return
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(name, f"must be an integer in [{minimum}, {maximum}], got {value!r}{_LIMITS[name]}")
+    try:
+        check(value, name, *limits)
+    except ValueError as error:
+        raise ConfigError(name, str(error).removeprefix(f"{name} ") + why) from None
+
+
+def _positive(config: RunConfig, name: str) -> None:
+    _checked(config, name, positive_number)
+
+
+def _at_least(config: RunConfig, name: str, minimum: int, maximum: int | None = None) -> None:
+    _checked(config, name, int_at_least, minimum)
+    if maximum is not None:
+        _checked(config, name, int_in, minimum, maximum, why=_LIMITS[name])
 
 
 #: Why a setting has an upper limit (torch's own limits, or what a process can hold).

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
-from .checks import sizes
+from .checks import boolean, sizes
 from .convert import pool_before_spikes
 from .decode import SoftmaxDecode, key_generator
 from .recurrent import RecurrentSpiking
@@ -194,9 +194,7 @@ def create_model(
         raise ValueError(
             f"input_shape {input_shape} holds {math.prod(input_shape):,} values per sample; at most {_MAX_INPUT:,}"
         )
-    pool_first = options.pop("pool_first", False)
-    if not isinstance(pool_first, bool):
-        raise ValueError(f"pool_first must be True or False, got {pool_first!r}")
+    pool_first = boolean(options.pop("pool_first", False), "pool_first")
     build = _entry(name).build
     allowed = [p for p in inspect.signature(build).parameters if p not in ("width", "spike", "input_shape")]
     unknown = sorted(set(options) - set(allowed))

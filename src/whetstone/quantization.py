@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import boolean, int_in, positive_int
 from .graph import WEIGHTED_NODES, AffineNode, Conv2dNode, DeployError, GraphNode, SpikingGraph, SumPool2dNode
 
 __all__ = ["Registers", "quantize"]
@@ -69,15 +70,11 @@ def quantize(
     :class:`Registers`) lowers the scale of a layer fed by spikes, or of a channel, until its biases and
     currents fit the chip's registers.
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
-        raise ValueError(f"bits must be an integer in [2, 16], got {bits!r}")
-    if isinstance(input_levels, bool) or not isinstance(input_levels, int) or input_levels < 1:
-        raise ValueError(f"input_levels must be a positive integer, got {input_levels!r}")
-    if not isinstance(per_channel, bool):
-        raise ValueError(f"per_channel must be True or False, got {per_channel!r}")
-    if encoder_bits is not None and (isinstance(encoder_bits, bool) or not isinstance(encoder_bits, int)
-                                     or not 2 <= encoder_bits <= 16):  # fmt: skip
-        raise ValueError(f"encoder_bits must be an integer in [2, 16] or None, got {encoder_bits!r}")
+    int_in(bits, "bits", 2, 16)
+    positive_int(input_levels, "input_levels")
+    boolean(per_channel, "per_channel")
+    if encoder_bits is not None:
+        int_in(encoder_bits, "encoder_bits", 2, 16)
     if registers is not None and not isinstance(registers, Registers):
         raise ValueError(f"registers must be a whetstone.quantization.Registers or None, got {registers!r}")
     users = graph.consumers()

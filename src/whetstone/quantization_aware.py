@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import int_at_least
+from .checks import boolean, int_at_least, int_in
 
 __all__ = [
     "TARGET_WEIGHTS",
@@ -48,12 +48,6 @@ TARGET_WEIGHTS: dict[str, tuple[int, int | None, bool]] = {
     "spinnaker2": (8, None, False),
     "onnx-int8": (8, None, True),
 }
-
-
-def _check_bits(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
-        raise ValueError(f"{name} must be an integer in [2, 16], got {value!r}")
-    return value
 
 
 def fake_quantize(weight: Tensor, bits: int, per_channel: bool = True) -> Tensor:
@@ -99,11 +93,10 @@ def quantize_weights(
     bits from now on (in place; returns ``model``). ``encoder_bits`` gives the first of them in module
     order, the layer that reads the pixels, a precision of its own (Akida's 8-bit input layer);
     ``per_channel=False`` scales each layer as a whole. Calling it again changes the bits."""
-    bits = _check_bits(bits, "bits")
+    bits = int_in(bits, "bits", 2, 16)
     if encoder_bits is not None:
-        encoder_bits = _check_bits(encoder_bits, "encoder_bits")
-    if not isinstance(per_channel, bool):
-        raise ValueError(f"per_channel must be True or False, got {per_channel!r}")
+        encoder_bits = int_in(encoder_bits, "encoder_bits", 2, 16)
+    boolean(per_channel, "per_channel")
     layers = [m for m in model.modules() if type(m) in _QUANTIZED or type(m) in _FLOAT]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear whose weights could be quantized")
@@ -143,12 +136,10 @@ class QuantizationAware:
     def __init__(
         self, bits: int, start_epoch: int = 0, encoder_bits: int | None = None, per_channel: bool = True
     ) -> None:
-        self.bits = _check_bits(bits, "bits")
-        self.encoder_bits = None if encoder_bits is None else _check_bits(encoder_bits, "encoder_bits")
+        self.bits = int_in(bits, "bits", 2, 16)
+        self.encoder_bits = None if encoder_bits is None else int_in(encoder_bits, "encoder_bits", 2, 16)
         self.start_epoch = int_at_least(start_epoch, "start_epoch")
-        if not isinstance(per_channel, bool):
-            raise ValueError(f"per_channel must be True or False, got {per_channel!r}")
-        self.per_channel = per_channel
+        self.per_channel = boolean(per_channel, "per_channel")
 
     @classmethod
     def for_target(cls, target: str, start_epoch: int = 0) -> QuantizationAware:

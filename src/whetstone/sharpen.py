@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from .activations import SpikingActivation, check_sharpness, check_surrogate
-from .checks import int_at_least
+from .checks import int_at_least, positive_number
 from .tracing import trace
 
 __all__ = [
@@ -132,12 +132,6 @@ def set_model_surrogate(model: nn.Module, value: float | None) -> None:
     check_surrogate(value)
     for layer in spiking_layers(model):
         layer.set_surrogate(value)
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 class Sharpener:
@@ -283,7 +277,7 @@ class SimpleSharpener(Sharpener):
     def slow_down(self, factor: float = 2.0) -> None:
         """Multiply ``steps`` (and the step count so far) by ``round(factor)``: same sharpness now,
         smaller steps from here on."""
-        multiple = max(2, round(_check_positive(factor, "factor")))
+        multiple = max(2, round(positive_number(factor, "factor")))
         self.steps *= multiple
         self.step *= multiple
 
@@ -348,7 +342,7 @@ class ScheduledSharpener(Sharpener):
     def slow_down(self, factor: float = 2.0) -> None:
         """Stretch every unfinished window ``factor`` times from the current position, keeping each
         layer's sharpness where it is."""
-        factor = _check_positive(factor, "factor")
+        factor = positive_number(factor, "factor")
         now = float(self.epoch)
         windows = []
         for layer, (start, stop) in zip(self.layers, self.schedule):
@@ -395,13 +389,13 @@ class AdaptiveSharpener(Sharpener):
     ) -> None:
         super().__init__()
         self.min_init_epochs = int_at_least(min_init_epochs, "min_init_epochs")
-        self.rate = _check_positive(rate, "rate")
-        self.cz_rate = _check_positive(cz_rate, "cz_rate")
+        self.rate = positive_number(rate, "rate")
+        self.cz_rate = positive_number(cz_rate, "cz_rate")
         self.critical = check_sharpness(critical, name="critical")
-        self.first_layer_relative_rate = _check_positive(first_layer_relative_rate, "first_layer_relative_rate")
+        self.first_layer_relative_rate = positive_number(first_layer_relative_rate, "first_layer_relative_rate")
         self.patience = int_at_least(patience, "patience")
-        self.sig_increase = _check_positive(sig_increase, "sig_increase")
-        self.sig_decrease = _check_positive(sig_decrease, "sig_decrease")
+        self.sig_increase = positive_number(sig_increase, "sig_increase")
+        self.sig_decrease = positive_number(sig_decrease, "sig_decrease")
         self.bottom_up = bool(bottom_up)
         self.reference_loss: float | None = None
         self.epochs_without_improvement = 0
@@ -473,7 +467,7 @@ class AdaptiveSharpener(Sharpener):
 
     def slow_down(self, factor: float = 2.0) -> None:
         """Divide ``rate`` and ``cz_rate`` by ``factor``."""
-        factor = _check_positive(factor, "factor")
+        factor = positive_number(factor, "factor")
         self.rate /= factor
         self.cz_rate /= factor
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import distributed
 from .callbacks import Callback, HistoryFiles, HistoryPlot, ProgressBar, as_callback
 from .checkpoint import RunFolder, describe_load_error, save_checkpoint
-from .checks import positive_int
+from .checks import boolean, positive_int
 from .files import raise_if_terminated
 from .history import EpochRecord, TrainResult
 from .losses import Loss, as_loss
@@ -156,14 +156,10 @@ class Trainer:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.precision = precision
-        if not isinstance(channels_last, bool):
-            raise ValueError(f"channels_last must be True or False, got {channels_last!r}")
-        self.channels_last = channels_last
+        self.channels_last = boolean(channels_last, "channels_last")
         if channels_last and self.module is model:  # a DDP-wrapped model must be converted before wrapping
             self.module.to(memory_format=torch.channels_last)
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
-        self.compile = compile
+        self.compile = boolean(compile, "compile")
         self.sync_every = positive_int(sync_every, "sync_every")
         self._compiled: tuple[nn.Module, Callable[[Tensor], Tensor]] | None = None  # (model, its compiled form)
         device = next(self.module.parameters(), torch.zeros(0)).device.type
