@@ -125,6 +125,9 @@ def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, traine
     assert failure.part == "features.2" and failure.value == "real-valued pixels" and "sinabs" in failure.source
     assert all("core" in check.value for check in speck.checks if check.limit.startswith("kernel"))
     assert fit_report(conv, "loihi2").fits and fit_report(conv, "spinnaker2").fits
+    # A figure derived rather than published says so: Loihi 2's synapses per core are the chip's over its cores.
+    per_core = [c for c in fit_report(conv, "loihi2").checks if "per core" in c.limit]
+    assert per_core and all("(estimate)" in c.limit and c.source.startswith("estimate: ") for c in per_core)
     xylo = fit_report(ws.to_spiking_graph(trained_dense, (1, 28, 28)), "xylo")
     failed = {c.limit: c.value for c in xylo.failures()}
     assert failed["<= 16 input channels"] == "784" and int(failed["<= 8 output neurons"]) > 8
@@ -276,11 +279,18 @@ def test_akida_model_maps_on_the_virtual_akd1000_and_the_cli_writes_and_verifies
     printed = capsys.readouterr().out
     assert f"wrote FBZ {run / 'model-akida.fbz'} for akida" in printed
     assert "Akida: the same class as the simulator on 200 of 200 images, the same output spikes on 200" in printed
-    # Akida's mapper places each layer: the input layer and the fully connected one on the chip's NPs, the
-    # unpadded 5x5 convolution in software (its hardware convolutions pad 'same'), and says so.
-    assert re.search(r"L0 +mapped by Akida +on the chip", printed)
-    assert re.search(r"L1 +mapped by Akida +on the host \(software\)", printed)
+    # Akida's mapper places each layer: the input layer on its HRC, the fully connected one on an NP, the
+    # unpadded 5x5 convolution in software (its hardware convolutions pad 'same'). A network that runs partly
+    # on the host does not fit the chip: the report fails that layer, counts NPs as Akida does (the HRC is not
+    # one) and shows the external memory Akida's mapper reports.
+    assert re.search(r"L0 +on the chip \(Akida's mapper\) +on the chip, pass 1: HRC +yes", printed)
+    assert re.search(r"L1 +on the chip \(Akida's mapper\) +on the host \(software\) +NO", printed)
+    assert re.search(r"network +<= 78 NPs +1 \(\+ the HRC\) +yes", printed)
+    assert re.search(r"network +external memory \(the board's, not the chip's\) +[\d,]+ bytes", printed)
     assert "Akida's mapper: Cannot map layer 'L1'. Only padding same is supported." in printed
+    assert "Akida AKD1000 (virtual device): the network does NOT fit" in printed
+    assert main(["fit", str(run), "--chip", "akd1000"]) == 1
+    capsys.readouterr()
     assert main(["export", str(run), "--format", "nir", "--target", "akida"]) == 2
     assert "--target akida is written as FBZ: pass --format fbz" in capsys.readouterr().err
 

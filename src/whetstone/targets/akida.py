@@ -222,17 +222,23 @@ def fit(graph: SpikingGraph) -> FitReport:
         except RuntimeError as again:
             report.checks.append(FitCheck("network", "maps on the AKD1000", str(again).splitlines()[0], False, SOURCE))
             return report
-    nps = 0
     for sequence in model.sequences:
         hardware = sequence.backend != akida.BackendType.Software
         for number, step in enumerate(sequence.passes):
             for layer in step.layers:
-                used = len(layer.mapping.nps) if hardware and layer.mapping is not None else 0
-                nps += used
-                where = f"on the chip, pass {number + 1}, {used} NP(s)" if hardware else "on the host (software)"
-                report.checks.append(FitCheck(layer.name, "mapped by Akida", where, True, SOURCE))
+                units = [] if not hardware or layer.mapping is None else [unit.type.name for unit in layer.mapping.nps]
+                where = f"on the chip, pass {number + 1}: {', '.join(units)}" if hardware else "on the host (software)"
+                # A layer Akida runs in software does not run on the chip: every image goes chip, host, chip.
+                report.checks.append(FitCheck(layer.name, "on the chip (Akida's mapper)", where, hardware, SOURCE))
+    # Akida's own count: neural processors, the input layer's HRC (its own block) not among them.
+    counts = {kind.name: count for kind, count in model.component_count.items()}
+    nps = sum(count for kind, count in counts.items() if kind != "HRC")
     available = len(device.mesh.nps)
-    report.checks.append(FitCheck("network", f"<= {available} NPs", f"{nps}", nps <= available, SOURCE))
+    report.checks.append(FitCheck("network", f"<= {available} NPs", f"{nps}" + (" (+ the HRC)" if "HRC" in counts else ""),
+                                  nps <= available, SOURCE))  # fmt: skip
+    external = int(model.external_memory_size)
+    report.checks.append(FitCheck("network", "external memory (the board's, not the chip's)", f"{external:,} bytes", True,
+                                  SOURCE))  # fmt: skip
     if reason:
         report.notes.append(f"not all in hardware; Akida's mapper: {reason}")
     report.notes.append(f"weights: {INPUT_WEIGHT_BITS}-bit input layer, {WEIGHT_BITS}-bit others (Akida 1.0 layers)")
