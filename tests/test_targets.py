@@ -6,7 +6,9 @@ layer name. A consumer that is not installed is skipped, visibly (CI installs ev
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -207,6 +209,61 @@ def test_lava_without_its_environment_says_how_to_make_one(trained, tmp_path, mo
         ImportError, match="verifying in Lava needs it installed: .*no-python does not exist; python3.10 -m venv"
     ):
         verify(path, "lava", np.zeros((1, 1, 28, 28), np.float32))
+
+
+def _interpreter(folder, name: str, body: str, executable: bool = True):
+    script = folder / name
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755 if executable else 0o644)
+    return script
+
+
+def test_a_lava_interpreter_that_hangs_fails_or_lies_ends_in_one_line_and_leaves_no_process(
+    trained, tmp_path, monkeypatch
+):
+    """Whatever the interpreter Lava runs in does (hang with workers, refuse to start, fail, write nothing), verify
+    ends within its time limit in one line naming Lava and the setting, and no process of it is left."""
+    from whetstone.targets import loihi2
+    from whetstone.targets.consumer_process import ConsumerError
+
+    path = export(ws.to_spiking_graph(trained, (1, 28, 28)), tmp_path / "m.nir", "lava")
+    images = np.zeros((2, 1, 28, 28), np.float32)
+    monkeypatch.setattr(loihi2, "LAVA_START_SECONDS", 1.0)
+    hangs = _interpreter(tmp_path, "hangs", f"sleep 600 & echo $! > {tmp_path / 'worker'}; sleep 600")
+    cases = {
+        hangs: "Lava did not finish within 2 s \\(WHETSTONE_LAVA_PYTHON=.*hangs\\); it and its processes were stopped",
+        _interpreter(tmp_path, "plain", "exit 0", executable=False): "Lava cannot start \\(WHETSTONE_LAVA_PYTHON=.*plain\\): Permission denied",
+        _interpreter(tmp_path, "fails", "echo 'garbage out' >&2; echo 'ModuleNotFoundError: no lava' >&2; exit 1"):
+            "Lava failed \\(exit status 1\\) \\(WHETSTONE_LAVA_PYTHON=.*fails\\): ModuleNotFoundError: no lava",
+        _interpreter(tmp_path, "silent", "echo 'all done'"): "Lava \\(WHETSTONE_LAVA_PYTHON=.*silent\\) wrote no readable spikes",
+    }  # fmt: skip
+    for script, message in cases.items():
+        monkeypatch.setenv("WHETSTONE_LAVA_PYTHON", str(script))
+        with pytest.raises(ConsumerError, match=message):
+            verify(path, "lava", images)
+    worker = int((tmp_path / "worker").read_text())
+    with pytest.raises(ProcessLookupError):  # the hung interpreter's worker was killed with it
+        for _ in range(50):
+            os.kill(worker, 0)
+            time.sleep(0.1)
+    from whetstone.cli import main
+
+    assert main(["verify", str(path), "--consumer", "lava", "--dataset", "mnist-mini", "--limit", "2"]) == 2
+
+
+def test_a_chip_file_edited_beyond_its_bits_is_refused_when_read_back(trained, tmp_path):
+    import nir
+
+    graph = ws.to_spiking_graph(trained, (1, 28, 28))
+    for target in ("loihi2", "speck"):
+        path = export(graph, tmp_path / f"{target}.nir", target)
+        edited = nir.read(path)
+        name = next(key for key, node in edited.nodes.items() if isinstance(node, nir.Affine))
+        edited.nodes[name].weight[0, 0] = 1000.0  # 8-bit weights hold at most 127
+        nir.write(path, edited)
+        layer = name.replace("_", ".")  # NIR's node name is the module path with dots as underscores
+        with pytest.raises(DeployError, match=f"{layer}: a weight of 1000 is not an integer within the 8-bit weights"):
+            verify(path, target, np.zeros((1, 1, 28, 28), np.float32))
 
 
 def test_loihi2_file_holds_integer_registers_and_refuses_what_they_cannot(trained_residual):

@@ -289,6 +289,7 @@ def at_most_bits(
     quantized that way already is refused by ``target`` and layer name."""
     held = weight_bits(graph)
     if held is not None and held <= bits:
+        _check_integers(graph, held)  # a file read back holds what it says it holds
         if one_threshold:
             for spike in graph.spiking_nodes():
                 if np.unique(spike.threshold).size > 1:
@@ -301,6 +302,21 @@ def at_most_bits(
     if one_threshold and any(np.unique(spike.threshold).size > 1 for spike in quantized.spiking_nodes()):
         quantized = quantize(graph, bits, per_channel=False, registers=registers)
     return quantized
+
+
+def _check_integers(graph: SpikingGraph, bits: int) -> None:
+    """``DeployError`` naming the layer unless every weight is an integer of at most ``bits`` bits (a file
+    edited or damaged after export says otherwise)."""
+    limit = 2 ** (bits - 1) - 1
+    for node in graph.nodes:
+        if isinstance(node, (AffineNode, Conv2dNode)):
+            weight = np.asarray(node.weight, dtype=np.float64)
+            bad = weight[(weight != np.round(weight)) | (np.abs(weight) > limit)]
+            if bad.size:
+                raise DeployError(
+                    f"{node.name}: a weight of {float(bad.flat[0]):g} is not an integer within the {bits}-bit weights "
+                    f"(|w| <= {limit}) the graph says it holds"
+                )
 
 
 def weight_bits_check(graph: SpikingGraph, bits: int, source: str) -> FitCheck:

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from ..graph import SpikingGraph
 from ..quantization import Registers
 from ..sim import simulate
 from .base import FitCheck, FitReport, Target, at_most_bits, weight_bits_check
+from .consumer_process import ConsumerError, run_consumer
 from .loihi2_program import ACT_SHIFT, BIAS_MANT_MAX, STATE_LIMIT, VTH_MAX, LoihiProgram, program
 
 __all__ = ["LAVA_VERSION", "TARGET", "fit", "lava_python", "run_in_lava"]
@@ -58,6 +58,9 @@ SYNAPSES_PER_CORE = SYNAPSES_PER_CHIP // CORES
 #: The bias mantissa (with the threshold moved into it) and the 24-bit current, in weight steps: export
 #: scales each channel's weights (8 bits at most) down until both hold.
 REGISTERS = Registers(bias=BIAS_MANT_MAX, current=(STATE_LIMIT >> ACT_SHIFT) - 1)
+#: Lava's time limit: its start (imports, compiling the processes) and a bound per image, several times the
+#: slowest measured (93 ms an image for the drop-in ResNet-18 in fixed_pt; docs/results.md).
+LAVA_START_SECONDS, LAVA_SECONDS_PER_IMAGE = 120.0, 0.5
 #: The Lava release the runner is written for and ``make install`` installs.
 LAVA_VERSION = "0.10.0"
 #: How to make the environment Lava runs in.
@@ -142,12 +145,19 @@ def run_in_lava(path: str | Path, images: np.ndarray, tag: str = "fixed_pt") -> 
         np.savez(spec_path, spec=json.dumps(_spec(plan, len(images), arrays)), **arrays)
         runner = Path(__file__).with_name("lava_runner.py")
         command = [python, str(runner), str(spec_path), str(out_path), tag]
-        done = subprocess.run(command, check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["(no output)"]
-            raise RuntimeError(f"Lava ({python}) failed: {lines[-1]}")
-        with np.load(out_path) as result:
-            return result["spikes"], float(result["seconds"])
+        setting = f"WHETSTONE_LAVA_PYTHON={python}" if os.environ.get("WHETSTONE_LAVA_PYTHON") else f"Lava at {python}"
+        run_consumer(command, "Lava", LAVA_START_SECONDS + LAVA_SECONDS_PER_IMAGE * len(images), setting)
+        try:
+            with np.load(out_path) as result:
+                spikes, seconds = np.asarray(result["spikes"]), float(result["seconds"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConsumerError(f"Lava ({setting}) wrote no readable spikes: {' '.join(str(error).split())}") from None
+        units = math.prod(graph.node(graph.output).shape)
+        if spikes.shape != (len(images), units) or not np.isin(spikes, (0, 1)).all():
+            raise ConsumerError(
+                f"Lava ({setting}) returned spikes of shape {spikes.shape}, not 0/1 of {(len(images), units)}"
+            )
+        return spikes, seconds
 
 
 @functools.lru_cache(maxsize=2)
