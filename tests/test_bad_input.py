@@ -107,6 +107,7 @@ CLI_CASES = [
     _cli("weight bits beyond 16", TRAIN + " --bits 17", "--bits must be an integer in [2, 16], got 17 (the integer weights quantize() writes)"),
     _cli("weight bits and a chip target", TRAIN + " --bits 4 --target akida", "--bits and --target akida both set the weights' precision: give one"),
     _cli("training for an unknown target", TRAIN + " --target loihi3", "argument --target: invalid choice: 'loihi3'"),
+    _cli("--config that never ends", "train --config /dev/zero --out {new}", "--config /dev/zero: larger than 1,000,000 bytes"),
     _cli("missing --config file", TRAIN + " --config {tmp}/none.toml", "--config {tmp}/none.toml: no such file"),
     _cli("--config not TOML", TRAIN + " --config {not_toml}", "not a readable TOML file"),
     _cli("--config with an unknown setting", TRAIN + " --config {unknown_setting_toml}", "--learning-rate is not a setting"),

@@ -266,6 +266,20 @@ def test_folder_lock_keeps_a_second_owner_out_and_takes_over_a_stale_one(tmp_pat
         assert "took over the stale lock of process 4242" in caplog.text
 
 
+def test_atomic_write_follows_a_link_and_writes_a_device_as_a_stream(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write(link, "new")
+    assert link.is_symlink() and link.resolve() == target and target.read_text() == "new"  # the link stays
+    read, write = os.pipe()
+    atomic_write(f"/dev/fd/{write}", "through a pipe")  # as --json /dev/stdout would
+    os.close(write)
+    with os.fdopen(read) as stream:
+        assert stream.read() == "through a pipe"
+
+
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     atomic_write(path, "old")

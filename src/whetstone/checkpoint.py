@@ -194,7 +194,7 @@ def check_output_path(
 
     Refused, in one line naming ``flag``: a folder, a missing parent folder, any file of a run folder
     (checkpoints, history, plots: never written over, even with ``overwrite``), and an existing file
-    unless ``overwrite``."""
+    unless ``overwrite`` (a device or pipe such as ``/dev/stdout`` is written to as a stream)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}")
@@ -204,6 +204,6 @@ def check_output_path(
         raise ValueError(
             f"{flag} {path} is a checkpoint or a run's own file: whetstone never writes over those; choose another name"
         )
-    if path.exists() and not overwrite:
+    if path.is_file() and not overwrite:  # a device or pipe (/dev/stdout) is written to, not replaced
         raise ValueError(f"{flag} {path} exists; pass --overwrite to replace it")
     return path

@@ -65,6 +65,10 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 COSINE_SCHEDULES = ("cosine", "cosine-batch")
 
 
+#: The largest --config file read: a run's config.toml is about 1 kB.
+MAX_CONFIG_BYTES = 1_000_000
+
+
 class ConfigError(ValueError):
     """A setting of a run is out of range or contradicts another; ``setting`` names it (a field of
     :class:`RunConfig`) and the message says what is allowed."""
@@ -206,7 +210,11 @@ class RunConfig:
             import tomli as tomllib  # type: ignore[no-redef]
         path = Path(path)
         try:
-            values = tomllib.loads(path.read_text())
+            with path.open("rb") as stream:  # bounded: a path that never ends (/dev/zero) is not read forever
+                raw = stream.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise ValueError(f"--config {path}: larger than {MAX_CONFIG_BYTES:,} bytes; a run's settings fit in a few kB")
+            values = tomllib.loads(raw.decode())
         except FileNotFoundError:
             raise FileNotFoundError(f"--config {path}: no such file") from None
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:

@@ -47,12 +47,24 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, replace: bool = Tru
     that exists at ``path`` by then (written meanwhile by another process, say) is never replaced: the
     write fails instead, so two writers of one path cannot both report success.
 
+    A symbolic link at ``path`` is followed (the file it points to is written; the link stays), and a device
+    or pipe there (``/dev/stdout``) is written to directly.
+
     Raises :class:`OutputError` (one line, naming the file) when the folder is missing or unwritable or
     the disk is full; the previous file at ``path``, if any, is then untouched and no temporary file is
     left behind, also when the write is interrupted by a signal.
     """
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else bytes(data)
+    if path.exists() and not path.is_file():  # a device or a pipe (/dev/stdout), links followed: a stream
+        try:
+            with path.open("wb") as stream:
+                stream.write(payload)
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        return path
+    if path.is_symlink():  # a link is followed, never replaced: the file it points to is written
+        path = path.resolve()
     temporary: str | None = None
     _remove_orphans(path)
     try:
