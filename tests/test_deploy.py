@@ -433,3 +433,17 @@ def test_ceil_mode_pooling_deploys_where_it_changes_nothing_and_is_refused_where
         DeployError, match=r"features.2: ceil_mode=True adds a partial window at the edge here \(\(7, 7\)"
     ):
         to_spiking_graph(net(7), (1, 7, 7))  # 7 -> 4 with ceil_mode, 3 without
+
+
+def test_a_half_precision_model_deploys_as_its_float32_twin(trained, mini_test):
+    """float16 and bfloat16 weights widen to float32 exactly: the graph is the float32 model's."""
+    import copy
+
+    for dtype in (torch.float16, torch.bfloat16):
+        narrow = copy.deepcopy(trained).to(dtype)
+        graph = to_spiking_graph(narrow, (1, 28, 28))
+        twin = to_spiking_graph(copy.deepcopy(narrow).float(), (1, 28, 28))
+        for node, same in zip(graph.nodes, twin.nodes, strict=True):
+            if isinstance(node, WEIGHTED_NODES):
+                np.testing.assert_array_equal(node.weight, same.weight)
+        assert next(trained.parameters()).dtype == torch.float32  # the caller's model is untouched

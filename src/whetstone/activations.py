@@ -17,6 +17,7 @@ import math
 from numbers import Real
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -188,8 +189,10 @@ class SpikingActivation(nn.Module):
             value = value.item()
         if isinstance(value, Real) and not isinstance(value, bool):  # numpy scalars too
             value = float(value)
-        self.scale.fill_(positive_number(value, "scale"))
-        self._scale = float(self.scale)  # the float32 value the buffer holds
+        value = positive_number(value, "scale")
+        self.scale.fill_(value)
+        self._scale = float(np.float32(value))  # the float32 value the buffer holds (read without the buffer: a
+        # model built on the meta device has no values to read)
 
     @property
     def scale_value(self) -> float:

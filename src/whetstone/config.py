@@ -213,7 +213,9 @@ class RunConfig:
             with path.open("rb") as stream:  # bounded: a path that never ends (/dev/zero) is not read forever
                 raw = stream.read(MAX_CONFIG_BYTES + 1)
             if len(raw) > MAX_CONFIG_BYTES:
-                raise ValueError(f"--config {path}: larger than {MAX_CONFIG_BYTES:,} bytes; a run's settings fit in a few kB")
+                raise ValueError(
+                    f"--config {path}: larger than {MAX_CONFIG_BYTES:,} bytes; a run's settings fit in a few kB"
+                )
             values = tomllib.loads(raw.decode())
         except FileNotFoundError:
             raise FileNotFoundError(f"--config {path}: no such file") from None

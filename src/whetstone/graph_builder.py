@@ -899,6 +899,27 @@ def _pool_settings(
     return kernel, stride, padding
 
 
+def _float32_on_the_cpu(model: nn.Module) -> nn.Module:
+    """``model``, or a float32 copy on the CPU where that is exact (half and bfloat16 weights, any device):
+    the graph holds float32. Weights on the meta device (no values) or in float64 (which would round) are
+    refused naming the dtype or device."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise DeployError(
+            f"{type(model).__name__}'s weights are on the meta device (shapes without values): load them first, "
+            "e.g. model.load_state_dict(state, assign=True)"
+        )
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    if torch.float64 in dtypes:
+        raise DeployError(
+            f"{type(model).__name__}'s weights are float64; the graph holds float32, which would round them: "
+            "convert with model.float() first"
+        )
+    if dtypes <= {torch.float32} and all(t.device.type == "cpu" for t in tensors):
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)  # float16 and bfloat16 widen exactly
+
+
 def to_spiking_graph(
     model: nn.Module, input_shape: tuple[int, ...], key: torch.Tensor | None = None, readout: str = "spikes"
 ) -> SpikingGraph:
@@ -933,6 +954,7 @@ def to_spiking_graph(
         input_shape = sizes(input_shape, "input_shape")
     except ValueError as error:
         raise DeployError(str(error)) from None
+    model = _float32_on_the_cpu(model)
     try:
         folded = fold_batchnorm(model)
     except ValueError as error:
