@@ -49,7 +49,7 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         config = ws.RunConfig(model=args.model, dataset=dataset, seed=seed, threads=args.threads, progress=False,
-                              data_dir=args.data_dir, out=folder, bits=args.train_bits, epochs=args.epochs,
+                              data_dir=args.data_dir, out=folder, bits=args.train_bits, target=args.train_target, epochs=args.epochs,
                               start_epoch=args.start_epoch, steps=args.steps)  # fmt: skip
         built = ws.build_run(config.resolved().validate())
         if args.train_bits and args.bits_from is not None:  # quantization-aware from another epoch than sharpening
@@ -58,10 +58,13 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         graph = graph_from_checkpoint(folder)[0]
     test = ws.load_dataset(dataset, "test", args.data_dir)
     images, labels = test.images.float().div(255).numpy(), test.labels.numpy()
-    record = {"dataset": dataset, "seed": seed, "model": args.model, "train_bits": args.train_bits,
+    record = {"dataset": dataset, "seed": seed, "model": args.model, "train_bits": args.train_bits or args.train_target,
               "bits_from": args.bits_from if args.train_bits else None, "start_epoch": args.start_epoch, "epochs": args.epochs, "fully_binary": result.fully_binary,
               "float": _accuracy(graph, images, labels), "schemes": {}}  # fmt: skip
-    for scheme in SCHEMES if args.train_bits is None else [f"{args.train_bits} bits per channel"]:
+    trained_for = (
+        [f"{args.train_bits} bits per channel"] if args.train_bits else [args.train_target] if args.train_target else []
+    )
+    for scheme in trained_for or SCHEMES:
         try:
             record["schemes"][scheme] = _accuracy(_quantized(graph, scheme), images, labels)
         except DeployError as error:  # a target that cannot express the network says so
@@ -69,34 +72,43 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     return {**record, "seconds": round(time.perf_counter() - started), "machine": machine()}
 
 
-def _cell(value: float | str, reference: float) -> str:
-    if isinstance(value, str):
-        return "refused"
+def _cell(value: float, reference: float) -> str:
     return f"{value:.2%} ({100 * (value - reference):+.2f})"
 
 
 def table(paths: list[str]) -> str:
-    """Markdown: one row per (data set, training, scheme), the seeds side by side and their mean change."""
+    """Markdown: one row per (data set, training, weights), the seeds side by side. A network trained in float
+    shows each scheme's change from its float binary network; one trained for its integers shows their
+    accuracy (its float weights are not what it was trained to run)."""
     records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
     groups: dict[tuple, list[dict]] = {}
-    for r in sorted(records, key=lambda r: (r["dataset"], r["train_bits"] or 0, r.get("bits_from") or 0, r["seed"])):
+    for r in sorted(
+        records, key=lambda r: (r["dataset"], str(r["train_bits"] or ""), r.get("bits_from") or 0, r["seed"])
+    ):
         groups.setdefault((r["dataset"], r["model"], r["train_bits"], r.get("bits_from"), r["epochs"]), []).append(r)
-    rows = ["| data set | network, training | weights | per seed: accuracy (change from float) | mean change |",
+    rows = ["| data set | network, training | weights | per seed: accuracy (change from float) | mean |",
             "|---|---|---|---|---:|"]  # fmt: skip
-    for (dataset, model, bits, start, epochs), group in groups.items():
+    for (dataset, model, trained_for, start, epochs), group in groups.items():
         training = f"{model}, recipe" + (f", {epochs} epochs" if epochs else "")
-        if bits:
-            training += f", trained for {bits} bits from " + (
-                f"epoch {start + 1}" if start is not None else "sharpening"
-            )
-        floats = ", ".join(f"{r['float']:.2%}" for r in group)
-        rows.append(f"| {dataset} | {training} | float (binary) | {floats} | |")
+        if trained_for:
+            what = f"{trained_for} bits" if isinstance(trained_for, int) else f"{trained_for}'s weights"
+            when = f"epoch {start + 1}" if start is not None else "sharpening"
+            training += f", **trained for {what}** from {when}"
+        else:
+            floats = [r["float"] for r in group]
+            rows.append(f"| {dataset} | {training} | float (binary) | {', '.join(f'{v:.2%}' for v in floats)} | "
+                        f"{sum(floats) / len(floats):.2%} |")  # fmt: skip
         for scheme in group[0]["schemes"]:
             values = [r["schemes"].get(scheme) for r in group]
-            changes = [100 * (v - r["float"]) for v, r in zip(values, group, strict=True) if isinstance(v, float)]
-            mean = f"{sum(changes) / len(changes):+.2f}" if len(changes) == len(group) else "-"
-            cells = ", ".join(_cell(v, r["float"]) for v, r in zip(values, group, strict=True))
-            rows.append(f"| {dataset} | {training} | {scheme} | {cells} | {mean} |")
+            if not all(isinstance(v, float) for v in values):
+                rows.append(f"| {dataset} | {training} | {scheme} | refused: {values[0]} | - |")
+            elif trained_for:
+                rows.append(f"| {dataset} | {training} | {scheme} | {', '.join(f'{v:.2%}' for v in values)} | "
+                            f"{sum(values) / len(values):.2%} |")  # fmt: skip
+            else:
+                changes = [100 * (v - r["float"]) for v, r in zip(values, group, strict=True)]
+                cells = ", ".join(_cell(v, r["float"]) for v, r in zip(values, group, strict=True))
+                rows.append(f"| {dataset} | {training} | {scheme} | {cells} | {sum(changes) / len(changes):+.2f} |")
     return "\n".join(rows + ["", f"Measured on: {records[0]['machine']} per run." if records else ""])
 
 
@@ -107,6 +119,7 @@ def main() -> None:
     parser.add_argument("--model", default="mnist-conv-small")
     parser.add_argument("--epochs", type=int, help="default: the recipe's")
     parser.add_argument("--start-epoch", type=int, help="sharpening (and training for --train-bits) starts here")
+    parser.add_argument("--train-target", choices=list(TARGET_WEIGHTS), help="train for this chip target's weights")
     parser.add_argument("--steps", type=int, help="sharpening steps per layer (default: the recipe's)")
     parser.add_argument("--train-bits", type=int, help="train for integer weights of these bits (quantization-aware)")
     parser.add_argument(

@@ -432,3 +432,14 @@ def test_a_chip_with_one_threshold_per_layer_refuses_thresholds_that_vary_by_cha
         with pytest.raises(DeployError, match=f"{spike.name}: .* holds one threshold per layer, and this layer's vary"):
             export(graph, tmp_path / f"m.{get_target(target).format}", target)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_recurrent_edge_is_named_as_such_where_a_chain_is_needed():
+    model = ws.create_model("rnn").eval()
+    ws.set_model_sharpness(model, 1.0)
+    graph = ws.to_spiking_graph(model, (1, 28, 28))
+    for target in ("akida", "spyx", "xylo"):
+        with pytest.raises(
+            DeployError, match="runs layers in a chain only; this graph branches here \\(a recurrent edge"
+        ):
+            get_target(target).prepare(graph)

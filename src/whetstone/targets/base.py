@@ -160,13 +160,13 @@ def average_pools(graph: SpikingGraph, target: str) -> SpikingGraph:
 
 
 def chain_only(graph: SpikingGraph, target: str) -> SpikingGraph:
-    """Refuse a graph that is not a plain chain (a skip connection, a node read twice)."""
+    """Refuse a graph that is not a plain chain (a skip connection, a node read twice, a recurrent edge)."""
+    recurrent = {edge for pair in graph.delayed_edges() for edge in pair}
     users = graph.consumers()
     for node in graph.nodes:
         if len(node.inputs) > 1 or len(users[node.name]) > 1:
-            raise DeployError(
-                f"{node.name}: {target} runs layers in a chain only; this graph branches here (a skip connection)"
-            )
+            what = "a recurrent edge, read a step later" if node.name in recurrent else "a skip connection"
+            raise DeployError(f"{node.name}: {target} runs layers in a chain only; this graph branches here ({what})")
     return graph
 
 
