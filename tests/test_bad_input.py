@@ -135,6 +135,8 @@ CLI_CASES = [
     _cli("--resume with another model", "train --resume {run} --model mnist-conv", "--model mnist-conv (the run has mnist-dense) contradicts"),
     _cli("--resume with another --out", "train --resume {run} --out {new}", "(the run is in {run}) contradicts"),
     _cli("--resume a checkpoint at position -5", "train --resume {resume_negative_position}", "the checkpoint's position [-5, 0] is not a run's"),
+    _cli("--resume a checkpoint whose optimizer state has other shapes", "train --resume {resume_misshapen_optimizer} --epochs 9",
+         "the checkpoint's optimizer state does not fit the model: its "),
     _cli("--resume a checkpoint without optimizer state", "train --resume {resume_no_optimizer}", "the checkpoint's optimizer state cannot be restored: 'optimizer'"),
     _cli("--resume a checkpoint with a garbage history", "train --resume {resume_garbage_history}", "the checkpoint's history cannot be restored"),
     _cli("--resume a checkpoint with a broken RNG state", "train --resume {resume_bad_rng}", "the checkpoint's random number generator state cannot be restored"),
@@ -377,6 +379,12 @@ class Places(dict):
             mutations = {
                 "resume_negative_position": lambda c: c.__setitem__("position", [-5, 0]),
                 "resume_no_optimizer": lambda c: c.pop("optimizer"),
+                "resume_misshapen_optimizer": lambda c: [
+                    state.__setitem__(name, torch.zeros(3, 3))
+                    for state in c["optimizer"]["state"].values()
+                    for name, value in list(state.items())
+                    if value.dim() > 0
+                ],
                 "resume_garbage_history": lambda c: c.__setitem__("history", "garbage"),
                 "resume_bad_rng": lambda c: c.__setitem__("rng", {"torch": torch.zeros(3), "cuda": []}),
                 "resume_bad_sharpener": lambda c: c.__setitem__("sharpener", {"nonsense": 1}),

@@ -59,6 +59,20 @@ _DIVERGED = (
 )
 
 
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """``ValueError`` unless each parameter's saved state (Adam's moments, Adadelta's averages) has its shape:
+    a damaged checkpoint, or another model's, would otherwise fail at the first step, deep in the optimizer."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != parameter.shape:
+                    raise ValueError(
+                        f"the checkpoint's optimizer state does not fit the model: its {name!r} is "
+                        f"{tuple(value.shape)} for a parameter of {tuple(parameter.shape)} (a damaged checkpoint, "
+                        "or another model's)"
+                    )
+
 class Trainer:
     """Train a spiking model with a sharpener until it is fully binary.
 
@@ -419,6 +433,7 @@ class Trainer:
             raise ValueError(f"the checkpoint's model weights cannot be restored: {reason}") from None
         with _restoring("optimizer state"):
             self.optimizer.load_state_dict(state["optimizer"])
+        _check_optimizer_state(self.optimizer)
         if (state.get("sharpener") is None) != (self.sharpener is None):
             raise ValueError("the checkpoint's run and this trainer disagree on having a sharpener")
         if self.sharpener is not None:
