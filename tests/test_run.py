@@ -280,6 +280,24 @@ def test_atomic_write_follows_a_link_and_writes_a_device_as_a_stream(tmp_path):
         assert stream.read() == "through a pipe"
 
 
+def test_a_consumers_scratch_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+
+    from whetstone.files import scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that is gone, as after a SIGKILL
+    orphan, live = tmp_path / f"whetstone-akida-{dead.pid}-x1", tmp_path / f"whetstone-akida-{os.getpid()}-x2"
+    for folder in (orphan, live):
+        folder.mkdir()
+        (folder / "model.fbz").write_text("half written")
+    with scratch_folder("akida") as folder:
+        assert folder.is_dir() and folder.name.startswith(f"whetstone-akida-{os.getpid()}-")
+    assert not orphan.exists() and live.exists() and not folder.exists()
+
+
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "report.json"
     atomic_write(path, "old")

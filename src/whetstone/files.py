@@ -15,6 +15,7 @@ import fcntl
 import glob
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -122,6 +123,21 @@ def _remove_orphans(path: Path) -> None:
             if pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
                     orphan.unlink()
+
+
+@contextlib.contextmanager
+def scratch_folder(kind: str) -> Iterator[Path]:
+    """A temporary folder for a consumer's files (``whetstone-KIND-PID-...`` in the system's temporary
+    directory), removed on exit; the folders of earlier processes killed before they could remove theirs
+    (SIGKILL) are removed first."""
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for orphan in root.glob(f"whetstone-{glob.escape(kind)}-*-*"):
+            pid = orphan.name[len(f"whetstone-{kind}-") :].split("-", 1)[0]
+            if orphan.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(orphan, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"whetstone-{kind}-{os.getpid()}-") as folder:
+        yield Path(folder)
 
 
 def _alive(pid: int) -> bool:

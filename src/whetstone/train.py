@@ -59,7 +59,6 @@ _DIVERGED = (
 )
 
 
-
 def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """``ValueError`` unless each parameter's saved state (Adam's moments, Adadelta's averages) has its shape:
     a damaged checkpoint, or another model's, would otherwise fail at the first step, deep in the optimizer."""
@@ -72,6 +71,7 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                         f"{tuple(value.shape)} for a parameter of {tuple(parameter.shape)} (a damaged checkpoint, "
                         "or another model's)"
                     )
+
 
 class Trainer:
     """Train a spiking model with a sharpener until it is fully binary.

@@ -22,14 +22,13 @@ Python 3.11); the file is Akida's own ``.fbz``.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write
+from ..files import atomic_write, scratch_folder
 from ..graph import AffineNode, Conv2dNode, DeployError, FlattenNode, MaxPool2dNode, SpikeNode, SpikingGraph
 from ..quantization import quantize
 from .base import FitCheck, FitReport, Target, chain_only, weight_bits
@@ -184,7 +183,7 @@ def _prepare(graph: SpikingGraph) -> SpikingGraph:
 
 def _write(graph: SpikingGraph, path: Path, replace: bool) -> Path:
     model = build_model(graph)
-    with tempfile.TemporaryDirectory(prefix="whetstone-akida-") as folder:  # Akida saves to a path only
+    with scratch_folder("akida") as folder:  # Akida saves to a path only
         model.save(str(Path(folder) / "model.fbz"))
         payload = (Path(folder) / "model.fbz").read_bytes()
     return atomic_write(path, payload, replace)

@@ -30,12 +30,12 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..export.nir import NirStyle, read_nir
+from ..files import scratch_folder
 from ..graph import SpikingGraph
 from ..quantization import Registers
 from ..sim import simulate
@@ -140,7 +140,7 @@ def run_in_lava(path: str | Path, images: np.ndarray, tag: str = "fixed_pt") -> 
     images = np.asarray(images, dtype=np.float32).reshape(len(images), *graph.input_shape)
     recorded = simulate(graph, images, record=tuple(plan.host)).recorded  # the host's encoder
     arrays = {f"host:{name}": recorded[name][:, 0].reshape(len(images), -1).astype(np.uint8) for name in plan.host}
-    with tempfile.TemporaryDirectory(prefix="whetstone-lava-") as folder:
+    with scratch_folder("lava") as folder:
         spec_path, out_path = Path(folder) / "program.npz", Path(folder) / "spikes.npz"
         np.savez(spec_path, spec=json.dumps(_spec(plan, len(images), arrays)), **arrays)
         runner = Path(__file__).with_name("lava_runner.py")
