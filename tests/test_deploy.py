@@ -447,3 +447,21 @@ def test_a_half_precision_model_deploys_as_its_float32_twin(trained, mini_test):
             if isinstance(node, WEIGHTED_NODES):
                 np.testing.assert_array_equal(node.weight, same.weight)
         assert next(trained.parameters()).dtype == torch.float32  # the caller's model is untouched
+
+
+def test_any_legal_module_name_round_trips_through_nir(tmp_path):
+    """Module names may hold '/', '>', spaces or any character but '.': NIR's HDF5 file reads '/' as a path
+    and the file lists delayed edges as 'a>b;c>d', so node names are written with '_' and read back whole."""
+    from whetstone.export.nir import read_nir
+    from whetstone.targets import export
+
+    layers = torch.nn.Sequential()
+    for name, module in [("conv/1", torch.nn.Conv2d(1, 2, 3)), ("spike>a;b", ws.SpikingBReLU(1.0)),
+                         ("flat ten", torch.nn.Flatten()), ("lin-ear", torch.nn.Linear(8, 4)), ("out ☃", ws.SpikingBReLU(1.0))]:  # fmt: skip
+        layers.add_module(name, module)
+    graph = to_spiking_graph(ws.SpikingClassifier(layers, torch.eye(2, 4)), (1, 4, 4))
+    back = read_nir(export(graph, tmp_path / "m.nir"))
+    assert [node.name for node in back.nodes] == [node.name for node in graph.nodes]
+    assert "features.conv/1" in {node.name for node in back.nodes}
+    x = np.random.default_rng(0).random((20, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(simulate(back, x).output_spikes, simulate(graph, x).output_spikes)

@@ -29,6 +29,7 @@ real-valued pixels in [0, 1]) are stored in the graph's metadata.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,10 @@ GENERIC = NirStyle()
 
 
 def nir_name(name: str) -> str:
-    """The NIR node name of a graph node (importers turn names into module attributes: no dots)."""
-    return name.replace(".", "_")
+    """The NIR node name of a graph node: importers turn names into module attributes and HDF5 reads ``/`` as
+    a path, so every character but letters, digits and ``_`` becomes ``_`` (the node's own name is kept in
+    its metadata, and two that meet are refused by name)."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
 class _NirWriter:
