@@ -343,6 +343,35 @@ def test_read_nir_names_the_node_of_a_crafted_file(tmp_path, change, message):
     assert str(info.value).startswith(str(tmp_path / "crafted.nir")) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        (
+            "whetstone_key",
+            np.eye(2, 19, dtype=np.float32),
+            "the decoder key has 19 columns but the output 'features.4' has 20",
+        ),
+        ("steps", "abc", "metadata 'steps' is 'abc'; it must be an integer >= 1"),
+        ("quantized_bits", 99, "metadata 'quantized_bits' is 99; it must be an integer in \\[2, 16\\]"),
+        ("layout", "nhwc", "metadata 'layout' is 'nhwc'; it must be 'chw' or 'hwc'"),
+        ("whetstone_target", np.ones(3), "metadata 'whetstone_target' is array"),
+    ],
+    ids=["key-narrower-than-the-output", "steps", "bits", "layout", "target"],
+)
+def test_read_nir_names_the_metadata_field_that_is_wrong(tmp_path, field, value, message):
+    nir = _optional("nir")
+    from whetstone.export.nir import read_nir, write_nir
+
+    model = ws.SpikingClassifier(nn.Sequential(nn.Conv2d(1, 4, 3), ws.SpikingBReLU(1.0), nn.Flatten(), nn.Linear(64, 20),
+                                               ws.SpikingBReLU(1.0)), ws.key_generator(2, 20)).eval()  # fmt: skip
+    source = nir.read(write_nir(to_spiking_graph(model, (1, 6, 6)), tmp_path / "m.nir"))
+    source.metadata[field] = value
+    nir.write(tmp_path / "crafted.nir", source)
+    with pytest.raises(ValueError, match=message) as info:
+        read_nir(tmp_path / "crafted.nir")
+    assert str(info.value).startswith(str(tmp_path / "crafted.nir")) and "\n" not in str(info.value)
+
+
 def test_cli_export_and_simulate(tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(run), "--epochs", "4",

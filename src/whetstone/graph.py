@@ -217,6 +217,11 @@ class SpikingGraph:
             raise DeployError(f"the decoder key must be a finite 2-D array, got shape {key.shape}")
         if self.readout == "spikes" and not np.isin(key, (0.0, 1.0)).all():
             raise DeployError("the decoder key of a spike readout must hold only 0s and 1s")
+        units = int(np.prod(shapes[self.output]))
+        if key.shape[1] != units:
+            raise DeployError(
+                f"the decoder key has {key.shape[1]} columns but the output {self.output!r} has {units} units"
+            )
         return self
 
     def node(self, name: str) -> GraphNode:

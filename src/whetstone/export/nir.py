@@ -312,6 +312,7 @@ def read_nir(path: str | Path) -> SpikingGraph:
         raise ValueError(
             f"{path} is not a readable NIR file: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from None
+    _check_metadata(source.metadata, path)
     # Files of older versions say nothing of the rule: they stored thresholds just below theta.
     strict = str(source.metadata.get("threshold_rule", "v > v_threshold")) == "v > v_threshold"
     channels_last = str(source.metadata.get("layout", "chw")) == "hwc"
@@ -430,6 +431,46 @@ def read_nir(path: str | Path) -> SpikingGraph:
         return SpikingGraph(nodes, output, key, metadata, readout).check()
     except DeployError as error:  # two input nodes, an output naming nothing, ...: about the file
         raise ValueError(f"{path}: {error}") from None
+
+
+#: What each metadata value whetstone reads may be: (a check, what is allowed).
+_METADATA = {
+    "threshold_rule": (lambda v: str(v) in ("v > v_threshold", "v >= v_threshold"), "'v > v_threshold' or 'v >= v_threshold'"),
+    "layout": (lambda v: str(v) in ("chw", "hwc"), "'chw' or 'hwc'"),
+    "whetstone_readout": (lambda v: str(v) in ("spikes", "membrane"), "'spikes' or 'membrane'"),
+    "whetstone_target": (lambda v: isinstance(v, str), "text (a target's name)"),
+    "steps": (lambda v: _integer(v) and int(v) >= 1, "an integer >= 1"),
+    "quantized_bits": (lambda v: _integer(v) and 2 <= int(v) <= 16, "an integer in [2, 16]"),
+    "whetstone_dt": (lambda v: _number(v) and 0 < float(v) < np.inf, "a positive number"),
+}  # fmt: skip
+
+
+def _integer(value: Any) -> bool:
+    return (
+        isinstance(value, (int, np.integer))
+        and not isinstance(value, bool)
+        or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_metadata(metadata: dict, path: Path) -> None:
+    """``ValueError`` naming the field for a metadata value whetstone reads that cannot be what it wrote."""
+    for name, (valid, allowed) in _METADATA.items():
+        if name in metadata:
+            value = metadata[name]
+            if isinstance(value, np.generic) or isinstance(value, np.ndarray) and value.size == 1:
+                value = value.item()  # as written: a plain number or text
+            if isinstance(value, np.ndarray) or not valid(value):
+                raise ValueError(f"{path}: metadata {name!r} is {_shown(value)}; it must be {allowed}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _topological(
