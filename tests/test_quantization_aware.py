@@ -4,6 +4,7 @@ gradients), the state is unchanged, and the exported integer network is the trai
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,11 @@ def test_quantization_starts_at_its_epoch_and_a_cli_run_remembers_its_bits(tmp_p
                  "--out", str(run)]) == 0  # fmt: skip
     rebuilt = ws.model_from_checkpoint(ws.load_checkpoint(run))  # computes with Akida's weights, as trained
     assert [m.weight_bits for m in rebuilt.modules() if isinstance(m, nn.Linear)] == [8, 4, 4]
+    capsys.readouterr()
+    assert main(["simulate", str(run), "--limit", "200", "--no-progress"]) == 0  # at the trained integers
+    printed = capsys.readouterr().out
+    assert "with float weights:" in printed and "(the 8-bit weights:" in printed
+    assert int(re.search(r"same class as the simulator on (\d+) of 200", printed).group(1)) >= 198
 
 
 def test_each_targets_training_precision_is_what_its_export_writes(trained):

@@ -195,8 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .quantization import quantize
-    from .restore import graph_from_checkpoint, recorded_data_dir
+    from .restore import graph_from_checkpoint, quantized_as_trained, recorded_data_dir
     from .run_report import precision_on_run
     from .targets import export, get_target, verify_on_dataset
 
@@ -216,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--out {out}: a {args.format.upper()} file's name ends in .{args.format}, e.g. {out.stem}.{args.format}"
         )
     trained, _, checkpoint = graph_from_checkpoint(args.checkpoint)
-    graph = quantize(trained, args.bits) if args.bits else trained
+    graph = quantized_as_trained(trained, checkpoint, args.bits)
     prepared = target.prepare(graph)
     written = prepared.metadata.get("quantized_bits")
     if args.bits and written != args.bits:  # a chip's precision, not the one asked for: say so, write nothing

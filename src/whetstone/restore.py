@@ -47,13 +47,23 @@ def model_from_checkpoint(checkpoint: dict[str, Any], source: str = "the checkpo
         raise ValueError(
             f"{source}: its weights do not fit model {run['model']!r}: {describe_load_error(error)}"
         ) from None
+    trained_for = trained_weights(checkpoint)
+    if trained_for is not None:
+        quantize_weights(model, *trained_for)
+    return model.eval()
+
+
+def trained_weights(checkpoint: dict[str, Any]) -> tuple[int, int | None, bool] | None:
+    """The integer weights a run was trained for (``--bits``, ``--target``): (bits, bits of the layer that
+    reads the pixels or None, per channel); None for a run trained in float."""
+    run = checkpoint.get("run") if isinstance(checkpoint.get("run"), dict) else {}
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
     if config.get("target") in TARGET_WEIGHTS:
-        bits, encoder_bits, per_channel = TARGET_WEIGHTS[config["target"]]
-        quantize_weights(model, bits, encoder_bits, per_channel)
-    elif isinstance(config.get("bits"), int) and not isinstance(config.get("bits"), bool):
-        quantize_weights(model, config["bits"])
-    return model.eval()
+        return TARGET_WEIGHTS[config["target"]]
+    bits = config.get("bits")
+    if isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 16:
+        return bits, None, True
+    return None
 
 
 def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the checkpoint") -> None:
@@ -98,3 +108,16 @@ def graph_from_checkpoint(path: str, bits: int | None = None) -> tuple[SpikingGr
         )
     graph = to_spiking_graph(model, tuple(shape) if shape else DATASETS[run["dataset"]].image_shape)
     return (quantize(graph, bits) if bits else graph), model, checkpoint
+
+
+def quantized_as_trained(graph: SpikingGraph, checkpoint: dict[str, Any], bits: int | None = None) -> SpikingGraph:
+    """``graph`` quantized to ``bits`` if given, else to the weights its run was trained for (a run trained
+    for 2-bit weights is its 2-bit network: its float weights are not what it learned to compute), else as
+    it is."""
+    if bits:
+        return quantize(graph, bits)
+    trained_for = trained_weights(checkpoint)
+    if trained_for is None:
+        return graph
+    bits, encoder_bits, per_channel = trained_for
+    return quantize(graph, bits, encoder_bits=encoder_bits, per_channel=per_channel)

@@ -20,7 +20,13 @@ from .models import recipe
 from .precision import PrecisionCost, precision_cost
 from .quantization import quantize
 from .report import binary_report, evaluate, is_fully_binary
-from .restore import check_dataset, graph_from_checkpoint, model_from_checkpoint, recorded_data_dir
+from .restore import (
+    check_dataset,
+    graph_from_checkpoint,
+    model_from_checkpoint,
+    quantized_as_trained,
+    recorded_data_dir,
+)
 from .sim import simulate
 
 #: Test images on which export and fit measure what a chip's integer weights cost.
@@ -93,7 +99,11 @@ def simulate_run(
         data_dir = data_dir or recorded_data_dir(checkpoint)
     data = load_dataset(dataset, split, data_dir, download)
     images, labels = data.images[:limit].float().div_(255.0), data.labels[:limit].numpy()
-    graph = quantize(trained, bits) if bits else trained
+    if model is not None:  # a run: its own integer weights if it was trained for them
+        graph = quantized_as_trained(trained, checkpoint, bits)
+    else:
+        graph = quantize(trained, bits) if bits else trained
+    bits = graph.metadata.get("quantized_bits")  # the run's own, if it was trained for integer weights
     result = simulate(graph, images.numpy(), batch_size, progress=progress, tie_break=tie_break)
     figures = {
         "source": str(source),
