@@ -55,4 +55,12 @@ def test_the_cli_prints_the_cost_of_the_weights_it_writes_and_simulates(tmp_path
     assert main(["simulate", str(run), "--bits", "6", "--limit", "200", "--no-progress"]) == 0
     assert re.search(r"with float weights: [\d.]+% \(the 6-bit weights: [+-][\d.]+ points\)", capsys.readouterr().out)
     assert main(["fit", str(run), "--chip", "akida"]) in (0, 1)
-    assert re.search(r"8-bit weights: [\d.]+% on 1,000 images", capsys.readouterr().out)
+    assert re.search(r"4-bit \(input layer 8-bit\) weights: [\d.]+% on 1,000 images", capsys.readouterr().out)
+
+
+def test_the_weights_are_described_as_the_chip_holds_them(trained):
+    from whetstone.precision import describe_weights
+
+    graph = ws.to_spiking_graph(trained, (1, 28, 28))
+    assert describe_weights(ws.quantize(graph, 8)) == "8-bit"
+    assert describe_weights(ws.quantize(graph, 4, encoder_bits=8)) == "4-bit (input layer 8-bit)"  # Akida's

@@ -106,7 +106,7 @@ def test_quantization_starts_at_its_epoch_and_a_cli_run_remembers_its_bits(tmp_p
     capsys.readouterr()
     assert main(["simulate", str(run), "--limit", "200", "--no-progress"]) == 0  # at the trained integers
     printed = capsys.readouterr().out
-    assert "with float weights:" in printed and "(the 8-bit weights:" in printed
+    assert "with float weights:" in printed and "(the 4-bit (input layer 8-bit) weights:" in printed
     assert int(re.search(r"same class as the simulator on (\d+) of 200", printed).group(1)) >= 198
 
 

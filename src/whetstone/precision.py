@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import SpikingGraph
+from .graph import AffineNode, Conv2dNode, SpikingGraph
 from .sim import simulate
 
-__all__ = ["CHANCE_MARGIN", "WARN_DROP", "PrecisionCost", "PrecisionWarning", "precision_cost"]
+__all__ = ["CHANCE_MARGIN", "WARN_DROP", "PrecisionCost", "PrecisionWarning", "describe_weights", "precision_cost"]
 
 #: A quantized network that loses more than this (a fraction: one point) is warned about.
 WARN_DROP = 0.01
@@ -38,6 +38,7 @@ class PrecisionCost:
     float_accuracy: float
     quantized_accuracy: float
     classes: int
+    weights: str = ""  # what the integers are, in words ("4-bit (input layer 8-bit)"); default "{bits}-bit"
 
     @property
     def drop(self) -> float:
@@ -53,7 +54,7 @@ class PrecisionCost:
 
     def line(self) -> str:
         return (
-            f"{self.bits}-bit weights: {self.quantized_accuracy:.2%} on {self.samples:,} images, float "
+            f"{self.weights or f'{self.bits}-bit'} weights: {self.quantized_accuracy:.2%} on {self.samples:,} images, float "
             f"{self.float_accuracy:.2%} ({100 * (self.quantized_accuracy - self.float_accuracy):+.2f} points)"
         )
 
@@ -83,4 +84,20 @@ def precision_cost(
         float((simulate(g, images.reshape(len(images), *g.input_shape)).predictions == labels).mean())
         for g in (float_graph, quantized)
     ]
-    return PrecisionCost(int(bits), len(images), accuracy[0], accuracy[1], int(np.asarray(float_graph.key).shape[0]))
+    classes = int(np.asarray(float_graph.key).shape[0])
+    return PrecisionCost(int(bits), len(images), accuracy[0], accuracy[1], classes, describe_weights(quantized))
+
+
+def describe_weights(graph: SpikingGraph) -> str:
+    """The integer weights of a quantized graph in words: ``"8-bit"``, ``"4-bit (input layer 8-bit)"``
+    (Akida), or ``"4- to 8-bit"``; each layer's width is what its largest weight needs."""
+    widths = {node.name: int(np.abs(node.weight).max(initial=0)).bit_length() + 1 for node in graph.nodes
+              if isinstance(node, (AffineNode, Conv2dNode))}  # fmt: skip
+    if not widths:
+        return f"{graph.metadata.get('quantized_bits')}-bit"
+    rest = {bits for name, bits in widths.items() if name != graph.encoder}
+    encoder = widths.get(graph.encoder)
+    if len(rest) == 1 and encoder is not None and encoder not in rest:
+        return f"{rest.pop()}-bit (input layer {encoder}-bit)"
+    low, high = min(widths.values()), max(widths.values())
+    return f"{high}-bit" if low == high else f"{low}- to {high}-bit"

@@ -17,7 +17,7 @@ from .export.nir import read_nir
 from .graph import SpikingGraph
 from .losses import Classification, Reconstruction
 from .models import recipe
-from .precision import PrecisionCost, precision_cost
+from .precision import PrecisionCost, describe_weights, precision_cost
 from .quantization import quantize
 from .report import binary_report, evaluate, is_fully_binary
 from .restore import (
@@ -116,7 +116,8 @@ def simulate_run(
     if bits:  # what the integer weights cost: warned past a point, refused at chance
         floats = simulate(trained, images.numpy(), batch_size, tie_break=tie_break).predictions
         cost = PrecisionCost(bits, len(labels), float((floats == labels).mean()), figures["accuracy"],
-                             int(trained.key.shape[0]))  # fmt: skip
+                             int(trained.key.shape[0]), describe_weights(graph))  # fmt: skip
+        figures["weights"] = cost.weights
         figures["float_accuracy"] = cost.float_accuracy
         cost.check()
     if model is not None:
@@ -134,7 +135,7 @@ def simulation_text(result: Any, figures: dict[str, Any], arithmetic: str) -> st
     lines = [result.report(arithmetic), f"simulated accuracy on {where}: {figures['accuracy']:.2%}"]
     if "float_accuracy" in figures:
         change = 100 * (figures["accuracy"] - figures["float_accuracy"])
-        lines.append(f"with float weights: {figures['float_accuracy']:.2%} (the {figures['bits']}-bit weights: {change:+.2f} points)")  # fmt: skip
+        lines.append(f"with float weights: {figures['float_accuracy']:.2%} (the {figures['weights']} weights: {change:+.2f} points)")  # fmt: skip
     if "agreement_with_torch" in figures:
         agree = round(figures["agreement_with_torch"] * figures["samples"])
         lines.append(f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of "
