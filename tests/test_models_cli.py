@@ -290,3 +290,13 @@ def test_export_verify_that_fails_after_writing_says_the_file_is_kept(tmp_path, 
     err = capsys.readouterr().err
     assert f"{tmp_path / 's.nir'} is written (and kept), but --verify failed: snnTorch is not installed" in err
     assert (tmp_path / "s.nir").is_file() and err.count("\n") == 1
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib import metadata
+
+    from whetstone.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"whetstone-snn {metadata.version('whetstone-snn')}" != "whetstone-snn "
+    assert ws.__version__ == metadata.version("whetstone-snn")

@@ -5,6 +5,8 @@ activations are sharpened during training, layer by layer from the input up, unt
 exactly 0 or 1.
 """
 
+from importlib import metadata as _metadata
+
 from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
 from .calibration import calibrate
 from .callbacks import Callback
@@ -39,7 +41,10 @@ from .sim import SimResult, simulate
 from .tracing import fold_batchnorm
 from .train import Trainer
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version: pyproject.toml is its one source
+    __version__ = _metadata.version("whetstone-snn")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "unknown"
 
 __all__ = [
     "AdaptiveSharpener",

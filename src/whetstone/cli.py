@@ -15,6 +15,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from . import distributed
@@ -24,7 +25,7 @@ from .config import COSINE_SCHEDULES, ConfigError, RunConfig, flag_of, parse_mod
 from .data import DATASETS
 from .files import Terminated, atomic_write, sigterm_raises
 from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line
-from .models import OTHER_NETWORKS, list_models, model_description, recipe
+from .models import list_models, models_table
 from .run import build_run, check_before_workers
 from .sim import TIE_BREAKS
 from .targets import CHIPS, TARGETS
@@ -36,6 +37,7 @@ _TARGET_NAMES = sorted([*TARGETS, *(alias for target in TARGETS.values() for ali
 def make_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="whetstone", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"whetstone-snn {metadata.version('whetstone-snn')}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     train = commands.add_parser("train", help="train a model and sharpen it to fully binary")
@@ -298,15 +300,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    for name in list_models():
-        r = recipe(name)
-        print(f"{name:16s} {model_description(name)}")
-        print(f"{'':16s} recipe: {r.dataset}, {r.optimizer} lr {r.lr:g}, batch {r.batch_size}, {r.epochs} epochs, "
-              f"{r.sharpener} sharpener from epoch {r.start_epoch + 1} (--start-epoch {r.start_epoch}), {r.steps} steps/layer per {r.per}")  # fmt: skip
-    print("\nbeyond classifiers (Python API; not trained by `whetstone train`):")
-    for name, (entry, description, command) in OTHER_NETWORKS.items():
-        print(f"{name:16s} {description}")
-        print(f"{'':16s} {entry}; run: {command}")
+    print(models_table())
     return 0
 
 

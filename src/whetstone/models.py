@@ -150,6 +150,22 @@ def _entry(name: str) -> _Entry:
     return _REGISTRY[name]
 
 
+def models_table() -> str:
+    """What ``whetstone models`` prints: each registry model, what it is and its recipe, then the networks
+    beyond classifiers with their entry points."""
+    lines = []
+    for name in list_models():
+        r = recipe(name)
+        lines.append(f"{name:16s} {model_description(name)}")
+        lines.append(f"{'':16s} recipe: {r.dataset}, {r.optimizer} lr {r.lr:g}, batch {r.batch_size}, {r.epochs} epochs, "
+                     f"{r.sharpener} sharpener from epoch {r.start_epoch + 1} (--start-epoch {r.start_epoch}), {r.steps} "
+                     f"steps/layer per {r.per}")  # fmt: skip
+    lines.append("\nbeyond classifiers (Python API; not trained by `whetstone train`):")
+    for name, (entry, description, command) in OTHER_NETWORKS.items():
+        lines += [f"{name:16s} {description}", f"{'':16s} {entry}; run: {command}"]
+    return "\n".join(lines)
+
+
 def model_description(name: str) -> str:
     """One line on what model ``name`` is."""
     return _entry(name).description
