@@ -41,21 +41,23 @@ def test_precision_cost_simulates_both_graphs_on_the_same_images(trained, mini_t
         precision_cost(graph, ws.quantize(graph, 3), images, labels[:10])
 
 
-def test_the_cli_prints_the_cost_of_the_weights_it_writes_and_simulates(tmp_path, capsys):
+def test_the_cli_prints_the_cost_of_the_weights_it_writes_and_simulates(tmp_path, capsys, monkeypatch):
+    from whetstone import run_report
     from whetstone.cli import main
 
+    monkeypatch.setattr(run_report, "PRECISION_IMAGES", 300)  # the default 1,000 measures the same way, slower
     run = tmp_path / "run"
     assert main(["train", "--model", "mnist-conv-small", "--dataset", "mnist-mini", "--epochs", "6", "--steps", "10",
                  "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["export", str(run), "--format", "nir", "--target", "loihi2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"8-bit weights: [\d.]+% on 1,000 images, float [\d.]+% \([+-][\d.]+ points\) \(mnist-mini test\)",
+    assert re.search(r"8-bit weights: [\d.]+% on 300 images, float [\d.]+% \([+-][\d.]+ points\) \(mnist-mini test\)",
                      printed)  # fmt: skip
     assert main(["simulate", str(run), "--bits", "6", "--limit", "200", "--no-progress"]) == 0
     assert re.search(r"with float weights: [\d.]+% \(the 6-bit weights: [+-][\d.]+ points\)", capsys.readouterr().out)
     assert main(["fit", str(run), "--chip", "akida"]) in (0, 1)
-    assert re.search(r"4-bit \(input layer 8-bit\) weights: [\d.]+% on 1,000 images", capsys.readouterr().out)
+    assert re.search(r"4-bit \(input layer 8-bit\) weights: [\d.]+% on 300 images", capsys.readouterr().out)
 
 
 def test_the_weights_are_described_as_the_chip_holds_them(trained):
