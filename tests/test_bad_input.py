@@ -906,3 +906,12 @@ if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as folder:
         print(_markdown(Path(folder)))
+
+
+def test_install_hints_work_from_where_the_user_stands():
+    """whetstone-snn is not on a package index: a hint names the packages themselves, or the extra from a checkout."""
+    from whetstone.checks import install_hint
+
+    assert install_hint("export", "nir") == "pip install nir (or, in a whetstone checkout, pip install -e '.[export]')"
+    sources = "".join(path.read_text() for path in (Path(ws.__file__).parent).rglob("*.py"))
+    assert "pip install 'whetstone-snn[" not in sources

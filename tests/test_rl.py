@@ -13,9 +13,7 @@ from whetstone.rl import DQNConfig, evaluate_policy, graph_policy, torch_policy,
 
 from conftest import torch_threads
 
-pytest.importorskip(
-    "gymnasium", reason="optional dependency 'gymnasium' is not installed (pip install 'whetstone-snn[rl]')"
-)
+pytest.importorskip("gymnasium", reason="optional dependency 'gymnasium' is not installed (pip install gymnasium)")
 
 TINY = DQNConfig(steps=800, hidden=(16, 16), buffer=1000, learn_start=100, chunk=100, sharpen_start=1, sharpen_steps=1,
                  epsilon=(1.0, 0.1, 400), eval_episodes=2, target_every=100)  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from .checkpoint import HISTORY_CSV_NAME, HISTORY_NAME, PLOT_NAME, RunFolder
+from .checks import install_hint
 from .files import atomic_write
 from .history import EpochRecord, TrainResult
 from .plot import plot_history
@@ -257,14 +258,14 @@ class HistoryPlot(Callback):
 
 class TensorBoard(Callback):
     """Scalars for TensorBoard in ``log_dir``: losses, accuracies, per-layer sharpness (per epoch) and the
-    batch loss (per batch). Needs the ``tensorboard`` package (``pip install 'whetstone-snn[tensorboard]'``)."""
+    batch loss (per batch). Needs the ``tensorboard`` package (``pip install tensorboard``)."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
             raise ImportError(
-                "the TensorBoard logger needs tensorboard: pip install 'whetstone-snn[tensorboard]'"
+                f"the TensorBoard logger needs tensorboard: {install_hint('tensorboard', 'tensorboard')}"
             ) from error
         self.writer = SummaryWriter(log_dir=str(log_dir))
 

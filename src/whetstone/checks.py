@@ -7,7 +7,13 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["boolean", "int_at_least", "int_in", "is_number", "positive_int", "positive_number", "sizes"]
+__all__ = ["boolean", "install_hint", "int_at_least", "int_in", "is_number", "positive_int", "positive_number", "sizes"]
+
+
+def install_hint(extra: str, packages: str) -> str:
+    """How to install an optional extra from where a user stands: the packages themselves (from the index),
+    or the extra from a whetstone checkout (whetstone-snn is not on an index)."""
+    return f"pip install {packages} (or, in a whetstone checkout, pip install -e '.[{extra}]')"
 
 
 def int_at_least(value: object, name: str, minimum: int = 0) -> int:

@@ -1,5 +1,5 @@
 """Deep Q-learning whose hidden layers sharpen into binary spikes (the paper's DQN), on a gymnasium
-classic-control task (optional extra ``rl``: ``pip install 'whetstone-snn[rl]'``).
+classic-control task (optional extra ``rl``: ``pip install gymnasium``).
 
 The Q-network is ``Linear - spike - Linear - spike - Linear``: its hidden units become integrate-and-fire
 neurons, and its action values are the last layer's potentials (a membrane readout,
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .activations import SpikingBReLU
-from .checks import positive_int
+from .checks import install_hint, positive_int
 from .models import center_on_threshold
 from .sharpen import SimpleSharpener, set_model_surrogate
 from .sim import simulate
@@ -40,7 +40,7 @@ def _gymnasium():
     try:
         import gymnasium
     except ImportError as error:
-        raise ImportError("reinforcement learning needs gymnasium: pip install 'whetstone-snn[rl]'") from error
+        raise ImportError(f"reinforcement learning needs gymnasium: {install_hint('rl', 'gymnasium')}") from error
     return gymnasium
 
 

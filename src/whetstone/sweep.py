@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import RunFolder
+from .checks import install_hint
 from .config import ConfigError, RunConfig, flag_of
 from .run import build_run
 
@@ -44,7 +45,7 @@ def _optuna():
     try:
         import optuna
     except ImportError as error:
-        raise ImportError("whetstone sweep needs optuna: pip install 'whetstone-snn[sweep]'") from error
+        raise ImportError(f"whetstone sweep needs optuna: {install_hint('sweep', 'optuna')}") from error
     return optuna
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import install_hint
 from ..files import atomic_write
 from ..graph import (
     AffineNode,
@@ -69,7 +70,7 @@ def _require_nir():
     try:
         import nir
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("NIR export needs the 'nir' package: pip install 'whetstone-snn[export]'") from error
+        raise ImportError(f"NIR export needs the 'nir' package: {install_hint('export', 'nir')}") from error
     return nir
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import install_hint
 from ..files import atomic_write
 from ..graph import (
     AffineNode,
@@ -38,7 +39,9 @@ def _require_onnx():
     try:
         import onnx
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX export needs the 'onnx' package: pip install 'whetstone-snn[export]'") from error
+        raise ImportError(
+            f"ONNX export needs the 'onnx' package: {install_hint('export', 'onnx onnxruntime')}"
+        ) from error
     return onnx
 
 

@@ -16,13 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..checks import install_hint
+
 try:
     import lightning.pytorch as pl
 except ImportError:  # pragma: no cover - the older package name
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
     except ImportError as error:
-        raise ImportError("the Lightning callback needs lightning: pip install 'whetstone-snn[lightning]'") from error
+        raise ImportError(
+            f"the Lightning callback needs lightning: {install_hint('lightning', 'lightning')}"
+        ) from error
 
 from ..quantization_aware import QuantizationAware
 from ..sharpen import Sharpener
