@@ -30,15 +30,11 @@ def run_consumer(command: Sequence[str], consumer: str, timeout: float, setting:
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
             raise ConsumerError(
                 f"{consumer} did not finish within {timeout:.0f} s{where}; it and its processes were stopped"
             ) from None
-        except BaseException:  # Ctrl-C or SIGTERM while waiting: take its workers down with it
+        finally:  # on a timeout, Ctrl-C or SIGTERM while waiting, or after it exited: its workers too
             _kill_group(process)
-            raise
-        finally:
-            _kill_group(process)  # workers it left behind when it exited
         if code != 0:
             errors.seek(0)
             lines = [line.strip() for line in errors.read().decode(errors="replace").splitlines() if line.strip()]
