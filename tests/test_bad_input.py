@@ -789,7 +789,7 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_file(tmp_path):
 
 def test_two_trainings_into_one_folder_cannot_both_run(tmp_path):
     out = tmp_path / "run"
-    first = _start(["train", *TINY, "--epochs", "30", "--start-epoch", "25", "--out", str(out)])
+    first = _start(["train", *TINY, "--epochs", "20", "--start-epoch", "15", "--out", str(out)])
     deadline = time.monotonic() + 120
     while not (out / ".whetstone.lock").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -832,7 +832,7 @@ NUMBERS = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flags=st.lists(st.tuples(st.sampled_from(NUMERIC_FLAGS), NUMBERS), min_size=1, max_size=3))
 def test_numeric_flags_never_crash(flags, tmp_path, capsys):
     argv = [

@@ -613,6 +613,7 @@ def test_the_worked_example_runs_as_written(tmp_path):
     assert "fully binary: True" in done.stdout and (tmp_path / "resnet18.nir").stat().st_size > 0
     agreement = float(re.search(r"the same class as PyTorch on ([\d.]+)%", done.stdout).group(1))
     assert agreement >= 99.0, done.stdout
+    assert re.search(r"5\. Loihi 2's [\w -]+ weights: [\d.]+% on 1,000 images, float [\d.]+%", done.stdout), done.stdout
 
 
 # -- Modules with code of their own for training and for evaluation, as timm writes them ---------------------

@@ -47,7 +47,7 @@ def test_the_cli_prints_the_cost_of_the_weights_it_writes_and_simulates(tmp_path
 
     monkeypatch.setattr(run_report, "PRECISION_IMAGES", 300)  # the default 1,000 measures the same way, slower
     run = tmp_path / "run"
-    assert main(["train", "--model", "mnist-conv-small", "--dataset", "mnist-mini", "--epochs", "6", "--steps", "10",
+    assert main(["train", "--model", "mnist-conv-small", "--dataset", "mnist-mini", "--limit", "2000", "--epochs", "6", "--steps", "5",
                  "--no-progress", "--threads", "1", "--out", str(run)]) == 0  # fmt: skip
     capsys.readouterr()
     assert main(["export", str(run), "--format", "nir", "--target", "loihi2", "--no-progress"]) == 0
