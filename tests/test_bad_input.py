@@ -137,6 +137,8 @@ CLI_CASES = [
     _cli("--resume a checkpoint at position -5", "train --resume {resume_negative_position}", "the checkpoint's position [-5, 0] is not a run's"),
     _cli("--resume a checkpoint whose optimizer state has other shapes", "train --resume {resume_misshapen_optimizer} --epochs 9",
          "the checkpoint's optimizer state does not fit the model: its "),
+    _cli("--resume a checkpoint whose own settings are invalid", "train --resume {resume_bad_saved_lr} --epochs 9",
+         "resume_bad_saved_lr: the run's saved setting lr must be a positive finite number, got -1.0; this run cannot continue"),
     _cli("--resume a checkpoint without optimizer state", "train --resume {resume_no_optimizer}", "the checkpoint's optimizer state cannot be restored: 'optimizer'"),
     _cli("--resume a checkpoint with a garbage history", "train --resume {resume_garbage_history}", "the checkpoint's history cannot be restored"),
     _cli("--resume a checkpoint with a broken RNG state", "train --resume {resume_bad_rng}", "the checkpoint's random number generator state cannot be restored"),
@@ -379,6 +381,7 @@ class Places(dict):
             mutations = {
                 "resume_negative_position": lambda c: c.__setitem__("position", [-5, 0]),
                 "resume_no_optimizer": lambda c: c.pop("optimizer"),
+                "resume_bad_saved_lr": lambda c: c["run"]["config"].__setitem__("lr", -1.0),
                 "resume_misshapen_optimizer": lambda c: [
                     state.__setitem__(name, torch.zeros(3, 3))
                     for state in c["optimizer"]["state"].values()

@@ -446,7 +446,17 @@ def saved_config(checkpoint: Mapping[str, Any], source: str) -> RunConfig:
 def resumed_config(folder: str | os.PathLike, given: Mapping[str, Any]) -> tuple[RunConfig, list[str]]:
     """The config to continue the run in ``folder`` with, given these settings now (see :func:`resume_config`)."""
     checkpoint = load_checkpoint(folder)
-    return resume_config(saved_config(checkpoint, str(Path(folder))), given, str(folder))
+    config, changed = resume_config(saved_config(checkpoint, str(Path(folder))), given, str(folder))
+    try:
+        config.resolved().validate()
+    except ConfigError as error:
+        if error.setting in given:  # a flag given now: said as that flag
+            raise
+        raise ValueError(  # the checkpoint's own setting, not a flag the user gave
+            f"{folder}: the run's saved setting {error.setting} {error.problem.lstrip(': ')}; this run cannot "
+            "continue (start a new one with --out)"
+        ) from None
+    return config, changed
 
 
 def resume_config(saved: RunConfig, given: Mapping[str, Any], folder: str) -> tuple[RunConfig, list[str]]:
