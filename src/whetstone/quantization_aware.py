@@ -36,6 +36,7 @@ __all__ = [
     "float_weights",
     "quantize_weights",
     "quantized_bits",
+    "weights_to_train",
 ]
 
 #: The weights each chip target's export writes: (bits, bits of the layer reading the pixels or None, per
@@ -48,6 +49,16 @@ TARGET_WEIGHTS: dict[str, tuple[int, int | None, bool]] = {
     "spinnaker2": (8, None, False),
     "onnx-int8": (8, None, True),
 }
+
+
+def weights_to_train(target: str | None, bits: int | None) -> tuple[int, int | None, bool] | None:
+    """The integer weights a run's ``--target`` (:data:`TARGET_WEIGHTS`) or ``--bits`` (per channel) trains
+    for: (bits, bits of the layer that reads the pixels or None, per channel); None for a run in float."""
+    if target is not None:
+        if target not in TARGET_WEIGHTS:
+            raise ValueError(f"target must be one of {', '.join(TARGET_WEIGHTS)}, got {target!r}")
+        return TARGET_WEIGHTS[target]
+    return None if bits is None else (bits, None, True)
 
 
 def fake_quantize(weight: Tensor, bits: int, per_channel: bool = True) -> Tensor:
@@ -140,14 +151,6 @@ class QuantizationAware:
         self.encoder_bits = None if encoder_bits is None else int_in(encoder_bits, "encoder_bits", 2, 16)
         self.start_epoch = int_at_least(start_epoch, "start_epoch")
         self.per_channel = boolean(per_channel, "per_channel")
-
-    @classmethod
-    def for_target(cls, target: str, start_epoch: int = 0) -> QuantizationAware:
-        """Training for the weights ``target``'s export writes (:data:`TARGET_WEIGHTS`)."""
-        if target not in TARGET_WEIGHTS:
-            raise ValueError(f"target must be one of {', '.join(TARGET_WEIGHTS)}, got {target!r}")
-        bits, encoder_bits, per_channel = TARGET_WEIGHTS[target]
-        return cls(bits, start_epoch, encoder_bits, per_channel)
 
     def on_epoch_begin(self, model: nn.Module, epoch: int) -> None:
         if epoch >= self.start_epoch and quantized_bits(model) is None:

@@ -16,7 +16,7 @@ from .graph import SpikingGraph
 from .graph_builder import to_spiking_graph
 from .models import create_model
 from .quantization import quantize
-from .quantization_aware import TARGET_WEIGHTS, quantize_weights
+from .quantization_aware import TARGET_WEIGHTS, quantize_weights, weights_to_train
 
 __all__ = ["check_dataset", "graph_from_checkpoint", "model_from_checkpoint", "recorded_data_dir"]
 
@@ -58,12 +58,9 @@ def trained_weights(checkpoint: dict[str, Any]) -> tuple[int, int | None, bool] 
     reads the pixels or None, per channel); None for a run trained in float."""
     run = checkpoint.get("run") if isinstance(checkpoint.get("run"), dict) else {}
     config = run.get("config") if isinstance(run.get("config"), dict) else {}
-    if config.get("target") in TARGET_WEIGHTS:
-        return TARGET_WEIGHTS[config["target"]]
-    bits = config.get("bits")
-    if isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 16:
-        return bits, None, True
-    return None
+    target, bits = config.get("target"), config.get("bits")  # a damaged checkpoint's values count as unset
+    valid_bits = isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 16
+    return weights_to_train(target if target in TARGET_WEIGHTS else None, bits if valid_bits else None)
 
 
 def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the checkpoint") -> None:

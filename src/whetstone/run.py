@@ -37,7 +37,7 @@ from .data import DATASETS, ImageDataset, TensorLoader, augmentation, check_avai
 from .history import EpochRecord, TrainResult
 from .losses import Classification, Distillation, Loss, Reconstruction
 from .models import create_model, recipe
-from .quantization_aware import QuantizationAware
+from .quantization_aware import QuantizationAware, weights_to_train
 from .restore import model_from_checkpoint
 from .sharpen import AdaptiveSharpener, ScheduledSharpener, Sharpener, SimpleSharpener, set_model_surrogate
 from .train import Trainer
@@ -88,10 +88,12 @@ def build_scheduler(
 
 def build_quantizer(config: RunConfig) -> QuantizationAware | None:
     """Quantization-aware training for ``--bits`` or ``--target``, from the epoch sharpening starts."""
+    weights = weights_to_train(config.target, config.bits)
+    if weights is None:
+        return None
+    bits, encoder_bits, per_channel = weights
     start = config.start_epoch if config.start_epoch is not None else 0
-    if config.target is not None:
-        return QuantizationAware.for_target(config.target, start)
-    return QuantizationAware(config.bits, start) if config.bits is not None else None
+    return QuantizationAware(bits, start, encoder_bits, per_channel)
 
 
 def build_sharpener(config: RunConfig) -> Sharpener | None:
