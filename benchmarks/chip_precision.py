@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 import whetstone as ws
-from whetstone.graph import DeployError
-from whetstone.quantization_aware import TARGET_WEIGHTS
-from whetstone.restore import graph_from_checkpoint
+from whetstone.graph.nodes import DeployError
+from whetstone.nn.quantization_aware import TARGET_WEIGHTS
+from whetstone.runs.restore import graph_from_checkpoint
 from whetstone.targets import get_target
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whetstone.data import load_dataset
-from whetstone.graph import DeployError
-from whetstone.quantization import quantize
-from whetstone.sim import simulate
+from whetstone.data.datasets import load_dataset
+from whetstone.graph.nodes import DeployError
+from whetstone.graph.quantization import quantize
+from whetstone.graph.simulator import simulate
 from whetstone.targets import export, get_target
 from whetstone.targets.loihi2 import LAVA_VERSION, run_in_lava
 

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whetstone.checkpoint import load_checkpoint
-from whetstone.data import DATASETS, load_dataset
+from whetstone.convert.graph_builder import to_spiking_graph
+from whetstone.data.datasets import DATASETS, load_dataset
 from whetstone.export.onnx import write_onnx
-from whetstone.graph_builder import to_spiking_graph
-from whetstone.quantization import quantize
-from whetstone.restore import model_from_checkpoint
-from whetstone.sim import simulate
+from whetstone.graph.quantization import quantize
+from whetstone.graph.simulator import simulate
+from whetstone.nn.tracing import fold_batchnorm
+from whetstone.runs.restore import model_from_checkpoint
 from whetstone.targets import export
 from whetstone.targets.snntorch import run as run_in_snntorch
-from whetstone.tracing import fold_batchnorm
+from whetstone.training.checkpoint import load_checkpoint
 
 
 def torch_predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:

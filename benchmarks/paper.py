@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from whetstone.checkpoint import HISTORY_NAME, load_checkpoint
-from whetstone.models import recipe
-from whetstone.restore import model_from_checkpoint
+from whetstone.models.zoo import recipe
+from whetstone.runs.restore import model_from_checkpoint
+from whetstone.training.checkpoint import HISTORY_NAME, load_checkpoint
 
 from _common import machine, write_section
 
@@ -319,9 +319,10 @@ def folded_accuracies(run: Path, dataset: str, data_dir: str | None) -> tuple[fl
     lowest class index, and broken by the output neurons' potentials as ``simulate(..., tie_break="membrane")``
     breaks them (among the classes of top score, the one whose code ``v - threshold`` supports most; computed here
     in PyTorch, in the same pass: the event simulator takes minutes for a CIFAR-10 network)."""
-    from whetstone.activations import SpikingActivation
-    from whetstone.data import TensorLoader, load_dataset
-    from whetstone.tracing import fold_batchnorm
+    from whetstone.data.datasets import load_dataset
+    from whetstone.data.loader import TensorLoader
+    from whetstone.nn.activations import SpikingActivation
+    from whetstone.nn.tracing import fold_batchnorm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = fold_batchnorm(model_from_checkpoint(load_checkpoint(run))).to(device)
@@ -465,9 +466,10 @@ def table_autoencoder(args: argparse.Namespace, common: list[str], dataset: list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from whetstone.data import TensorLoader, load_dataset
-    from whetstone.losses import Reconstruction
-    from whetstone.report import evaluate
+    from whetstone.data.datasets import load_dataset
+    from whetstone.data.loader import TensorLoader
+    from whetstone.nn.losses import Reconstruction
+    from whetstone.training.evaluation import evaluate
 
     rows = ["| code | test MSE, sharpened (binary code) | test MSE, not sharpened | epochs |", "|---|---:|---:|---:|"]
     runs = [*common, *dataset, "--model", "conv-autoencoder", "--seed", str(args.seeds[0])]

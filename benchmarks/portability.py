@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from whetstone.data import load_dataset
-from whetstone.graph import DeployError, SpikingGraph
-from whetstone.quantization import quantize
-from whetstone.sim import simulate
+from whetstone.data.datasets import load_dataset
+from whetstone.graph.nodes import DeployError, SpikingGraph
+from whetstone.graph.quantization import quantize
+from whetstone.graph.simulator import simulate
 from whetstone.targets import CHIPS, TARGETS, export, fit_report, verify
 from whetstone.targets.loihi2 import LAVA_VERSION
 

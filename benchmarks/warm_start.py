@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import whetstone as ws
-from whetstone.data import augmentation
+from whetstone.data.loader import augmentation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import append_record, machine, write_section

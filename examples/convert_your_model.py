@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 import whetstone as ws
-from whetstone.flags import COUNT, OneLineParser, run_script
-from whetstone.precision import precision_cost
+from whetstone.cli.flags import COUNT, OneLineParser, run_script
+from whetstone.graph.precision import precision_cost
 from whetstone.targets import export, get_target
 
 

@@ -1,4 +1,4 @@
-"""A deep Q-network whose hidden layers are binary spikes, on CartPole-v1 (whetstone.rl; needs gymnasium).
+"""A deep Q-network whose hidden layers are binary spikes, on CartPole-v1 (whetstone.models.rl; needs gymnasium).
 
 For each seed: trains the binary agent and two twins (the same network never sharpened, and a plain-ReLU
 agent), evaluates each greedy policy on the same 100 episodes, then exports the binary agent to NIR,
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 import whetstone as ws
+from whetstone.cli.flags import COUNT, OneLineParser, run_script
 from whetstone.export.nir import read_nir, write_nir
-from whetstone.flags import COUNT, OneLineParser, run_script
-from whetstone.rl import DQNConfig, evaluate_policy, graph_policy, torch_policy, train_dqn
+from whetstone.models.rl import DQNConfig, evaluate_policy, graph_policy, torch_policy, train_dqn
 
 AGENTS = {"binary": {"sharpen": True}, "twin": {"sharpen": False}, "relu": {"sharpen": False, "activation": "relu"}}
 

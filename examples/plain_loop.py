@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import whetstone as ws
-from whetstone.flags import COUNT, OneLineParser, run_script
+from whetstone.cli.flags import COUNT, OneLineParser, run_script
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Solve the 1-D diffusion equation with a spiking random-walk circuit (whetstone.randomwalk).
+"""Solve the 1-D diffusion equation with a spiking random-walk circuit (whetstone.models.randomwalk).
 
 Runs the circuit in the multi-step simulator for growing numbers of walkers, prints the largest error of
 the estimated concentration against the analytic Gaussian, the spikes and synaptic events it took, and
@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from whetstone.flags import COUNT, OneLineParser, run_script
-from whetstone.randomwalk import DIFFUSION, analytic_solution, diffuse
-from whetstone.sim import ENERGY_PER_OP
+from whetstone.cli.flags import COUNT, OneLineParser, run_script
+from whetstone.graph.simulator import ENERGY_PER_OP
+from whetstone.models.randomwalk import DIFFUSION, analytic_solution, diffuse
 
 
 def main() -> None:

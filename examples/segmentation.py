@@ -1,4 +1,4 @@
-"""Semantic segmentation with binary spiking hidden layers (whetstone.segmentation), and its twin.
+"""Semantic segmentation with binary spiking hidden layers (whetstone.models.segmentation), and its twin.
 
 Builds two-digit canvases from MNIST, trains the same fully convolutional network twice (sharpened to
 binary hidden layers, and not sharpened), prints per-epoch mean IoU on test canvases and writes a PNG of
@@ -18,8 +18,8 @@ import torch
 from torch.nn import functional as F
 
 import whetstone as ws
-from whetstone.flags import COUNT, OneLineParser, number, run_script
-from whetstone.segmentation import digit_canvases, mean_iou, segmentation_network
+from whetstone.cli.flags import COUNT, OneLineParser, number, run_script
+from whetstone.models.segmentation import digit_canvases, mean_iou, segmentation_network
 
 
 def train(canvases, masks, test, sharpen: bool, args) -> tuple[torch.nn.Module, list[dict]]:

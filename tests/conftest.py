@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import whetstone as ws
-from whetstone.data import load_dataset
+from whetstone.data.datasets import load_dataset
 
 
 @pytest.fixture(autouse=True)

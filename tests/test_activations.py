@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import whetstone as ws
-from whetstone.activations import SHARPNESS_EPSILON
+from whetstone.nn.activations import SHARPNESS_EPSILON
 
 LAM = 1e-3  # DESIGN.md section 1
 

@@ -33,10 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import whetstone as ws
-from whetstone.checkpoint import load_checkpoint, save_checkpoint
-from whetstone.cli import main
-from whetstone.files import FolderLock
-from whetstone.precision import precision_cost
+from whetstone.cli.main import main
+from whetstone.graph.precision import precision_cost
+from whetstone.training.checkpoint import load_checkpoint, save_checkpoint
+from whetstone.utils.files import FolderLock, atomic_write
 
 TINY = ["--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "300", "--epochs", "3", "--start-epoch", "0",
         "--steps", "1", "--no-progress", "--threads", "1"]  # fmt: skip
@@ -284,7 +284,7 @@ def _tampered(root: Path, run: Path, name: str, mutate: Callable[[dict], None]) 
 
 def _nir_graph(run: Path, change: Callable[[ws.SpikingGraph], None], path: Path) -> Path:
     from whetstone.export.nir import write_nir
-    from whetstone.restore import graph_from_checkpoint
+    from whetstone.runs.restore import graph_from_checkpoint
 
     graph, _, _ = graph_from_checkpoint(str(run))
     change(graph)
@@ -403,7 +403,7 @@ class Places(dict):
         elif key == "nir":
             path = _nir_graph(run, lambda graph: None, root / "model.nir")
         elif key == "speck_nir":
-            from whetstone.restore import graph_from_checkpoint
+            from whetstone.runs.restore import graph_from_checkpoint
             from whetstone.targets import export
 
             path = export(graph_from_checkpoint(str(run))[0], root / "model-speck.nir", "speck")
@@ -583,7 +583,7 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("quantize to 1 bit", lambda: ws.quantize(_graph(), bits=1), ValueError, "bits must be an integer in [2, 16], got 1"),
     ("quantize to '8' bits", lambda: ws.quantize(_graph(), bits="8"), ValueError, "bits must be an integer in [2, 16], got '8'"),
     ("quantize with registers of the wrong kind", lambda: ws.quantize(_graph(), registers={"bias": 10}), ValueError,
-     "registers must be a whetstone.quantization.Registers or None"),
+     "registers must be a whetstone.graph.quantization.Registers or None"),
     ("graph of a float64 model", lambda: ws.to_spiking_graph(_model().double(), (4,)), ws.DeployError,
      "weights are float64; the graph holds float32, which would round them: convert with model.float() first"),
     ("graph of a model on the meta device", lambda: ws.to_spiking_graph(_model().to("meta"), (4,)), ws.DeployError,
@@ -681,7 +681,7 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("verify the generic file, which names no software", lambda: _targets().verify("/nonexistent/m.nir", "generic", np.zeros((1, 4))), ValueError,
      "any NIR reader cannot run here: the generic file names no software of its own; run it in the reference simulator"),
     ("verify an ONNX file without its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4))), ValueError, "give the graph the file was written from (reference=)"),
-    ("atomic write into a missing folder", lambda: ws.files.atomic_write("/nonexistent/dir/file.txt", "x"), OSError,
+    ("atomic write into a missing folder", lambda: atomic_write("/nonexistent/dir/file.txt", "x"), OSError,
      "cannot write /nonexistent/dir/file.txt: No such file or directory"),
 ]  # fmt: skip
 
@@ -913,7 +913,7 @@ if __name__ == "__main__":
 
 def test_install_hints_work_from_where_the_user_stands():
     """whetstone-snn is not on a package index: a hint names the packages themselves, or the extra from a checkout."""
-    from whetstone.checks import install_hint
+    from whetstone.utils.checks import install_hint
 
     assert install_hint("export", "nir") == "pip install nir (or, in a whetstone checkout, pip install -e '.[export]')"
     sources = "".join(path.read_text() for path in (Path(ws.__file__).parent).rglob("*.py"))

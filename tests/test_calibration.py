@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import whetstone as ws
-from whetstone.data import load_dataset
+from whetstone.data.datasets import load_dataset
 
 from conftest import assert_equal_where_decided, torch_threads
 

@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from whetstone import data as wdata
-from whetstone.data import DatasetError, TensorLoader, load_dataset, read_idx
+from whetstone.data import datasets as wdata
+from whetstone.data.datasets import DatasetError, load_dataset, read_idx
+from whetstone.data.loader import TensorLoader
 
 SHARED = os.environ.get("WHETSTONE_DATA")
 
@@ -197,7 +198,7 @@ def test_full_datasets_from_shared_root(name):
 
 
 def test_random_crop_flip_shifts_and_mirrors_whole_images():
-    from whetstone.data import random_crop_flip
+    from whetstone.data.loader import random_crop_flip
 
     torch.manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) + 1
@@ -216,7 +217,7 @@ def test_random_crop_flip_shifts_and_mirrors_whole_images():
 
 
 def test_augmentation_mirrors_only_where_the_class_survives():
-    from whetstone.data import augmentation
+    from whetstone.data.loader import augmentation
 
     torch.manual_seed(0)
     x = torch.arange(1 * 8 * 8, dtype=torch.float32).reshape(1, 1, 8, 8).repeat(200, 1, 1, 1) + 1

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import whetstone as ws
-from whetstone.cli import main
-from whetstone.graph import WEIGHTED_NODES, DeployError
-from whetstone.graph_builder import to_spiking_graph
-from whetstone.quantization import quantize
-from whetstone.sim import simulate
+from whetstone.cli.main import main
+from whetstone.convert.graph_builder import to_spiking_graph
+from whetstone.graph.nodes import WEIGHTED_NODES, AffineNode, DeployError, InputNode, SpikeNode
+from whetstone.graph.quantization import quantize
+from whetstone.graph.simulator import simulate
 
 from conftest import assert_equal_where_decided, tiny_conv_bn
 
@@ -419,9 +419,9 @@ def test_a_membrane_readout_deploys_the_linear_output_layer_as_scores(tmp_path, 
 def test_ties_in_the_decode_go_to_the_class_the_output_membranes_support_most():
     # Two classes with disjoint 2-hot codes over 4 output units; each unit fires on its own input.
     key = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], np.float32)
-    nodes = [ws.graph.InputNode("input", [], (4,)),
-             ws.graph.AffineNode("out", ["input"], (4,), np.eye(4, dtype=np.float32), np.zeros(4, np.float32)),
-             ws.graph.SpikeNode("spikes", ["out"], (4,), np.full(4, 0.5, np.float32))]  # fmt: skip
+    nodes = [InputNode("input", [], (4,)),
+             AffineNode("out", ["input"], (4,), np.eye(4, dtype=np.float32), np.zeros(4, np.float32)),
+             SpikeNode("spikes", ["out"], (4,), np.full(4, 0.5, np.float32))]  # fmt: skip
     graph = ws.SpikingGraph(nodes, "spikes", key)
     # One unit of each code fires: a tie (score 0 each). Class 1's units lie nearer their firing side.
     inputs = np.array([[0.6, 0.1, 0.9, 0.45], [0.9, 0.45, 0.6, 0.1], [1.0, 1.0, 0.0, 0.0]], np.float32)

@@ -6,10 +6,10 @@ import torch
 import torch.distributed as dist
 
 import whetstone as ws
-from whetstone import distributed
-from whetstone.checkpoint import load_checkpoint
-from whetstone.cli import main
-from whetstone.data import load_dataset
+from whetstone.cli.main import main
+from whetstone.data.datasets import load_dataset
+from whetstone.training import distributed
+from whetstone.training.checkpoint import load_checkpoint
 
 
 def _ddp_job(out_dir: str) -> int:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import whetstone as ws
+from whetstone.nn.tracing import trace
 
 from conftest import assert_equal_where_decided, torch_threads
 
@@ -528,7 +529,7 @@ def images():
 
 def test_every_activation_call_site_is_its_own_spiking_layer(converted):
     name, model, graph = converted
-    calls = sum(1 for node in ws.tracing.trace(model).graph.nodes if node.op == "call_module"
+    calls = sum(1 for node in trace(model).graph.nodes if node.op == "call_module"
                 and isinstance(model.get_submodule(node.target), ws.SpikingActivation))  # fmt: skip
     layers = ws.spiking_layers(model)
     gates = [node for node in graph.spiking_nodes() if node.name.endswith(".mul")]  # spikes AND spikes: neurons too

@@ -1,4 +1,4 @@
-"""The integer network in PyTorch (whetstone.integer): the quantized graph's spikes, exactly, on every engine."""
+"""The integer network in PyTorch (whetstone.graph.integer): the quantized graph's spikes, exactly, on every engine."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import whetstone as ws
-from whetstone.graph import AffineNode, Conv2dNode, FlattenNode, InputNode, MaxPool2dNode, SpikeNode
-from whetstone.integer import IntegerMaxPool2d, IntegerNetwork, cpu_has_vnni, onednn_available
+from whetstone.graph.integer import IntegerMaxPool2d, IntegerNetwork, cpu_has_vnni, onednn_available
+from whetstone.graph.nodes import AffineNode, Conv2dNode, FlattenNode, InputNode, MaxPool2dNode, SpikeNode
 
 from conftest import tiny_conv_bn
 

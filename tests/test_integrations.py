@@ -5,8 +5,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import whetstone as ws
-from whetstone.cli import main
-from whetstone.data import load_dataset
+from whetstone.cli.main import main
+from whetstone.data.datasets import load_dataset
 
 
 def test_sweep_runs_trials_and_continues_its_study(tmp_path, capsys):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import whetstone as ws
-from whetstone.cli import main
-from whetstone.data import DATASETS
-from whetstone.models import recipe
+from whetstone.cli.main import main
+from whetstone.data.datasets import DATASETS
+from whetstone.models.zoo import recipe
 
 from conftest import assert_equal_where_decided
 
@@ -188,7 +188,7 @@ def test_cli_surrogate_trains_past_binary_and_survives_resume(tmp_path, capsys):
 
 
 def test_parse_model_options_types():
-    from whetstone.config import parse_model_options
+    from whetstone.runs.config import parse_model_options
 
     assert parse_model_options(["base=128", "scale=0.5", "batch_norm=false", "name=wide"]) == {
         "base": 128, "scale": 0.5, "batch_norm": False, "name": "wide"}  # fmt: skip
@@ -295,7 +295,7 @@ def test_export_verify_that_fails_after_writing_says_the_file_is_kept(tmp_path, 
 def test_version_is_the_installed_distributions(capsys):
     from importlib import metadata
 
-    from whetstone.cli import main
+    from whetstone.cli.main import main
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"whetstone-snn {metadata.version('whetstone-snn')}" != "whetstone-snn "

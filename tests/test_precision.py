@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 import whetstone as ws
-from whetstone.precision import PrecisionCost, PrecisionWarning, precision_cost
+from whetstone.graph.precision import PrecisionCost, PrecisionWarning, precision_cost
 
 
 def test_a_network_at_chance_is_refused_with_the_measured_figure():
@@ -42,8 +42,8 @@ def test_precision_cost_simulates_both_graphs_on_the_same_images(trained, mini_t
 
 
 def test_the_cli_prints_the_cost_of_the_weights_it_writes_and_simulates(tmp_path, capsys, monkeypatch):
-    from whetstone import run_report
-    from whetstone.cli import main
+    from whetstone.cli.main import main
+    from whetstone.runs import report as run_report
 
     monkeypatch.setattr(run_report, "PRECISION_IMAGES", 300)  # the default 1,000 measures the same way, slower
     run = tmp_path / "run"
@@ -61,7 +61,7 @@ def test_the_cli_prints_the_cost_of_the_weights_it_writes_and_simulates(tmp_path
 
 
 def test_the_weights_are_described_as_the_chip_holds_them(trained):
-    from whetstone.precision import describe_weights
+    from whetstone.graph.precision import describe_weights
 
     graph = ws.to_spiking_graph(trained, (1, 28, 28))
     assert describe_weights(ws.quantize(graph, 8)) == "8-bit"

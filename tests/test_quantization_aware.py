@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import whetstone as ws
-from whetstone.data import load_dataset
-from whetstone.graph import WEIGHTED_NODES
-from whetstone.quantization_aware import TARGET_WEIGHTS, fake_quantize, quantized_bits
+from whetstone.data.datasets import load_dataset
+from whetstone.graph.nodes import WEIGHTED_NODES
+from whetstone.nn.quantization_aware import TARGET_WEIGHTS, fake_quantize, quantized_bits
 
 from conftest import tiny_conv_bn, torch_threads
 
@@ -92,7 +92,7 @@ def test_quantization_starts_at_its_epoch_and_a_cli_run_remembers_its_bits(tmp_p
     assert quantized_bits(model) == 3
     with pytest.raises(ValueError, match="start_epoch must be an integer >= 0"):
         ws.QuantizationAware(3, start_epoch=-1)
-    from whetstone.cli import main
+    from whetstone.cli.main import main
 
     assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--out", str(tmp_path / "x"),
                  "--bits", "4", "--target", "akida"]) == 2  # fmt: skip

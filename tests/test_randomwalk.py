@@ -8,7 +8,7 @@ import pytest
 
 import whetstone as ws
 from whetstone.export.nir import read_nir
-from whetstone.randomwalk import analytic_solution, diffuse, random_walk_circuit, walker_inputs
+from whetstone.models.randomwalk import analytic_solution, diffuse, random_walk_circuit, walker_inputs
 from whetstone.targets import export, verify
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from whetstone.cli import make_parser
+from whetstone.cli.main import make_parser
 
 from conftest import torch_threads
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import whetstone as ws
-from whetstone.checkpoint import load_checkpoint
-from whetstone.data import load_dataset
+from whetstone.data.datasets import load_dataset
+from whetstone.training.checkpoint import load_checkpoint
 
 TRAIN = ["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--epochs", "6", "--start-epoch", "1",
          "--steps", "1", "--checkpoint-every", "5", "--threads", "1", "--deterministic", "--no-progress"]  # fmt: skip
 
 
 def _run(argv, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "whetstone.cli", *argv], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "whetstone", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
 
 
@@ -76,7 +76,7 @@ def _model():
     ids=["constant-lr", "cosine-lr", "cosine-lr-per-batch", "bf16", "fp16-loss-scaled", "read-back-every-4-batches"],
 )
 def test_resume_in_process_mid_epoch_matches_uninterrupted(tmp_path, cosine, precision, sync_every):
-    from whetstone.run import cosine_schedule
+    from whetstone.runs.build import cosine_schedule
 
     def trainer(model, out=None, every=None, sync=1):
         optimizer = torch.optim.Adam(model.parameters(), 1e-3)
@@ -197,7 +197,7 @@ def test_accuracy_collapse_while_sharpening_counts_as_divergence(caplog):
 def test_losses_are_read_back_once_a_window(monkeypatch, sync_every, reads):
     """--sync-every N: one device-to-host read a window of N batches (and at the first and last batch of an
     epoch), not one a batch; the epoch's figures are the same."""
-    from whetstone import distributed
+    from whetstone.training import distributed
 
     calls = []
     all_sum = distributed.all_sum

@@ -9,7 +9,15 @@ import torch
 
 import whetstone as ws
 from whetstone.export.nir import read_nir, write_nir
-from whetstone.rl import DQNConfig, evaluate_policy, graph_policy, torch_policy, train_dqn, unit_observations
+from whetstone.models.rl import (
+    DQNConfig,
+    evaluate_policy,
+    graph_policy,
+    q_network,
+    torch_policy,
+    train_dqn,
+    unit_observations,
+)
 
 from conftest import torch_threads
 
@@ -50,4 +58,4 @@ def test_observations_are_scaled_into_the_encoder_range_and_bad_settings_are_nam
         DQNConfig(steps=0)
     with pytest.raises(ValueError, match="activation must be 'brelu', or 'relu' with sharpen=False"):
         DQNConfig(activation="relu")
-    assert isinstance(torch.nn.ReLU(), type(ws.rl.q_network(4, 2, activation="relu")[1]))
+    assert isinstance(torch.nn.ReLU(), type(q_network(4, 2, activation="relu")[1]))

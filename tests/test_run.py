@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import whetstone as ws
-from whetstone.callbacks import Callback, ProgressBar, format_seconds
-from whetstone.checkpoint import RunFolder, load_checkpoint
-from whetstone.cli import main
-from whetstone.config import ConfigError, RunConfig, resume_config, saved_config
-from whetstone.files import FolderInUseError, FolderLock, atomic_write
-from whetstone.run import build_run
+from whetstone.cli.main import main
+from whetstone.runs.build import build_run
+from whetstone.runs.config import ConfigError, RunConfig, resume_config, saved_config
+from whetstone.training.callbacks import Callback, ProgressBar, format_seconds
+from whetstone.training.checkpoint import RunFolder, load_checkpoint
+from whetstone.utils.files import FolderInUseError, FolderLock, atomic_write
 
 from conftest import torch_threads
 
@@ -244,7 +244,7 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     pytest.importorskip(
         "tensorboard", reason="optional dependency 'tensorboard' is not installed (pip install -e '.[tensorboard]')"
     )
-    from whetstone.callbacks import TensorBoard
+    from whetstone.training.callbacks import TensorBoard
 
     config = RunConfig(**{**TINY, "epochs": 1, "sharpener": "none", "tensorboard": True}, out=str(tmp_path))
     build_run(config).fit()
@@ -262,7 +262,7 @@ def test_folder_lock_keeps_a_second_owner_out_and_takes_over_a_stale_one(tmp_pat
     (tmp_path / ".whetstone.lock").write_text("process 4242 on gone (since then)")  # its holder died: no flock
     import logging
 
-    with caplog.at_level(logging.INFO, logger="whetstone.files"), FolderLock(tmp_path):
+    with caplog.at_level(logging.INFO, logger="whetstone.utils.files"), FolderLock(tmp_path):
         assert "took over the stale lock of process 4242" in caplog.text
 
 
@@ -284,7 +284,7 @@ def test_a_consumers_scratch_folder_left_by_a_killed_process_is_removed_by_the_n
     import subprocess
     import tempfile
 
-    from whetstone.files import scratch_folder
+    from whetstone.utils.files import scratch_folder
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen(["true"])
@@ -359,7 +359,7 @@ def test_a_sigterm_whose_exception_a_destructor_swallowed_still_stops_the_block(
     import signal
     import sys
 
-    from whetstone.files import Terminated, raise_if_terminated, sigterm_raises
+    from whetstone.utils.files import Terminated, raise_if_terminated, sigterm_raises
 
     ignored = []
     monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_type))
@@ -451,28 +451,60 @@ def test_the_cycle_finder_finds_a_lazy_cycle():
     assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_module_map_no_cycles_and_a_thin_cli():
-    """What docs/architecture.md promises: no import cycle of any kind (function-level imports included), nothing
-    but __main__ imports the CLI, cli.py stays thin, and every module's job is written down."""
+def _folder(module: str) -> str:
+    """The folder (layer) of a dotted module name; "" for the package root's own modules."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (SOURCE / parts[-1]).is_dir() else ""
+
+
+def test_module_map_layers_no_cycles_and_a_thin_cli():
+    """What docs/architecture.md promises: folders as layers, each importing only from itself and the folders
+    listed before it; no import cycle of any kind (function-level imports included); every module's job
+    written down in import order; nothing but __main__ imports the CLI, and cli/main.py stays thin."""
     edges = _imports_of_every_module()
-    assert "whetstone.graph_builder" in edges["whetstone.convert"]  # the finder sees what it must
+    assert "whetstone.convert.graph_builder" in edges["whetstone.convert.spikify"]  # the finder sees what it must
     assert "whetstone.export" in edges["whetstone.targets.base"]  # (a package's __init__ runs on import)
     assert _cycle(edges) is None, " -> ".join(_cycle(edges))
-    importers = sorted(name for name, imported in edges.items() if "whetstone.cli" in imported)
-    assert importers == ["whetstone.__main__"]
-    assert len((SOURCE / "cli.py").read_text().splitlines()) < 350
+    assert sorted(name for name, imported in edges.items() if "whetstone.cli.main" in imported) == [
+        "whetstone.__main__"
+    ]
+    assert len((SOURCE / "cli" / "main.py").read_text().splitlines()) < 350
     documented = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
-    for path in sorted(SOURCE.rglob("*.py")):
-        name = path.relative_to(SOURCE).as_posix()
-        shown = name if path.parent == SOURCE else name.split("/")[0] + "/"
-        assert f"`{shown}`" in documented, f"{name} is missing from docs/architecture.md"
-    # The map lists the modules from the bottom up: each imports only modules listed before it.
-    listed = re.findall(r"^\| `(\w+)\.py` \|", documented, flags=re.MULTILINE)
-    order = {("whetstone" if name == "__init__" else f"whetstone.{name}"): i for i, name in enumerate(listed)}
-    assert sorted(listed) == sorted(path.stem for path in SOURCE.glob("*.py"))
-    for name, position in order.items():
-        above = sorted(m for m in edges[name] if m in order and order[m] > position)
-        assert not above, f"{name} imports {above}, listed after it in docs/architecture.md"
+
+    # The layers: every folder listed once, bottom up; an import never climbs to a folder listed later.
+    layers = re.findall(r"^\| `(\w+)/` \|", documented, flags=re.MULTILINE)
+    folders = sorted({path.parent.name for path in SOURCE.glob("*/*.py")})
+    assert sorted(layers) == folders and len(layers) == len(set(layers))
+    rank = {folder: i for i, folder in enumerate(layers)} | {"": len(layers)}  # the root sits on top
+    upward = sorted(
+        f"{a} -> {b}" for a, imported in edges.items() for b in imported if rank[_folder(b)] > rank[_folder(a)]
+    )
+    assert not upward, f"imports from a lower folder to a higher one: {upward}"
+
+    # The modules: each listed with its job, bottom up (each imports only modules listed before it).
+    listed = re.findall(r"^\| `([\w/]+\.py)` \|", documented, flags=re.MULTILINE)
+    modules = {path.relative_to(SOURCE).as_posix(): path for path in SOURCE.rglob("*.py")}
+    name = {
+        path: "whetstone." + path.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for path in modules
+    }
+    name["__init__.py"] = "whetstone"
+    silent = {path for path in modules if path.endswith("/__init__.py") and not edges[name[path]]}
+    assert sorted(listed) == sorted(set(modules) - silent), "docs/architecture.md lists other modules than there are"
+    order = {name[path]: i for i, path in enumerate(listed)}
+    for module, position in order.items():
+        above = sorted(m for m in edges[module] if m in order and order[m] > position)
+        assert not above, f"{module} imports {above}, listed after it in docs/architecture.md"
+
+
+def test_no_module_over_600_lines():
+    """One job per file: no module of the package or the benchmarks grows past 600 lines."""
+    root = Path(__file__).parents[1]
+    sizes = {
+        path: len(path.read_text().splitlines())
+        for folder in ("src", "benchmarks")
+        for path in (root / folder).rglob("*.py")
+    }
+    assert not {str(path.relative_to(root)): n for path, n in sizes.items() if n > 600}
 
 
 def test_history_json_is_what_the_checkpoint_holds(tmp_path):

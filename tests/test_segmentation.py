@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 import whetstone as ws
-from whetstone.segmentation import digit_canvases, mean_iou, segmentation_network
+from whetstone.models.segmentation import digit_canvases, mean_iou, segmentation_network
 
 from conftest import torch_threads
 

@@ -16,7 +16,7 @@ import torch
 
 import whetstone as ws
 from whetstone.export.nir import read_nir
-from whetstone.graph import AffineNode, Conv2dNode, DeployError
+from whetstone.graph.nodes import AffineNode, Conv2dNode, DeployError
 from whetstone.targets import TARGETS, export, fit_report, get_target, verify
 
 from conftest import assert_equal_where_decided
@@ -172,7 +172,7 @@ def test_targets_that_cannot_run_here_say_why(trained, tmp_path):
 def test_cli_exports_for_a_target_verifies_and_fits(tmp_path, capsys):
     _consumer("speck")
     _consumer("norse")
-    from whetstone.cli import main
+    from whetstone.cli.main import main
 
     run = tmp_path / "run"
     assert main(["train", "--model", "mnist-dense", "--dataset", "mnist-mini", "--limit", "600", "--epochs", "4",
@@ -251,7 +251,7 @@ def test_a_lava_interpreter_that_hangs_fails_or_lies_ends_in_one_line_and_leaves
         for _ in range(50):
             os.kill(worker, 0)
             time.sleep(0.1)
-    from whetstone.cli import main
+    from whetstone.cli.main import main
 
     assert main(["verify", str(path), "--consumer", "lava", "--dataset", "mnist-mini", "--limit", "2"]) == 2
 
@@ -330,7 +330,7 @@ def test_lava_runs_a_skip_connection_around_a_spiking_layer_through_a_relay(mini
 
 def test_akida_model_maps_on_the_virtual_akd1000_and_the_cli_writes_and_verifies_it(tmp_path, capsys):
     _consumer("akida")
-    from whetstone.cli import main
+    from whetstone.cli.main import main
 
     run = tmp_path / "run"
     assert main(["train", "--model", "mnist-conv-small", "--dataset", "mnist-mini", "--limit", "600", "--epochs", "3",

@@ -10,8 +10,8 @@ import torch
 
 import whetstone as ws
 from whetstone.export.nir import read_nir, write_nir
-from whetstone.graph import AffineNode, DeployError, InputNode, SpikeNode, SpikingGraph
-from whetstone.sharpen import set_model_sharpness
+from whetstone.graph.nodes import AffineNode, DeployError, InputNode, SpikeNode, SpikingGraph
+from whetstone.nn.sharpen import set_model_sharpness
 from whetstone.targets import export, verify
 
 from conftest import assert_equal_where_decided, torch_threads
@@ -129,7 +129,7 @@ def test_an_unsharpened_recurrent_layer_is_named():
 
 
 def test_the_rnn_trains_binary_from_the_command_line_then_simulates_and_verifies_in_snntorch(tmp_path, capsys):
-    from whetstone.cli import main
+    from whetstone.cli.main import main
 
     out = tmp_path / "rnn"
     code = main(["train", "--model", "rnn", "--dataset", "mnist-mini", "--limit", "1000", "--epochs", "3", "--steps", "4",

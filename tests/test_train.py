@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import whetstone as ws
-from whetstone.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, PLOT_NAME, save_checkpoint
-from whetstone.data import load_dataset
+from whetstone.data.datasets import load_dataset
+from whetstone.training.checkpoint import CHECKPOINT_NAME, HISTORY_NAME, PLOT_NAME, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_per_batch_sharpening_that_finishes_mid_epoch_ends_the_run(mini):
 
 
 def test_evaluation_runs_in_full_float32():
-    from whetstone.report import binary_report, evaluate
+    from whetstone.training.evaluation import binary_report, evaluate
 
     model = small_model()
 
@@ -164,7 +164,7 @@ def test_surrogate_gradients_train_the_binary_network_for_the_whole_budget(mini)
 
 
 def test_distillation_loss_is_the_tempered_kl_divergence():
-    from whetstone.losses import distillation_loss
+    from whetstone.nn.losses import distillation_loss
 
     torch.manual_seed(0)
     student, teacher = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)

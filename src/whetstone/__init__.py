@@ -7,26 +7,22 @@ exactly 0 or 1.
 
 from importlib import metadata as _metadata
 
-from .activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
-from .calibration import calibrate
-from .callbacks import Callback
-from .checkpoint import load_checkpoint
-from .config import ConfigError, RunConfig
-from .convert import ConversionError, pool_before_spikes, spikify
-from .data import DatasetError, TensorLoader, load_dataset
-from .decode import SoftmaxDecode, key_generator
-from .graph import DeployError, SpikingGraph
-from .graph_builder import check_deployable, to_spiking_graph
-from .inference import for_inference
-from .integer import IntegerNetwork
-from .losses import Classification, Distillation, Reconstruction, distillation_loss
-from .models import SpikingClassifier, create_model, list_models
-from .quantization import quantize
-from .quantization_aware import QuantizationAware, float_weights, quantize_weights
-from .report import binary_report, evaluate, is_fully_binary
-from .restore import model_from_checkpoint
-from .run import build_run
-from .sharpen import (
+from .convert.calibration import calibrate
+from .convert.graph_builder import check_deployable, to_spiking_graph
+from .convert.inference import for_inference
+from .convert.spikify import ConversionError, pool_before_spikes, spikify
+from .data.datasets import DatasetError, load_dataset
+from .data.loader import TensorLoader
+from .graph.integer import IntegerNetwork
+from .graph.nodes import DeployError, SpikingGraph
+from .graph.quantization import quantize
+from .graph.simulator import SimResult, simulate
+from .models.zoo import SpikingClassifier, create_model, list_models
+from .nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
+from .nn.decode import SoftmaxDecode, key_generator
+from .nn.losses import Classification, Distillation, Reconstruction, distillation_loss
+from .nn.quantization_aware import QuantizationAware, float_weights, quantize_weights
+from .nn.sharpen import (
     AdaptiveSharpener,
     ScheduledSharpener,
     Sharpener,
@@ -37,9 +33,14 @@ from .sharpen import (
     sharpness_map,
     spiking_layers,
 )
-from .sim import SimResult, simulate
-from .tracing import fold_batchnorm
-from .train import Trainer
+from .nn.tracing import fold_batchnorm
+from .runs.build import build_run
+from .runs.config import ConfigError, RunConfig
+from .runs.restore import model_from_checkpoint
+from .training.callbacks import Callback
+from .training.checkpoint import load_checkpoint
+from .training.evaluation import binary_report, evaluate, is_fully_binary
+from .training.trainer import Trainer
 
 try:  # the installed distribution's version: pyproject.toml is its one source
     __version__ = _metadata.version("whetstone-snn")

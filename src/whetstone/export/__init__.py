@@ -1,4 +1,4 @@
-"""The writers of a deployable :class:`~whetstone.graph.SpikingGraph` (optional extra ``export``): NIR
+"""The writers of a deployable :class:`~whetstone.graph.nodes.SpikingGraph` (optional extra ``export``): NIR
 (:mod:`whetstone.export.nir`, which also reads NIR files back), ONNX (:mod:`whetstone.export.onnx`) and the
 8-bit ONNX network (:mod:`whetstone.export.onnx_integer`). Every file is written atomically: complete, or
 not at all.

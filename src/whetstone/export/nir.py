@@ -1,4 +1,4 @@
-"""Export a :class:`~whetstone.graph.SpikingGraph` to the Neuromorphic Intermediate Representation
+"""Export a :class:`~whetstone.graph.nodes.SpikingGraph` to the Neuromorphic Intermediate Representation
 (NIR, PyPI ``nir``), and read such a file back.
 
 Mapping (one time step; NIR sums all edges into a node):
@@ -37,9 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import install_hint
-from ..files import atomic_write
-from ..graph import (
+from ..graph.nodes import (
     AffineNode,
     AvgPool2dNode,
     Conv2dNode,
@@ -54,6 +52,8 @@ from ..graph import (
     SumPool2dNode,
     dense_weight,
 )
+from ..utils.checks import install_hint
+from ..utils.files import atomic_write
 
 __all__ = ["GENERIC", "NirStyle", "nir_name", "read_nir", "to_nir", "write_nir"]
 

@@ -1,4 +1,4 @@
-"""Export a :class:`~whetstone.graph.SpikingGraph` to ONNX: the binary network as standard operators.
+"""Export a :class:`~whetstone.graph.nodes.SpikingGraph` to ONNX: the binary network as standard operators.
 
 Each spiking layer is ``Cast(GreaterOrEqual(v, theta), float)``; a node with several inputs sums them
 (``Sum``); max pooling is ``MaxPool`` (over spikes, a logical OR); sum pooling an all-ones depthwise ``Conv``. The model has one input ``input``
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import install_hint
-from ..files import atomic_write
-from ..graph import (
+from ..graph.nodes import (
     AffineNode,
     Conv2dNode,
     DeployError,
@@ -28,6 +26,8 @@ from ..graph import (
     SpikingGraph,
     SumPool2dNode,
 )
+from ..utils.checks import install_hint
+from ..utils.files import atomic_write
 
 __all__ = ["OPSET", "to_onnx", "write_onnx"]
 

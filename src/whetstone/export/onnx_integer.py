@@ -1,4 +1,4 @@
-"""Export a quantized :class:`~whetstone.graph.SpikingGraph` to ONNX as integer arithmetic: 8-bit
+"""Export a quantized :class:`~whetstone.graph.nodes.SpikingGraph` to ONNX as integer arithmetic: 8-bit
 activations times 8-bit weights, summed exactly in 32 bits, the CPU's int8 kernels.
 
 Every activation is a ``uint8`` tensor ``u`` standing for ``u / 255``: the input pixels (``p / 255``,
@@ -10,7 +10,7 @@ are one ``QLinearConv`` (a Linear is a 1x1 convolution): the accumulator ``acc =
 the reference simulator's spikes on every image whose pixels are multiples of 1/255 (8-bit images).
 Max pooling of spikes is ``MaxPool`` on ``uint8``. The outputs are those of :mod:`whetstone.export.onnx`.
 
-It takes graphs from :func:`~whetstone.quantization.quantize` with at most 8 bits, whose weighted layers each feed
+It takes graphs from :func:`~whetstone.graph.quantization.quantize` with at most 8 bits, whose weighted layers each feed
 one spiking layer alone (chains of convolutions, linears, max pooling and flatten); a skip connection or
 a sum pooling is refused by layer name (write the float ONNX file for those).
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
-from ..graph import AffineNode, FlattenNode, MaxPool2dNode, SpikeNode, SpikingGraph
-from ..integer import check_integer_chain
+from ..graph.integer import check_integer_chain
+from ..graph.nodes import AffineNode, FlattenNode, MaxPool2dNode, SpikeNode, SpikingGraph
+from ..utils.files import atomic_write
 from .onnx import _require_onnx, checked_model, decoder_nodes
 
 __all__ = ["to_integer_onnx", "write_integer_onnx"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..checks import install_hint
+from ..utils.checks import install_hint
 
 try:
     import lightning.pytorch as pl
@@ -28,8 +28,8 @@ except ImportError:  # pragma: no cover - the older package name
             f"the Lightning callback needs lightning: {install_hint('lightning', 'lightning')}"
         ) from error
 
-from ..quantization_aware import QuantizationAware
-from ..sharpen import Sharpener
+from ..nn.quantization_aware import QuantizationAware
+from ..nn.sharpen import Sharpener
 
 __all__ = ["SharpenerCallback"]
 
@@ -38,11 +38,11 @@ class SharpenerCallback(pl.Callback):
     """Lightning callback that runs ``sharpener``'s hooks and stops training once it is done.
 
     Args:
-        sharpener: any :class:`~whetstone.sharpen.Sharpener`.
+        sharpener: any :class:`~whetstone.nn.sharpen.Sharpener`.
         stop_when_done: set ``trainer.should_stop`` when every spiking layer reaches sharpness 1
             (further epochs cannot change a fully binary network: it passes no gradient). Pass False
-            to train on with surrogate gradients (:func:`~whetstone.sharpen.set_model_surrogate`).
-        quantizer: a :class:`~whetstone.quantization_aware.QuantizationAware`: train for a chip's integer
+            to train on with surrogate gradients (:func:`~whetstone.nn.sharpen.set_model_surrogate`).
+        quantizer: a :class:`~whetstone.nn.quantization_aware.QuantizationAware`: train for a chip's integer
             weights from its ``start_epoch`` on (applied on every process).
     """
 

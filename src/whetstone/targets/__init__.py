@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import check_holds, load_dataset
+from ..data.datasets import check_holds, load_dataset
 from ..export.nir import read_nir, write_nir
 from ..export.onnx import write_onnx
-from ..graph import DeployError, SpikingGraph
-from ..sim import SimResult, simulate
+from ..graph.nodes import DeployError, SpikingGraph
+from ..graph.simulator import SimResult, simulate
 from . import akida, generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
 from .base import FitCheck, FitReport, Target, Verification
 

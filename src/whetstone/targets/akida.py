@@ -10,7 +10,7 @@ thresholds exactly. The encoder is an ``InputConvolutional`` (the only 1.0 layer
 convolution whose kernel is the whole image (zero-padded to odd sides, which Akida's kernels have: the
 image gets a zero row and column). The other layers hold 1-, 2- or 4-bit weights: the file is the
 graph quantized to 4 bits with an 8-bit encoder, each filter or unit scaled by its own largest weight (its
-thresholds are per filter: :func:`~whetstone.quantization.quantize` with ``per_channel``). Akida's tensors
+thresholds are per filter: :func:`~whetstone.graph.quantization.quantize` with ``per_channel``). Akida's tensors
 are channels-last and its ``Convolutional`` flips the kernel (a true convolution, measured; the input layer
 does not); a fully connected layer after a feature map pairs its weights with the map flattened channel, width,
 height (measured). 1.0 layers
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write, scratch_folder
-from ..graph import AffineNode, Conv2dNode, DeployError, FlattenNode, MaxPool2dNode, SpikeNode, SpikingGraph
-from ..quantization import quantize
+from ..graph.nodes import AffineNode, Conv2dNode, DeployError, FlattenNode, MaxPool2dNode, SpikeNode, SpikingGraph
+from ..graph.quantization import quantize
+from ..utils.files import atomic_write, scratch_folder
 from .base import FitCheck, FitReport, Target, chain_only, weight_bits
 
 __all__ = ["TARGET", "build_model", "fit"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..export.nir import GENERIC, NirStyle
-from ..graph import (
+from ..graph.nodes import (
     AffineNode,
     AvgPool2dNode,
     Conv2dNode,
@@ -27,7 +27,7 @@ from ..graph import (
     SpikingGraph,
     SumPool2dNode,
 )
-from ..quantization import Registers, quantize
+from ..graph.quantization import Registers, quantize
 
 __all__ = ["FitCheck", "FitReport", "Target", "Verification", "average_pools", "chain_only", "positive_thresholds"]
 
@@ -283,7 +283,7 @@ def at_most_bits(
     target: str = "",
 ) -> SpikingGraph:
     """``graph`` if its weights are integers of at most ``bits`` bits already, else quantized to ``bits``
-    (:func:`~whetstone.quantization.quantize` with ``per_channel`` and the chip's ``registers``).
+    (:func:`~whetstone.graph.quantization.quantize` with ``per_channel`` and the chip's ``registers``).
     ``one_threshold``: the chip holds one threshold per layer, so a layer whose channels have thresholds of
     their own (fed through a sum pooling) is quantized with one scale for the layer, and a graph that was
     quantized that way already is refused by ``target`` and layer name."""
@@ -327,6 +327,6 @@ def weight_bits_check(graph: SpikingGraph, bits: int, source: str) -> FitCheck:
 
 
 def weight_bits(graph: SpikingGraph) -> int | None:
-    """The bits of the graph's integer weights (from :func:`~whetstone.quantization.quantize`), or None if float."""
+    """The bits of the graph's integer weights (from :func:`~whetstone.graph.quantization.quantize`), or None if float."""
     bits = graph.metadata.get("quantized_bits")
     return int(bits) if bits is not None else None

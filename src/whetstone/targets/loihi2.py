@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from ..export.nir import NirStyle, read_nir
-from ..files import scratch_folder
-from ..graph import SpikingGraph
-from ..quantization import Registers
-from ..sim import simulate
+from ..graph.nodes import SpikingGraph
+from ..graph.quantization import Registers
+from ..graph.simulator import simulate
+from ..utils.files import scratch_folder
 from .base import FitCheck, FitReport, Target, at_most_bits, weight_bits_check
 from .consumer_process import ConsumerError, run_consumer
 from .loihi2_program import ACT_SHIFT, BIAS_MANT_MAX, STATE_LIMIT, VTH_MAX, LoihiProgram, program

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..graph import (
+from ..graph.nodes import (
     AffineNode,
     AvgPool2dNode,
     Conv2dNode,

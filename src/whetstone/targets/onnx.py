@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.onnx_integer import write_integer_onnx
-from ..graph import SpikingGraph
+from ..graph.nodes import SpikingGraph
 from .base import Target, at_most_bits
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..export.nir import NirStyle
-from ..graph import AffineNode, Conv2dNode, FlattenNode, SpikingGraph
-from ..quantization import Registers
+from ..graph.nodes import AffineNode, Conv2dNode, FlattenNode, SpikingGraph
+from ..graph.quantization import Registers
 from .base import (
     FitCheck,
     FitReport,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.nir import NirStyle
-from ..graph import DeployError, SpikeNode, SpikingGraph
+from ..graph.nodes import DeployError, SpikeNode, SpikingGraph
 from .base import Target, average_pools
 
 STYLE = NirStyle(target="spikingjelly", fires_on=">=", pooling="avg", run="import_from_nir(dt=1); state=None; one step")

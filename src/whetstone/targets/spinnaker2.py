@@ -12,7 +12,7 @@ The memory check is an estimate: 1 byte per stored weight and 16 bytes of state 
 from __future__ import annotations
 
 from ..export.nir import NirStyle
-from ..graph import SpikingGraph
+from ..graph.nodes import SpikingGraph
 from .base import FitCheck, FitReport, Target, at_most_bits, populations, weight_bits_check
 
 STYLE = NirStyle(target="spinnaker2", run="py-spinnaker2: one time step from rest (unverified here)")

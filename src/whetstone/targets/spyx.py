@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.nir import NirStyle
-from ..graph import SpikingGraph
+from ..graph.nodes import SpikingGraph
 from .base import Target, chain_only, no_padded_pools
 
 STYLE = NirStyle(target="spyx", layout="hwc",

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..export.nir import NirStyle
-from ..graph import AffineNode, GraphNode, SpikingGraph
-from ..quantization import Registers
+from ..graph.nodes import AffineNode, GraphNode, SpikingGraph
+from ..graph.quantization import Registers
 from .base import (
     FitCheck,
     FitReport,

@@ -1,0 +1,279 @@
+"""How a deployable graph routes channels: concatenations, channel slices and splits, moves (views,
+transposes, shuffles) and gates of spikes by spikes, each as synapses of weight 1 (or a coincidence neuron),
+fused into the layers that compute their parts once the graph is complete. A part of :mod:`.graph_builder`'s
+builder (:class:`ChannelRouting` is one of its bases): the rest of its calls are layers, poolings and spikes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..graph.nodes import WEIGHTED_NODES, AffineNode, Conv2dNode, DeployError, GraphNode, SpikeNode, dense_weight
+from ..nn.tracing import describe_call
+from .graph_term import Term
+
+__all__ = ["ChannelRouting"]
+
+
+class ChannelRouting:
+    """The builder's handlers of calls that route channels (mixed into :class:`~.graph_builder._GraphBuilder`,
+    whose state and bookkeeping they use: ``nodes``, ``alias``, ``origin``, ``placements``, ``_terms``...)."""
+
+    def concatenate(self, fx_node: torch.fx.Node) -> None:
+        """``torch.cat`` along channels (or features) is a sum of placements: each part's values, through synapses
+        of weight 1, into its own channels of the whole (a 1x1 convolution, or a Linear, zero elsewhere). Spikes
+        stay spikes; a part that is a layer's real output has its placement fused into that layer's weights once
+        the graph is complete (:meth:`_fuse_placements`), so no extra layer is left between neurons."""
+        parts = fx_node.args[0] if fx_node.args else fx_node.kwargs.get("tensors")
+        dim = fx_node.args[1] if len(fx_node.args) > 1 else fx_node.kwargs.get("dim", 0)
+        shape = self._shape(fx_node)
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, torch.fx.Node) for p in parts):
+            self.unsupported_call(fx_node)
+        if dim % (len(shape) + 1) != 1:
+            raise DeployError(
+                f"{describe_call(fx_node)} concatenates along dimension {dim}; only channels (dim=1) deploy"
+            )
+        stem, offset, terms = self._name(fx_node), 0, []
+        for index, part in enumerate(parts):
+            width = self._shape(part)[0]
+            for number, term in enumerate(self.alias[part]):
+                if term.spatial is not None:
+                    raise DeployError(f"{stem}: concatenates unevenly averaged values, which cannot be folded")
+                name = f"{stem}.part{index}" + (f"_{number}" if number else "")
+                spikes = self.origin[term.name] is None  # placed by weight-1 synapses, spikes stay spikes
+                weight = 1.0 if spikes else term.scale  # (a calibrated layer's spikes keep their scale in the term)
+                self.nodes.append(_placement(name, term.name, weight, self._shape(part), shape, offset))
+                self.origin[name] = self.origin[term.name]
+                self.placements.add(name)
+                terms.append(Term(name, term.scale if spikes else 1.0))
+            offset += width
+        self.alias[fx_node] = terms
+
+    @staticmethod
+    def _replayed(fx_node: torch.fx.Node, index: torch.Tensor) -> Any:
+        """A data-moving call replayed on ``index`` (element numbers) with the sizes it was traced with."""
+        args = [a.meta["value"] if isinstance(a, torch.fx.Node) else a for a in fx_node.args[1:]]
+        kwargs = {k: v.meta["value"] if isinstance(v, torch.fx.Node) else v for k, v in fx_node.kwargs.items()}
+        if isinstance(fx_node.target, str):
+            return getattr(index, fx_node.target)(*args, **kwargs)
+        return fx_node.target(index, *args, **kwargs)
+
+    def move(self, fx_node: torch.fx.Node) -> None:
+        """``view``/``reshape``/``transpose``/``permute``/``contiguous``, alone or in a chain: nothing where the
+        elements stay in order (or a flatten), weight-1 synapses into permuted channels where the chain permutes
+        channels (ShuffleNet's shuffle); intermediate shapes wait for the rest of the chain; refused otherwise."""
+        source = fx_node.args[0]
+        if source in self.pending:
+            base, index = self.pending[source]
+        else:
+            base, shape = source, self._shape(source)
+            index = torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape)
+        moved = self._replayed(fx_node, index)
+        base_shape, shape = self._shape(base), tuple(moved.shape[1:])
+        order = moved.reshape(-1).long().numpy()
+        name = self._name(fx_node)
+        if np.array_equal(order, np.arange(len(order))) and shape == base_shape:
+            self.alias[fx_node] = self.alias[base]
+        elif np.array_equal(order, np.arange(len(order))) and len(shape) == 1 and len(base_shape) > 1:
+            self._flatten(fx_node, name, self.alias[base])
+        elif len(shape) == 3 and shape == base_shape:
+            channels = order.reshape(shape)[:, 0, 0] // (shape[1] * shape[2])
+            if not np.array_equal(order.reshape(shape), _channel_gather(channels, shape)):
+                raise DeployError(
+                    f"{describe_call(fx_node)} moves values between positions; only a permutation of channels deploys"
+                )
+            self._select(fx_node, channels, shape, f"{name}.order", self.alias[base])
+        else:
+            self.pending[fx_node] = (base, moved)  # an intermediate shape: the calls that follow resolve it
+
+    def split(self, fx_node: torch.fx.Node) -> None:
+        """``x.chunk(n, 1)`` / ``x.split(size, 1)``: each piece a range of channels, taken by :meth:`piece`."""
+        shape = self._shape(fx_node.args[0])
+        pieces = self._replayed(fx_node, torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape))
+        dims = {tuple(piece.shape[2:]) == tuple(shape[1:]) for piece in pieces}
+        if dims != {True} or len(shape) != 3:
+            raise DeployError(f"{describe_call(fx_node)} splits other than along channels; only channel splits deploy")
+        starts = [int(piece.reshape(-1)[0]) // (shape[1] * shape[2]) for piece in pieces]
+        self.pieces[fx_node] = [
+            range(start, start + piece.shape[1]) for start, piece in zip(starts, pieces, strict=True)
+        ]
+        self.alias[fx_node] = []
+
+    def piece(self, fx_node: torch.fx.Node) -> None:
+        split, index = fx_node.args
+        channels = np.array(self.pieces[split][index])
+        source = split.args[0]
+        self._select(fx_node, channels, self._shape(source), f"{self._name(fx_node)}.take", self.alias[source])
+
+    def take(self, fx_node: torch.fx.Node) -> None:
+        """``x[:, :8]``, ``x[:, idx]``: a selection of channels (or features), as weight-1 synapses into the taken
+        ones; anything that takes positions or samples is refused."""
+        source = fx_node.args[0]
+        shape = self._shape(source)
+        taken = self._replayed(fx_node, torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape))
+        if not isinstance(taken, torch.Tensor) or taken.dim() != len(shape) + 1 or taken.shape[0] != 1:
+            raise DeployError(f"{describe_call(fx_node)} indexes other than a selection of channels; only that deploys")
+        order = taken.reshape(-1).long().numpy()
+        if len(shape) == 3:
+            channels = order.reshape(taken.shape[1:])[:, 0, 0] // (shape[1] * shape[2])
+            if tuple(taken.shape[2:]) != shape[1:] or not np.array_equal(
+                order.reshape(taken.shape[1:]), _channel_gather(channels, shape)
+            ):
+                raise DeployError(f"{describe_call(fx_node)} takes positions, not whole channels; only a selection "
+                                  "of channels deploys")  # fmt: skip
+        else:
+            channels = order
+        self._select(fx_node, channels, shape, f"{self._name(fx_node)}.take", self.alias[source])
+
+    def _select(
+        self, fx_node: torch.fx.Node, channels: np.ndarray, shape: tuple[int, ...], stem: str, sources: list[Term]
+    ) -> None:
+        """Output channel ``k`` is input channel ``channels[k]``: weight-1 synapses (a 1x1 convolution) from each
+        of ``sources`` (the terms of the value moved)."""
+        terms = []
+        for number, term in enumerate(sources):
+            if term.spatial is not None:
+                raise DeployError(f"{stem}: moves unevenly averaged values, which cannot be folded")
+            matrix = np.zeros((len(channels), shape[0]), dtype=np.float32)
+            matrix[np.arange(len(channels)), channels] = term.scale
+            name = stem + (f"_{number}" if number else "")
+            self.nodes.append(_routing(name, term.name, matrix, (len(channels), *shape[1:])))
+            self.origin[name] = self.origin[term.name]  # moved spikes are spikes
+            self.placements.add(name)
+            terms.append(Term(name))
+        self.alias[fx_node] = terms
+
+    def _fuse_placements(self) -> None:
+        """A placement whose input is a layer that feeds nothing else becomes part of that layer: its weights and
+        bias written into the placed channels (zero elsewhere), repeated until none is left to fuse (a selection
+        of a shuffle of a concatenation becomes one layer). Placements of spikes stay (weight-1 synapses)."""
+        while True:
+            users: dict[str, int] = {node.name: 0 for node in self.nodes}
+            for node in self.nodes:
+                for name in node.inputs:
+                    users[name] += 1
+            candidates = (
+                (placement, self._graph_node(placement.inputs[0]))
+                for placement in self.nodes
+                if placement.name in self.placements
+            )
+            found = next(
+                (
+                    (placement, source)
+                    for placement, source in candidates
+                    if isinstance(source, WEIGHTED_NODES) and users[source.name] == 1 and source.name != self.output
+                ),
+                None,
+            )
+            if found is None:
+                return
+            placement, source = found
+            fused = _fused(placement, source)
+            self.nodes[self.nodes.index(source)] = fused
+            self.nodes.remove(placement)
+            for node in self.nodes:
+                node.inputs = [fused.name if name == placement.name else name for name in node.inputs]
+            if self.output == placement.name:
+                self.output = fused.name
+
+    def product(self, fx_node: torch.fx.Node) -> None:
+        """``x * c`` or ``x / c`` with a positive constant ``c``: a scale, folded into the synapses (or threshold) that
+        read it. ``a * g`` of two spike trains (a squeeze-and-excitation gate: spikes times a per-channel spike):
+        ``1`` exactly where both fire, the integrate-and-fire neuron ``1[a + g >= 1.5]``, the gate's spikes
+        reaching every position it covers through weight-1 synapses."""
+        left, right = fx_node.args[:2]
+        dividing = fx_node.target in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+        values = [arg for arg in (left, right) if isinstance(arg, torch.fx.Node) and "value" not in arg.meta]
+        if len(values) == 1 and not fx_node.kwargs:
+            constant = self._constant(fx_node, right if values[0] is left else left)
+            if dividing and values[0] is not left:
+                raise DeployError(
+                    f"{describe_call(fx_node)} divides by a value of the network, which no neuron computes"
+                )
+            if isinstance(constant, bool) or not isinstance(constant, (int, float)) or not 0 < constant < math.inf:
+                raise DeployError(f"{describe_call(fx_node)} multiplies by {constant!r}; only a positive number folds into "
+                                  "the synapses (a tensor of factors, or a negative one, does not)")  # fmt: skip
+            factor = 1.0 / constant if dividing else float(constant)
+            terms = self.alias[values[0]]
+            self.alias[fx_node] = [dataclasses.replace(term, scale=term.scale * factor) for term in terms]
+            return
+        if len(values) != 2 or dividing or fx_node.kwargs:
+            self.unsupported_call(fx_node)
+        self._gate(fx_node, values)
+
+    def _gate(self, fx_node: torch.fx.Node, operands: list[torch.fx.Node]) -> None:
+        name, shape, inputs, scale = self._name(fx_node), self._shape(fx_node), [], 1.0
+        for operand in operands:
+            terms = self.alias[operand]
+            term = terms[0] if len(terms) == 1 else None
+            if term is None or term.spatial is not None or self.origin[term.name] is not None:
+                source = self.origin[term.name] if term is not None else None
+                what = f"the real-valued output of {source!r}" if source else "a value that is not binary spikes"
+                raise DeployError(
+                    f"{describe_call(fx_node)} multiplies {what}: a product is deployable only between spikes (a gate of "
+                    "spikes by spikes is one neuron that fires where both do); put a spiking activation before the "
+                    "product (e.g. an nn.ReLU on the gated value), or build the model without the gate"
+                )
+            scale *= term.scale  # (s a)(r g) = s r (a AND g): the product of calibrated spikes weighs s r
+            inputs.append(self._broadcast(f"{name}.spread{len(inputs)}", term.name, self._shape(operand), shape))
+        node = SpikeNode(name, inputs, shape, np.full(shape, 1.5, dtype=np.float32))
+        self._add(fx_node, node, Term(name, scale))
+
+    def _broadcast(self, name: str, source: str, given: tuple[int, ...], shape: tuple[int, ...]) -> str:
+        """``source`` (spikes of shape ``given``) where a product broadcasts it to ``shape``: itself where the
+        shapes agree, else weight-1 synapses from each unit to every position it covers (a convolution of a
+        1x1 map whose kernel spans the whole map, padded to give every position)."""
+        if given == shape:
+            return source
+        if len(shape) != 3 or len(given) != 3 or any(g not in (1, s) for g, s in zip(given, shape, strict=True)):
+            raise DeployError(f"{name}: a gate of shape {given} cannot be spread over values of shape {shape}")
+        channels, kernel = shape[0], (shape[1] // given[1], shape[2] // given[2])
+        groups = channels if given[0] == channels else 1
+        weight = np.ones((channels, given[0] // groups, *kernel), dtype=np.float32)
+        padding = (kernel[0] - 1, kernel[1] - 1)
+        node = Conv2dNode(
+            name, [source], shape, weight, np.zeros(channels, np.float32), (1, 1), padding, (1, 1), groups
+        )
+        self.nodes.append(node)
+        self.origin[name] = None  # spikes moved by weight-1 synapses stay spikes
+        self.placements.add(name)
+        return name
+
+
+def _channel_gather(channels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The element indices of taking input channel ``channels[k]`` as output channel ``k`` (positions kept)."""
+    positions = np.arange(shape[1] * shape[2]).reshape(1, shape[1], shape[2])
+    return channels[:, None, None] * (shape[1] * shape[2]) + positions
+
+
+def _placement(
+    name: str, source: str, weight: float, part: tuple[int, ...], whole: tuple[int, ...], offset: int
+) -> GraphNode:
+    """Synapses of ``weight`` from each unit of ``source`` (of shape ``part``) to the same unit, ``offset``
+    channels on, of ``whole``: a 1x1 convolution for (C, H, W) values, a Linear for flat ones."""
+    matrix = np.zeros((whole[0], part[0]), dtype=np.float32)
+    matrix[offset + np.arange(part[0]), np.arange(part[0])] = weight
+    return _routing(name, source, matrix, whole)
+
+
+def _routing(name: str, source: str, matrix: np.ndarray, shape: tuple[int, ...]) -> GraphNode:
+    """Synapses ``matrix`` (out, in) from ``source`` to each position of a value of ``shape``, no bias: a 1x1
+    convolution for (C, H, W) values, a Linear for flat ones."""
+    bias = np.zeros(len(matrix), np.float32)
+    if len(shape) == 3:
+        return Conv2dNode(name, [source], shape, matrix[:, :, None, None].copy(), bias, (1, 1), (0, 0), (1, 1), 1)
+    return AffineNode(name, [source], shape, matrix.copy(), bias)
+
+
+def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
+    """``layer`` followed by ``placement`` as one layer of the same name (grouped convolutions made dense)."""
+    matrix = placement.weight.reshape(len(placement.weight), -1)  # (whole, part)
+    if isinstance(layer, AffineNode):
+        return dataclasses.replace(layer, shape=placement.shape, weight=matrix @ layer.weight, bias=matrix @ layer.bias)
+    fused = np.einsum("oc,cikl->oikl", matrix, dense_weight(layer.weight, layer.groups)).astype(np.float32)
+    return dataclasses.replace(layer, shape=placement.shape, weight=fused, bias=matrix @ layer.bias, groups=1)

@@ -1,0 +1,1 @@
+"""The model zoo: reference architectures by name with their recipes, and the task-specific networks."""

@@ -1,0 +1,1 @@
+"""The sharpenable network's parts: spiking activations, decoders, losses, sharpeners, tracing."""

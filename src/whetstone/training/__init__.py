@@ -1,0 +1,1 @@
+"""Training: the trainer, its callbacks and history, checkpoints, evaluation, several processes."""
