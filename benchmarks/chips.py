@@ -1,7 +1,7 @@
 """The chips' own toolchains on whole test sets: each network written for Loihi 2 and run in Lava 0.10
-(``fixed_pt``, bit-accurate, and ``floating_pt``), and written as an Akida model and run in Akida's engine,
-image by image against the reference simulator; with Lava's time per image and the accuracy at Akida's
-weight bits. Prints Markdown for docs/results.md (``--write`` puts it there).
+(``fixed_pt``, bit-accurate, and ``floating_pt``), written as an Akida model and run in Akida's engine, and
+written as the PyNN script for SpiNNaker 1 and run on NEST, image by image against the reference simulator;
+with each one's time per image and the accuracy at Akida's weight bits. Prints Markdown for docs/results.md (``--write`` puts it there).
 
     python benchmarks/chips.py SOURCE [SOURCE ...] --data-dir ../shared/data [--limit N] [--write]
 
@@ -69,13 +69,29 @@ def akida_rows(name: str, graph, images: np.ndarray, labels: np.ndarray, folder:
     return [row]
 
 
+def pynn_rows(name: str, graph, images: np.ndarray, folder: Path) -> list[str]:
+    import nest
+    import pyNN
+
+    target = get_target("pynn")
+    prepared = target.prepare(graph)
+    path = export(graph, folder / f"{name}-pynn.py", "pynn")
+    expected = simulate(prepared, images).output_spikes
+    started = time.perf_counter()
+    spikes = np.concatenate([target.run(path, images[i : i + CHUNK]) for i in range(0, len(images), CHUNK)])
+    wall = time.perf_counter() - started
+    same = int((spikes == expected).all(axis=1).sum())
+    return [(f"| {name} | PyNN {pyNN.__version__} on NEST {nest.__version__} | {same:,}/{len(images):,} | "
+            f"{wall / len(images) * 1000:.1f} ms (the script's whole run) | {wall:.0f} |")]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+")
     parser.add_argument("--data-dir")
     parser.add_argument("--limit", type=int, help="only the first N test images")
     parser.add_argument("--float-limit", type=int, help="run Lava's floating_pt on only the first N images")
-    parser.add_argument("--parts", nargs="+", choices=["lava", "akida"], default=["lava", "akida"])
+    parser.add_argument("--parts", nargs="+", choices=["lava", "akida", "pynn"], default=["lava", "akida"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="write the tables into docs/results.md")
     args = parser.parse_args()
@@ -88,6 +104,10 @@ def main() -> None:
     header = ("| network | same output spikes (Akida engine vs simulator) | accuracy float | 8-bit | Akida bits (8-bit "
               "input layer, 4-bit others) | Akida's time per image |")  # fmt: skip
     akida = [header, "|---|---:|---:|---:|---:|---:|"]
+    pynn = [
+        "| network | software | same output spikes as the simulator | time per image | wall s |",
+        "|---|---|---:|---:|---:|",
+    ]
     with tempfile.TemporaryDirectory() as folder:
         for source in args.sources:
             name, graph, dataset = load_source(source)
@@ -99,13 +119,17 @@ def main() -> None:
             if "akida" in args.parts:
                 akida += akida_rows(name, graph, images, labels, Path(folder))
                 print(akida[-1], flush=True)
+            if "pynn" in args.parts:
+                pynn += pynn_rows(name, graph, images, Path(folder))
+                print(pynn[-1], flush=True)
     results = Path(__file__).parents[1] / "docs" / "results.md"
-    for part, table, title in (("lava", lava, "Loihi 2 in Lava"), ("akida", akida, "Akida")):
+    for part, table, title in (("lava", lava, "Loihi 2 in Lava (issue #27)"), ("akida", akida, "Akida (issue #27)"),
+                               ("pynn", pynn, "SpiNNaker 1 through PyNN (issue #37)")):  # fmt: skip
         if part in args.parts:
             text = "\n".join([f"Measured with `{command}` on {machine()}.", "", *table])
             print(text)
             if args.write:
-                write_section(results, f"chips-{part}", f"Chips' own toolchains: {title} (issue #27)", text)
+                write_section(results, f"chips-{part}", f"Chips' own toolchains: {title}", text)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ CONSUMERS = {
     "onnx-int8": ("onnxruntime", "pip install onnxruntime"),
     "loihi2": ("lava", "a Python 3.10 environment with lava-nc 0.10: make install makes one"),
     "akida": ("akida", "pip install akida==2.19.3"),
+    "pynn": ("nest", "pip install pyNN nest-simulator"),
 }
 #: Consumers that simulate in float (the chips' toolchains hold integers).
 FLOAT_CONSUMERS = ("snntorch", "norse", "spikingjelly", "spyx", "onnx")
@@ -40,7 +41,7 @@ FLOAT_CONSUMERS = ("snntorch", "norse", "spikingjelly", "spyx", "onnx")
 NETWORKS = {
     "dense": ("trained_dense", set(CONSUMERS)),
     "conv-maxpool": ("trained", set(CONSUMERS) - {"xylo", "akida"}),  # akida: a stride-2 convolution after the input
-    "residual": ("trained_residual", set(CONSUMERS) - {"xylo", "spyx", "onnx-int8", "akida"}),
+    "residual": ("trained_residual", set(CONSUMERS) - {"xylo", "spyx", "onnx-int8", "akida"}),  # pynn: its own test
 }
 
 
@@ -61,9 +62,11 @@ def _cases():
     for network in NETWORKS:
         for consumer in CONSUMERS:
             for bits in (None, 6):  # 6 bits: more membranes exactly on a threshold than 8, the harder case
-                if consumer == "loihi2" and bits is None:  # 8 bits either way; Lava's 8-bit run is the relay test's
+                if consumer in ("loihi2", "pynn") and bits is None:  # 8 bits either way (see the relay tests)
                     continue
-                if network == "dense" and bits and consumer in FLOAT_CONSUMERS + ("loihi2",):
+                if consumer == "pynn" and network == "residual":  # skips as delays: the pynn test below
+                    continue
+                if network == "dense" and bits and consumer in FLOAT_CONSUMERS + ("loihi2", "pynn"):
                     continue  # integer weights in these consumers: the conv and residual networks' int6 cases
                 yield pytest.param(
                     network, consumer, bits, id=f"{network}-{consumer}-{f'int{bits}' if bits else 'float'}"
@@ -131,6 +134,14 @@ def test_chip_fit_reports_name_the_layer_the_limit_and_the_value(trained, traine
     assert failure.part == "features.2" and failure.value == "real-valued pixels" and "sinabs" in failure.source
     assert all("core" in check.value for check in speck.checks if check.limit.startswith("kernel"))
     assert fit_report(conv, "loihi2").fits and fit_report(conv, "spinnaker2").fits
+    spinnaker = {
+        check.part: check for check in fit_report(conv, "spinnaker1").checks if "per projection" not in check.limit
+    }
+    assert spinnaker["features.2"].limit == "spike sources"  # the encoder runs on the host
+    units = int(np.prod(conv.node("features.6").shape))  # 256 neurons to a core
+    assert spinnaker["features.6"].value.startswith(f"{units:,} neurons")
+    assert spinnaker["features.6"].value.endswith(f"-> {-(-units // 256)} core(s)")
+    assert spinnaker["features.6"].source.startswith("sPyNNaker 7.4.1")  # 256 neurons a core: its default
     # A figure derived rather than published says so: Loihi 2's synapses per core are the chip's over its cores.
     per_core = [c for c in fit_report(conv, "loihi2").checks if "per core" in c.limit]
     assert per_core and all("(estimate)" in c.limit and c.source.startswith("estimate: ") for c in per_core)
@@ -164,6 +175,7 @@ def test_targets_that_cannot_run_here_say_why(trained, tmp_path):
         "loihi2",
         "akida",
         "spinnaker2",
+        "pynn",
         "onnx",
         "onnx-int8",
     } == set(TARGETS)
@@ -204,6 +216,23 @@ def test_cli_exports_for_a_target_verifies_and_fits(tmp_path, capsys):
     )
     assert main(["fit", str(run), "--chip", "xylo"]) == 1  # 784 inputs: it does not fit
     assert "does NOT fit" in capsys.readouterr().out
+    # A file that holds no graph of its own (a PyNN script) is verified against its run: the file's folder or --run.
+    _consumer("pynn")
+    assert main(["export", str(run), "--format", "py", "--target", "spinnaker1", "--no-progress"]) == 0
+    assert "SpiNNaker 1 (sPyNNaker): the network fits" in capsys.readouterr().out
+    script, moved = run / "model-pynn.py", tmp_path / "moved.py"
+    moved.write_text(script.read_text())
+    for file, extra, code, said in ((script, [], 0, "PyNN (NEST): the same class as the simulator on 100 of 100 images"),
+                                    (moved, [], 2, "moved.py holds no graph of its own: pass --run"),
+                                    (moved, ["--run", str(run)], 0, "the same output spikes on 100")):  # fmt: skip
+        argv = ["verify", str(file), "--consumer", "pynn", "--dataset", "mnist-mini", "--limit", "100", "--no-progress"]
+        assert main(argv + extra) == code
+        printed = capsys.readouterr()
+        assert said in printed.out + printed.err
+    other = ws.quantize(ws.to_spiking_graph(ws.model_from_checkpoint(torch.load(run / "checkpoint.pt", weights_only=False)),
+                                            (1, 28, 28)), 4)  # fmt: skip
+    with pytest.raises(ValueError, match="holds another network than the run's"):
+        verify(script, "pynn", np.zeros((1, 1, 28, 28), np.float32), reference=get_target("pynn").prepare(other))
 
 
 def test_lava_without_its_environment_says_how_to_make_one(trained, tmp_path, monkeypatch):
@@ -302,22 +331,28 @@ class _TwoLayerBlock(torch.nn.Module):
         return self.spike(self.second(self.first(x)) + x)
 
 
+def _skip_around_a_layer() -> torch.nn.Module:
+    """A sharpened network whose skip connection bypasses a spiking layer; untrained, with weights large
+    enough that every layer both fires and stays silent."""
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), ws.SpikingBReLU(), _TwoLayerBlock(4),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 20), ws.SpikingBReLU())  # fmt: skip
+    model = ws.SpikingClassifier(body, ws.key_generator(10, 20, overlapping=False, seed=0)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.normal_(0.0, 0.4)
+                module.bias.fill_(0.2)
+    ws.set_model_sharpness(model, 1.0)
+    return model
+
+
 def test_lava_runs_a_skip_connection_around_a_spiking_layer_through_a_relay(mini_test, tmp_path):
     """The skip arrives a step before the path through the block's first layer: a relay population holds it."""
     _consumer("loihi2")
     from whetstone.targets.loihi2_program import program
 
-    torch.manual_seed(0)
-    body = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), ws.SpikingBReLU(), _TwoLayerBlock(4),
-                               torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 20), ws.SpikingBReLU())  # fmt: skip
-    model = ws.SpikingClassifier(body, ws.key_generator(10, 20, overlapping=False, seed=0)).eval()
-    with torch.no_grad():  # untrained, with weights large enough that every layer both fires and stays silent
-        for module in model.modules():
-            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                module.weight.normal_(0.0, 0.4)
-                module.bias.fill_(0.2)
-    for layer in ws.spiking_layers(model):
-        layer.set_sharpness(1.0)
+    model = _skip_around_a_layer()
     graph = get_target("loihi2").prepare(ws.to_spiking_graph(model, (1, 28, 28)))
     assert [layer.depth for layer in program(graph).layers if layer.relay] == [1]
     images = mini_test[0][:200].numpy()
@@ -448,3 +483,47 @@ def test_a_recurrent_edge_is_named_as_such_where_a_chain_is_needed():
             DeployError, match="runs layers in a chain only; this graph branches here \\(a recurrent edge"
         ):
             get_target(target).prepare(graph)
+
+
+def test_pynn_script_runs_a_skip_connection_with_delays_and_needs_no_whetstone(mini_test, tmp_path):
+    """A skip around a spiking layer arrives through a synapse one step longer; a bias and a threshold at or
+    below rest are exact; the script imports numpy, PyNN and the standard library only."""
+    _consumer("pynn")
+    import ast
+
+    model = _skip_around_a_layer()
+    graph = get_target("pynn").prepare(ws.to_spiking_graph(model, (1, 28, 28)))
+    images = mini_test[0][:200].numpy()
+    path = export(graph, tmp_path / "m.py", "spinnaker")  # the alias
+    simulated = ws.simulate(graph, images.reshape(-1, 1, 28, 28))
+    assert all(0.05 < layer.spikes / layer.units / 200 < 0.95 for layer in simulated.layers if layer.op == "spike")
+    np.testing.assert_array_equal(get_target("pynn").run(path, images), simulated.output_spikes)
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    sPyNNaker = {"pacman", "spinn_front_end_common"}  # its mapper's, imported by --map alone
+    assert imported == {"__future__", "argparse", "base64", "importlib", "io", "json", "zlib", "numpy"} | sPyNNaker
+    single = ws.SpikingClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 20), ws.SpikingBReLU()),
+                                  ws.key_generator(10, 20, overlapping=False, seed=0))  # fmt: skip
+    ws.set_model_sharpness(single, 1.0)
+    with pytest.raises(DeployError, match="the output layer reads the pixels; nothing would run in PyNN"):
+        export(ws.to_spiking_graph(single, (1, 28, 28)), tmp_path / "single.py", "pynn")
+
+
+def test_spinnaker1_fit_runs_spynnakers_own_mapper_and_counts_its_synaptic_rows(trained):
+    """Where sPyNNaker installs, the report maps the script on a virtual SpiNN-5 board; the row check (the
+    synapses from one neuron in one projection, at most 256) decides as sPyNNaker's mapper does."""
+    pytest.importorskip("spynnaker", reason="sPyNNaker is not installed (pip install 'spynnaker==1!7.4.1')")
+    for model in (trained,):  # (mnist-dense maps: the report the CLI test's export prints)
+        report = fit_report(ws.to_spiking_graph(model, (1, 28, 28)), "spinnaker1")
+        rows = [c for c in report.checks if c.limit == "<= 256 synapses from one neuron per projection"]
+        mapped = [c for c in report.checks if c.limit == "sPyNNaker maps it (a virtual SpiNN-5 board)"]
+        assert rows and len(mapped) == 1
+        assert mapped[0].fits == all(c.fits for c in rows), (mapped[0].value, [c.value for c in rows])
+        if mapped[0].fits:
+            assert re.fullmatch(r"\d+ cores on \d+ chip\(s\)", mapped[0].value)
+        else:
+            assert mapped[0].value.startswith("SynapseRowTooBigException")

@@ -64,7 +64,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     ex.add_argument(
-        "--format", choices=["nir", "onnx", "fbz"], required=True, help="fbz: an Akida model (--target akida)"
+        "--format",
+        choices=["nir", "onnx", "fbz", "py"],
+        required=True,
+        help="fbz: an Akida model (--target akida); py: a PyNN script (--target pynn)",
     )
     ex.add_argument("--target", choices=_TARGET_NAMES, help="the software or chip the file is for (default: generic)")
     ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
@@ -77,7 +80,8 @@ def make_parser() -> argparse.ArgumentParser:
     ve = commands.add_parser(
         "verify", parents=[data], help="run a NIR file in a consumer's software, against the simulator"
     )
-    ve.add_argument("file", help="a .nir file")
+    ve.add_argument("file", help="a file export wrote (.nir, .py, .onnx, .fbz)")
+    ve.add_argument("--run", help="the run a file other than .nir was exported from (default: the file's folder)")
     ve.add_argument("--consumer", choices=_TARGET_NAMES, required=True)
     ve.add_argument("--dataset", choices=list(DATASETS), required=True)
     ve.add_argument("--split", choices=["train", "test"], default="test")
@@ -242,10 +246,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..runs.restore import graph_as_exported
     from ..targets import verify_on_dataset
 
+    run = args.run or Path(args.file).parent  # a file other than .nir holds no graph: its run's, as export prepared it
+    if Path(args.file).suffix != ".nir" and not args.run and not (run / "checkpoint.pt").is_file():
+        raise ValueError(f"{args.file} holds no graph of its own: pass --run, the run it was exported from")
+    reference = graph_as_exported(run, args.consumer) if Path(args.file).suffix != ".nir" else None
     result = verify_on_dataset(args.file, args.consumer, args.dataset, args.split, args.limit, args.data_dir,
-                               args.download, progress=not args.no_progress)  # fmt: skip
+                               args.download, reference, progress=not args.no_progress)  # fmt: skip
     print(result.line())
     return 0 if result.classes_equal == result.samples else 1
 

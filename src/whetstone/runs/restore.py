@@ -118,3 +118,12 @@ def quantized_as_trained(graph: SpikingGraph, checkpoint: dict[str, Any], bits: 
         return graph
     bits, encoder_bits, per_channel = trained_for
     return quantize(graph, bits, encoder_bits=encoder_bits, per_channel=per_channel)
+
+
+def graph_as_exported(run: str | Path, target: str, bits: int | None = None) -> SpikingGraph:
+    """The graph ``whetstone export RUN --target TARGET [--bits N]`` writes (prepared for the target): what a
+    file that does not hold its own graph (a PyNN script, ONNX, an Akida model) is verified against."""
+    from ..targets import get_target
+
+    trained, _, checkpoint = graph_from_checkpoint(str(run))
+    return get_target(target).prepare(quantized_as_trained(trained, checkpoint, bits))

@@ -23,7 +23,7 @@ from ..export.nir import read_nir, write_nir
 from ..export.onnx import write_onnx
 from ..graph.nodes import DeployError, SpikingGraph
 from ..graph.simulator import SimResult, simulate
-from . import akida, generic, loihi2, norse, onnx, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
+from . import akida, generic, loihi2, norse, onnx, pynn, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
 from .base import FitCheck, FitReport, Target, Verification
 
 __all__ = [
@@ -45,7 +45,7 @@ TARGETS: dict[str, Target] = {
     target.name: target
     for target in (
         generic.TARGET, snntorch.TARGET, norse.TARGET, speck.TARGET, spikingjelly.TARGET, spyx.TARGET, xylo.TARGET,
-        loihi2.TARGET, akida.TARGET, spinnaker2.TARGET, onnx.TARGET, onnx.INTEGER,
+        loihi2.TARGET, akida.TARGET, spinnaker2.TARGET, pynn.TARGET, onnx.TARGET, onnx.INTEGER,
     )
 }  # fmt: skip
 _ALIASES = {alias: target.name for target in TARGETS.values() for alias in target.aliases}
@@ -120,6 +120,8 @@ def verify(
     chosen = get_target(consumer)
     if chosen.run is None:
         raise ValueError(f"{chosen.consumer} cannot run here: {chosen.unavailable}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no file {path}")
     if Path(path).suffix != f".{chosen.format}":
         raise ValueError(f"{path}: {chosen.consumer} runs .{chosen.format} files")
     if reference is None:
@@ -129,6 +131,8 @@ def verify(
         _check_written_for(path, reference.metadata.get("whetstone_target"), chosen)
         if chosen.fit is not None:  # a chip's file read back is checked as export checks it (ranges, registers)
             chosen.prepare(reference)
+    elif chosen.check_reference is not None:
+        chosen.check_reference(Path(path), reference)
     images = np.asarray(images, dtype=np.float32)
     if reference.is_temporal:
         if not chosen.runs_in_time:

@@ -117,6 +117,8 @@ class Target:
     format: str = "nir"
     write: Callable[[SpikingGraph, Path, bool], Path] | None = None  # a writer of its own (graph, path, replace)
     runs_in_time: bool = False  # writes and runs graphs with recurrent edges and membranes carried over steps
+    #: For a format that does not hold its graph: refuse (ValueError) a reference the file was not written from.
+    check_reference: Callable[[Path, SpikingGraph], None] | None = None
 
     def with_style(self, **changes: Any) -> Target:
         return dataclasses.replace(self, style=dataclasses.replace(self.style, **changes))

@@ -18,13 +18,16 @@ class ConsumerError(ChildProcessError):
     command line prints it as one)."""
 
 
-def run_consumer(command: Sequence[str], consumer: str, timeout: float, setting: str = "") -> None:
-    """Run ``command`` in a process group of its own and wait at most ``timeout`` seconds. ``consumer`` names
-    it in messages; ``setting`` says where its interpreter came from (``WHETSTONE_LAVA_PYTHON=...``)."""
+def run_consumer(command: Sequence[str], consumer: str, timeout: float, setting: str = "", cwd: str | None = None,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Run ``command`` in a process group of its own (in ``cwd``, with ``env`` added to the environment) and
+    wait at most ``timeout`` seconds. ``consumer`` names it in messages; ``setting`` says where its interpreter
+    came from (``WHETSTONE_LAVA_PYTHON=...``)."""
     where = f" ({setting})" if setting else ""
     with tempfile.TemporaryFile() as errors:
         try:
-            process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
+            process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
+                                       cwd=cwd, env={**os.environ, **env} if env else None)  # fmt: skip
         except OSError as error:  # missing, not executable, not a program
             raise ConsumerError(f"{consumer} cannot start{where}: {error.strerror or error}") from None
         try:

@@ -29,25 +29,15 @@ The arithmetic is Lava 0.10's bit-accurate models (``lava/proc/lif/models.py``, 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..graph.connectivity import connectivity
 from ..graph.nodes import (
-    AffineNode,
-    AvgPool2dNode,
-    Conv2dNode,
     DeployError,
-    FlattenNode,
-    GraphNode,
-    InputNode,
-    MaxPool2dNode,
-    Pool2dNode,
-    SpikeNode,
     SpikingGraph,
-    SumPool2dNode,
 )
 
 __all__ = ["LoihiLayer", "LoihiProgram", "Synapses", "program"]
@@ -58,9 +48,6 @@ BIAS_MANT_MIN, BIAS_MANT_MAX = -(2**12), 2**12 - 1
 STATE_LIMIT = 2**23  # u and v are 24-bit signed
 ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
 WEIGHT_MAX = 127  # an 8-bit mixed-sign weight, stored doubled with weight_exp = -1
-
-#: A node's value as linear maps of what it reads: population (or input) name -> (sparse matrix, bias).
-Sources = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -111,44 +98,14 @@ def program(graph: SpikingGraph) -> LoihiProgram:
     """The Loihi 2 program of an integer graph (weights integers in [-127, 127] after composition and
     splitting, integer biases into every layer on the chip). ``DeployError`` naming the layer for what
     Loihi 2's registers cannot hold."""
-    by_name = {node.name: node for node in graph.nodes}
-    shapes = {node.name: node.shape for node in graph.nodes}
-    populations = [node for node in graph.nodes if isinstance(node, (SpikeNode, MaxPool2dNode))]
-    reach: dict[str, Sources] = {}
-
-    def summed(names: list[str]) -> Sources:
-        """The sum of these nodes' values, as linear maps of the populations (or the input) they read."""
-        total: Sources = {}
-        for name in names:
-            for source, (matrix, bias) in contributions(name).items():
-                if source in total:
-                    matrix, bias = total[source][0] + matrix, total[source][1] + bias
-                total[source] = (matrix, bias)
-        return total
-
-    def contributions(name: str) -> Sources:
-        """source population (or the input) -> (matrix, bias) of ``name``'s value as a linear map of it."""
-        if name not in reach:
-            node = by_name[name]
-            if isinstance(node, (InputNode, SpikeNode, MaxPool2dNode)):
-                size = math.prod(node.shape)
-                reach[name] = {name: (_eye(size), torch.zeros(size, dtype=torch.float64))}
-            else:
-                reach[name] = _through(node, shapes[node.inputs[0]], summed(node.inputs))
-        return reach[name]
-
     host: dict[str, int] = {}
-    incoming: dict[str, Sources] = {}
-    for node in populations:
-        if isinstance(node, MaxPool2dNode):  # the OR of a window of spikes: a count >= 1
-            window = SumPool2dNode(node.name, node.inputs, node.shape, node.kernel_size, node.stride, node.padding)
-            sources = _through(window, shapes[node.inputs[0]], summed(node.inputs))
+    incoming: dict[str, dict[str, torch.Tensor]] = {}
+    populations = connectivity(graph)
+    for population in populations:
+        if population.reads_input:  # the host's
+            host[population.name] = population.size
         else:
-            sources = summed(node.inputs)
-        if graph.nodes[0].name in sources:  # reads the pixels: the host's
-            host[node.name] = math.prod(node.shape)
-            continue
-        incoming[node.name] = sources
+            incoming[population.name] = population.sources
     if graph.output in host:
         raise DeployError(f"{graph.output}: the output layer reads the pixels; nothing would run on the chip")
 
@@ -160,13 +117,11 @@ def program(graph: SpikingGraph) -> LoihiProgram:
         if node.name in host:
             continue
         sources = incoming[node.name]
-        size = math.prod(node.shape)
+        size = node.size
         sizes[node.name] = size
         level = 1 + max(depth[source] for source in sources)
-        threshold = 1.0 if isinstance(node, MaxPool2dNode) else node.threshold
-        total_bias = sum((bias for _, bias in sources.values()), start=torch.zeros(size, dtype=torch.float64))
         synapses = []
-        for source, (matrix, _) in sources.items():
+        for source, matrix in sources.items():
             sent_from = source
             for step in range(depth[source] + 1, level):  # delay lines for a skip connection
                 key = (source, step)
@@ -179,92 +134,10 @@ def program(graph: SpikingGraph) -> LoihiProgram:
                     depth[relays[key]] = step
                 sent_from = relays[key]
             synapses += _split(node.name, sent_from, matrix)
-        layer = _layer(node.name, node.shape, synapses, total_bias.numpy(), np.asarray(threshold), level)
+        layer = _layer(node.name, node.shape, synapses, node.bias, node.threshold, level)
         layers.append(layer)
         depth[node.name] = level
     return LoihiProgram(layers, host, graph.output)
-
-
-def _through(node: GraphNode, in_shape: tuple[int, ...], sources: Sources) -> Sources:
-    """``sources`` carried through a linear node: its matrix times each, its bias added."""
-    linear, own_bias = _linear_map(node, in_shape)
-    return {
-        source: (_compose(linear, matrix), _apply(linear, bias) + own_bias)
-        for source, (matrix, bias) in sources.items()
-    }
-
-
-def _eye(size: int) -> torch.Tensor:
-    index = torch.arange(size)
-    return _sparse(torch.stack([index, index]), torch.ones(size, dtype=torch.float64), (size, size))
-
-
-def _sparse(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.sparse_coo_tensor(indices, values, shape, check_invariants=True).coalesce()
-
-
-def _compose(later: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
-    """``later @ earlier`` of two sparse matrices (PyTorch warns that it goes through its beta CSR format)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse.mm(later, earlier).coalesce()
-
-
-def _apply(linear: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    return torch.sparse.mm(linear, vector[:, None])[:, 0]
-
-
-def _linear_map(node: GraphNode, in_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A linear node as a sparse (out, in) float64 matrix and its bias (zero padding adds nothing)."""
-    size_in, size_out = math.prod(in_shape), math.prod(node.shape)
-    if isinstance(node, FlattenNode):
-        return _eye(size_in), torch.zeros(size_out, dtype=torch.float64)
-    if isinstance(node, AffineNode):
-        weight = torch.as_tensor(np.asarray(node.weight, dtype=np.float64))
-        bias = np.broadcast_to(np.asarray(node.bias, dtype=np.float64), (size_out,))
-        return weight.to_sparse().coalesce(), torch.as_tensor(bias.copy())
-    if isinstance(node, Conv2dNode):
-        weight = np.asarray(node.weight, dtype=np.float64)
-        rows, cols, values = _conv_entries(weight, node.groups, in_shape, node.shape, node.stride, node.padding,
-                                           node.dilation)  # fmt: skip
-        bias = np.repeat(np.asarray(node.bias, dtype=np.float64), math.prod(node.shape[1:]))
-    elif isinstance(node, Pool2dNode) and not isinstance(node, MaxPool2dNode):
-        channels = in_shape[0]  # a pooling is a depthwise convolution of ones (of 1 / window, averaging)
-        k = node.kernel_size[0] * node.kernel_size[1]
-        weight = np.full((channels, 1, *node.kernel_size), 1.0 / k if isinstance(node, AvgPool2dNode) else 1.0)
-        rows, cols, values = _conv_entries(weight, channels, in_shape, node.shape, node.stride, node.padding, (1, 1))
-        bias = np.zeros(size_out)
-    else:
-        raise DeployError(f"{node.name}: Loihi 2 has no counterpart of a {node.op} between spiking layers")
-    keep = values != 0
-    matrix = _sparse(
-        torch.as_tensor(np.stack([rows[keep], cols[keep]])), torch.as_tensor(values[keep]), (size_out, size_in)
-    )
-    return matrix, torch.as_tensor(bias)
-
-
-def _conv_entries(weight: np.ndarray, groups: int, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                  stride: tuple[int, int], padding: tuple[int, int],
-                  dilation: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """(rows, cols, values) of a (grouped) convolution's (out, in) matrix, one kernel entry at a time."""
-    c_out, c_group, kh, kw = weight.shape
-    _, height, width = in_shape
-    _, h_out, w_out = out_shape
-    oy, ox = np.meshgrid(np.arange(h_out), np.arange(w_out), indexing="ij")
-    out_index = (np.arange(c_out)[:, None, None] * h_out + oy) * w_out + ox  # (c_out, h_out, w_out)
-    first_input = (np.arange(c_out) // (c_out // groups)) * c_group  # each output channel's group's first input
-    rows, cols, values = [], [], []
-    for ci in range(c_group):
-        for ky in range(kh):
-            for kx in range(kw):
-                iy = oy * stride[0] - padding[0] + ky * dilation[0]
-                ix = ox * stride[1] - padding[1] + kx * dilation[1]
-                inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-                position = iy[inside] * width + ix[inside]
-                rows.append(out_index[:, inside].ravel())
-                cols.append(((first_input + ci)[:, None] * (height * width) + position[None, :]).ravel())
-                values.append(np.repeat(weight[:, ci, ky, kx], int(inside.sum())))
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
 
 
 def _split(layer: str, source: str, matrix: torch.Tensor) -> list[Synapses]:
@@ -303,7 +176,7 @@ def _layer(name: str, shape: tuple[int, ...], synapses: list[Synapses], bias: np
             f"{name}: Loihi 2 holds integer biases on the chip; this layer's bias {_first_fraction(bias)} is not one "
             "(export with --target loihi2 quantizes)"
         )
-    fires_at = np.ceil(np.broadcast_to(np.asarray(threshold, dtype=np.float64), shape).reshape(-1))  # S + b >= T
+    fires_at = np.ceil(threshold)  # one per neuron: S + b >= T
     # S + b >= T is S + (b - T + 1 + vth) > vth for any vth: the one nearest T - 1 that keeps every bias
     # within the mantissa (and vth within its 17 bits).
     relative = bias.astype(np.int64) - (fires_at.astype(np.int64) - 1)
