@@ -97,6 +97,8 @@ CLI_CASES = [
     _cli("model option without a value", TRAIN + " --model-option kernel", "--model-option must look like NAME=VALUE"),
     _cli("model option the model lacks", TRAIN + " --model-option kernel=3", "model 'mnist-dense' has no option kernel"),
     _cli("model option of the wrong type", TRAIN + " --model-option pool_first=yes", "pool_first must be True or False, got 'yes'"),
+    _cli("model option whose size cannot be allocated", TRAIN.replace("mnist-dense", "mnist-conv-small") + " --model-option conv2=1000000000000",
+         "--model-option conv2=1000000000000: model 'mnist-conv-small' at these sizes needs"),
     _cli("model option that is a size, zero", TRAIN.replace("mnist-dense", "mnist-conv-small") + " --model-option conv2=0", "model option conv2 must be a positive integer, got 0"),
     _cli("distillation weight without a teacher", TRAIN + " --distill-weight 0.5", "--distill-weight and --distill-temperature need --teacher"),
     _cli("teacher that does not exist", TRAIN + " --teacher {tmp}/nowhere", "--teacher {tmp}/nowhere: no checkpoint at"),
@@ -683,6 +685,10 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("verify an ONNX file without its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4))), ValueError, "give the graph the file was written from (reference=)"),
     ("atomic write into a missing folder", lambda: atomic_write("/nonexistent/dir/file.txt", "x"), OSError,
      "cannot write /nonexistent/dir/file.txt: No such file or directory"),
+    ("verify a missing file against its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4)), reference=_graph()),
+     FileNotFoundError, "no file /nonexistent/m.onnx"),
+    ("spikify at an input size no machine holds", lambda: ws.spikify(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)), num_classes=10, input_shape=(3, 2_000_000, 2_000_000)),
+     ws.DeployError, "input_shape (3, 2000000, 2000000) needs 44,703.5 GB in one tensor; this machine has"),
 ]  # fmt: skip
 
 

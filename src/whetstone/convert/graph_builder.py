@@ -16,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,7 @@ from ..nn.activations import SpikingActivation
 from ..nn.decode import SoftmaxDecode
 from ..nn.sharpen import set_model_sharpness
 from ..nn.tracing import describe_call, fold_batchnorm, trace, why_untraceable
-from ..utils.checks import sizes
+from ..utils.checks import allocation_failure, fits_in_memory, sizes
 from .channel_routing import ChannelRouting
 from .graph_pooling import MAX_POOLS, Pooling
 from .graph_term import Term, pair, traced_shape
@@ -543,6 +544,10 @@ def to_spiking_graph(
         traced = trace(folded)
     except Exception as error:  # noqa: BLE001 - whatever torch.fx raises: one line, with what it means
         raise DeployError(f"cannot trace {type(model).__name__} with torch.fx: {why_untraceable(error)}") from None
+    try:
+        fits_in_memory(4 * math.prod(input_shape), "input_shape", input_shape)  # one float32 sample
+    except ValueError as error:
+        raise DeployError(str(error)) from None
     example = torch.zeros(1, *input_shape)
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback of a failure itself
@@ -550,6 +555,10 @@ def to_spiking_graph(
     except Exception as error:  # noqa: BLE001 - whatever the model raises on this shape: one line
         cause = error.__cause__ or error  # ShapeProp wraps the model's own error in a dump of the node
         reason = " ".join(str(cause).split())[:300] or type(cause).__name__
+        if allocation_failure(cause):  # a layer's output at this size: said once, not tried again
+            raise DeployError(
+                f"input_shape {input_shape}: a forward pass at this size {allocation_failure(cause)}"
+            ) from None
         try:
             with torch.no_grad():
                 folded(example)

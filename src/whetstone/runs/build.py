@@ -30,7 +30,7 @@ from ..training.callbacks import Callback, TensorBoard
 from ..training.checkpoint import RunFolder, load_checkpoint
 from ..training.history import EpochRecord, TrainResult
 from ..training.trainer import Trainer
-from ..utils.checks import is_number
+from ..utils.checks import allocation_failure, is_number
 from .config import (
     COSINE_SCHEDULES,
     OPTIMIZER_DEFAULTS,
@@ -118,10 +118,19 @@ def model_options(config: RunConfig, classes: int) -> dict[str, Any]:
 
 def check_model(config: RunConfig) -> None:
     """Build the run's model once on the CPU to check its options (done before workers start)."""
+    _created(config, model_options(config, len(DATASETS[config.dataset].classes)))
+
+
+def _created(config: RunConfig, options: dict[str, Any]) -> nn.Module:
+    """The run's model; its options' error in one line (what a size that cannot be allocated needs)."""
     try:
-        create_model(config.model, **model_options(config, len(DATASETS[config.dataset].classes)))
+        return create_model(config.model, **options)
     except (ValueError, TypeError, RuntimeError, MemoryError) as error:
-        raise ConfigError("model_options", f": {error}") from None
+        failure = allocation_failure(error)
+        if failure is None:
+            raise ConfigError("model_options", f": {error}") from None
+        given = " ".join(f"{k}={v}" for k, v in config.model_options.items()) or "(none)"
+        raise ConfigError("model_options", f"{given}: model {config.model!r} at these sizes {failure}") from None
 
 
 def check_before_workers(config: RunConfig) -> None:
@@ -222,10 +231,7 @@ def build_run(
     train_set, test_set = _split(config)
     torch.manual_seed(config.seed)
     options = model_options(config, len(train_set.classes))
-    try:
-        model = create_model(config.model, **options).to(device)
-    except (ValueError, TypeError, RuntimeError, MemoryError) as error:
-        raise ConfigError("model_options", f": {error}") from None
+    model = _created(config, options).to(device)
     set_model_surrogate(model, config.surrogate)
     trained: nn.Module = model
     if ranks > 1:  # same seed on every rank: identical initial weights, which DDP also broadcasts

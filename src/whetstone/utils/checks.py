@@ -5,9 +5,22 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
 from typing import Any
 
-__all__ = ["boolean", "install_hint", "int_at_least", "int_in", "is_number", "positive_int", "positive_number", "sizes"]
+__all__ = [
+    "allocation_failure",
+    "boolean",
+    "fits_in_memory",
+    "install_hint",
+    "int_at_least",
+    "int_in",
+    "is_number",
+    "positive_int",
+    "positive_number",
+    "sizes",
+]
 
 
 def install_hint(extra: str, packages: str) -> str:
@@ -62,3 +75,36 @@ def sizes(value: Any, name: str, example: str = "(1, 28, 28)") -> tuple[int, ...
     if not items or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in items):
         raise ValueError(f"{name} must be positive integer sizes, e.g. {example}, got {value!r}")
     return tuple(int(v) for v in items)
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _gigabytes(count: float) -> str:
+    return f"{count / 2**30:,.1f} GB"
+
+
+def fits_in_memory(nbytes: int, name: str, value: object) -> None:
+    """``ValueError`` naming the argument when ``nbytes`` (what ``value`` makes one tensor hold) exceed this
+    machine's memory: said before anything is allocated, not by the allocator or the kernel's OOM killer."""
+    memory = machine_memory()
+    if memory and nbytes > memory:
+        raise ValueError(
+            f"{name} {value!r} needs {_gigabytes(nbytes)} in one tensor; this machine has {_gigabytes(memory)}"
+        )
+
+
+def allocation_failure(error: BaseException) -> str | None:
+    """What a failed allocation needed, in words (torch's or Python's), or None for any other error."""
+    text = str(error)
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    if not (isinstance(error, MemoryError) or asked or "can't allocate memory" in text):
+        return None
+    need = f"needs {_gigabytes(int(asked[1]))} in one tensor" if asked else "needs more memory than is free"
+    memory = machine_memory()
+    return f"{need}; this machine has {_gigabytes(memory)}" if memory else need
