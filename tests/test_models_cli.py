@@ -184,7 +184,16 @@ def test_cli_surrogate_trains_past_binary_and_survives_resume(tmp_path, capsys):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["run"]["config"]["surrogate"] == 0.5
     assert main(["train", "--resume", str(out), "--epochs", "5", *base]) == 0
     assert len(json.loads((out / "history.json").read_text())) == 5  # the resumed run still learns while binary
-    assert "fully binary" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fully binary" in printed and "resuming with --epochs 5\n" in printed
+
+
+def test_a_changed_switch_is_said_as_on_or_off_never_as_its_inverted_flag():
+    from whetstone.runs.config import describe_change
+
+    assert describe_change("progress", False) == "progress off"  # not "--no-progress False"
+    assert describe_change("augment", True) == "augment on"
+    assert describe_change("epochs", 8) == "--epochs 8"
 
 
 def test_parse_model_options_types():
@@ -248,11 +257,14 @@ def test_commands_that_read_a_run_find_its_data_where_it_was_trained_from(tmp_pa
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nothing in the default place either
     out = tmp_path / "run"
     argv = ["train", "--model", "mnist-dense", "--dataset", "mnist", "--data-dir", str(data), "--epochs", "3",
-            "--start-epoch", "0", "--steps", "1", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--start-epoch", "0", "--steps", "1", "--out", str(out), "--no-progress", "--logit-scale", "0.25"]  # fmt: skip
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["eval", str(out)]) == 0  # no --data-dir: the run's own
-    assert json.loads(capsys.readouterr().out)["samples"] == 10
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["samples"] == 10
+    # The loss the history records, at the run's logit scale (it was the loss at scale 1, 2.05 against 0.83).
+    assert evaluated["loss"] == pytest.approx(json.loads((out / "history.json").read_text())[-1]["eval_loss"], rel=1e-5)
     assert main(["simulate", str(out)]) == 0
     assert "simulated accuracy on 10 mnist test images" in capsys.readouterr().out
     assert main(["eval", str(out), "--data-dir", str(tmp_path / "elsewhere")]) == 2  # a folder given is the one used
@@ -300,3 +312,17 @@ def test_version_is_the_installed_distributions(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"whetstone-snn {metadata.version('whetstone-snn')}" != "whetstone-snn "
     assert ws.__version__ == metadata.version("whetstone-snn")
+
+
+def test_a_stopped_command_claims_a_checkpoint_only_where_one_is(tmp_path):
+    import argparse
+
+    from whetstone.cli.flags import stopped_line
+    from whetstone.utils.files import Terminated
+
+    fresh = argparse.Namespace(command="train", out=str(tmp_path / "run"), resume=None)
+    assert stopped_line(KeyboardInterrupt(), fresh) == "interrupted (before its first checkpoint: nothing to resume)"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    assert stopped_line(Terminated(), fresh) == "terminated (the last complete checkpoint is kept)"
+    assert stopped_line(KeyboardInterrupt(), argparse.Namespace(command="export", out=None)) == "interrupted"

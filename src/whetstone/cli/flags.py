@@ -15,6 +15,7 @@ from ..data.datasets import DatasetError
 from ..models.zoo import list_models
 from ..runs.config import RunConfig, setting_type
 from ..training import distributed
+from ..utils.files import Terminated
 
 __all__ = [
     "BITS",
@@ -48,6 +49,16 @@ def one_line(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split())
+
+
+def stopped_line(stop: KeyboardInterrupt, args: argparse.Namespace) -> str:
+    """What a command stopped by Ctrl-C or SIGTERM left: a training run says whether a checkpoint holds it."""
+    said = "terminated" if isinstance(stop, Terminated) else "interrupted"
+    run = (getattr(args, "resume", None) or getattr(args, "out", None)) if args.command == "train" else None
+    if run is None:
+        return said
+    kept = (Path(run) / "checkpoint.pt").is_file()
+    return f"{said} ({'the last complete checkpoint is kept' if kept else 'before its first checkpoint: nothing to resume'})"
 
 
 def run_script(main: Callable[[], int | None]) -> int:

@@ -22,13 +22,20 @@ from ..data.datasets import DATASETS
 from ..graph.simulator import TIE_BREAKS
 from ..models.zoo import list_models, models_table
 from ..runs.build import build_run, check_before_workers
-from ..runs.config import COSINE_SCHEDULES, ConfigError, RunConfig, flag_of, parse_model_options, resumed_config
+from ..runs.config import (
+    COSINE_SCHEDULES,
+    ConfigError,
+    RunConfig,
+    describe_change,
+    parse_model_options,
+    resumed_config,
+)
 from ..targets import CHIPS, TARGETS
 from ..training import distributed
 from ..training.callbacks import PrintEpochs, PrintSummary
 from ..training.checkpoint import RunFolder, check_output_path, load_checkpoint
 from ..utils.files import Terminated, atomic_write, sigterm_raises
-from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line
+from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line, stopped_line
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TARGET_NAMES = sorted([*TARGETS, *(alias for target in TARGETS.values() for alias in target.aliases)])
@@ -59,16 +66,10 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=list(DATASETS), help="default: the dataset it was trained on")
     ev.add_argument("--batch-size", type=COUNT, default=1000)
 
-    ex = commands.add_parser(
-        "export", parents=[data], help="export a fully sharpened checkpoint to NIR, ONNX or an Akida model"
-    )
+    ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint for a target")
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
-    ex.add_argument(
-        "--format",
-        choices=["nir", "onnx", "fbz", "py"],
-        required=True,
-        help="fbz: an Akida model (--target akida); py: a PyNN script (--target pynn)",
-    )
+    formats = "fbz: an Akida model (--target akida); py: a PyNN script (--target pynn)"
+    ex.add_argument("--format", choices=["nir", "onnx", "fbz", "py"], required=True, help=formats)
     ex.add_argument("--target", choices=_TARGET_NAMES, help="the software or chip the file is for (default: generic)")
     ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
     ex.add_argument("--bits", **bits)
@@ -140,7 +141,7 @@ def _train_settings(args: argparse.Namespace) -> tuple[RunConfig, bool]:
         raise ValueError("--resume continues a run with its saved settings: it takes neither --config nor --overwrite")
     config, changed = resumed_config(args.resume, given)
     if changed:
-        print("resuming with " + ", ".join(f"{flag_of(name)} {getattr(config, name)}" for name in changed))
+        print("resuming with " + ", ".join(describe_change(name, getattr(config, name)) for name in changed))
     return config, True
 
 
@@ -246,13 +247,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..runs.restore import graph_as_exported
+    from ..runs.restore import reference_of_file
     from ..targets import verify_on_dataset
 
-    run = args.run or Path(args.file).parent  # a file other than .nir holds no graph: its run's, as export prepared it
-    if Path(args.file).suffix != ".nir" and not args.run and not (run / "checkpoint.pt").is_file():
-        raise ValueError(f"{args.file} holds no graph of its own: pass --run, the run it was exported from")
-    reference = graph_as_exported(run, args.consumer) if Path(args.file).suffix != ".nir" else None
+    reference = reference_of_file(args.file, args.consumer, args.run)
     result = verify_on_dataset(args.file, args.consumer, args.dataset, args.split, args.limit, args.data_dir,
                                args.download, reference, progress=not args.no_progress)  # fmt: skip
     print(result.line())
@@ -342,6 +340,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"whetstone: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        print(f"whetstone: {'terminated' if isinstance(stop, Terminated) else 'interrupted'} (the last complete "
-              "checkpoint is kept)", file=sys.stderr)  # fmt: skip
+        print(f"whetstone: {stopped_line(stop, args)}", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130

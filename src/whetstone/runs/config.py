@@ -38,6 +38,7 @@ __all__ = [
     "SHARPENERS",
     "ConfigError",
     "RunConfig",
+    "describe_change",
     "flag_of",
     "parse_model_options",
     "parse_schedule",
@@ -88,6 +89,14 @@ def flag_of(setting: str) -> str:
     return {"model_options": "--model-option", "progress": "--no-progress"}.get(
         setting, "--" + setting.replace("_", "-")
     )
+
+
+def describe_change(setting: str, value: Any) -> str:
+    """A setting changed on resuming, as the user reads it: ``--epochs 8``; a switch as on or off (``progress
+    off``: its flag ``--no-progress`` followed by False would read as the opposite)."""
+    if isinstance(value, bool):
+        return f"{setting.replace('_', ' ')} {'on' if value else 'off'}"
+    return f"{flag_of(setting)} {value}"
 
 
 def _setting(default: Any = None, help: str = "", runtime: bool = False, choices: Sequence[str] | None = None,

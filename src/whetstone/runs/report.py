@@ -52,7 +52,12 @@ def evaluate_run(
     check_dataset(checkpoint, dataset, str(source))
     test_set = load_dataset(dataset, "test", data_dir or recorded_data_dir(checkpoint), download)
     loader = TensorLoader.from_dataset(test_set, batch_size)
-    loss = Reconstruction() if recipe(checkpoint["run"]["model"]).target == "inputs" else Classification()
+    run = checkpoint["run"]  # the run's own loss: its logit scale scales the loss the history records
+    loss = (
+        Reconstruction()
+        if recipe(run["model"]).target == "inputs"
+        else Classification(run.get("config", {}).get("logit_scale") or 1.0)
+    )
     loss_value, accuracy = evaluate(model, loader, loss)
     layers = binary_report(model, loader)
     return {

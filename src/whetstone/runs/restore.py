@@ -127,3 +127,13 @@ def graph_as_exported(run: str | Path, target: str, bits: int | None = None) -> 
 
     trained, _, checkpoint = graph_from_checkpoint(str(run))
     return get_target(target).prepare(quantized_as_trained(trained, checkpoint, bits))
+
+
+def reference_of_file(path: str | Path, target: str, run: str | Path | None = None) -> SpikingGraph | None:
+    """What a file is verified against: None for NIR (it holds its graph), else the graph its run exports for
+    ``target`` (``run``, default: the file's folder). ``ValueError`` where no run is given or beside it."""
+    if Path(path).suffix == ".nir":
+        return None
+    if run is None and not (Path(path).parent / "checkpoint.pt").is_file():
+        raise ValueError(f"{path} holds no graph of its own: pass --run, the run it was exported from")
+    return graph_as_exported(run or Path(path).parent, target)
