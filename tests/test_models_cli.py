@@ -326,3 +326,67 @@ def test_a_stopped_command_claims_a_checkpoint_only_where_one_is(tmp_path):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     assert stopped_line(Terminated(), fresh) == "terminated (the last complete checkpoint is kept)"
     assert stopped_line(KeyboardInterrupt(), argparse.Namespace(command="export", out=None)) == "interrupted"
+
+
+USER_NETWORK = """
+import torch
+from torch import nn
+
+
+def small_cnn(num_classes, input_shape, channels=8):
+    \"\"\"An ordinary ReLU network, as its author wrote it.\"\"\"
+    return nn.Sequential(nn.Conv2d(input_shape[0], channels, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(channels * 12 * 12, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+NOT_A_FACTORY = 3
+"""
+
+
+def test_a_model_of_your_own_trains_evaluates_and_exports_by_module_path(tmp_path, monkeypatch, capsys):
+    """--model package.module:factory trains the user's ordinary network converted (spikify), with its options;
+    eval and export rebuild it from the checkpoint by importing it again."""
+    (tmp_path / "user_nets.py").write_text(USER_NETWORK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    argv = ["train", "--model", "user_nets:small_cnn", "--dataset", "mnist-mini", "--limit", "600", "--epochs", "3",
+            "--start-epoch", "0", "--steps", "1", "--model-option", "channels=4", "--out", str(out), "--no-progress",
+            "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "fully binary" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["run"]["model_options"]["channels"] == 4
+    assert main(["eval", str(out)]) == 0 and json.loads(capsys.readouterr().out)["fully_binary"]
+    assert main(["export", str(out), "--format", "nir", "--no-progress"]) == 0
+    capsys.readouterr()
+    for model, said in (("user_nets:nope", "module 'user_nets' has no 'nope'"), ("no_such_module:f", "cannot import 'no_such_module'"),
+                        ("user_nets:NOT_A_FACTORY", "'NOT_A_FACTORY' is a int, not a function that builds a model")):  # fmt: skip
+        assert main(["train", "--model", model, "--dataset", "mnist-mini", "--out", str(tmp_path / "x")]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["train", "--model", "user_nets:small_cnn", "--dataset", "mnist-mini", "--model-option", "depth=3",
+                 "--out", str(tmp_path / "y")]) == 2  # fmt: skip
+    assert (
+        "model 'user_nets:small_cnn' has no option depth; its options: num_classes, input_shape, channels"
+        in capsys.readouterr().err
+    )
+
+
+def test_register_model_names_a_network_of_your_own_for_python_and_the_cli():
+    from whetstone.models import zoo
+
+    def tiny(num_classes):
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes)
+        )
+
+    ws.register_model("tiny-test-net", tiny, recipe=ws.Recipe(dataset="mnist-mini", epochs=2))
+    try:
+        model = ws.create_model("tiny-test-net", num_classes=3, key_width=12)
+        assert isinstance(model.decoder if hasattr(model, "decoder") else model, torch.nn.Module)
+        assert sum(isinstance(m, ws.SoftmaxDecode) for m in model.modules()) == 1
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+        assert ws.RunConfig(model="tiny-test-net").resolved().epochs == 2  # its recipe
+        with pytest.raises(ValueError, match="model 'tiny-test-net' is already registered"):
+            ws.register_model("tiny-test-net", tiny)
+        with pytest.raises(ValueError, match="name must be a non-empty string without ':'"):
+            ws.register_model("a:b", tiny)
+    finally:
+        zoo._REGISTRY.pop("tiny-test-net")

@@ -17,7 +17,7 @@ from .graph.integer import IntegerNetwork
 from .graph.nodes import DeployError, SpikingGraph
 from .graph.quantization import quantize
 from .graph.simulator import SimResult, simulate
-from .models.zoo import SpikingClassifier, create_model, list_models
+from .models.zoo import Recipe, SpikingClassifier, create_model, list_models, register_model
 from .nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
 from .nn.decode import SoftmaxDecode, key_generator
 from .nn.losses import Classification, Distillation, Reconstruction, distillation_loss
@@ -58,6 +58,7 @@ __all__ = [
     "Distillation",
     "IntegerNetwork",
     "QuantizationAware",
+    "Recipe",
     "Reconstruction",
     "RunConfig",
     "ScheduledSharpener",
@@ -92,6 +93,7 @@ __all__ = [
     "pool_before_spikes",
     "quantize",
     "quantize_weights",
+    "register_model",
     "set_model_sharpness",
     "set_model_surrogate",
     "sharpness_map",

@@ -11,6 +11,7 @@ the training recipe its results were obtained with (``recipe(name)``), used as t
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import typing
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..convert.spikify import pool_before_spikes
+from ..convert.spikify import pool_before_spikes, spikify
 from ..nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from ..nn.decode import SoftmaxDecode, key_generator
 from ..nn.recurrent import RecurrentSpiking
@@ -109,21 +110,53 @@ class _Entry:
     build: Callable[..., nn.Module]
     recipe: Recipe
     description: str
+    converts: bool = False  # a network of the user's own: create_model spikifies what ``build`` returns
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(name: str, recipe: Recipe | None = None, description: str = "") -> Callable:
-    """Decorator registering ``build(num_classes, activation, key_width, key_seed, **options)``."""
+def _builder(name: str, recipe: Recipe | None = None, description: str = "") -> Callable:
+    """Decorator registering a reference architecture: ``build(width, spike, input_shape, **options)`` returns its
+    layers up to an output spiking layer of ``width`` units (create_model adds the decoder)."""
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(build, recipe or Recipe(), description or (build.__doc__ or "").strip())
+        _add(name, _Entry(build, recipe or Recipe(), description or (build.__doc__ or "").strip()))
         return build
 
     return decorate
+
+
+def register_model(
+    name: str, factory: Callable[..., nn.Module] | None = None, *, recipe: Recipe | None = None, description: str = ""
+) -> Callable:
+    """Register a network of your own under ``name``: :func:`create_model`, :class:`~whetstone.RunConfig` and
+    ``whetstone train --model NAME`` then build and train it like the reference models (as a decorator, or
+    ``register_model(name, factory)``). ``whetstone train --model package.module:factory`` does the same
+    without registering, for a factory it can import.
+
+    ``factory(**options)`` returns an ordinary PyTorch network (ReLU and all, its last layer a ``Linear`` to the
+    classes); it is also given ``num_classes`` and ``input_shape`` where it takes them, and the run's
+    ``--model-option`` values. The network is converted with :func:`~whetstone.spikify` (an N-hot head of
+    ``key_width`` units, checked to deploy at ``input_shape``) and trained from sharpness 0; a network already
+    spiking (with a :class:`~whetstone.SoftmaxDecode`) is used as it is. ``recipe`` gives its training
+    defaults (:class:`Recipe`; default: ``Recipe()``)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"name must be a non-empty string without ':', got {name!r}")
+
+    def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(build):
+            raise ValueError(f"factory must be callable, got {type(build).__name__}")
+        _add(name, _Entry(build, recipe or Recipe(), description or (build.__doc__ or "").strip(), converts=True))
+        return build
+
+    return decorate(factory) if factory is not None else decorate
+
+
+def _add(name: str, entry: _Entry) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = entry
 
 
 #: Networks built by their own module rather than the classifier registry: name -> (Python entry point, what
@@ -145,9 +178,22 @@ def list_models() -> list[str]:
 
 
 def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if not isinstance(name, str) or ":" not in name:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}, or package.module:factory")
+    module_name, _, attribute = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as error:
+        raise ValueError(f"model {name!r}: cannot import {module_name!r} ({error})") from None
+    except AttributeError:
+        raise ValueError(f"model {name!r}: module {module_name!r} has no {attribute!r}") from None
+    if not callable(factory):
+        raise ValueError(
+            f"model {name!r}: {attribute!r} is a {type(factory).__name__}, not a function that builds a model"
+        )
+    return _Entry(factory, Recipe(), (factory.__doc__ or "").strip().split("\n")[0], converts=True)
 
 
 def models_table() -> str:
@@ -210,8 +256,11 @@ def create_model(
         raise ValueError(
             f"input_shape {input_shape} holds {math.prod(input_shape):,} values per sample; at most {_MAX_INPUT:,}"
         )
+    entry = _entry(name)
+    if entry.converts:
+        return _converted(name, entry.build, activation, num_classes, width, key_seed, input_shape, options)
     pool_first = boolean(options.pop("pool_first", False), "pool_first")
-    build = _entry(name).build
+    build = entry.build
     allowed = [p for p in inspect.signature(build).parameters if p not in ("width", "spike", "input_shape")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -227,6 +276,28 @@ def create_model(
         )
     center_on_threshold(built)
     return built if isinstance(built, SpikingAutoencoder) else SpikingClassifier(built, key)
+
+
+def _converted(name: str, factory: Callable[..., nn.Module], activation: str, num_classes: int, width: int,
+               key_seed: int, input_shape: tuple[int, ...], options: dict[str, Any]) -> nn.Module:  # fmt: skip
+    """A network of the user's own, built by ``factory`` and spikified (unless it spikes already)."""
+    taken = inspect.signature(factory).parameters
+    given = {
+        key: value for key, value in (("num_classes", num_classes), ("input_shape", tuple(input_shape))) if key in taken
+    }
+    unknown = sorted(set(options) - set(taken)) if not any(p.kind is p.VAR_KEYWORD for p in taken.values()) else []
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(taken) or 'none'}"
+        )
+    model = factory(**given, **options)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    if any(isinstance(m, SoftmaxDecode) for m in model.modules()):
+        return model
+    return spikify(
+        model, activation, num_classes=num_classes, key_width=width, key_seed=key_seed, input_shape=input_shape
+    )
 
 
 _OPTION_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
@@ -287,7 +358,7 @@ def _conv_block(c_in: int, c_out: int, kernel: int, spike: type, batch_norm: boo
     return layers
 
 
-@register_model(
+@_builder(
     "mnist-dense",
     # Adadelta's first steps scale with sqrt(eps): PyTorch's 1e-6 kills most units at lr 4.0 (93% binary),
     # Keras's 1e-7 gives 96.98%, 1e-8 fewer dead units and 97.10% (mean of 5 seeds, docs/results.md).
@@ -305,7 +376,7 @@ def _mnist_dense(width: int, spike: type, input_shape: tuple[int, int, int], bat
     )
 
 
-@register_model(
+@_builder(
     "mnist-conv",
     Recipe(optimizer="adam", lr=1e-3, epochs=20, start_epoch=4, steps=3),
     "Conv 32@5x5 - pool - Conv 64@5x5 - pool - Dense 256 - <width>; batch_norm=True adds BN before each spike.",
@@ -325,7 +396,7 @@ def _mnist_conv(
     )
 
 
-@register_model(
+@_builder(
     "mnist-conv-bn",
     # Logit scale 0.1 and lr 3e-3: 98.98% fully binary on MNIST (seed 0) against 97.92% with the raw
     # logits and lr 1e-3 (docs/results.md).
@@ -336,7 +407,7 @@ def _mnist_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], k
     return _mnist_conv(width, spike, input_shape, batch_norm=True, kernel=kernel)
 
 
-@register_model(
+@_builder(
     "mnist-conv-small",
     Recipe(optimizer="adam", lr=3e-3, epochs=4, start_epoch=1, steps=469, per="batch", logit_scale=0.1),
     "snnTorch's tutorial CNN: Conv 12@5x5 - pool - Conv 64@5x5 - pool - Dense <width> (no padding), batch "
@@ -381,7 +452,7 @@ class ResidualBlock(nn.Module):
         return self.spike2(self.bn2(self.conv2(self.spike1(self.bn1(self.conv1(x))))) + x)
 
 
-@register_model(
+@_builder(
     "resnet-small",
     # 99.32% fully binary on MNIST, mean of 3 seeds (99.60% unsharpened), on a GPU: docs/results.md.
     Recipe(
@@ -412,7 +483,7 @@ def _resnet_small(width: int, spike: type, input_shape: tuple[int, int, int]) ->
     )
 
 
-@register_model(
+@_builder(
     "cifar-conv-bn",
     # 79.54% fully binary (85.26% unsharpened) on a GPU; base=128 with 56 epochs (start 8, steps 6): 83.00%.
     Recipe(
@@ -446,7 +517,7 @@ def _cifar_conv_bn(width: int, spike: type, input_shape: tuple[int, int, int], b
     return nn.Sequential(*layers)
 
 
-@register_model(
+@_builder(
     "rnn",
     # Sharpened late, the recurrent layer's rising slope destabilises the trained dynamics (accuracy
     # collapses past sharpness ~0.6): it is made binary in the first batches and learns by surrogate gradients.
@@ -471,7 +542,7 @@ def _rnn(width: int, spike: type, input_shape: tuple[int, int, int], hidden: int
     return RecurrentSpiking(height, width_px, hidden, width, spike)
 
 
-@register_model(
+@_builder(
     "conv-autoencoder",
     Recipe(optimizer="adam", lr=3e-3, epochs=12, start_epoch=2, steps=1, target="inputs"),
     "Convolutional autoencoder: Conv 32 s2 - Conv 64 s2 - Dense <width> binary code - Dense - ConvT 32 - "

@@ -115,7 +115,7 @@ class RunConfig:
     :meth:`resolved`). Every field is also a ``whetstone train`` flag (``lr`` -> ``--lr``)."""
 
     # What is trained, on what.
-    model: str | None = _setting(help="the model's registry name (see `whetstone models`)")
+    model: str | None = _setting(help="the model's registry name (see `whetstone models`), or package.module:factory")
     dataset: str | None = _setting(help="the dataset (default: the model's)", choices=tuple(DATASETS))
     model_options: dict[str, Any] = _setting({}, "extra option of the model's constructor as NAME=VALUE, e.g. base=128 "
                                              "for cifar-conv-bn, pool_first=true for any net that max-pools spikes (repeatable)",
@@ -259,9 +259,13 @@ class RunConfig:
         """A copy with every recipe setting left as None filled from the model's recipe."""
         if not self.model:
             raise ConfigError("model", "is required (or --resume DIR); choose one of " + ", ".join(list_models()))
-        if self.model not in list_models():
-            raise ConfigError("model", f"{self.model!r} is not a model; choose one of {', '.join(list_models())}")
-        defaults = recipe(self.model)
+        if ":" not in self.model and self.model not in list_models():
+            raise ConfigError("model", f"{self.model!r} is not a model; choose one of {', '.join(list_models())}, "
+                                       "or package.module:factory")  # fmt: skip
+        try:
+            defaults = recipe(self.model)  # package.module:factory is imported here
+        except ValueError as error:
+            raise ConfigError("model", f": {error}") from None
         filled = {name: getattr(defaults, name) for name in _RECIPE_SETTINGS if getattr(self, name) is None}
         if self.teacher and isinstance(self.teacher, str):  # saved absolute: the run resumes from any folder
             filled["teacher"] = _absolute(self.teacher)
@@ -282,7 +286,7 @@ class RunConfig:
     def optimizer_options(self) -> dict[str, Any]:
         """Constructor options of the optimizer: the recipe's when it is the recipe's optimizer, and the
         weight decay."""
-        defaults = recipe(self.model) if self.model in list_models() else None
+        defaults = recipe(self.model) if self.model in list_models() or ":" in (self.model or "") else None
         options = dict(OPTIMIZER_DEFAULTS.get(self.optimizer or "", {}))
         if defaults is not None and self.optimizer == defaults.optimizer:
             options.update(defaults.optimizer_options)
