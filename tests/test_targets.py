@@ -325,6 +325,12 @@ def test_loihi2_file_holds_integer_registers_and_refuses_what_they_cannot(traine
     nodes = [spread if node is last else node for node in graph.nodes]
     with pytest.raises(DeployError, match=f"{graph.output}: a bias of .* is beyond Loihi 2's bias register"):
         program(ws.SpikingGraph(nodes, graph.output, graph.key, graph.metadata))
+    # A threshold beyond vth's 17 bits, whose excess no bias can carry: refused naming the threshold.
+    spike = next(node for node in graph.nodes if node.name == graph.output)
+    high = dataclasses.replace(spike, threshold=np.full_like(spike.threshold, 300_000.0))
+    nodes = [high if node is spike else node for node in graph.nodes]
+    with pytest.raises(DeployError, match=f"{graph.output}: its threshold 300,000 is beyond Loihi 2's 17-bit vth"):
+        program(ws.SpikingGraph(nodes, graph.output, graph.key, graph.metadata))
 
 
 class _TwoLayerBlock(torch.nn.Module):

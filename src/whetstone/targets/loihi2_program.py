@@ -185,7 +185,15 @@ def _layer(name: str, shape: tuple[int, ...], synapses: list[Synapses], bias: np
     wanted = int(min(max(0.0, float(fires_at.max()) - 1), VTH_MAX))
     vth = min(max(wanted, low), high) if low <= high else wanted
     shifted = relative + vth
-    mant, exp = _bias_registers(name, shifted)
+    try:
+        mant, exp = _bias_registers(name, shifted)
+    except DeployError:
+        if fires_at.max() - 1 > VTH_MAX:  # the cause is the threshold, which only the bias could have carried
+            raise DeployError(
+                f"{name}: its threshold {int(fires_at.max()):,} is beyond Loihi 2's 17-bit vth ({VTH_MAX:,}), and its "
+                "bias mantissa cannot carry the rest; quantize to fewer weight bits (the threshold scales with them)"
+            ) from None
+        raise
     positive = np.zeros(size, np.int64)
     negative = np.zeros(size, np.int64)
     for group in synapses:
