@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -326,3 +328,34 @@ def test_spikify_with_an_input_shape_names_what_will_not_deploy_before_training(
     fine = ws.spikify(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), num_classes=10,
                       input_shape=(1, 8, 8))  # fmt: skip
     assert ws.model_sharpness(fine) == [0.0, 0.0]  # the check works on a copy
+
+
+class _Chatty(nn.Module):
+    """A forward with effects beyond its tensors, as research code often has."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)
+        self.functional, self.calls = functional, 0
+
+    def forward(self, x):
+        print("batch of", x.shape[0])
+        self.calls += 1
+        hidden = F.relu(self.fc1(x)) if self.functional else self.act(self.fc1(x))
+        return self.fc2(hidden)
+
+
+def test_spikify_names_the_forward_statements_a_traced_model_drops(capsys):
+    """A traced model runs its graph, not its forward: the print and the counter would silently stop."""
+    with pytest.warns(UserWarning, match=r"will not run again: _Chatty \(.*test_convert.py:\d+: `print\(\"batch of\", x.shape\[0\]\)`\); "
+                      r"_Chatty \(.*: `self.calls \+= 1`\)"):  # fmt: skip
+        converted = ws.spikify(_Chatty(functional=True))
+    assert isinstance(converted, torch.fx.GraphModule)
+    capsys.readouterr()
+    converted(torch.rand(2, 4))
+    assert capsys.readouterr().out == ""  # indeed dropped
+    with warnings.catch_warnings():  # converted in place, the forward kept: nothing is dropped, nothing said
+        warnings.filterwarnings("error", message="spikify returns the traced graph")
+        kept = ws.spikify(_Chatty(functional=False))
+    kept(torch.rand(2, 4))
+    assert kept.calls == 2 and "batch of 2" in capsys.readouterr().out  # once while tracing, once here

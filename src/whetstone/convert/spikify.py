@@ -24,6 +24,7 @@ from ..nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from ..nn.decode import SoftmaxDecode, key_generator
 from ..nn.tracing import describe_call, reads_training, set_submodule, trace, why_untraceable
 from .calibration import calibrate as calibrate_scales
+from .forward_effects import dropped_statements
 from .graph_builder import check_deployable
 
 __all__ = ["ConversionError", "pool_before_spikes", "spikify"]
@@ -228,6 +229,13 @@ def spikify(
         )
     if num_classes is not None:
         _add_spiking_head(result, num_classes, key_width, key_seed, _SPIKING[activation](sharpness), taken)
+    dropped = dropped_statements(model, traced)
+    if dropped:
+        warnings.warn(
+            "spikify returns the traced graph of the model's forward, which torch.fx ran once while tracing: these "
+            f"statements will not run again: {'; '.join(dropped)}. Do that outside the model's forward",
+            stacklevel=2,
+        )
     result.graph.lint()
     result.recompile()
     result.delete_all_unused_submodules()
