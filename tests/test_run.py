@@ -129,7 +129,18 @@ def test_build_run_assembles_a_run_that_keeps_its_best_binary_epoch(tmp_path):
     model = ws.model_from_checkpoint(best, "best.pt")
     assert ws.model_sharpness(model) == [1.0, 1.0, 1.0]
     csv = (tmp_path / "history.csv").read_text().splitlines()
-    assert csv[0].split(",")[-3:] == ["sharpness_1", "sharpness_2", "sharpness_3"] and len(csv) == 7
+    # Epochs counted from 1 and layers named by module path, as the console, the plot and every report do.
+    names = history[-1].layers
+    assert names == [path for path, m in run.trainer.module.named_modules() if isinstance(m, ws.SpikingActivation)]
+    assert csv[0].split(",")[-3:] == [f"sharpness {name}" for name in names] and len(csv) == 7
+    assert csv[0].split(",")[0] == "epoch" and [line.split(",")[0] for line in csv[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+    ]
     assert load_checkpoint(tmp_path)["run"]["config"]["surrogate"] == 0.0
 
 

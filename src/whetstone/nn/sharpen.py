@@ -71,6 +71,12 @@ def spiking_layers(model: nn.Module) -> list[SpikingActivation]:
     return list(order)
 
 
+def spiking_layer_names(model: nn.Module) -> list[str]:
+    """The module paths of :func:`spiking_layers`, in the same order (``features.2``)."""
+    paths = {id(module): path for path, module in model.named_modules()}
+    return [paths[id(layer)] for layer in spiking_layers(model)]
+
+
 def _execution_order(model: nn.Module, registered: list[SpikingActivation]) -> list[SpikingActivation]:
     if len(registered) < 2:
         return registered

@@ -225,8 +225,9 @@ class PrintSummary(Callback):
 
 
 class HistoryFiles(Callback):
-    """``history.json`` (one record per epoch) and ``history.csv`` (the same as a table, one column per
-    layer's sharpness) in ``folder``, rewritten atomically after every epoch."""
+    """``history.json`` (one record per epoch, as the trainer keeps it) and ``history.csv`` (the same as a
+    table, epochs counted from 1 as the console and the plot count them, one column of sharpness per layer
+    named by its module path) in ``folder``, rewritten atomically after every epoch."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.json_path = Path(folder) / HISTORY_NAME
@@ -237,11 +238,12 @@ class HistoryFiles(Callback):
         atomic_write(self.json_path, json.dumps(rows, indent=1))
         text = io.StringIO()
         layers = max((len(r["sharpness"]) for r in rows), default=0)
-        columns = [name for name in rows[0] if name != "sharpness"] + [f"sharpness_{i + 1}" for i in range(layers)]
+        names = rows[-1]["layers"] if len(rows[-1]["layers"]) == layers else [str(i + 1) for i in range(layers)]
+        plain = [name for name in rows[0] if name not in ("sharpness", "layers")]
         writer = csv.writer(text)
-        writer.writerow(columns)
+        writer.writerow(plain + [f"sharpness {name}" for name in names])
         for row in rows:
-            writer.writerow([row[name] for name in columns[: len(columns) - layers]] + list(row["sharpness"]))
+            writer.writerow([row[name] + 1 if name == "epoch" else row[name] for name in plain] + list(row["sharpness"]))
         atomic_write(self.csv_path, text.getvalue())
 
 

@@ -14,7 +14,9 @@ __all__ = ["EpochRecord", "TrainResult"]
 
 @dataclass
 class EpochRecord:
-    """What one epoch did. ``sharpness`` is per spiking layer, after the epoch's sharpening."""
+    """What one epoch did (``epoch`` counted from 0; the console, the plot and history.csv count from 1).
+    ``sharpness`` is per spiking layer, after the epoch's sharpening, in the order of ``layers`` (their
+    module paths, as every report names them)."""
 
     epoch: int
     train_loss: float
@@ -24,6 +26,7 @@ class EpochRecord:
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     rollbacks: int = 0  # times this epoch was rolled back and retried with slower sharpening
+    layers: list[str] = field(default_factory=list)  # the spiking layers' module paths (empty in older runs)
 
 
 @dataclass

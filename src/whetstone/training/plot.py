@@ -28,8 +28,10 @@ def plot_history(history: Sequence, path: str | os.PathLike) -> None:
     if history and history[0].eval_accuracy is not None:
         accuracy_ax.plot(epochs, [100 * r.eval_accuracy for r in history], marker=".", label="eval")
     layer_count = len(history[0].sharpness) if history else 0
+    named = getattr(history[-1], "layers", []) if history else []  # module paths, as history.csv and reports name them
+    names = named if len(named) == layer_count else [f"layer {layer + 1}" for layer in range(layer_count)]
     for layer in range(layer_count):
-        sharp_ax.plot(epochs, [r.sharpness[layer] for r in history], marker=".", label=f"layer {layer + 1}")
+        sharp_ax.plot(epochs, [r.sharpness[layer] for r in history], marker=".", label=names[layer])
     for axis, title, ylabel in (
         (loss_ax, "loss", "training loss"),
         (accuracy_ax, "accuracy", "%"),

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..nn.losses import Loss, as_loss
 from ..nn.quantization_aware import QuantizationAware
-from ..nn.sharpen import Sharpener, model_sharpness
+from ..nn.sharpen import Sharpener, model_sharpness, spiking_layer_names
 from ..utils.checks import boolean, positive_int
 from ..utils.files import raise_if_terminated
 from . import distributed
@@ -319,9 +319,8 @@ class Trainer:
             self.sharpener.on_epoch_end(epoch, train_loss)
         if self.scheduler is not None and self.scheduler_per == "epoch":
             self.scheduler.step()
-        record = EpochRecord(
-            epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks
-        )
+        record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks,
+                             layers=spiking_layer_names(self.module))  # fmt: skip
         distributed.same_on_all_ranks(record.sharpness, f"per-layer sharpness after epoch {epoch + 1}")
         if eval_loader is not None:
             record.eval_loss, record.eval_accuracy = evaluate(self.module, eval_loader, self.loss)
