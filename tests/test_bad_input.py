@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -573,6 +574,27 @@ def _branching_model() -> torch.nn.Module:
     return Auxiliary()
 
 
+class _Counting(torch.nn.Module):
+    """A forward that prints and keeps a count: statements a traced model would never run again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.calls = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3), 0
+
+    def forward(self, x):
+        print("batch", x.shape[0])
+        self.calls += 1
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _as_error(call: Callable[[], object]) -> object:
+    """``call()`` with warnings raised, so the catalogue shows what the user is told."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with contextlib.redirect_stdout(io.StringIO()):
+            return call()
+
+
 API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("simulate raw 0-255 pixels", lambda: ws.simulate(_graph(), np.zeros((2, 4), np.uint8)), ValueError, "got uint8 (0-255): divide by 255"),
     ("simulate NaN pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.nan, np.float32)), ValueError, "images contain 8 NaN or infinite values"),
@@ -687,6 +709,8 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      "cannot write /nonexistent/dir/file.txt: No such file or directory"),
     ("verify a missing file against its graph", lambda: _targets().verify("/nonexistent/m.onnx", "onnx", np.zeros((1, 4)), reference=_graph()),
      FileNotFoundError, "no file /nonexistent/m.onnx"),
+    ("spikify a forward that prints and counts", lambda: _as_error(lambda: ws.spikify(_Counting(), num_classes=3)), UserWarning,
+     "these statements will not run again: _Counting (tests/test_bad_input.py:"),
     ("spikify at an input size no machine holds", lambda: ws.spikify(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)), num_classes=10, input_shape=(3, 2_000_000, 2_000_000)),
      ws.DeployError, "input_shape (3, 2000000, 2000000) needs 44,703.5 GB in one tensor; this machine has"),
 ]  # fmt: skip
