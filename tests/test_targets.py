@@ -227,14 +227,14 @@ def test_cli_exports_for_a_target_verifies_and_fits(tmp_path, capsys):
     assert "does NOT fit" in capsys.readouterr().out
     # A file that holds no graph of its own (a PyNN script) is verified against its run: the file's folder or --run.
     _consumer("pynn")
-    assert main(["export", str(run), "--format", "py", "--target", "spinnaker1", "--no-progress"]) == 0
+    assert main(["export", str(run), "--target", "spinnaker1", "--no-progress"]) == 0  # the target decides the format
     assert "SpiNNaker 1 (sPyNNaker): the network fits" in capsys.readouterr().out
     script, moved = run / "model-pynn.py", tmp_path / "moved.py"
     moved.write_text(script.read_text())
     for file, extra, code, said in ((script, [], 0, "PyNN (NEST): the same class as the simulator on 100 of 100 images"),
                                     (moved, [], 2, "moved.py holds no graph of its own: pass --run"),
                                     (moved, ["--run", str(run)], 0, "the same output spikes on 100")):  # fmt: skip
-        argv = ["verify", str(file), "--consumer", "pynn", "--dataset", "mnist-mini", "--limit", "100", "--no-progress"]
+        argv = ["verify", str(file), "--consumer", "pynn", "--limit", "100", "--no-progress"]  # the run's dataset
         assert main(argv + extra) == code
         printed = capsys.readouterr()
         assert said in printed.out + printed.err

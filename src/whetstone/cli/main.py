@@ -69,7 +69,9 @@ def make_parser() -> argparse.ArgumentParser:
     ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint for a target")
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     formats = "fbz: an Akida model (--target akida); py: a PyNN script (--target pynn)"
-    ex.add_argument("--format", choices=["nir", "onnx", "fbz", "py"], required=True, help=formats)
+    ex.add_argument(
+        "--format", choices=["nir", "onnx", "fbz", "py"], help=f"default: the target's, or --out's; {formats}"
+    )
     ex.add_argument("--target", choices=_TARGET_NAMES, help="the software or chip the file is for (default: generic)")
     ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
     ex.add_argument("--bits", **bits)
@@ -84,7 +86,9 @@ def make_parser() -> argparse.ArgumentParser:
     ve.add_argument("file", help="a file export wrote (.nir, .py, .onnx, .fbz)")
     ve.add_argument("--run", help="the run a file other than .nir was exported from (default: the file's folder)")
     ve.add_argument("--consumer", choices=_TARGET_NAMES, required=True)
-    ve.add_argument("--dataset", choices=list(DATASETS), required=True)
+    ve.add_argument(
+        "--dataset", choices=list(DATASETS), help="default: the one its run (beside it, or --run) trained on"
+    )
     ve.add_argument("--split", choices=["train", "test"], default="test")
     ve.add_argument("--limit", type=COUNT, help="only the first N images")
     ve.add_argument("--no-progress", action="store_true")
@@ -204,11 +208,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..runs.report import precision_on_run
     from ..runs.restore import graph_from_checkpoint, quantized_as_trained, recorded_data_dir
-    from ..targets import export, get_target, verify_on_dataset
+    from ..targets import export, target_and_format, verify_on_dataset
 
-    target = get_target(args.target or ("onnx" if args.format == "onnx" else "generic"))
-    if target.format != args.format:
-        raise ValueError(f"--target {target.name} is written as {target.format.upper()}: pass --format {target.format}")
+    target, args.format = target_and_format(args.target, args.format, args.out)
     if args.limit and not args.verify:
         raise ValueError("--limit counts the images --verify runs: pass --verify too")
     if args.verify and target.run is None:  # said before anything is written
@@ -247,11 +249,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..runs.restore import reference_of_file
+    from ..runs.restore import dataset_of_file, reference_of_file
     from ..targets import verify_on_dataset
 
     reference = reference_of_file(args.file, args.consumer, args.run)
-    result = verify_on_dataset(args.file, args.consumer, args.dataset, args.split, args.limit, args.data_dir,
+    result = verify_on_dataset(args.file, args.consumer, args.dataset or dataset_of_file(args.file, args.run), args.split, args.limit, args.data_dir,
                                args.download, reference, progress=not args.no_progress)  # fmt: skip
     print(result.line())
     return 0 if result.classes_equal == result.samples else 1

@@ -137,3 +137,14 @@ def reference_of_file(path: str | Path, target: str, run: str | Path | None = No
     if run is None and not (Path(path).parent / "checkpoint.pt").is_file():
         raise ValueError(f"{path} holds no graph of its own: pass --run, the run it was exported from")
     return graph_as_exported(run or Path(path).parent, target)
+
+
+def dataset_of_file(path: str | Path, run: str | Path | None = None) -> str:
+    """The dataset the run a file was exported from trained on (``run``, default: the file's folder).
+    ``ValueError`` saying to pass ``--dataset`` where no run records one."""
+    folder = Path(run) if run is not None else Path(path).parent
+    if not (folder / "checkpoint.pt").is_file() and not (folder.is_file() and folder.suffix == ".pt"):
+        raise ValueError(
+            f"--dataset is required: no run beside {path} records the data it was trained on (or pass --run)"
+        )
+    return load_checkpoint(folder)["run"]["dataset"]

@@ -36,6 +36,7 @@ __all__ = [
     "export",
     "fit_report",
     "get_target",
+    "target_and_format",
     "verify",
     "verify_on_dataset",
 ]
@@ -62,6 +63,22 @@ def get_target(name: str) -> Target:
         names = sorted([*TARGETS, *_ALIASES])
         raise ValueError(f"unknown target {name!r}; choose one of {', '.join(names)}")
     return TARGETS[key]
+
+
+#: The target a file format means when none is named.
+_TARGET_OF_FORMAT = {"nir": "generic", "onnx": "onnx", "fbz": "akida", "py": "pynn"}
+
+
+def target_and_format(target: str | None, file_format: str | None, out: str | Path | None = None) -> tuple[Target, str]:
+    """What an export writes from what was given: the target named, else the one the format (or ``out``'s
+    extension) means; the format given, else the target's. ``ValueError`` where the two contradict."""
+    suffix = Path(out).suffix.lstrip(".") if out else ""
+    file_format = file_format or (suffix if suffix in _TARGET_OF_FORMAT and not target else None)
+    chosen = get_target(target or _TARGET_OF_FORMAT.get(file_format or "nir", "generic"))
+    file_format = file_format or chosen.format
+    if chosen.format != file_format:
+        raise ValueError(f"--target {chosen.name} is written as {chosen.format.upper()}: pass --format {chosen.format}")
+    return chosen, file_format
 
 
 def export(graph: SpikingGraph, path: str | Path, target: str = "generic", replace: bool = True) -> Path:

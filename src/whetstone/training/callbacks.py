@@ -243,7 +243,9 @@ class HistoryFiles(Callback):
         writer = csv.writer(text)
         writer.writerow(plain + [f"sharpness {name}" for name in names])
         for row in rows:
-            writer.writerow([row[name] + 1 if name == "epoch" else row[name] for name in plain] + list(row["sharpness"]))
+            writer.writerow(
+                [row[name] + 1 if name == "epoch" else row[name] for name in plain] + list(row["sharpness"])
+            )
         atomic_write(self.csv_path, text.getvalue())
 
 
