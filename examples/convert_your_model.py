@@ -2,9 +2,9 @@
 downsample shortcuts, adaptive average pooling, an fc head), from nn.Module to a fully binary spiking
 network and a NIR file, in one page.
 
-    python examples/convert_your_model.py --data-dir ../shared/data            # full MNIST (docs/results.md)
+    python examples/convert_your_model.py --data-dir DATA            # full MNIST (docs/results.md)
     python examples/convert_your_model.py --dataset mnist-mini --epochs 1 1    # the bundled digits, a minute
-    python examples/convert_your_model.py --network densenet --data-dir ../shared/data   # a DenseNet instead:
+    python examples/convert_your_model.py --network densenet --data-dir DATA   # a DenseNet instead:
         # concatenations of spikes and of convolutions, batch norm after them, average-pooled transitions
 
 1. Train the ordinary ReLU network (or load yours).

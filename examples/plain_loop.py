@@ -2,7 +2,7 @@
 
 No Trainer, no CLI: just the public API (model, key, decoder, sharpener hooks). Run::
 
-    python examples/plain_loop.py --data-dir ../shared/data          # full MNIST, ~30 s per seed
+    python examples/plain_loop.py --data-dir DATA          # full MNIST, ~30 s per seed
 """
 
 import sys

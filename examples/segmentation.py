@@ -4,7 +4,7 @@ Builds two-digit canvases from MNIST, trains the same fully convolutional networ
 binary hidden layers, and not sharpened), prints per-epoch mean IoU on test canvases and writes a PNG of
 predicted masks beside the truth. Example:
 
-    python examples/segmentation.py --data-dir ../shared/data --canvases 12000 --epochs 12 --out segmentation.png
+    python examples/segmentation.py --data-dir DATA --canvases 12000 --epochs 12 --out segmentation.png
 """
 
 from __future__ import annotations
