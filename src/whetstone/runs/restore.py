@@ -129,22 +129,27 @@ def graph_as_exported(run: str | Path, target: str, bits: int | None = None) -> 
     return get_target(target).prepare(quantized_as_trained(trained, checkpoint, bits))
 
 
+def _run_of_file(path: str | Path, run: str | Path | None, missing: str) -> Path:
+    """The run a file was exported from: ``run``, else the file's folder where it holds a checkpoint;
+    ``ValueError(missing)`` where neither is."""
+    if run is not None:
+        return Path(run)
+    if not (Path(path).parent / "checkpoint.pt").is_file():
+        raise ValueError(missing)
+    return Path(path).parent
+
+
 def reference_of_file(path: str | Path, target: str, run: str | Path | None = None) -> SpikingGraph | None:
     """What a file is verified against: None for NIR (it holds its graph), else the graph its run exports for
     ``target`` (``run``, default: the file's folder). ``ValueError`` where no run is given or beside it."""
     if Path(path).suffix == ".nir":
         return None
-    if run is None and not (Path(path).parent / "checkpoint.pt").is_file():
-        raise ValueError(f"{path} holds no graph of its own: pass --run, the run it was exported from")
-    return graph_as_exported(run or Path(path).parent, target)
+    missing = f"{path} holds no graph of its own: pass --run, the run it was exported from"
+    return graph_as_exported(_run_of_file(path, run, missing), target)
 
 
 def dataset_of_file(path: str | Path, run: str | Path | None = None) -> str:
     """The dataset the run a file was exported from trained on (``run``, default: the file's folder).
     ``ValueError`` saying to pass ``--dataset`` where no run records one."""
-    folder = Path(run) if run is not None else Path(path).parent
-    if not (folder / "checkpoint.pt").is_file() and not (folder.is_file() and folder.suffix == ".pt"):
-        raise ValueError(
-            f"--dataset is required: no run beside {path} records the data it was trained on (or pass --run)"
-        )
-    return load_checkpoint(folder)["run"]["dataset"]
+    missing = f"--dataset is required: no run beside {path} records the data it was trained on (or pass --run)"
+    return load_checkpoint(_run_of_file(path, run, missing))["run"]["dataset"]

@@ -108,15 +108,16 @@ def network_of(graph: SpikingGraph) -> tuple[dict, dict[str, np.ndarray]]:
 
 def write_script(graph: SpikingGraph, path: str | Path, replace: bool = True) -> Path:
     """Write the PyNN script of a prepared (integer) ``graph``, atomically; returns the path."""
-    spec, arrays = network_of(graph)
-    spec["metadata"] = {
-        key: value for key, value in graph.metadata.items() if isinstance(value, (str, int, float, bool))
-    }
+    return atomic_write(path, _script(graph, *network_of(graph)), replace)
+
+
+def _script(graph: SpikingGraph, spec: dict, arrays: dict[str, np.ndarray]) -> str:
+    """The script's text: :mod:`.pynn_network`'s code with ``graph``'s network (``network_of``) packed in."""
+    spec = {**spec, "metadata": {k: v for k, v in graph.metadata.items() if isinstance(v, (str, int, float, bool))}}
     text = pynn_network.pack(spec, arrays)
     lines = "\n".join(f'    "{text[i : i + 100]}"' for i in range(0, len(text), 100))
     source = Path(pynn_network.__file__).read_text()
-    script = f'{source}\n\nNETWORK = (\n{lines}\n)\n\nif __name__ == "__main__":\n    main(NETWORK)\n'
-    return atomic_write(path, script, replace)
+    return f'{source}\n\nNETWORK = (\n{lines}\n)\n\nif __name__ == "__main__":\n    main(NETWORK)\n'
 
 
 def read_network(path: str | Path) -> dict:
@@ -145,8 +146,8 @@ def check_written_from(path: Path, graph: SpikingGraph) -> None:
 def fit(graph: SpikingGraph) -> FitReport:
     """The graph, as the PyNN script holds it, against SpiNNaker 1 (cores, chips, SDRAM; see the module docs)."""
     report = FitReport("SpiNNaker 1 (sPyNNaker)")
-    written = _prepare(graph)
-    spec, arrays = network_of(written)
+    written = at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS)
+    spec, arrays = network_of(written)  # once: it refuses what the script cannot express, as _prepare does
     for layer in spec["host"]:
         report.checks.append(FitCheck(layer["name"], "spike sources", f"{layer['size']:,} units computed on the host "
                                       "(pixels)", True, "real-valued pixels are not spikes"))  # fmt: skip
@@ -174,7 +175,7 @@ def fit(graph: SpikingGraph) -> FitReport:
     report.checks.append(weight_bits_check(written, WEIGHT_BITS, "16-bit synaptic weights; whetstone writes 8"))
     report.notes.append(f"{spec['latency']} steps from an image's host spikes to its output spikes; one image every "
                         f"{spec['latency'] + 1} steps of 1 ms")  # fmt: skip
-    mapped = _map_with_spynnaker(written)
+    mapped = _map_with_spynnaker(_script(written, spec, arrays))
     if mapped is None:
         report.notes.append(
             "sPyNNaker is not installed: its own mapping was not run (pip install 'spynnaker==1!7.4.1')"
@@ -198,15 +199,15 @@ def _longest_row(into: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> 
     return max(rows, default=(0, ""))
 
 
-def _map_with_spynnaker(graph: SpikingGraph) -> dict | None:
-    """sPyNNaker's own mapping of ``graph``'s script on a virtual SpiNN-5 board (the script's ``--map``, run in
+def _map_with_spynnaker(script_text: str) -> dict | None:
+    """sPyNNaker's own mapping of a script (its text) on a virtual SpiNN-5 board (the script's ``--map``, run in
     a scratch home holding sPyNNaker's configuration), or None where sPyNNaker is not installed."""
     if importlib.util.find_spec("spynnaker") is None:
         return None
     with scratch_folder("spynnaker") as folder:
         home = Path(folder)
         (home / ".spynnaker.cfg").write_text(VIRTUAL_BOARD)
-        script, out = write_script(graph, home / "model.py"), home / "mapping.json"
+        script, out = atomic_write(home / "model.py", script_text), home / "mapping.json"
         run_consumer([sys.executable, str(script), "--map", "--out", str(out)], "sPyNNaker", MAP_SECONDS,
                      cwd=folder, env={"HOME": folder})  # fmt: skip
         try:
