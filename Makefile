@@ -16,6 +16,9 @@ CONSUMER_NEEDS ?= pbr loguru requests scipy "spyx>=1.0"
 PYTHON310 ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && { echo "$$p"; break; }; done)
 LAVA_SPEC ?= lava-nc==0.10.0
+# The suite runs in this many processes (pytest-xdist), one per core of the two-core machines CI runs on;
+# TEST_WORKERS=0 runs it in this process, one test after another.
+TEST_WORKERS ?= 2
 # Full datasets for the tests that need them (they skip, visibly, when absent).
 SHARED_DATA ?= $(abspath ../shared/data)
 
@@ -43,7 +46,7 @@ test: install
 	$(BIN)/ruff format --check src tests benchmarks examples
 	@data="$${WHETSTONE_DATA:-}"; if [ -z "$$data" ] && [ -d "$(SHARED_DATA)" ]; then data="$(SHARED_DATA)"; fi; \
 	echo "WHETSTONE_DATA=$${data:-<unset: full-dataset tests skip>}"; \
-	WHETSTONE_DATA="$$data" $(BIN)/python -m pytest
+	WHETSTONE_DATA="$$data" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 format: install
 	$(BIN)/ruff format src tests benchmarks examples

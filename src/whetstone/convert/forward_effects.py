@@ -5,6 +5,7 @@ the module). :func:`~whetstone.convert.spikify.spikify` names them when it retur
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import os
 import textwrap
@@ -40,15 +41,23 @@ def dropped_statements(model: nn.Module, traced: torch.fx.GraphModule) -> list[s
 
 def _effects(forward) -> list[tuple[str, str]]:
     """(``file:line``, the line's code) of each statement of ``forward`` with an effect outside the tensors."""
+    path, found = _scan(forward)
+    shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+    return [(f"{shown}:{line}", code) for line, code in found]
+
+
+@functools.lru_cache(maxsize=1024)
+def _scan(forward) -> tuple[str, tuple[tuple[int, str], ...]]:
+    """The source file of ``forward`` and (line number, code) of each statement with an effect, read and parsed
+    once per function: a model's hundred blocks share one forward, and spikify is called many times a run."""
     try:
         lines, first = inspect.getsourcelines(forward)
         path = inspect.getsourcefile(forward) or "?"
         tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError):  # no source to read (built at run time, compiled): nothing to say
-        return []
-    shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.getcwd() + os.sep) else path
+        return "?", ()
     hits = sorted({node.lineno for node in ast.walk(tree) if _has_effect(node)})
-    return [(f"{shown}:{first + n - 1}", lines[n - 1].strip()) for n in hits]
+    return path, tuple((first + n - 1, lines[n - 1].strip()) for n in hits)
 
 
 def _has_effect(node: ast.AST) -> bool:
