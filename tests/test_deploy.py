@@ -319,15 +319,14 @@ def test_read_nir_refuses_a_file_with_two_inputs_and_eval_a_model_with_nan_weigh
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda n: setattr(n, "stride", np.array([0, 0])), "is not a readable NIR file: cannot convert float infinity"),
-        (lambda n: setattr(n, "weight", np.concatenate([n.weight, n.weight], axis=1)), "type mismatch"),
-        (
-            lambda n: setattr(n, "bias", n.bias[:1]),
-            r"'features.0': weight \(4, 1, 3, 3\), bias \(1,\), groups 1: not a",
-        ),
+        (lambda n: setattr(n, "stride", np.array([0, 0])), r"node 'features_0' \(Conv2d\): stride is \[0, 0\]; it must be integers >= 1"),
+        (lambda n: setattr(n, "dilation", np.array([1, -2])), r"'features_0' \(Conv2d\): dilation is \[1, -2\]; it must be integers >= 1"),
+        (lambda n: setattr(n, "padding", np.array([0.5, 0])), r"'features_0' \(Conv2d\): padding is \[0.5, 0.0\]; it must be integers >= 0"),
+        (lambda n: setattr(n, "weight", np.concatenate([n.weight, n.weight], axis=1)), "'features.0': its weight takes 2 channels but receives \\(1, 6, 6\\)"),
+        (lambda n: setattr(n, "bias", n.bias[:1]), r"'features.0': weight \(4, 1, 3, 3\), bias \(1,\), groups 1: not a"),
     ],
-    ids=["stride-0", "weight-of-another-width", "bias-of-another-length"],
-)
+    ids=["stride-0", "dilation-negative", "padding-fractional", "weight-of-another-width", "bias-of-another-length"],
+)  # fmt: skip
 def test_read_nir_names_the_node_of_a_crafted_file(tmp_path, change, message):
     nir = _optional("nir")
     from whetstone.export.nir import read_nir, write_nir
@@ -341,6 +340,31 @@ def test_read_nir_names_the_node_of_a_crafted_file(tmp_path, change, message):
     with pytest.raises(ValueError, match=message) as info:
         read_nir(tmp_path / "crafted.nir")
     assert str(info.value).startswith(str(tmp_path / "crafted.nir")) and "\n" not in str(info.value)
+
+
+def test_read_nir_names_a_neuron_of_the_wrong_length_and_a_type_nir_lacks(tmp_path):
+    nir = _optional("nir")
+    import h5py
+
+    from whetstone.export.nir import read_nir, write_nir
+
+    model = ws.SpikingClassifier(nn.Sequential(nn.Linear(4, 6), ws.SpikingBReLU(1.0)), ws.key_generator(2, 6)).eval()
+    path = write_nir(to_spiking_graph(model, (4,)), tmp_path / "m.nir")
+    for length, message in ((3, "v_threshold has shape \\(3,\\), but the layer before it gives \\(6,\\)"),
+                            (2, "must have the same shape \\(r \\(6,\\), v_reset \\(6,\\), v_threshold \\(2,\\)\\)")):  # fmt: skip
+        source = nir.read(path)
+        neuron = next(node for node in source.nodes.values() if isinstance(node, nir.IF))
+        neuron.v_threshold = np.ones(length, np.float32)  # 3: every field as long, NIR reads it; 2: NIR refuses
+        if length == 3:
+            neuron.r, neuron.v_reset = np.ones(3, np.float32), np.zeros(3, np.float32)
+        nir.write(tmp_path / "short.nir", source)
+        with pytest.raises(ValueError, match="node 'features_1' \\(IF\\)(:| is malformed:) .*" + message):
+            read_nir(tmp_path / "short.nir")
+    with h5py.File(path, "r+") as file:  # a node type no NIR version defines
+        del file["node/nodes/features_0/type"]
+        file["node/nodes/features_0/type"] = "Wormhole"
+    with pytest.raises(ValueError, match="node 'features_0' has type 'Wormhole', which is not a NIR node type$"):
+        read_nir(path)
 
 
 @pytest.mark.parametrize(

@@ -308,11 +308,9 @@ def read_nir(path: str | Path) -> SpikingGraph:
     if not path.is_file():
         raise FileNotFoundError(f"no NIR file at {path}")
     try:
-        source = nir.read(path)
+        source = nir.read(path, type_check=False)  # shapes are checked below, by layer name
     except Exception as error:  # noqa: BLE001 - h5py and nir raise many kinds: one line
-        raise ValueError(
-            f"{path} is not a readable NIR file: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from None
+        raise _unreadable(nir, path, error) from None
     _check_metadata(source.metadata, path)
     # Files of older versions say nothing of the rule: they stored thresholds just below theta.
     strict = str(source.metadata.get("threshold_rule", "v > v_threshold")) == "v > v_threshold"
@@ -345,6 +343,13 @@ def read_nir(path: str | Path) -> SpikingGraph:
         """A neuron's thresholds, one per unit of ``shape``: theta itself where the file stored it just
         below theta for software that fires on ``v > v_threshold``."""
         threshold = _array(neuron.v_threshold, f"the thresholds of {key_name!r}", path)
+        try:
+            np.broadcast_shapes(threshold.shape, shape)
+        except ValueError:
+            raise ValueError(
+                f"{path}: node {key_name!r} ({type(neuron).__name__}): v_threshold has shape {threshold.shape}, "
+                f"but the layer before it gives {shape}"
+            ) from None
         if strict:
             threshold = np.nextafter(threshold, np.float32(np.inf))
         return np.broadcast_to(threshold, shape).copy()
@@ -377,6 +382,7 @@ def read_nir(path: str | Path) -> SpikingGraph:
                     name, inputs, (weight.shape[0],), weight, _array(n.bias, f"the bias of {key_name!r}", path)
                 )
             elif isinstance(n, nir.Conv2d):
+                _check_geometry(path, key_name, "Conv2d", vars(n))
                 c, h, w = shapes[inputs[0]]
                 weight = _array(n.weight, f"the weights of {key_name!r}", path)
                 k = weight.shape[2:]
@@ -389,6 +395,7 @@ def read_nir(path: str | Path) -> SpikingGraph:
                 node = Conv2dNode(name, inputs, (weight.shape[0], *out), weight, _array(n.bias, f"the bias of {key_name!r}", path),
                                   stride, pad, dil, int(n.groups))  # fmt: skip
             elif isinstance(n, (nir.AvgPool2d, nir.SumPool2d)):
+                _check_geometry(path, key_name, type(n).__name__, vars(n))
                 c, h, w = shapes[inputs[0]]
                 k, s, p = (tuple(int(v) for v in np.broadcast_to(x, 2)) for x in (n.kernel_size, n.stride, n.padding))
                 out = tuple((size + 2 * pp - kk) // ss + 1 for size, pp, kk, ss in zip((h, w), p, k, s))
@@ -432,6 +439,54 @@ def read_nir(path: str | Path) -> SpikingGraph:
         return SpikingGraph(nodes, output, key, metadata, readout).check()
     except DeployError as error:  # two input nodes, an output naming nothing, ...: about the file
         raise ValueError(f"{path}: {error}") from None
+
+
+#: The fields of NIR's convolution and pooling nodes that count pixels or groups, and the least each may be.
+_GEOMETRY = {"kernel_size": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0}
+
+
+def _unreadable(nir: Any, path: Path, error: BaseException) -> ValueError:
+    """Why NIR's reader refused ``path``, by node and field where the file's own data shows it: each node is
+    checked and built alone, so a stride of 0 or thresholds of the wrong length are named as such, not by
+    what they broke further on (an infinite size, an assertion)."""
+    said = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        import h5py
+        from nir.serialization import hdf2dict
+
+        with h5py.File(path, "r") as file:
+            nodes = dict(hdf2dict(file["node"])["nodes"])
+    except Exception:  # noqa: BLE001 - not even HDF5 laid out as NIR writes it: the reader's own words
+        return ValueError(f"{path} is not a readable NIR file: {said}")
+    for name, fields in nodes.items():
+        kind = str(fields.get("type", "")) if isinstance(fields, dict) else ""
+        known = getattr(nir, kind, None)
+        if not (isinstance(known, type) and issubclass(known, nir.NIRNode)):
+            return ValueError(f"{path}: node {name!r} has type {_shown(kind)}, which is not a NIR node type")
+        try:
+            _check_geometry(path, name, kind, fields)
+        except ValueError as wrong:
+            return wrong
+        try:
+            nir.dict2NIRNode(dict(fields))
+        except Exception as node_error:  # noqa: BLE001 - each node type checks its own fields its own way
+            shapes = ", ".join(f"{k} {np.shape(v)}" for k, v in fields.items() if np.ndim(v) > 0 and k != "type")
+            said = " ".join(str(node_error).split()) or type(node_error).__name__
+            return ValueError(f"{path}: node {name!r} ({kind}) is malformed: {said[:300]} ({shapes})")
+    return ValueError(f"{path} is not a readable NIR file: {said}")
+
+
+def _check_geometry(path: Path, name: str, kind: str, fields: dict) -> None:
+    """``ValueError`` naming the node and the field where a size, stride, padding or group count is not a whole
+    number at least as large as it can be (a stride of 0 would make the layer's output infinite)."""
+    for field, least in _GEOMETRY.items():
+        value = np.asarray(fields.get(field, least))
+        if value.dtype.kind not in "iuf" or not np.all(
+            np.isfinite(value) & (value == np.round(value)) & (value >= least)
+        ):
+            raise ValueError(
+                f"{path}: node {name!r} ({kind}): {field} is {_shown(value.tolist())}; it must be integers >= {least}"
+            )
 
 
 #: What each metadata value whetstone reads may be: (a check, what is allowed).

@@ -25,6 +25,7 @@ from ..graph.nodes import DeployError, SpikingGraph
 from ..graph.simulator import SimResult, simulate
 from . import akida, generic, loihi2, norse, onnx, pynn, snntorch, speck, spikingjelly, spinnaker2, spyx, xylo
 from .base import FitCheck, FitReport, Target, Verification
+from .consumer_process import ConsumerError
 
 __all__ = [
     "CHIPS",
@@ -182,6 +183,11 @@ def verify(
         raise ImportError(
             f"verifying in {chosen.consumer} needs it installed: {chosen.unavailable} ({error})"
         ) from None
+    except (DeployError, ValueError, OSError):  # whetstone's own, already one line
+        raise
+    except Exception as error:  # the consumer's own failure, a broken install's included: one line naming it
+        said = " ".join(str(error).split())[:300] or "no message"
+        raise ConsumerError(f"{chosen.consumer} failed on {path}: {type(error).__name__}: {said}") from error
     classes = reference.decode(spikes).argmax(axis=1)
     accuracy = float((classes == np.asarray(labels)).mean()) if labels is not None else None
     same = (spikes == expected.output_spikes).all(axis=1)

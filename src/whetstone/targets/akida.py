@@ -32,6 +32,7 @@ from ..graph.nodes import AffineNode, Conv2dNode, DeployError, FlattenNode, MaxP
 from ..graph.quantization import quantize
 from ..utils.files import atomic_write, scratch_folder
 from .base import FitCheck, FitReport, Target, chain_only, weight_bits
+from .consumer_process import ConsumerError
 
 __all__ = ["TARGET", "build_model", "fit"]
 
@@ -142,6 +143,9 @@ def _akida() -> Any:
         import akida
     except ImportError as error:
         raise ImportError(f"Akida models need akida: {INSTALL} ({error})") from None
+    except Exception as error:  # noqa: BLE001 - installed but broken (a missing library, another version's files)
+        said = " ".join(str(error).split())[:300]
+        raise ConsumerError(f"Akida is installed but cannot be imported: {type(error).__name__}: {said}") from None
     return akida
 
 
@@ -190,8 +194,7 @@ def _write(graph: SpikingGraph, path: Path, replace: bool) -> Path:
 
 
 def _run(path: Path, images: np.ndarray) -> np.ndarray:
-    import akida
-
+    akida = _akida()
     model = akida.Model(str(path))
     h, w, c = model.input_shape
     pixels = np.rint(np.asarray(images, np.float32).reshape(len(images), c, -1) * INPUT_LEVELS).astype(np.uint8)

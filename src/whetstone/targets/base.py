@@ -283,15 +283,17 @@ def at_most_bits(
     registers: Registers | None = None,
     one_threshold: bool = False,
     target: str = "",
+    threshold_bits: int | None = None,
 ) -> SpikingGraph:
     """``graph`` if its weights are integers of at most ``bits`` bits already, else quantized to ``bits``
     (:func:`~whetstone.graph.quantization.quantize` with ``per_channel`` and the chip's ``registers``).
     ``one_threshold``: the chip holds one threshold per layer, so a layer whose channels have thresholds of
     their own (fed through a sum pooling) is quantized with one scale for the layer, and a graph that was
-    quantized that way already is refused by ``target`` and layer name."""
+    quantized that way already is refused by ``target`` and layer name. ``threshold_bits``: the chip holds each
+    threshold in a signed state of that many bits (a file read back is checked against it)."""
     held = weight_bits(graph)
     if held is not None and held <= bits:
-        _check_integers(graph, held)  # a file read back holds what it says it holds
+        _check_integers(graph, held, threshold_bits)  # a file read back holds what it says it holds
         if one_threshold:
             for spike in graph.spiking_nodes():
                 if np.unique(spike.threshold).size > 1:
@@ -306,9 +308,19 @@ def at_most_bits(
     return quantized
 
 
-def _check_integers(graph: SpikingGraph, bits: int) -> None:
-    """``DeployError`` naming the layer unless every weight is an integer of at most ``bits`` bits (a file
-    edited or damaged after export says otherwise)."""
+def _check_integers(graph: SpikingGraph, bits: int, threshold_bits: int | None = None) -> None:
+    """``DeployError`` naming the layer unless every weight is an integer of at most ``bits`` bits and every
+    threshold within ``threshold_bits`` bits where given (a file edited or damaged after export says
+    otherwise). Thresholds need not be integers: an OR of spikes (a max pooling) fires on a count >= 0.5."""
+    if threshold_bits:
+        most = 2 ** (threshold_bits - 1) - 1
+        for spike in graph.spiking_nodes():
+            threshold = np.asarray(spike.threshold, dtype=np.float64)
+            if np.abs(threshold).max(initial=0.0) > most:
+                raise DeployError(
+                    f"{spike.name}: a threshold of {float(np.abs(threshold).max()):g} does not fit the chip's "
+                    f"{threshold_bits}-bit states (|T| <= {most})"
+                )
     limit = 2 ** (bits - 1) - 1
     for node in graph.nodes:
         if isinstance(node, (AffineNode, Conv2dNode)):

@@ -132,7 +132,8 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
     graph = positive_thresholds(no_padded_pools(graph, "Sinabs"), "Sinabs")
-    return at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS, one_threshold=True, target="Speck")
+    return at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS, one_threshold=True, target="Speck",
+                        threshold_bits=STATE_BITS)  # fmt: skip
 
 
 def run(path: Path, images: np.ndarray) -> np.ndarray:

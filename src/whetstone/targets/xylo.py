@@ -98,7 +98,7 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 def _prepare(graph: SpikingGraph) -> SpikingGraph:
     graph = dense_only(graph, "Rockpool")
-    return fold_biases(at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS))
+    return fold_biases(at_most_bits(graph, WEIGHT_BITS, registers=REGISTERS, threshold_bits=THRESHOLD_BITS))
 
 
 def fold_biases(graph: SpikingGraph) -> SpikingGraph:
