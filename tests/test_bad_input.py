@@ -12,14 +12,17 @@ docs/results.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import zipfile
@@ -35,7 +38,9 @@ from hypothesis import strategies as st
 
 import whetstone as ws
 from whetstone.cli.main import main
+from whetstone.export.nir import read_nir
 from whetstone.graph.precision import precision_cost
+from whetstone.targets.consumer_process import ConsumerError
 from whetstone.training.checkpoint import load_checkpoint, save_checkpoint
 from whetstone.utils.files import FolderLock, atomic_write
 
@@ -599,7 +604,111 @@ def _as_error(call: Callable[[], object]) -> object:
             return call()
 
 
-API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
+def _verify_in_lava(body: str | None, executable: bool = True) -> object:
+    """verify a Loihi 2 file in Lava through WHETSTONE_LAVA_PYTHON set to a shell script with this ``body``
+    (None: a path with nothing there), with a time limit of 1 s."""
+    from unittest import mock
+
+    from whetstone.targets import loihi2
+
+    with tempfile.TemporaryDirectory() as folder:
+        path, interpreter = _targets().export(_conv_graph(), Path(folder) / "m.nir", "loihi2"), Path(folder) / "python"
+        if body is not None:
+            interpreter.write_text(f"#!/bin/sh\n{body}\n")
+            interpreter.chmod(0o755 if executable else 0o644)
+        with mock.patch.dict(os.environ, {"WHETSTONE_LAVA_PYTHON": str(interpreter)}), \
+                mock.patch.object(loihi2, "LAVA_START_SECONDS", 1.0), mock.patch.object(loihi2, "LAVA_SECONDS_PER_IMAGE", 0.0):  # fmt: skip
+            return _targets().verify(path, "loihi2", np.zeros((1, 1, 4, 4), np.float32))
+
+
+def _verify_in_a_broken_akida() -> object:
+    """verify an Akida file where ``import akida`` fails as a damaged install does (a library missing)."""
+    from unittest import mock
+
+    with tempfile.TemporaryDirectory() as folder:
+        graph = _targets().get_target("akida").prepare(_graph())
+        path = _targets().export(graph, Path(folder) / "m.fbz", "akida")
+        package = Path(folder) / "broken" / "akida"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("raise OSError('libakida.so: cannot open shared object file')\n")
+        kept = {
+            name: module for name, module in sys.modules.items() if name != "akida" and not name.startswith("akida.")
+        }
+        with (
+            mock.patch.dict(sys.modules, kept, clear=True),
+            mock.patch.object(sys, "path", [str(package.parent), *sys.path]),
+        ):
+            return _targets().verify(path, "akida", np.zeros((1, 4), np.float32), reference=graph)
+
+
+def _edited_nir(target: str, edit: Callable[[object], None]) -> Callable[[], object]:
+    """A file written for ``target``, then edited by hand (``edit`` gets the nir graph) and read back: verified
+    for a chip target (which checks its integers), read for the generic one."""
+
+    def call() -> object:
+        import nir
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = _targets().export(_conv_graph(), Path(folder) / "m.nir", target)
+            graph = nir.read(path)
+            edit(graph)
+            nir.write(path, graph)
+            if target == "generic":
+                return read_nir(path)
+            return _targets().verify(path, target, np.zeros((1, 1, 4, 4), np.float32))
+
+    return call
+
+
+def _first(graph, kind: str):
+    import nir
+
+    return next(node for node in graph.nodes.values() if isinstance(node, getattr(nir, kind)))
+
+
+def _renamed_node_type(graph) -> None:
+    import nir
+
+    name = next(name for name, node in graph.nodes.items() if isinstance(node, nir.IF))
+    graph.nodes[name] = dataclasses.replace(graph.nodes[name])
+    graph.nodes[name].__class__ = type("Wormhole", (nir.IF,), {})  # written under a type name NIR does not know
+
+
+def _names_read_back() -> str:
+    """A network whose layers are named as nn.Module allows (slashes, '>', spaces, any letter), written to NIR
+    and read back: the names read back."""
+    layers = torch.nn.Sequential()
+    for name, module in [("conv/1", torch.nn.Linear(4, 4)), ("spike>a;b ☃", ws.SpikingBReLU(1.0))]:
+        layers.add_module(name, module)
+    with tempfile.TemporaryDirectory() as folder:
+        graph = ws.to_spiking_graph(ws.SpikingClassifier(layers, torch.eye(2, 4)), (4,))
+        back = read_nir(_targets().export(graph, Path(folder) / "m.nir"))
+    return "read back as " + ", ".join(node.name for node in back.nodes)
+
+
+def _export_over_a_killed_exports_file() -> str:
+    """An export killed (SIGKILL) while its temporary file existed, then the same export again: what is left."""
+    with tempfile.TemporaryDirectory() as folder:
+        finished = subprocess.Popen(["true"])
+        finished.wait()
+        dead = finished.pid  # the export that was killed: a process id nothing holds now
+        left = Path(folder) / f".m.nir.{dead}.abc.tmp"
+        left.write_bytes(b"half a file")
+        _targets().export(_graph(), Path(folder) / "m.nir")
+        return "the folder holds " + ", ".join(sorted(path.name for path in Path(folder).iterdir()))
+
+
+def _write_through_a_link() -> str:
+    """--json/--out given a symbolic link (as /dev/stdout is): the link stays, the file it names is written."""
+    with tempfile.TemporaryDirectory() as folder:
+        target, link = Path(folder) / "real.json", Path(folder) / "link.json"
+        target.write_text("old")
+        link.symlink_to(target)
+        atomic_write(link, "new")
+        return f"link kept: {link.is_symlink()}, the file it names holds {target.read_text()!r}"
+
+
+API_CASES: list[tuple[str, Callable[[], object], type[BaseException] | None, str]] = [
     ("simulate raw 0-255 pixels", lambda: ws.simulate(_graph(), np.zeros((2, 4), np.uint8)), ValueError, "got uint8 (0-255): divide by 255"),
     ("simulate NaN pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.nan, np.float32)), ValueError, "images contain 8 NaN or infinite values"),
     ("simulate infinite pixels", lambda: ws.simulate(_graph(), np.full((2, 4), np.inf, np.float32)), ValueError, "NaN or infinite"),
@@ -715,6 +824,40 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
      FileNotFoundError, "no file /nonexistent/m.onnx"),
     ("spikify a forward that prints and counts", lambda: _as_error(lambda: ws.spikify(_Counting(), num_classes=3)), UserWarning,
      "these statements will not run again: _Counting (tests/test_bad_input.py:"),
+    ("verify in Lava, WHETSTONE_LAVA_PYTHON naming nothing", lambda: _verify_in_lava(None), ImportError,
+     "python does not exist; python3.10 -m venv"),
+    ("verify in Lava, an interpreter that is not executable", lambda: _verify_in_lava("exit 0", executable=False), ConsumerError,
+     "Lava cannot start (WHETSTONE_LAVA_PYTHON="),
+    ("verify in Lava, an interpreter that hangs with a worker", lambda: _verify_in_lava("sleep 600 & sleep 600"), ConsumerError,
+     "Lava did not finish within 1 s (WHETSTONE_LAVA_PYTHON="),
+    ("verify in Lava, an interpreter without lava", lambda: _verify_in_lava("echo 'ModuleNotFoundError: No module named lava' >&2; exit 1"),
+     ConsumerError, "Lava failed (exit status 1) (WHETSTONE_LAVA_PYTHON="),
+    ("verify in Lava, an interpreter that prints garbage", lambda: _verify_in_lava("echo '%$#@ garbage'"), ConsumerError,
+     "wrote no readable spikes"),
+    ("verify in an Akida install that cannot be imported", _verify_in_a_broken_akida, ConsumerError,
+     "Akida is installed but cannot be imported: OSError: libakida.so: cannot open shared object file"),
+    ("verify a Loihi 2 file edited to hold a weight of 1000", _edited_nir("loihi2", lambda g: _first(g, "Affine").weight.__setitem__((0, 0), 1000.0)),
+     ws.DeployError, "a weight of 1000 is not an integer within the 8-bit weights"),
+    ("verify a Speck file edited to hold a threshold of 40000", _edited_nir("speck", lambda g: _first(g, "IF").v_threshold.__setitem__(..., 40000.0)),
+     ws.DeployError, "features.1: a threshold of 40000 does not fit the chip's 16-bit states (|T| <= 32767)"),
+    ("read a NIR file with a stride of 0", _edited_nir("generic", lambda g: setattr(_first(g, "Conv2d"), "stride", np.array([0, 0]))),
+     ValueError, "node 'features_0' (Conv2d): stride is [0, 0]; it must be integers >= 1"),
+    ("read a NIR file with thresholds of the wrong length", _edited_nir("generic", lambda g: [setattr(_first(g, "IF"), field, value) for field, value in
+     (("v_threshold", np.ones(3, np.float32)), ("r", np.ones(3, np.float32)), ("v_reset", np.zeros(3, np.float32)))]),
+     ValueError, "v_threshold has shape (3,), but the layer before it gives (2, 2, 2)"),
+    ("read a NIR file with a node type NIR lacks", _edited_nir("generic", _renamed_node_type), ValueError,
+     "has type 'Wormhole', which is not a NIR node type"),
+    ("read a NIR file whose metadata says 99-bit weights", _edited_nir("generic", lambda g: g.metadata.__setitem__("quantized_bits", 99)),
+     ValueError, "metadata 'quantized_bits' is 99; it must be an integer in [2, 16]"),
+    ("read a NIR file whose key is narrower than the output layer", _edited_nir("generic", lambda g: g.metadata.__setitem__(
+        "whetstone_key", np.eye(2, 3, dtype=np.float32))), ValueError, "the decoder key has 3 columns but the output 'features.4' has 4 units"),
+    ("graph of a float16 model (converted exactly to float32)", lambda: ws.to_spiking_graph(_model().half(), (4,)).nodes[1].weight.dtype, None, "float32"),
+    ("graph of a bfloat16 model (converted exactly to float32)", lambda: ws.to_spiking_graph(_model().bfloat16(), (4,)).nodes[1].weight.dtype, None, "float32"),
+    ("export a recurrent network for a chain-only chip", lambda: _targets().get_target("akida").prepare(_recurrent_graph()), ws.DeployError,
+     "runs layers in a chain only; this graph branches here (a recurrent edge"),
+    ("layers named with '/', '>', ';', spaces, any letter", _names_read_back, None, "read back as input, features.conv/1, features.spike>a;b ☃"),
+    ("export again after an export was killed mid-write", _export_over_a_killed_exports_file, None, "the folder holds m.nir"),
+    ("write through a symbolic link", _write_through_a_link, None, "link kept: True, the file it names holds 'new'"),
     ("spikify at an input size no machine holds", lambda: ws.spikify(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)), num_classes=10, input_shape=(3, 2_000_000, 2_000_000)),
      ws.DeployError, "input_shape (3, 2000000, 2000000) needs 44,703.5 GB in one tensor; this machine has"),
 ]  # fmt: skip
@@ -722,6 +865,9 @@ API_CASES: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
 
 @pytest.mark.parametrize("name,call,kind,expected", API_CASES, ids=[case[0] for case in API_CASES])
 def test_python_api_case(name, call, kind, expected):
+    if kind is None:  # a case that succeeds: what it returns says how
+        assert expected in str(call())
+        return
     with pytest.raises(kind) as raised:
         call()
     message = str(raised.value)
@@ -925,14 +1071,15 @@ def _markdown(root: Path) -> str:
         command = " ".join(case.argv).replace("|", "\\|")
         lines.append(f"| {number} | {case.name} | `whetstone {command}` | {shown} (exit {code}) |")
     lines.append("")
-    lines.append("| # | Python call | raises |")
+    lines.append("| # | Python call | raises (or, where it succeeds, what it gives) |")
     lines.append("|---:|---|---|")
     for number, (name, call, kind, _) in enumerate(API_CASES, len(CLI_CASES) + 1):
         try:
-            call()
-            shown = "(nothing raised)"
+            result = call()
+            shown = f"succeeds: {result}" if kind is None else "(nothing raised)"
         except Exception as error:  # noqa: BLE001 - shown as the user would see it
-            shown = f"{type(error).__name__}: {error}".replace("|", "\\|")
+            shown = f"{type(error).__name__}: {error}"
+        shown = re.sub(r"/tmp/tmp\w+", "T", shown).replace("|", "\\|")
         lines.append(f"| {number} | {name} | {shown} |")
     return "\n".join(lines)
 
