@@ -26,10 +26,16 @@ SHARED_DATA ?= $(abspath ../shared/data)
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# What the demo needs and nothing more: the pinned torch and whetstone's own dependencies.
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# Everything the tests run: every extra, the consumers, Lava's own environment.
+$(VENV)/.installed: $(VENV)/.core
 	$(BIN)/python -m pip install --quiet -e ".[test,akida]"
 	$(BIN)/python -m pip install --quiet --no-deps $(CONSUMERS_NO_DEPS)
 	$(BIN)/python -m pip install --quiet $(CONSUMER_NEEDS)
@@ -38,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	else echo "no Python 3.10 found: Lava (verify --consumer lava) will not run; its tests skip"; fi
 	touch $@
 
-demo: install
+demo: $(VENV)/.core
 	$(BIN)/whetstone demo
 
 test: install
