@@ -217,3 +217,34 @@ def test_a_teacher_is_frozen_and_errors_name_the_argument():
         ws.Distillation(teacher, temperature=0)
     with pytest.raises(ValueError, match="base loss must classify"):
         ws.Distillation(teacher, base=ws.Reconstruction())
+
+
+def test_training_from_python_logs_each_epoch_and_is_silent_when_asked(mini, capsys, monkeypatch):
+    """Each epoch's line goes through logging (the command line's line): printed on stderr while nothing is
+    configured, routed by the caller's own handlers otherwise, silenced by the logger's level."""
+    import logging
+
+    def fit(epochs: int) -> None:
+        model = ws.create_model("mnist-dense")
+        optimizer = torch.optim.Adadelta(model.parameters(), 4.0)
+        ws.Trainer(model, optimizer, progress=False).fit(mini[0], epochs)
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a plain script: logging not configured (pytest adds its own)
+    fit(2)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[:2] for line in lines] == [["epoch", "1"], ["epoch", "2"]] and "sharpness [0.00" in lines[0]
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setattr(root, "handlers", [handler])  # the caller's own logging: it gets the lines, stderr none
+    fit(1)
+    assert [r.name for r in records] == ["whetstone.training"] and not capsys.readouterr().err
+    logger, level = logging.getLogger("whetstone"), logging.getLogger("whetstone").level
+    monkeypatch.setattr(root, "handlers", [])
+    logger.setLevel(logging.WARNING)  # asked to be silent
+    try:
+        fit(1)
+    finally:
+        logger.setLevel(level)
+    assert not capsys.readouterr().err

@@ -41,6 +41,9 @@ from .training.callbacks import Callback
 from .training.checkpoint import load_checkpoint
 from .training.evaluation import binary_report, evaluate, is_fully_binary
 from .training.trainer import Trainer
+from .utils.logs import install_fallback as _install_fallback
+
+_install_fallback()  # each epoch's line shows, from Python too, until logging is configured otherwise
 
 try:  # the installed distribution's version: pyproject.toml is its one source
     __version__ = _metadata.version("whetstone-snn")

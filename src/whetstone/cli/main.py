@@ -32,9 +32,10 @@ from ..runs.config import (
 )
 from ..targets import CHIPS, TARGETS
 from ..training import distributed
-from ..training.callbacks import PrintEpochs, PrintSummary
+from ..training.callbacks import PrintSummary
 from ..training.checkpoint import RunFolder, check_output_path, load_checkpoint
 from ..utils.files import Terminated, atomic_write, sigterm_raises
+from ..utils.logs import console
 from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line, stopped_line
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -181,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_process(config: RunConfig, resumed: bool) -> int:
     """Train (or continue) the run in this process; with torch.distributed, one rank's share."""
-    run = build_run(config, load_checkpoint(config.out) if resumed else None, callbacks=[PrintEpochs(), PrintSummary()])
+    run = build_run(config, load_checkpoint(config.out) if resumed else None, callbacks=[PrintSummary()])
     if resumed and distributed.rank() == 0:
         epoch, batch = run.trainer.position
         print(f"resuming {config.out} at epoch {epoch + 1}, batch {batch}", flush=True)
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, or a usage error already printed in one line
         return int(stop.code or 0)
     try:
-        with sigterm_raises(), warnings.catch_warnings():
+        with sigterm_raises(), warnings.catch_warnings(), console():
             warnings.showwarning = _print_warning
             return _HANDLERS[args.command](args)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as command-line tools do

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..nn.sharpen import set_model_sharpness
-from ..training.callbacks import PrintEpochs, format_seconds
+from ..training.callbacks import format_seconds
 from ..training.checkpoint import RunFolder
 from ..training.evaluation import evaluate
 from ..training.history import TrainResult
@@ -23,7 +23,7 @@ __all__ = ["run_demo"]
 
 def _train(config: RunConfig) -> tuple[TrainResult, torch.nn.Module, object]:
     with RunFolder(config.out).claim(overwrite=True):  # the demo replaces an earlier demo's run (checked before)
-        run = build_run(config, callbacks=[PrintEpochs()])
+        run = build_run(config)
         return run.fit(), run.model, run.eval_loader
 
 

@@ -1,4 +1,4 @@
-"""Trainer callbacks: progress, per-epoch lines, the run's history files and plot, TensorBoard.
+"""Trainer callbacks: progress, per-epoch lines (through logging), the run's history files and plot, TensorBoard.
 
 A callback overrides any of the hooks below; the :class:`~whetstone.training.trainer.Trainer` calls them on the
 main process only (rank 0 under ``torch.distributed``). A plain function ``fn(record)`` passed as a
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import sys
 import time
@@ -24,11 +25,13 @@ from .checkpoint import HISTORY_CSV_NAME, HISTORY_NAME, PLOT_NAME, RunFolder
 from .history import EpochRecord, TrainResult
 from .plot import plot_history
 
+_log = logging.getLogger("whetstone.training")
+
 __all__ = [
     "Callback",
     "HistoryFiles",
     "HistoryPlot",
-    "PrintEpochs",
+    "LogEpochs",
     "PrintSummary",
     "ProgressBar",
     "TensorBoard",
@@ -165,12 +168,11 @@ class ProgressBar(Callback):
             self._bar = None
 
 
-class PrintEpochs(Callback):
-    """One line per epoch: loss, accuracies (or the test loss of an autoencoder), per-layer sharpness,
-    seconds and the run's time left."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream
+class LogEpochs(Callback):
+    """One line per epoch through :mod:`logging` (the logger ``whetstone.training``, at INFO): loss,
+    accuracies (or the test loss of an autoencoder), per-layer sharpness, seconds and the run's time left.
+    Every :class:`~whetstone.training.trainer.Trainer` has one; see :mod:`whetstone.utils.logs` for where the
+    lines go and how to silence them."""
 
     def on_train_begin(self, trainer: Trainer) -> None:
         self._started = time.perf_counter()
@@ -185,8 +187,8 @@ class PrintEpochs(Callback):
             scores = f"train {100 * record.train_accuracy:6.2f}%  test {test}"
         done = record.epoch + 1 - self._first_epoch
         left = (time.perf_counter() - self._started) / done * (trainer.epochs - record.epoch - 1)
-        print(f"epoch {record.epoch + 1:3d}  loss {record.train_loss:.4f}  {scores}  sharpness [{sharpness}]  "
-              f"{record.seconds:.1f}s  (run left <= {format_seconds(left)})", file=self.stream or sys.stdout, flush=True)  # fmt: skip
+        _log.info(f"epoch {record.epoch + 1:3d}  loss {record.train_loss:.4f}  {scores}  sharpness [{sharpness}]  "
+                  f"{record.seconds:.1f}s  (run left <= {format_seconds(left)})")  # fmt: skip
 
 
 class PrintSummary(Callback):

@@ -28,7 +28,7 @@ from ..nn.sharpen import Sharpener, model_sharpness, spiking_layer_names
 from ..utils.checks import boolean, positive_int
 from ..utils.files import raise_if_terminated
 from . import distributed
-from .callbacks import Callback, HistoryFiles, HistoryPlot, ProgressBar, as_callback
+from .callbacks import Callback, HistoryFiles, HistoryPlot, LogEpochs, ProgressBar, as_callback
 from .checkpoint import RunFolder, describe_load_error, save_checkpoint
 from .evaluation import binary_report, evaluate, is_fully_binary
 from .history import EpochRecord, TrainResult
@@ -94,7 +94,9 @@ class Trainer:
             batches), ``best.pt`` (the best fully binary epoch), ``history.json``/``.csv`` and
             ``history.png``. ``None`` writes nothing.
         run_info: plain values saved in the checkpoint to rebuild the model (name, options, dataset).
-        progress: show progress (a bar on a terminal, periodic lines otherwise).
+        progress: show progress (a bar on a terminal, periodic lines otherwise). Each epoch's line is
+            logged either way (:class:`~whetstone.training.callbacks.LogEpochs`; silence it with
+            ``logging.getLogger("whetstone").setLevel(logging.WARNING)``).
         checkpoint_every: also checkpoint every this many batches (a killed run then loses at most
             that many batches).
         max_retries: how many times a diverging epoch (non-finite loss, or training accuracy falling
@@ -181,7 +183,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
         self.folder = RunFolder(out_dir) if out_dir is not None else None
         self.run_info = dict(run_info or {})
-        self.callbacks: list[Callback] = [ProgressBar()] if progress else []
+        self.callbacks: list[Callback] = ([ProgressBar()] if progress else []) + [LogEpochs()]
         if self.folder is not None:
             self.folder.create()
             self.callbacks += [HistoryFiles(self.folder.path), HistoryPlot(self.folder.path)]
