@@ -518,3 +518,34 @@ def test_any_legal_module_name_round_trips_through_nir(tmp_path):
     assert "features.conv/1" in {node.name for node in back.nodes}
     x = np.random.default_rng(0).random((20, 1, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(simulate(back, x).output_spikes, simulate(graph, x).output_spikes)
+
+
+def test_spikes_you_can_see_a_raster_per_layer_and_every_units_rate(trained, mini_test, tmp_path, capsys):
+    """simulate keeps per-unit spike counts of every sample and, with record_samples, the recorded values of
+    the first few only; plot_spikes draws them; simulate --plot writes spikes.png beside the run."""
+    import json
+
+    _optional("nir")
+    from whetstone.export.nir import write_nir
+
+    graph = to_spiking_graph(trained, (1, 28, 28))
+    spiking = tuple(node.name for node in graph.spiking_nodes())
+    images = mini_test[0][:300].numpy()
+    result = simulate(graph, images, batch_size=128, record=spiking, record_samples=5)
+    whole = simulate(graph, images, batch_size=128, record=spiking)
+    for layer in result.layers:
+        if layer.name in spiking:
+            assert result.recorded[layer.name].shape[:2] == (5, 1)
+            np.testing.assert_array_equal(result.recorded[layer.name], whole.recorded[layer.name][:5])
+            assert layer.unit_spikes.sum() == layer.spikes == whole.recorded[layer.name].sum()
+    json.dumps(result.figures(np.zeros(300)))  # the per-unit counts stay out of the JSON figures
+    path = ws.plot_spikes(result, tmp_path / "spikes.png", samples=3)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="holds no recorded spiking layer: simulate with record="):
+        ws.plot_spikes(simulate(graph, images[:4]), tmp_path / "none.png")
+    with pytest.raises(ValueError, match="record_samples must be a positive integer, got 0"):
+        simulate(graph, images[:4], record_samples=0)
+    nir_file = write_nir(graph, tmp_path / "m.nir")
+    assert main(["simulate", str(nir_file), "--dataset", "mnist-mini", "--limit", "20", "--plot", "--no-progress"]) == 0
+    assert f"spike plot: {tmp_path / 'm.spikes.png'}" in capsys.readouterr().out
+    assert (tmp_path / "m.spikes.png").stat().st_size > 0

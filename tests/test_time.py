@@ -136,9 +136,10 @@ def test_the_rnn_trains_binary_from_the_command_line_then_simulates_and_verifies
                  "--model-option", "hidden=32", "--out", str(out), "--no-progress", "--threads", "1"])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0 and "fully binary" in printed, printed
-    assert main(["simulate", str(out), "--limit", "200"]) == 0
+    assert main(["simulate", str(out), "--limit", "200", "--plot"]) == 0
     printed = capsys.readouterr().out
     assert "features.hidden" in printed  # the per-layer report of the recurrent layer
+    assert f"spike plot: {out / 'spikes.png'}" in printed and (out / "spikes.png").stat().st_size > 0  # over time
     pytest.importorskip("snntorch", reason="consumer 'snntorch' is not installed (pip install snntorch)")
     code = main(["export", str(out), "--format", "nir", "--target", "snntorch", "--verify", "--limit", "100",
                  "--no-progress"])  # fmt: skip

@@ -17,6 +17,7 @@ from .graph.integer import IntegerNetwork
 from .graph.nodes import DeployError, SpikingGraph
 from .graph.quantization import quantize
 from .graph.simulator import SimResult, simulate
+from .graph.spike_plot import plot_spikes
 from .models.zoo import Recipe, SpikingClassifier, create_model, list_models, register_model
 from .nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
 from .nn.decode import SoftmaxDecode, key_generator
@@ -93,6 +94,7 @@ __all__ = [
     "load_dataset",
     "model_from_checkpoint",
     "model_sharpness",
+    "plot_spikes",
     "pool_before_spikes",
     "quantize",
     "quantize_weights",

@@ -70,9 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
     ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint for a target")
     ex.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
     formats = "fbz: an Akida model (--target akida); py: a PyNN script (--target pynn)"
-    ex.add_argument(
-        "--format", choices=["nir", "onnx", "fbz", "py"], help=f"default: the target's, or --out's; {formats}"
-    )
+    ex.add_argument("--format", choices=["nir", "onnx", "fbz", "py"], help=f"default: the target's, or --out's; {formats}")  # fmt: skip
     ex.add_argument("--target", choices=_TARGET_NAMES, help="the software or chip the file is for (default: generic)")
     ex.add_argument("--out", help="file to write (default: model.nir / model.onnx in the run's folder)")
     ex.add_argument("--bits", **bits)
@@ -104,6 +102,8 @@ def make_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's (needed for a .nir file)")
     sim.add_argument("--split", choices=["train", "test"], default="test")
     sim.add_argument("--limit", type=COUNT, help="simulate only the first N images")
+    sim.add_argument("--plot", action="store_true", help="draw 8 images' spikes per layer and every unit's rate: "
+                     "spikes.png in the run's folder (NAME.spikes.png beside a .nir file)")  # fmt: skip
     sim.add_argument("--bits", **bits)
     sim.add_argument("--arithmetic", choices=["fp32", "int8"], help="energy figures (default: int8 with --bits)")
     sim.add_argument("--batch-size", type=COUNT, default=256)
@@ -282,7 +282,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     arithmetic = args.arithmetic or ("int8" if args.bits else "fp32")
     result, figures = simulate_run(args.source, args.dataset, args.split, args.limit, args.bits, arithmetic,
                                    args.batch_size, args.data_dir, args.download, progress=not args.no_progress,
-                                   tie_break=args.tie_break)  # fmt: skip
+                                   tie_break=args.tie_break, plot=args.plot)  # fmt: skip
     print(simulation_text(result, figures, arithmetic))
     if args.json_out:
         atomic_write(args.json_out, json.dumps(figures, indent=1), replace=args.overwrite)

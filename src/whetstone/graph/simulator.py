@@ -181,6 +181,12 @@ class LayerStats:
     spikes: int = 0  # spiking layers: spikes emitted
     events: int = 0  # weighted layers: synapses delivered (multiply-accumulates at the encoder)
     dense_macs: int = 0  # weighted layers: multiply-accumulates of the same layer run densely
+    #: Spiking layers: the spikes of each unit (flattened), summed over samples and steps.
+    unit_spikes: np.ndarray | None = field(default=None, repr=False)
+
+    def figures(self) -> dict:
+        """The layer's figures as plain values (JSON-ready), without the per-unit counts."""
+        return {key: value for key, value in vars(self).items() if key != "unit_spikes"}
 
 
 @dataclass
@@ -223,7 +229,7 @@ class SimResult:
         snn, ann = self.energy(arithmetic)
         return {"samples": self.samples, "accuracy": self.accuracy(labels), "encoder_macs": encoder, "synaptic_events": synops,
                 "dense_macs": dense, "energy_nj": snn, "dense_energy_nj": ann, "arithmetic": arithmetic,
-                "layers": [vars(layer) for layer in self.layers]}  # fmt: skip
+                "layers": [layer.figures() for layer in self.layers]}  # fmt: skip
 
     def synaptic_ops(self) -> tuple[float, float, float]:
         """Per sample: (encoder multiply-accumulates, binary synaptic events, dense MACs of the whole net)."""
@@ -318,6 +324,7 @@ def simulate(
     progress: bool = False,
     record: tuple[str, ...] = (),
     tie_break: str = "lowest",
+    record_samples: int | None = None,
 ) -> SimResult:
     """Run ``graph`` event by event and decode its output at the last step with the graph's key (ties:
     see ``tie_break``).
@@ -328,8 +335,10 @@ def simulate(
     ``steps`` (:meth:`SpikingGraph.as_steps`: an image row by row). At each step every node sums its
     inputs; a recurrent input gives its node's value of the previous step (zeros at the first); a spiking
     node's membrane keeps ``leak`` times its value after the reset. ``record`` names nodes whose values at
-    every step are returned in :attr:`SimResult.recorded` as (N, T, *shape). ``ValueError`` for inputs
-    that are not that (raw 0-255 pixels, NaN, another shape).
+    every step are returned in :attr:`SimResult.recorded` as (N, T, *shape), for the first
+    ``record_samples`` samples only where given (:func:`~whetstone.graph.spike_plot.plot_spikes` needs a
+    few; a whole test set of a convolutional layer is gigabytes). ``ValueError`` for inputs that are not
+    that (raw 0-255 pixels, NaN, another shape).
 
     N-hot decode scores are integers, so classes can tie. ``tie_break="lowest"`` takes the lowest class
     index (argmax's rule); ``"membrane"`` reads the output neurons' membrane potentials too (where the
@@ -341,6 +350,8 @@ def simulate(
     positive_int(batch_size, "batch_size")
     graph.check()
     names = {n.name for n in graph.nodes}
+    if record_samples is not None:
+        positive_int(record_samples, "record_samples")
     unknown = [name for name in record if name not in names]
     if unknown:
         raise ValueError(f"record names no node of the graph: {unknown}; nodes are {sorted(names)}")
@@ -363,8 +374,10 @@ def simulate(
         outputs.append(out if graph.readout == "membrane" else out.astype(np.uint8))
         margins.append(margin)
         predictions.append(_classify(graph, out, membrane if tie_break == "membrane" else None))
+        kept = len(batch) if record_samples is None else max(0, min(len(batch), record_samples - lo))
         for name in record:
-            recorded[name].append(trace[name])
+            if kept:
+                recorded[name].append(trace[name][:kept])
     return SimResult(
         np.concatenate(predictions),
         np.concatenate(outputs),
@@ -374,7 +387,7 @@ def simulate(
         dict(graph.metadata),
         np.concatenate(margins),
         steps.shape[1],
-        {name: np.concatenate(parts) for name, parts in recorded.items()},
+        {name: np.concatenate(parts) for name, parts in recorded.items() if parts},
     )
 
 
@@ -421,7 +434,10 @@ def _run_batch(
                     distance = np.abs(x - node.threshold).reshape(size, -1).min(axis=1)
                     margin = np.minimum(margin, distance)
                 values[node.name] = spikes.astype(np.float32)
-                stats[node.name].spikes += int(spikes.sum())
+                per_unit = spikes.reshape(size, -1).sum(axis=0)
+                stats[node.name].spikes += int(per_unit.sum())
+                counts = stats[node.name].unit_spikes
+                stats[node.name].unit_spikes = per_unit if counts is None else counts + per_unit
                 if node.name == graph.output:
                     output_membrane = x - node.threshold
             elif isinstance(node, Pool2dNode):

@@ -18,6 +18,7 @@ from ..graph.nodes import SpikingGraph
 from ..graph.precision import PrecisionCost, describe_weights, precision_cost
 from ..graph.quantization import quantize
 from ..graph.simulator import simulate
+from ..graph.spike_plot import plot_spikes
 from ..models.zoo import recipe
 from ..nn.losses import Classification, Reconstruction
 from ..training.checkpoint import load_checkpoint
@@ -32,6 +33,8 @@ from .restore import (
 
 #: Test images on which export and fit measure what a chip's integer weights cost.
 PRECISION_IMAGES = 1000
+#: The samples whose spikes ``simulate --plot`` draws as rasters.
+PLOTTED_SAMPLES = 8
 
 __all__ = ["PRECISION_IMAGES", "evaluate_run", "precision_on_run", "simulate_run", "simulation_text"]
 
@@ -82,12 +85,15 @@ def simulate_run(
     download: bool = False,
     progress: bool = False,
     tie_break: str = "lowest",
+    plot: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Run a trained run (its folder or a checkpoint) or a ``.nir`` file in the event-driven simulator
     on the first ``limit`` images of a dataset split, quantized to ``bits`` if given, ties in the decode
     broken by ``tie_break`` (see :func:`~whetstone.graph.simulator.simulate`). Returns the
     :class:`~whetstone.graph.simulator.SimResult` and plain figures: accuracy, operations and energy per image, per
-    layer activity, and for a checkpoint the PyTorch model's accuracy and its agreement with the simulator."""
+    layer activity, and for a checkpoint the PyTorch model's accuracy and its agreement with the simulator.
+    ``plot``: also write the spike plot (:func:`~whetstone.graph.spike_plot.plot_spikes`) beside the run
+    (``spikes.png`` in its folder) or the file (``NAME.spikes.png``); its path is in the figures."""
     path, model = Path(source), None
     if path.suffix == ".onnx":
         raise ValueError(
@@ -110,7 +116,9 @@ def simulate_run(
     else:
         graph = quantize(trained, bits) if bits else trained
     bits = graph.metadata.get("quantized_bits")  # the run's own, if it was trained for integer weights
-    result = simulate(graph, images.numpy(), batch_size, progress=progress, tie_break=tie_break)
+    spiking = tuple(node.name for node in graph.spiking_nodes()) if plot else ()
+    result = simulate(graph, images.numpy(), batch_size, progress=progress, tie_break=tie_break, record=spiking,
+                      record_samples=PLOTTED_SAMPLES)  # fmt: skip
     figures = {
         "source": str(source),
         "dataset": dataset,
@@ -131,6 +139,11 @@ def simulate_run(
             reference = torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)]).numpy()
         figures["torch_accuracy"] = float((reference == labels).mean())
         figures["agreement_with_torch"] = float((reference == result.predictions).mean())
+    if plot:
+        beside = path.with_suffix(".spikes.png") if path.suffix else path / "spikes.png"
+        if path.suffix == ".pt":  # a checkpoint: beside it, in its run folder
+            beside = path.parent / "spikes.png"
+        figures["spike_plot"] = str(plot_spikes(result, beside, PLOTTED_SAMPLES))
     return result, figures
 
 
@@ -146,6 +159,8 @@ def simulation_text(result: Any, figures: dict[str, Any], arithmetic: str) -> st
         agree = round(figures["agreement_with_torch"] * figures["samples"])
         lines.append(f"PyTorch model: {figures['torch_accuracy']:.2%}; same class as the simulator on {agree:,} of "
                      f"{figures['samples']:,}")  # fmt: skip
+    if "spike_plot" in figures:
+        lines.append(f"spike plot: {figures['spike_plot']}")
     return "\n".join(lines)
 
 
