@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import whetstone as ws
 from whetstone.data import datasets as wdata
 from whetstone.data.datasets import DatasetError, load_dataset, read_idx
 from whetstone.data.loader import TensorLoader
@@ -301,3 +302,84 @@ def test_cifar_members_that_are_not_small_images_are_refused_in_one_line(tmp_pat
     with pytest.raises(DatasetError, match=message) as info:
         load_dataset("cifar10", "test", data_dir=root)
     assert "\n" not in str(info.value)
+
+
+def _bars(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grey 12x12 images of one bright vertical bar (left, middle or right) over noise: three classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, count)
+    images = rng.integers(0, 50, (count, 12, 12)).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        image[:, 4 * label : 4 * label + 4] += 200
+    return images, labels
+
+
+def test_a_data_set_of_your_own_trains_from_the_command_line_as_a_folder_arrays_or_a_factory(
+    tmp_path, monkeypatch, capsys
+):
+    """The same images as a .npz file, a folder of PNGs per class and a factory of map-style data sets load
+    alike (float pixels in [0, 1] stored back as the same uint8), train to binary from the CLI, and the run
+    names its data so that simulate finds it from another folder."""
+    from PIL import Image
+
+    from whetstone.cli.main import main
+
+    (x_train, y_train), (x_test, y_test) = _bars(400, 0), _bars(150, 1)
+    np.savez(tmp_path / "bars.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+             classes=np.array(["left", "middle", "right"]))  # fmt: skip
+    for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = tmp_path / "bars" / split / ("left", "middle", "right")[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{index:04d}.png")
+    (tmp_path / "my_bars.py").write_text(
+        "import numpy as np, torch\n"
+        f"_d = np.load({str(tmp_path / 'bars.npz')!r})\n"
+        "def data():\n"
+        "    pairs = lambda x, y: [(torch.tensor(i, dtype=torch.float32)[None] / 255, int(c)) for i, c in zip(x, y)]\n"
+        "    return pairs(_d['x_train'], _d['y_train']), pairs(_d['x_test'], _d['y_test'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    npz, folder = ws.load_dataset(str(tmp_path / "bars.npz"), "test"), ws.load_dataset(str(tmp_path / "bars"), "test")
+    factory = ws.load_dataset("my_bars:data", "test")
+    assert npz.classes == folder.classes == ("left", "middle", "right") and factory.classes == ("0", "1", "2")
+    order = np.argsort(y_test, kind="stable")  # the folder lists its images class by class
+    assert torch.equal(folder.images[:, 0], torch.from_numpy(x_test[order])) and torch.equal(
+        folder.labels, torch.from_numpy(y_test[order])
+    )
+    assert torch.equal(npz.images, factory.images) and npz.images.shape == (150, 1, 12, 12)
+    monkeypatch.chdir(tmp_path)
+    for name in ("bars.npz", "bars", "my_bars:data"):
+        out = tmp_path / f"run-{name.replace(':', '-')}"
+        code = main(["train", "--model", "mnist-dense", "--dataset", name, "--epochs", "5", "--start-epoch", "1",
+                     "--steps", "1", "--no-progress", "--threads", "1", "--out", str(out)])  # fmt: skip
+        printed = capsys.readouterr().out
+        assert code == 0 and "fully binary: every spiking unit" in printed, printed
+        accuracy = float(printed.split("final test accuracy: ")[1].split("%")[0])
+        assert accuracy > 80, printed
+    monkeypatch.chdir(tmp_path / "bars")  # the run saved where its data is: found from anywhere
+    assert main(["simulate", str(tmp_path / "run-bars.npz"), "--no-progress"]) == 0
+    assert f"150 {tmp_path / 'bars.npz'} test images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: np.savez(p / "d.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(4, int)), "d.npz: no array x_test, y_test (it holds x_train, y_train)"),
+        (lambda p: np.savez(p / "d.npz", x_train=np.full((4, 5, 5), 2.0), y_train=np.zeros(4, int), x_test=np.zeros((2, 5, 5)), y_test=np.zeros(2, int)),
+         "d.npz x_train: float images must be finite and in [0, 1], got values from 2 to 2"),
+        (lambda p: np.savez(p / "d.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(3, int), x_test=np.zeros((2, 5, 5), np.uint8), y_test=np.zeros(2, int)),
+         "d.npz y_train: labels must be one per image (4), got shape (3,)"),
+        (lambda p: np.savez(p / "d.npz", x_train=np.zeros((4, 5, 5), np.uint8), y_train=np.zeros(4, int), x_test=np.zeros((2, 6, 6), np.uint8), y_test=np.zeros(2, int)),
+         "d.npz: train images are (1, 5, 5) but test images (1, 6, 6)"),
+        (lambda p: (p / "d.npz").write_text("not a zip"), "d.npz: not a .npz file (a zip of .npy arrays, as numpy.savez writes)"),
+        (lambda p: (p / "d" / "train" / "a").mkdir(parents=True), "d: no test folder (it holds train/<class>/* and test/<class>/*)"),
+    ],
+    ids=["missing-arrays", "floats-above-1", "labels-of-another-length", "splits-of-other-sizes", "not-a-zip", "no-test-folder"],
+)  # fmt: skip
+def test_a_data_set_of_your_own_that_is_wrong_is_named_with_what_is_wrong(tmp_path, make, message):
+    make(tmp_path)
+    name = str(tmp_path / ("d.npz" if (tmp_path / "d.npz").exists() else "d"))
+    with pytest.raises((ValueError, FileNotFoundError)) as raised:
+        ws.load_dataset(name)
+    assert str(raised.value) == str(tmp_path / message) and "\n" not in str(raised.value)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..utils.files import atomic_write
+from .user_data import is_user_source, read_user_data
 
 __all__ = [
     "DATASETS",
@@ -336,9 +337,27 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
+def unknown_dataset(name: object) -> ValueError:
+    """The error for a data set name that is neither built in nor one of the user's own."""
+    return ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}, or give a folder "
+                      "(train/<class>/*, test/<class>/*), a .npz file (x_train, y_train, x_test, y_test) or "
+                      "package.module:factory")  # fmt: skip
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """What the data set ``name`` looks like: a built-in's spec, or one read from the user's own data (see
+    :mod:`~whetstone.data.user_data`; read once). ``ValueError`` for a name that is neither."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if not isinstance(name, str) or not is_user_source(name):
+        raise unknown_dataset(name)
+    data = read_user_data(name)
+    return DatasetSpec(name, name, data.image_shape, data.classes, {split: Split("", "") for split in data.splits})
+
+
 def _files(name: str, split: str, data_dir: str | os.PathLike | None) -> tuple[DatasetSpec, Split, Path]:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+        raise unknown_dataset(name)
     spec = DATASETS[name]
     if split not in spec.splits:
         raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
@@ -349,7 +368,7 @@ def _files(name: str, split: str, data_dir: str | os.PathLike | None) -> tuple[D
 def check_holds(dataset: str, shape: tuple[int, ...], source: object) -> None:
     """``ValueError`` unless each image of ``dataset`` holds as many values as one sample of ``shape``, what
     ``source`` (a file, named in the message) takes: an image read row by row holds its steps' values."""
-    has = DATASETS[dataset].image_shape
+    has = dataset_spec(dataset).image_shape
     if math.prod(has) != math.prod(shape):
         shapes = ["x".join(map(str, dims)) for dims in (has, shape)]
         raise ValueError(f"--dataset {dataset} has {shapes[0]} images but {source} takes {shapes[1]}")
@@ -358,7 +377,11 @@ def check_holds(dataset: str, shape: tuple[int, ...], source: object) -> None:
 def check_available(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
                     splits: tuple[str, ...] = ("train", "test")) -> None:  # fmt: skip
     """``DatasetError`` (saying where it looked and how to get them) unless the files of ``splits`` of
-    dataset ``name`` are present, or can be downloaded. Cheap: nothing is read."""
+    dataset ``name`` are present, or can be downloaded. Cheap: nothing is read (but a data set of the user's
+    own, which is read once to be checked)."""
+    if name not in DATASETS:
+        dataset_spec(name)
+        return
     for split in splits:
         spec, files, folder = _files(name, split, data_dir)
         missing = [f for f in (files.images, files.labels) if f and not (folder / f).is_file()]
@@ -375,11 +398,19 @@ def load_dataset(
     """Load a whole split into memory.
 
     Args:
-        name: one of :data:`DATASETS` (``mnist``, ``fashion-mnist``, ``mnist-mini``, ``cifar10``).
+        name: one of :data:`DATASETS` (``mnist``, ``fashion-mnist``, ``mnist-mini``, ``cifar10``), or a data set
+            of the user's own: a folder, a ``.npz`` file or ``package.module:factory`` (see
+            :mod:`~whetstone.data.user_data`).
         split: ``"train"`` or ``"test"``.
         data_dir: the data root (see the module docs); ignored for the bundled ``mnist-mini``.
         download: fetch missing MNIST / Fashion-MNIST files (verified by SHA-256) into the root.
     """
+    if name not in DATASETS:  # the user's own: see user_data
+        spec = dataset_spec(name)
+        if split not in spec.splits:
+            raise ValueError(f"unknown split {split!r} for {name}; choose one of {', '.join(spec.splits)}")
+        images, labels = read_user_data(name).splits[split]
+        return ImageDataset(name, split, images, labels, spec.classes)
     spec, files, folder = _files(name, split, data_dir)
     if download and spec.urls:
         _download(spec, files, folder)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..utils.checks import positive_int
-from .datasets import DATASETS, ImageDataset
+from .datasets import ImageDataset, dataset_spec
 
 __all__ = ["TensorLoader", "augmentation", "random_crop_flip"]
 
@@ -129,7 +129,5 @@ def random_crop_flip(padding: int = 4, flip: bool = True) -> Callable[[Tensor], 
 def augmentation(dataset: str) -> Callable[[Tensor], Tensor]:
     """The training augmentation of ``dataset``: :func:`random_crop_flip` with its padding, mirroring
     only where a mirror image keeps its class (CIFAR-10, Fashion-MNIST; not digits)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
-    spec = DATASETS[dataset]
+    spec = dataset_spec(dataset)
     return random_crop_flip(spec.crop_padding, flip=spec.mirror)

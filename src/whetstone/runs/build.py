@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.datasets import DATASETS, ImageDataset, check_available, load_dataset
+from ..data.datasets import ImageDataset, check_available, dataset_spec, load_dataset
 from ..data.loader import TensorLoader, augmentation
 from ..models.zoo import create_model, recipe
 from ..nn.losses import Classification, Distillation, Loss, Reconstruction
@@ -111,14 +111,14 @@ def build_sharpener(config: RunConfig) -> Sharpener | None:
 
 def model_options(config: RunConfig, classes: int) -> dict[str, Any]:
     """The constructor options of the run's model (saved with its weights to rebuild it)."""
-    shape = list(DATASETS[config.dataset].image_shape)
+    shape = list(dataset_spec(config.dataset).image_shape)
     return {"num_classes": classes, "activation": config.activation, "key_width": config.key_width, "key_seed": config.seed,
             "input_shape": shape, **config.model_options}  # fmt: skip
 
 
 def check_model(config: RunConfig) -> None:
     """Build the run's model once on the CPU to check its options (done before workers start)."""
-    _created(config, model_options(config, len(DATASETS[config.dataset].classes)))
+    _created(config, model_options(config, len(dataset_spec(config.dataset).classes)))
 
 
 def _created(config: RunConfig, options: dict[str, Any]) -> nn.Module:

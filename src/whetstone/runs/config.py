@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..data.datasets import DATASETS
+from ..data.datasets import DATASETS, dataset_spec
 from ..models.zoo import list_models, recipe
 from ..nn.quantization_aware import TARGET_WEIGHTS
 from ..training.checkpoint import CONFIG_HEADER, CONFIG_NAME, load_checkpoint
@@ -116,7 +116,9 @@ class RunConfig:
 
     # What is trained, on what.
     model: str | None = _setting(help="the model's registry name (see `whetstone models`), or package.module:factory")
-    dataset: str | None = _setting(help="the dataset (default: the model's)", choices=tuple(DATASETS))
+    dataset: str | None = _setting(help=f"the dataset (default: the model's): {', '.join(DATASETS)}, or your own: a folder "
+                                   "(train/<class>/*, test/<class>/*), a .npz file (x_train, y_train, x_test, "
+                                   "y_test) or package.module:factory")  # fmt: skip
     model_options: dict[str, Any] = _setting({}, "extra option of the model's constructor as NAME=VALUE, e.g. base=128 "
                                              "for cifar-conv-bn, pool_first=true for any net that max-pools spikes (repeatable)",
                                              metavar="NAME=VALUE")  # fmt: skip
@@ -269,6 +271,8 @@ class RunConfig:
         filled = {name: getattr(defaults, name) for name in _RECIPE_SETTINGS if getattr(self, name) is None}
         if self.teacher and isinstance(self.teacher, str):  # saved absolute: the run resumes from any folder
             filled["teacher"] = _absolute(self.teacher)
+        if isinstance(self.dataset, str) and Path(self.dataset).exists():  # the user's own, found from anywhere
+            filled["dataset"] = _absolute(self.dataset)
         if self.data_dir and isinstance(self.data_dir, str):  # absolute: eval and simulate find it from anywhere
             filled["data_dir"] = _absolute(self.data_dir)
         return self.replace(**filled)
@@ -335,7 +339,12 @@ class RunConfig:
             raise ConfigError("holdout", f"must be a fraction in (0, 1), got {self.holdout!r}")
         if self.surrogate is not None and not (is_number(self.surrogate) and 0 <= self.surrogate < 1):
             raise ConfigError("surrogate", f"must be a sharpness in [0, 1), got {self.surrogate!r}")
-        classes = len(DATASETS[self.dataset].classes) if self.dataset else 10
+        try:
+            classes = len(dataset_spec(self.dataset).classes) if self.dataset else 10
+        except (ValueError, OSError) as error:  # "unknown dataset 'x'; ..." or "path: what is wrong"
+            said = " ".join(str(error).split())
+            raise ConfigError("dataset", said.replace("unknown dataset ", "", 1).replace(";", " is not a dataset;", 1)
+                              if said.startswith("unknown dataset") else said) from None  # fmt: skip
         if self.key_width is not None and self.key_width < classes:
             raise ConfigError(
                 "key_width", f"must be at least the {classes} classes of {self.dataset}, got {self.key_width}"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..convert.graph_builder import to_spiking_graph
-from ..data.datasets import DATASETS
+from ..data.datasets import DATASETS, dataset_spec
 from ..graph.nodes import SpikingGraph
 from ..graph.quantization import quantize
 from ..models.zoo import create_model
@@ -66,9 +66,7 @@ def trained_weights(checkpoint: dict[str, Any]) -> tuple[int, int | None, bool] 
 def check_dataset(checkpoint: dict[str, Any], dataset: str, source: str = "the checkpoint") -> None:
     """``ValueError`` unless the checkpoint's model takes the images of ``dataset`` (channels, height,
     width) and decodes as many classes as it has."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
-    spec = DATASETS[dataset]
+    spec = dataset_spec(dataset)
     run = checkpoint.get("run") or {}
     shape = run.get("model_options", {}).get("input_shape")
     trained_on = run.get("dataset")
@@ -103,7 +101,7 @@ def graph_from_checkpoint(path: str, bits: int | None = None) -> tuple[SpikingGr
         raise ValueError(
             f"checkpoint {path} names no known dataset ({run.get('dataset')!r}): its input shape is unknown"
         )
-    graph = to_spiking_graph(model, tuple(shape) if shape else DATASETS[run["dataset"]].image_shape)
+    graph = to_spiking_graph(model, tuple(shape) if shape else dataset_spec(run["dataset"]).image_shape)
     return (quantize(graph, bits) if bits else graph), model, checkpoint
 
 
