@@ -69,7 +69,7 @@ CLI_CASES = [
     _cli("unknown dataset", "train --model mnist-dense --dataset imagenet --out {new}", "--dataset 'imagenet' is not a dataset; choose one of cifar10, fashion-mnist, mnist, mnist-mini, or give a folder"),
     _cli("your own dataset, a .npz file that is not there", "train --model mnist-dense --dataset {tmp}/mine.npz --out {new}", "--dataset {tmp}/mine.npz: no such .npz file"),
     _cli("your own dataset, a factory that cannot be imported", "train --model mnist-dense --dataset nowhere.data:make --out {new}",
-         "--dataset nowhere.data:make: cannot import nowhere.data (No module named 'nowhere')"),
+         "--dataset nowhere.data:make: cannot import 'nowhere.data' (No module named 'nowhere')"),
     _cli("negative learning rate", TRAIN + " --lr -1", "--lr must be a positive finite number, got -1.0"),
     _cli("zero learning rate", TRAIN + " --lr 0", "--lr must be a positive finite number, got 0.0"),
     _cli("infinite learning rate", TRAIN + " --lr inf", "argument --lr: must be a finite number, got inf"),

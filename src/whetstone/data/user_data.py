@@ -17,7 +17,6 @@ what is wrong.
 from __future__ import annotations
 
 import functools
-import importlib
 import re
 import zipfile
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..utils.checks import imported
 
 __all__ = ["UserData", "is_user_source", "read_user_data"]
 
@@ -137,14 +138,8 @@ def _from_arrays(path: Path) -> tuple[dict[str, tuple[Tensor, Tensor]], tuple[st
 
 
 def _from_factory(name: str) -> tuple[dict[str, tuple[Tensor, Tensor]], tuple[str, ...]]:
-    module_name, function_name = name.split(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), function_name)
-    except ImportError as error:
-        raise ValueError(f"{name}: cannot import {module_name} ({error})") from None
-    except AttributeError:
-        raise ValueError(f"{name}: {module_name} has no {function_name}") from None
-    made = factory()
+    function_name = name.partition(":")[2]
+    made = imported(name, name)()
     if not (isinstance(made, (tuple, list)) and len(made) == 2):
         raise ValueError(f"{name}: {function_name}() must return (train, test) data sets, got {type(made).__name__}")
     splits = {}

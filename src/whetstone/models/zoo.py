@@ -11,7 +11,6 @@ the training recipe its results were obtained with (``recipe(name)``), used as t
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import typing
@@ -27,7 +26,7 @@ from ..convert.spikify import pool_before_spikes, spikify
 from ..nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
 from ..nn.decode import SoftmaxDecode, key_generator
 from ..nn.recurrent import RecurrentSpiking
-from ..utils.checks import boolean, sizes
+from ..utils.checks import boolean, imported, sizes
 
 __all__ = [
     "ResidualBlock",
@@ -182,13 +181,8 @@ def _entry(name: str) -> _Entry:
         return _REGISTRY[name]
     if not isinstance(name, str) or ":" not in name:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}, or package.module:factory")
-    module_name, _, attribute = name.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except ImportError as error:
-        raise ValueError(f"model {name!r}: cannot import {module_name!r} ({error})") from None
-    except AttributeError:
-        raise ValueError(f"model {name!r}: module {module_name!r} has no {attribute!r}") from None
+    attribute = name.partition(":")[2]
+    factory = imported(name, f"model {name!r}")
     if not callable(factory):
         raise ValueError(
             f"model {name!r}: {attribute!r} is a {type(factory).__name__}, not a function that builds a model"

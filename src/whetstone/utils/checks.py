@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import os
@@ -13,6 +14,7 @@ __all__ = [
     "allocation_failure",
     "boolean",
     "fits_in_memory",
+    "imported",
     "install_hint",
     "int_at_least",
     "int_in",
@@ -108,3 +110,15 @@ def allocation_failure(error: BaseException) -> str | None:
     need = f"needs {_gigabytes(int(asked[1]))} in one tensor" if asked else "needs more memory than is free"
     memory = machine_memory()
     return f"{need}; this machine has {_gigabytes(memory)}" if memory else need
+
+
+def imported(name: str, what: str) -> Any:
+    """The object ``package.module:attribute`` names, the module imported; ``ValueError`` in one line naming
+    ``what`` it was given as (``model 'x:y'``) where the module cannot be imported or lacks the attribute."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except ImportError as error:
+        raise ValueError(f"{what}: cannot import {module_name!r} ({error})") from None
+    except AttributeError:
+        raise ValueError(f"{what}: module {module_name!r} has no {attribute!r}") from None
