@@ -22,7 +22,7 @@ TEST_WORKERS ?= 2
 # Full datasets for the tests that need them (they skip, visibly, when absent).
 SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test install clean format
+.PHONY: demo test docs install clean format
 
 install: $(VENV)/.installed
 
@@ -54,9 +54,13 @@ test: install
 	echo "WHETSTONE_DATA=$${data:-<unset: full-dataset tests skip>}"; \
 	WHETSTONE_DATA="$$data" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
+# The documentation site, in strict mode: a broken link, page or API reference fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 format: install
 	$(BIN)/ruff format src tests benchmarks examples
 	$(BIN)/ruff check --fix src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

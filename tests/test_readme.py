@@ -42,7 +42,17 @@ def _commands(path: Path) -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/results.md", "docs/deploy.md"])
+@pytest.mark.parametrize(
+    "document",
+    [
+        "README.md",
+        "docs/results.md",
+        "docs/deploy.md",
+        "docs/getting-started.md",
+        "docs/tutorials/deploy.md",
+        "docs/tutorials/time.md",
+    ],
+)
 def test_documented_commands_are_accepted(document, capsys):
     commands = _commands(ROOT / document)
     assert commands

@@ -29,10 +29,11 @@ class TensorLoader:
         seed: seed of the shuffle order.
         device: where batches are delivered; the dataset moves there once.
         transform: optional function applied to each float batch (e.g. augmentation on tensors).
-        rank, world_size: for distributed data parallel training: every process draws the same order
-            and takes its own ``batch_size`` slice of each global batch of ``batch_size * world_size``
-            samples; a last incomplete global batch is dropped so every process runs the same number
-            of steps.
+        rank: this process's index, for distributed data parallel training: every process draws the
+            same order and takes its own ``batch_size`` slice of each global batch of
+            ``batch_size * world_size`` samples; a last incomplete global batch is dropped so every
+            process runs the same number of steps.
+        world_size: the number of processes (1: not distributed).
     """
 
     def __init__(
@@ -44,7 +45,7 @@ class TensorLoader:
         drop_last: bool = False,
         seed: int = 0,
         device: str | torch.device | None = None,
-        transform=None,
+        transform: Callable[[Tensor], Tensor] | None = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
