@@ -146,3 +146,42 @@ def test_the_rnn_trains_binary_from_the_command_line_then_simulates_and_verifies
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "snnTorch: the same class as the simulator on 100 of 100 images" in printed, printed
+
+
+def test_event_digits_emit_on_and_off_events_where_brightness_changes_and_tonic_bins_them():
+    """A bright square moved one pixel right emits ON events along its new leading edge and OFF along the
+    edge it left, nothing where it stays bright or dark; a blank image emits nothing. Tonic's bins equal
+    counting the events per window directly."""
+    pytest.importorskip("tonic", reason="tonic is not installed (pip install tonic)")
+    from whetstone.data.events import BORDER, event_frames, saccade_events
+
+    square = np.zeros((2, 8, 8), np.uint8)
+    square[0, 2:6, 2:6] = 255  # the second image stays blank
+    moving, blank = saccade_events(square, steps_per_saccade=4, step_us=1000)
+    assert len(blank) == 0
+    first = moving[moving["t"] < 1000]  # the first step: one pixel right and no pixel down ((4, 2) / 4 -> (1, 0))
+    on, off = first[first["p"] == 1], first[first["p"] == 0]
+    assert set(on["x"]) == {BORDER + 6} and set(off["x"]) == {BORDER + 2}
+    assert sorted(on["y"]) == sorted(off["y"]) == list(range(BORDER + 2, BORDER + 6))
+    assert np.all(np.diff(moving["t"]) >= 0) and moving["t"].max() < 12 * 1000  # 3 saccades of 4 steps
+    side = 8 + 2 * BORDER + 4
+    frames = event_frames([moving, blank], (side, side), bins=4, duration_us=12_000)
+    assert frames.shape == (2, 4, 2, side, side) and not frames[1].any()
+    direct = np.zeros((4, 2, side, side), np.uint8)
+    direct[moving["t"] // 3000, moving["p"], moving["y"], moving["x"]] = 1
+    np.testing.assert_array_equal(frames[0], direct)
+
+
+def test_a_temporal_binary_network_trains_on_event_digits_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("tonic", reason="tonic is not installed (pip install tonic)")
+    from whetstone.cli.main import main
+
+    out = tmp_path / "events"
+    code = main(["train", "--model", "rnn", "--dataset", "whetstone.data.events:saccade_digits", "--epochs", "6",
+                 "--start-epoch", "1", "--steps", "1", "--limit", "1000", "--no-progress", "--threads", "1",
+                 "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "fully binary: every spiking unit" in printed, printed
+    assert float(printed.split("final test accuracy: ")[1].split("%")[0]) > 60  # 10 classes: chance is 10%
+    assert main(["simulate", str(out), "--limit", "200", "--no-progress"]) == 0  # run step by step, 8 time bins
+    assert "same class as the simulator on 200 of 200" in capsys.readouterr().out
