@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from ..data.datasets import DATASETS
 from ..graph.simulator import TIE_BREAKS
 from ..models.zoo import list_models, models_table
 from ..runs.build import build_run, check_before_workers
@@ -36,7 +35,18 @@ from ..training.callbacks import PrintSummary
 from ..training.checkpoint import RunFolder, check_output_path, load_checkpoint
 from ..utils.files import Terminated, atomic_write, sigterm_raises
 from ..utils.logs import console
-from .flags import BITS, COUNT, FRACTION, USER_ERRORS, OneLineParser, add_run_settings, number, one_line, stopped_line
+from .flags import (
+    BITS,
+    COUNT,
+    FRACTION,
+    USER_ERRORS,
+    OneLineParser,
+    add_run_settings,
+    dataset_name,
+    number,
+    one_line,
+    stopped_line,
+)
 
 _RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _TARGET_NAMES = sorted([*TARGETS, *(alias for target in TARGETS.values() for alias in target.aliases)])
@@ -50,9 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model and sharpen it to fully binary")
     add_run_settings(train)
-    train.add_argument(
-        "--config", metavar="FILE", help="settings from a TOML file (a run's config.toml), under the flags"
-    )
+    train.add_argument("--config", metavar="FILE", help="settings from a TOML file (a run's config.toml), under the flags")  # fmt: skip
     train.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint and settings")
     train.add_argument("--overwrite", action="store_true", help="replace a run that --out already holds")
@@ -64,7 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", parents=[data], help="evaluate a checkpoint and check it is fully binary")
     ev.add_argument("checkpoint", help="checkpoint.pt (or best.pt) or its run directory")
-    ev.add_argument("--dataset", choices=list(DATASETS), help="default: the dataset it was trained on")
+    ev.add_argument("--dataset", type=dataset_name, help="default: the dataset it was trained on")
     ev.add_argument("--batch-size", type=COUNT, default=1000)
 
     ex = commands.add_parser("export", parents=[data], help="export a fully sharpened checkpoint for a target")
@@ -79,15 +87,11 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--limit", type=COUNT, help="--verify on the first N test images")
     ex.add_argument("--no-progress", action="store_true")
 
-    ve = commands.add_parser(
-        "verify", parents=[data], help="run a NIR file in a consumer's software, against the simulator"
-    )
+    ve = commands.add_parser("verify", parents=[data], help="run a NIR file in a consumer's software, against the simulator")  # fmt: skip
     ve.add_argument("file", help="a file export wrote (.nir, .py, .onnx, .fbz)")
     ve.add_argument("--run", help="the run a file other than .nir was exported from (default: the file's folder)")
     ve.add_argument("--consumer", choices=_TARGET_NAMES, required=True)
-    ve.add_argument(
-        "--dataset", choices=list(DATASETS), help="default: the one its run (beside it, or --run) trained on"
-    )
+    ve.add_argument("--dataset", type=dataset_name, help="default: the one its run (beside it, or --run) trained on")
     ve.add_argument("--split", choices=["train", "test"], default="test")
     ve.add_argument("--limit", type=COUNT, help="only the first N images")
     ve.add_argument("--no-progress", action="store_true")
@@ -99,7 +103,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     sim = commands.add_parser("simulate", parents=[data], help="run a checkpoint or NIR file in the simulator")
     sim.add_argument("source", help="checkpoint.pt, its run directory, or a .nir file")
-    sim.add_argument("--dataset", choices=list(DATASETS), help="default: the checkpoint's (needed for a .nir file)")
+    sim.add_argument("--dataset", type=dataset_name, help="default: the checkpoint's (needed for a .nir file)")
     sim.add_argument("--split", choices=["train", "test"], default="test")
     sim.add_argument("--limit", type=COUNT, help="simulate only the first N images")
     sim.add_argument("--plot", action="store_true", help="draw 8 images' spikes per layer and every unit's rate: "
@@ -115,7 +119,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", parents=[data], help="tune optimizer and sharpener with Optuna")
     sweep.add_argument("--model", required=True, choices=list_models(), help="the model to tune")
-    sweep.add_argument("--dataset", choices=list(DATASETS), help="default: the model's")
+    sweep.add_argument("--dataset", type=dataset_name, help="default: the model's")
     sweep.add_argument("--trials", type=COUNT, default=20)
     sweep.add_argument("--epochs", type=COUNT, default=10, help="epochs per trial")
     sweep.add_argument("--out", required=True, help="folder for study.db and one run folder per trial")
@@ -221,9 +225,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     default = (source if source.is_dir() else source.parent) / f"{stem}.{args.format}"
     out = check_output_path(args.out or default, "--out", args.overwrite, example=f"model.{args.format}")
     if out.suffix != f".{args.format}":
-        raise ValueError(
-            f"--out {out}: a {args.format.upper()} file's name ends in .{args.format}, e.g. {out.stem}.{args.format}"
-        )
+        raise ValueError(f"--out {out}: a {args.format.upper()} file's name ends in .{args.format}, e.g. {out.stem}.{args.format}")  # fmt: skip
     trained, _, checkpoint = graph_from_checkpoint(args.checkpoint)
     graph = quantized_as_trained(trained, checkpoint, args.bits)
     prepared = target.prepare(graph)
@@ -268,9 +270,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     graph, _, checkpoint = graph_from_checkpoint(args.checkpoint)
     report = fit_report(graph, args.chip)
     print(report.table())
-    print(
-        precision_on_run(graph, get_target(args.chip).prepare(graph), checkpoint, args.data_dir, args.download), end=""
-    )
+    print(precision_on_run(graph, get_target(args.chip).prepare(graph), checkpoint, args.data_dir, args.download), end="")  # fmt: skip
     return 0 if report.fits else 1
 
 
