@@ -59,8 +59,10 @@ ROW_SYNAPSES = pynn_network.ROW  # sPyNNaker's longest synaptic row: the synapse
 #: sPyNNaker's configuration for a mapping without a board (its ~/.spynnaker.cfg, in a scratch home).
 VIRTUAL_BOARD = "[Machine]\nvirtual_board = True\nversion = 5\n"
 MAP_SECONDS = 300.0
-#: NEST's start (imports, building the network) and a bound per image, well above the measured.
-START_SECONDS, SECONDS_PER_IMAGE = 120.0, 0.2
+#: The time limit of a NEST run, about four times what was measured: its start, building every synapse once
+#: per run of pynn_network.CHUNK images (ResNet-18's 23.1 M: under 1.4e-5 s each), and each image (0.2 s,
+#: and what its synapses cost), so a large network is not taken for a hung one and a hung one still stops.
+START_SECONDS, SECONDS_PER_IMAGE, SECONDS_PER_SYNAPSE, SECONDS_PER_SYNAPSE_IMAGE = 120.0, 0.2, 5e-5, 3e-7
 
 
 def network_of(graph: SpikingGraph) -> tuple[dict, dict[str, np.ndarray]]:
@@ -231,7 +233,7 @@ def _run(path: Path, images: np.ndarray) -> np.ndarray:
         images_path, out_path = Path(folder) / "images.npy", Path(folder) / "spikes.npy"
         np.save(images_path, np.asarray(images, dtype=np.float32))
         command = [sys.executable, str(path), "--backend", "nest", "--images", str(images_path), "--out", str(out_path)]
-        run_consumer(command, "PyNN (NEST)", START_SECONDS + SECONDS_PER_IMAGE * len(images))
+        run_consumer(command, "PyNN (NEST)", time_limit(path, len(images)))
         try:
             spikes = np.load(out_path)
         except (OSError, ValueError) as error:
@@ -239,6 +241,18 @@ def _run(path: Path, images: np.ndarray) -> np.ndarray:
     if spikes.ndim != 2 or len(spikes) != len(images) or not np.isin(spikes, (0, 1)).all():
         raise ConsumerError(f"PyNN (NEST) returned spikes of shape {spikes.shape}, not 0/1 for {len(images)} images")
     return spikes
+
+
+def time_limit(path: Path, images: int) -> float:
+    """How long NEST may take to run the script at ``path`` on ``images`` images: scaled to its synapses."""
+    arrays = read_network(path)["arrays"]
+    synapses = sum(array.size for name, array in arrays.items() if name.endswith(":weights"))
+    runs = -(-images // pynn_network.CHUNK)
+    return (
+        START_SECONDS
+        + SECONDS_PER_IMAGE * images
+        + synapses * (SECONDS_PER_SYNAPSE * runs + SECONDS_PER_SYNAPSE_IMAGE * images)
+    )
 
 
 TARGET = Target(
