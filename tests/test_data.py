@@ -357,6 +357,8 @@ def test_a_data_set_of_your_own_trains_from_the_command_line_as_a_folder_arrays_
         assert code == 0 and "fully binary: every spiking unit" in printed, printed
         accuracy = float(printed.split("final test accuracy: ")[1].split("%")[0])
         assert accuracy > 80, printed
+    (tmp_path / "mnist-mini").mkdir()  # a folder named as a built-in data set: the name still means the built-in
+    assert ws.RunConfig(model="mnist-dense", dataset="mnist-mini").resolved().dataset == "mnist-mini"
     monkeypatch.chdir(tmp_path / "bars")  # the run saved where its data is: found from anywhere
     assert main(["simulate", str(tmp_path / "run-bars.npz"), "--no-progress"]) == 0
     assert f"150 {tmp_path / 'bars.npz'} test images" in capsys.readouterr().out

@@ -271,7 +271,8 @@ class RunConfig:
         filled = {name: getattr(defaults, name) for name in _RECIPE_SETTINGS if getattr(self, name) is None}
         if self.teacher and isinstance(self.teacher, str):  # saved absolute: the run resumes from any folder
             filled["teacher"] = _absolute(self.teacher)
-        if isinstance(self.dataset, str) and Path(self.dataset).exists():  # the user's own, found from anywhere
+        user_data = isinstance(self.dataset, str) and self.dataset not in DATASETS and Path(self.dataset).exists()
+        if user_data:  # saved absolute: eval and simulate find it from anywhere (a built-in's name stays a name)
             filled["dataset"] = _absolute(self.dataset)
         if self.data_dir and isinstance(self.data_dir, str):  # absolute: eval and simulate find it from anywhere
             filled["data_dir"] = _absolute(self.data_dir)
