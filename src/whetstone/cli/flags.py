@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..data.datasets import DATASETS, DatasetError
-from ..data.user_data import is_user_source
+from ..data.datasets import DATASET_CHOICES, DatasetError, is_dataset_name
 from ..models.zoo import list_models
 from ..runs.config import RunConfig, setting_type
 from ..training import distributed
@@ -106,10 +105,9 @@ COUNT = number(int, 1)
 def dataset_name(text: str) -> str:
     """``--dataset``: a built-in data set's name or one of the user's own (a folder, a ``.npz`` file,
     ``package.module:factory``), which is read and checked when it is loaded."""
-    if text in DATASETS or is_user_source(text):
+    if is_dataset_name(text):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r} is not a dataset; choose one of {', '.join(DATASETS)}, or give a folder, "
-                                     "a .npz file or package.module:factory")  # fmt: skip
+    raise argparse.ArgumentTypeError(f"{text!r} is not a dataset; {DATASET_CHOICES}")
 
 
 BITS = number(int, 2, 16)

@@ -337,11 +337,19 @@ def _load_cifar_zip(spec: DatasetSpec, split: str, path: Path) -> tuple[Tensor, 
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
+#: What a data set's name may be, as every message that refuses one says it.
+DATASET_CHOICES = (f"choose one of {', '.join(sorted(DATASETS))}, or give a folder (train/<class>/*, test/<class>/*), "
+                   "a .npz file (x_train, y_train, x_test, y_test) or package.module:factory")  # fmt: skip
+
+
+def is_dataset_name(name: object) -> bool:
+    """Whether ``name`` names a built-in data set or one of the user's own (nothing is read)."""
+    return name in DATASETS or (isinstance(name, str) and is_user_source(name))
+
+
 def unknown_dataset(name: object) -> ValueError:
     """The error for a data set name that is neither built in nor one of the user's own."""
-    return ValueError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}, or give a folder "
-                      "(train/<class>/*, test/<class>/*), a .npz file (x_train, y_train, x_test, y_test) or "
-                      "package.module:factory")  # fmt: skip
+    return ValueError(f"unknown dataset {name!r}; {DATASET_CHOICES}")
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -349,7 +357,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     :mod:`~whetstone.data.user_data`; read once). ``ValueError`` for a name that is neither."""
     if name in DATASETS:
         return DATASETS[name]
-    if not isinstance(name, str) or not is_user_source(name):
+    if not is_dataset_name(name):
         raise unknown_dataset(name)
     data = read_user_data(name)
     return DatasetSpec(name, name, data.image_shape, data.classes, {split: Split("", "") for split in data.splits})

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..data.datasets import DATASETS, dataset_spec
+from ..data.datasets import DATASET_CHOICES, DATASETS, dataset_spec, is_dataset_name
 from ..models.zoo import list_models, recipe
 from ..nn.quantization_aware import TARGET_WEIGHTS
 from ..training.checkpoint import CONFIG_HEADER, CONFIG_NAME, load_checkpoint
@@ -340,12 +340,12 @@ class RunConfig:
             raise ConfigError("holdout", f"must be a fraction in (0, 1), got {self.holdout!r}")
         if self.surrogate is not None and not (is_number(self.surrogate) and 0 <= self.surrogate < 1):
             raise ConfigError("surrogate", f"must be a sharpness in [0, 1), got {self.surrogate!r}")
+        if self.dataset and not is_dataset_name(self.dataset):
+            raise ConfigError("dataset", f"{self.dataset!r} is not a dataset; {DATASET_CHOICES}")
         try:
             classes = len(dataset_spec(self.dataset).classes) if self.dataset else 10
-        except (ValueError, OSError) as error:  # "unknown dataset 'x'; ..." or "path: what is wrong"
-            said = " ".join(str(error).split())
-            raise ConfigError("dataset", said.replace("unknown dataset ", "", 1).replace(";", " is not a dataset;", 1)
-                              if said.startswith("unknown dataset") else said) from None  # fmt: skip
+        except (ValueError, OSError) as error:  # the user's own data, read and found wrong: "path: what is wrong"
+            raise ConfigError("dataset", " ".join(str(error).split())) from None
         if self.key_width is not None and self.key_width < classes:
             raise ConfigError(
                 "key_width", f"must be at least the {classes} classes of {self.dataset}, got {self.key_width}"
