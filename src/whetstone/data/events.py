@@ -30,12 +30,21 @@ EVENT_DTYPE = np.dtype([("x", "<i2"), ("y", "<i2"), ("t", "<i8"), ("p", "<i1")])
 CORNERS = ((0, 0), (4, 2), (0, 4))
 #: Canvas border around a digit, room for the motion.
 BORDER = 2
+#: The saccades' defaults: steps along each side, and each step's duration in microseconds.
+STEPS_PER_SACCADE, STEP_US = 4, 10_000
 
 
-def saccade_events(images: np.ndarray, steps_per_saccade: int = 4, threshold: float = 0.2,
-                   step_us: int = 10_000, seed: int = 0) -> list[np.ndarray]:  # fmt: skip
+def canvas_side(height: int, width: int) -> int:
+    """The side of the square canvas an image of ``height`` x ``width`` moves on: the image, the saccades'
+    reach (:data:`CORNERS`) and a border on each side."""
+    reach = max(max(abs(x), abs(y)) for x, y in CORNERS)
+    return max(height, width) + 2 * BORDER + reach
+
+
+def saccade_events(images: np.ndarray, steps_per_saccade: int = STEPS_PER_SACCADE, threshold: float = 0.2,
+                   step_us: int = STEP_US, seed: int = 0) -> list[np.ndarray]:  # fmt: skip
     """The events of each image (N, H, W) uint8 moved in three saccades (:data:`CORNERS`, each walked in
-    ``steps_per_saccade`` steps of ``step_us`` microseconds) on a canvas of ``H + 2 * BORDER + 4`` square:
+    ``steps_per_saccade`` steps of ``step_us`` microseconds) on a square canvas (:func:`canvas_side`):
     at each step a pixel whose log brightness changed by more than ``threshold`` emits one event, at a
     random time within the step (``seed``). Returns one :data:`EVENT_DTYPE` array per image, in time order."""
     pixels = np.asarray(images)
@@ -46,7 +55,7 @@ def saccade_events(images: np.ndarray, steps_per_saccade: int = 4, threshold: fl
         raise ValueError(f"threshold must be a positive log-brightness change, got {threshold!r}")
     path = _path(steps_per_saccade)
     count, height, width = pixels.shape
-    size = max(height, width) + 2 * BORDER + 4
+    size = canvas_side(height, width)
     brightness = np.log(pixels.astype(np.float32) / 255 + 0.1)  # a camera pixel responds to log intensity
     background = np.float32(np.log(0.1))
     frames = np.full((len(path), count, size, size), background, np.float32)
@@ -105,8 +114,8 @@ def saccade_digits(bins: int = 8, split_sizes: tuple[int, int] = (4000, 1000), s
         digits = load_dataset("mnist-mini", split)
         images = digits.images[:size, 0].numpy()
         events = saccade_events(images, seed=seed + (split == "test"))
-        side = images.shape[1] + 2 * BORDER + 4
-        duration = (len(_path(4)) - 1) * 10_000
+        side = canvas_side(*images.shape[1:])
+        duration = (len(_path(STEPS_PER_SACCADE)) - 1) * STEP_US
         frames = event_frames(events, (side, side), bins, duration)
         flat = torch.from_numpy(frames.reshape(len(frames), 1, bins, -1) * np.uint8(255))
         data = torch.utils.data.TensorDataset(flat, digits.labels[:size])
