@@ -140,9 +140,10 @@ def simulate_run(
         figures["torch_accuracy"] = float((reference == labels).mean())
         figures["agreement_with_torch"] = float((reference == result.predictions).mean())
     if plot:
-        beside = path.with_suffix(".spikes.png") if path.suffix else path / "spikes.png"
-        if path.suffix == ".pt":  # a checkpoint: beside it, in its run folder
-            beside = path.parent / "spikes.png"
+        if path.suffix == ".nir":
+            beside = path.with_suffix(".spikes.png")
+        else:  # a run folder, or a checkpoint in one
+            beside = (path if path.is_dir() else path.parent) / "spikes.png"
         figures["spike_plot"] = str(plot_spikes(result, beside, PLOTTED_SAMPLES))
     return result, figures
 
