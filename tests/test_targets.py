@@ -10,7 +10,6 @@ import importlib.util
 import os
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -533,7 +532,7 @@ def test_pynn_script_runs_a_skip_connection_with_delays_and_needs_no_whetstone(m
         export(ws.to_spiking_graph(single, (1, 28, 28)), tmp_path / "single.py", "pynn")
 
 
-def test_a_pynn_runs_time_limit_grows_with_its_synapses_and_images(monkeypatch):
+def test_a_pynn_runs_time_limit_grows_with_its_synapses_and_images(monkeypatch, tmp_path):
     """NEST builds every synapse once per run of 500 images, then simulates each image: the drop-in ResNet-18
     (23.1 M synapses) took 331 s for 20 images, which must stay well inside its limit, while a small net's
     limit stays near NEST's start."""
@@ -542,8 +541,11 @@ def test_a_pynn_runs_time_limit_grows_with_its_synapses_and_images(monkeypatch):
     def network(synapses: int) -> None:
         monkeypatch.setattr(pynn, "read_network", lambda path: {"arrays": {"a:0:weights": np.zeros(synapses)}})
 
+    resnet18, small = tmp_path / "resnet18.py", tmp_path / "small.py"
+    resnet18.write_text("# ResNet-18's script")
+    small.write_text("# a small script")
     network(23_118_229)
-    assert pynn.time_limit(Path("resnet18.py"), 20) > 3 * 331
-    assert pynn.time_limit(Path("resnet18.py"), 1000) > pynn.time_limit(Path("resnet18.py"), 500) + 500 * 0.2
+    assert pynn.time_limit(resnet18, 20) > 3 * 331
+    assert pynn.time_limit(resnet18, 1000) > pynn.time_limit(resnet18, 500) + 500 * 0.2
     network(100_000)
-    assert pynn.START_SECONDS < pynn.time_limit(Path("small.py"), 100) < 2 * pynn.START_SECONDS
+    assert pynn.START_SECONDS < pynn.time_limit(small, 100) < 2 * pynn.START_SECONDS

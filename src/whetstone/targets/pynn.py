@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import binascii
+import functools
 import importlib.util
 import json
 import math
@@ -245,14 +246,22 @@ def _run(path: Path, images: np.ndarray) -> np.ndarray:
 
 def time_limit(path: Path, images: int) -> float:
     """How long NEST may take to run the script at ``path`` on ``images`` images: scaled to its synapses."""
-    arrays = read_network(path)["arrays"]
-    synapses = sum(array.size for name, array in arrays.items() if name.endswith(":weights"))
+    written = Path(path).stat()
+    synapses = _synapses(str(path), written.st_mtime_ns, written.st_size)
     runs = -(-images // pynn_network.CHUNK)
     return (
         START_SECONDS
         + SECONDS_PER_IMAGE * images
         + synapses * (SECONDS_PER_SYNAPSE * runs + SECONDS_PER_SYNAPSE_IMAGE * images)
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _synapses(path: str, mtime_ns: int, size: int) -> int:  # the file's version (mtime, size) keys the cache
+    """The synapses of the script at ``path`` as written then, read once: verify runs a script a batch at a
+    time, and a large one takes seconds to unpack."""
+    arrays = read_network(path)["arrays"]
+    return sum(array.size for name, array in arrays.items() if name.endswith(":weights"))
 
 
 TARGET = Target(
