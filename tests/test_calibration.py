@@ -92,10 +92,53 @@ def test_scale_and_logit_scale_travel_in_the_state_dict_and_old_state_dicts_stil
     x = batches[0][:16]
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), warm.eval()(x))
-    old = {k: v for k, v in state.items() if not k.endswith(".scale") and not k.endswith("logit_scale")}
+    no_levels = {k: v for k, v in state.items() if not k.endswith(".level")}
+    fresh.load_state_dict(no_levels)  # saved before layers had a level: their spikes weigh the scale
+    assert [m.level_value for m in ws.spiking_layers(fresh)] == [m.scale_value for m in ws.spiking_layers(warm)]
+    old = {k: v for k, v in no_levels.items() if not k.endswith(".scale") and not k.endswith("logit_scale")}
     fresh.load_state_dict(old)  # saved before layers had a scale and decoders a logit scale: both 1
-    assert all(m.scale_value == 1.0 for m in ws.spiking_layers(fresh))
+    assert all(m.scale_value == 1.0 == m.level_value for m in ws.spiking_layers(fresh))
     assert next(m for m in fresh.modules() if isinstance(m, ws.SoftmaxDecode))._logit_scale == 1.0
+
+
+def test_a_layers_scale_moves_from_its_range_to_its_one_bit_level_as_it_sharpens(trained_relu):
+    model, batches = trained_relu
+    warm = ws.spikify(copy.deepcopy(model), num_classes=10, calibrate=batches)
+    layer = ws.spiking_layers(warm)[0]
+    scale, level = layer.scale_value, layer.level_value
+    assert 0 < level < scale / 2  # a range is a high percentile; a one-bit copy fires on far more than its top half
+    layer.set_sharpness(0.25)
+    assert layer.scale_value == pytest.approx(0.75 * scale + 0.25 * level)
+    layer.set_sharpness(1.0)
+    assert layer.scale_value == level and layer.membrane_threshold == level * 0.5
+    assert "level=" in repr(layer)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}  # (state_dict shares the buffers)
+    layer.set_sharpness(0.0)
+    assert layer.scale_value == scale
+    layer.load_state_dict(state)
+    assert layer.scale_value == level  # restored binary, at its level
+    plain = ws.calibrate(ws.spikify(copy.deepcopy(model), num_classes=10), batches, levels=False)
+    assert all(m.level_value == m.scale_value for m in ws.spiking_layers(plain))
+
+
+@pytest.mark.parametrize("kind", ["half-normal", "exponential", "sparse"])
+def test_the_one_bit_level_is_the_best_one_bit_copy_of_the_values(kind):
+    from whetstone.convert.calibration import _one_bit_level
+
+    generator = torch.Generator().manual_seed(0)
+    values = {
+        "half-normal": torch.randn(20_000, generator=generator).relu(),
+        "exponential": torch.empty(20_000).exponential_(generator=generator),
+        "sparse": torch.rand(20_000, generator=generator).mul(3).sub(2).relu(),  # two thirds exactly 0
+    }[kind].double()
+
+    def error(a):
+        return ((values - a * (values >= a / 2)) ** 2).mean()
+
+    level = _one_bit_level(values)
+    grid = torch.linspace(0.01, float(values.max()), 3000, dtype=torch.float64)
+    assert error(level) <= min(error(a) for a in grid) * (1 + 1e-6)  # (the level is a float32)
+    assert _one_bit_level(torch.zeros(8)) == 0
 
 
 @pytest.mark.parametrize(

@@ -596,7 +596,9 @@ def test_onnx_runtime_gives_pytorchs_class(converted, images, tmp_path):
     result = ws.simulate(graph, images.numpy())
     with torch.no_grad():
         expected = model(images).argmax(1).numpy()
-    assert_equal_where_decided(label, expected, result, min_decided=0.8)
+    # float32 against float64: a sample with any of its ~100k units within 1e-5 of a threshold is left out; at
+    # one-bit levels thresholds sit in the bulk of the membranes, so in the channel-slice net about half are.
+    assert_equal_where_decided(label, expected, result, min_decided=0.4)
 
 
 def test_the_worked_example_runs_as_written(tmp_path):

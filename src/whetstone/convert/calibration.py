@@ -9,6 +9,12 @@ normalisation; Diehl et al. 2015, Rueckauer et al. 2017). Nothing of the network
 sums, concatenations and gates keep their meaning; at deployment each scale folds exactly into the neuron's
 threshold and the next synapses.
 
+A layer that sharpens ends emitting 0 or one value, its *level*; the range is a poor level (a high percentile:
+most activations lie below half of it and would never fire). :func:`calibrate` also gives each layer the level
+of the one-bit fit of its ReLU values, the ``a`` for which ``a * 1[v >= a / 2]`` is closest to them in mean
+square, and the layer's scale moves from the range to the level as it sharpens: at sharpness 0 the network is
+the ReLU network; as one layer after another becomes binary, each is the best one-bit copy of what it was.
+
 The output layer must emit 0/1 for its decoder, so it is not scaled: the Linear that feeds it is mapped
 affinely instead, so that the best class's score lands inside the activation's linear range on the
 calibration data (the class order of the scores is kept, ties aside).
@@ -32,7 +38,7 @@ from ..nn.tracing import trace
 __all__ = ["calibrate"]
 
 
-def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9) -> nn.Module:
+def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9, levels: bool = True) -> nn.Module:
     """Rescale a converted ReLU network's spiking layers to the range of its activations; returns ``model``,
     changed in place (see the module docs).
 
@@ -43,6 +49,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
             thousand samples are plenty. The model runs them in eval mode, without gradients.
         percentile: which percentile of a layer's ReLU outputs becomes its scale (in (0, 100]); 100 is the
             largest value seen, lower values clip a few outliers to keep the rest finer.
+        levels: also give each layer the one-bit level its scale moves to as it sharpens (see the module docs);
+            False: its spikes weigh the range.
 
     Bounded-ReLU layers are scaled; sigmoid layers are not (their range is already [0, 1]). A layer that
     never activated on the data keeps scale 1.
@@ -60,23 +68,29 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
     output, head = _output_layer(graph, modules)
     hidden = [layer for layer in layers if isinstance(layer, SpikingBReLU) and layer is not output]
     tops: dict[SpikingActivation, list[Tensor]] = {layer: [] for layer in hidden}
+    bits: dict[SpikingActivation, list[Tensor]] = {layer: [] for layer in hidden}
 
     def as_relu(module: nn.Module, inputs: tuple[Tensor, ...], result: Tensor) -> Tensor:
         values = F.relu(inputs[0])  # the trained ReLU network's own activation
         tops[module].append(_percentile(values, percentile))
+        if levels:
+            bits[module].append(_one_bit_level(values))
         return values
 
     _run(model, batches, {layer: as_relu for layer in hidden})
-    scales = {layer: float(torch.stack(tops[layer]).mean()) if tops[layer] else 0.0 for layer in hidden}
+    scales = {layer: _mean(tops[layer]) for layer in hidden}
+    ones = {layer: _mean(bits[layer]) if levels else scales[layer] for layer in hidden}
     for group in _concatenated(graph, modules):  # spikes joined into one value share a scale: their largest
         if all(layer in scales for layer in group):
             scales.update(dict.fromkeys(group, max(scales[layer] for layer in group)))
+            ones.update(dict.fromkeys(group, max(ones[layer] for layer in group)))
         else:  # joined with a layer that has no scale (a sigmoid, the output): these stay at 1, uncalibrated
             for layer in group:
                 scales.pop(layer, None)
     for layer, scale in scales.items():
         if scale > 0 and math.isfinite(scale):
-            layer.set_scale(scale)
+            level = ones[layer] if 0 < ones[layer] <= scale and math.isfinite(ones[layer]) else scale
+            layer.set_scale(scale, level)
     if output is not None and head is not None:
         _fit_head(model, batches, output, head, percentile)
     return model
@@ -202,6 +216,30 @@ def _run(
         model.train(was_training)
     if not seen:
         raise ValueError("calibrate: the batches yielded nothing; give a few batches of training inputs")
+
+
+def _mean(values: list[Tensor]) -> float:
+    return float(torch.stack(values).mean()) if values else 0.0
+
+
+#: Values of one batch a level is fitted on, at most (a strided sample: sorting every unit of a batch is slow).
+_LEVEL_SAMPLE = 1 << 18
+
+
+def _one_bit_level(values: Tensor) -> Tensor:
+    """The ``a`` that minimises ``mean((v - a * 1[v >= a / 2]) ** 2)`` over ``values`` (0-dim; 0 if all are 0).
+
+    The best ``a`` is the mean of the values at or above ``a / 2``, so it is one of the means of the largest
+    ``k`` values: each is tried at once, with its own set of values above half of it."""
+    flat = values.detach().flatten().float()
+    flat = flat[:: max(1, math.ceil(len(flat) / _LEVEL_SAMPLE))].sort().values
+    above = flat.flip(0).cumsum(0).flip(0)  # above[i]: the sum of the values from the i-th smallest up
+    candidates = above / torch.arange(len(flat), 0, -1, device=flat.device)
+    first = torch.searchsorted(flat, candidates / 2)  # the first value a candidate's neuron fires on
+    total = torch.cat([above, above.new_zeros(1)])[first]
+    count = (len(flat) - first).to(flat.dtype)
+    error = candidates * (candidates * count - 2 * total)  # the mean square error, but for sum(v ** 2)
+    return candidates[error.argmin()] if len(flat) else flat.new_zeros(())
 
 
 def _percentile(values: Tensor, p: float) -> Tensor:

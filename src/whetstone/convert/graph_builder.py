@@ -319,9 +319,9 @@ class _GraphBuilder(ChannelRouting, Pooling):
             )
         pool = self.pools_before_spike.pop(fx_node.args[0], None)
         shape = pool[0] if pool else self._shape(fx_node)
-        # A calibrated layer fires on x >= scale * threshold and its spikes weigh `scale` (folded downstream).
-        threshold = np.full(shape, module.spike_threshold * np.float32(module.scale), dtype=np.float32)
-        out = float(module.scale)
+        # A calibrated layer fires on x >= level * threshold and its spikes weigh `level` (folded downstream).
+        threshold = np.full(shape, module.spike_threshold * np.float32(module.level_value), dtype=np.float32)
+        out = module.level_value
         terms = self._terms(fx_node)
         if any(term.spatial is not None for term in terms):
             raise DeployError(f"{self._name(fx_node)}: receives adaptive average pooling with uneven windows, which folds "

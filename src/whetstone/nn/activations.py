@@ -165,9 +165,11 @@ class SpikingActivation(nn.Module):
     :meth:`set_surrogate`.
 
     ``scale`` (a 0-dim buffer, default 1) is the activation's range, set by :func:`~whetstone.calibrate` for a
-    trained ReLU network: the layer computes ``scale * f(x / scale)``, so at sharpness 0 it is a ReLU clipped at
-    ``scale`` instead of at 1, and once binary it emits 0 or ``scale``: a neuron that fires on
-    ``x >= scale * spike_threshold`` whose spikes reach the next synapses with weight ``scale`` (exported so).
+    trained ReLU network: the layer computes ``c * f(x / c)``, so at sharpness 0 it is a ReLU clipped at ``scale``
+    instead of at 1. ``level`` (a 0-dim buffer, default ``scale``) is what a spike weighs once the layer is
+    binary; in between, ``c`` moves linearly from ``scale`` at sharpness 0 to ``level`` at 1
+    (:attr:`scale_value`). Once binary the layer emits 0 or ``level``: a neuron that fires on
+    ``x >= level * spike_threshold`` whose spikes reach the next synapses with weight ``level`` (exported so).
     """
 
     #: Pre-activation value at and above which the binary neuron fires (at scale 1).
@@ -178,34 +180,49 @@ class SpikingActivation(nn.Module):
         value = check_sharpness(sharpness)
         self.register_buffer("sharpness", torch.tensor(value, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float32))
-        self._sharpness, self._binary, self._scale = value, value >= 1.0, 1.0
+        self.register_buffer("level", torch.tensor(1.0, dtype=torch.float32))
+        self._sharpness, self._binary = value, value >= 1.0
+        self._range = self._level = self._scale = 1.0
         self.surrogate: float | None = None
         self.register_load_state_dict_post_hook(_refresh_sharpness_after_load)
         self.set_scale(scale)
 
-    def set_scale(self, value: float) -> None:
-        """Set the activation's range (see the class docs); ``ValueError`` unless a positive finite number."""
-        if isinstance(value, Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, Real) and not isinstance(value, bool):  # numpy scalars too
-            value = float(value)
-        value = positive_number(value, "scale")
+    def set_scale(self, value: float, level: float | None = None) -> None:
+        """Set the activation's range and the weight of its spikes once binary (``level``, default ``value``;
+        see the class docs); ``ValueError`` unless each is a positive finite number."""
+        value = _positive_float(value, "scale")
+        level = value if level is None else _positive_float(level, "level")
         self.scale.fill_(value)
-        self._scale = float(np.float32(value))  # the float32 value the buffer holds (read without the buffer: a
-        # model built on the meta device has no values to read)
+        self.level.fill_(level)
+        # The float32 values the buffers hold, read without them (a model on the meta device has no values).
+        self._range, self._level = float(np.float32(value)), float(np.float32(level))
+        self._update_scale()
+
+    def _update_scale(self) -> None:
+        self._scale = (
+            self._range if self._level == self._range else self._range + (self._level - self._range) * self._sharpness
+        )
 
     @property
     def scale_value(self) -> float:
-        """The scale as a Python float (no device sync)."""
+        """The scale in effect at the current sharpness as a Python float (no device sync): the range at
+        sharpness 0, the level once binary, the line between them in between."""
         return self._scale
 
     @property
+    def level_value(self) -> float:
+        """The weight of a spike once the layer is binary, as a Python float."""
+        return self._level
+
+    @property
     def membrane_threshold(self) -> float:
-        """The pre-activation value at and above which the binary neuron fires: ``scale * spike_threshold``."""
+        """The pre-activation value at and above which the binary neuron fires: :attr:`scale_value` times
+        ``spike_threshold`` (once binary: ``level * spike_threshold``)."""
         return self._scale * self.spike_threshold
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         state_dict.setdefault(prefix + "scale", torch.tensor(1.0))  # saved before layers had a scale: 1
+        state_dict.setdefault(prefix + "level", state_dict[prefix + "scale"].clone())  # or a level: the scale
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def set_sharpness(self, value: float) -> None:
@@ -213,6 +230,7 @@ class SpikingActivation(nn.Module):
         value = check_sharpness(value)
         self.sharpness.fill_(value)
         self._sharpness, self._binary = value, value >= 1.0
+        self._update_scale()
 
     def set_surrogate(self, value: float | None) -> None:
         """Let the layer learn once binary: at sharpness 1 its forward pass stays the exact step, but
@@ -236,13 +254,17 @@ class SpikingActivation(nn.Module):
 
     def extra_repr(self) -> str:
         surrogate = "" if self.surrogate is None else f", surrogate={self.surrogate:.4g}"
-        scale = "" if self._scale == 1.0 else f", scale={self._scale:.4g}"
+        scale = "" if self._range == 1.0 else f", scale={self._range:.4g}"
+        scale += "" if self._level == self._range else f", level={self._level:.4g}"
         return f"sharpness={self._sharpness:.4g}{scale}{surrogate}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._scale == 1.0:
+        scale: float | Tensor = self._scale
+        if self._level != self._range and torch.compiler.is_compiling():  # moves with the sharpness: a buffer
+            scale = self.scale + (self.level - self.scale) * self.sharpness
+        elif scale == 1.0:
             return self._activate(x)
-        return self._activate(x / self._scale) * self._scale
+        return self._activate(x / scale) * scale
 
     def _activate(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -252,10 +274,22 @@ def _refresh_sharpness_after_load(module: nn.Module, incompatible_keys: object) 
     value = float(module.sharpness)
     module._sharpness = check_sharpness(value, name=f"loaded sharpness of {type(module).__name__}")
     module._binary = value >= 1.0
-    scale = float(module.scale)
-    if not 0.0 < scale < math.inf:
-        raise ValueError(f"loaded scale of {type(module).__name__} must be a positive finite number, got {scale}")
-    module._scale = scale
+    for name in ("scale", "level"):
+        value = float(getattr(module, name))
+        if not 0.0 < value < math.inf:
+            raise ValueError(f"loaded {name} of {type(module).__name__} must be a positive finite number, got {value}")
+    module._range, module._level = float(module.scale), float(module.level)
+    module._update_scale()
+
+
+def _positive_float(value: object, name: str) -> float:
+    """``value`` (a number, a numpy scalar or a one-element tensor) as a float, or ``ValueError`` naming ``name``
+    unless it is positive and finite."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, Real) and not isinstance(value, bool):  # numpy scalars too
+        value = float(value)
+    return positive_number(value, name)
 
 
 class SpikingBReLU(SpikingActivation):
