@@ -119,13 +119,24 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     test_loader = ws.TensorLoader.from_dataset(test, 1000)
     started = time.perf_counter()
 
-    # 1. The ordinary ReLU network, trained as its authors would (Adam, a cosine schedule).
-    model = _network(dataset)
-    optimizer = torch.optim.Adam(model.parameters(), args.lr)
-    ws.Trainer(model, optimizer, scheduler=_cosine(optimizer, args.relu_epochs * len(loader)), scheduler_per="batch",
-               progress=False).fit(loader, args.relu_epochs)  # fmt: skip
+    # 1. The ordinary ReLU network, trained as its authors would (Adam, a cosine schedule); kept in --relu-cache
+    # so that settings of the conversion can be compared on the same trained network without training it again.
+    model, reused = _network(dataset), 0.0
+    cached = Path(args.relu_cache or ".") / f"{dataset}_{type(model).__name__}_seed{seed}_{args.relu_epochs}ep.pt"
+    if args.relu_cache and cached.exists():
+        saved = torch.load(cached, weights_only=True)
+        model.load_state_dict(saved["state"])
+        relu_seconds = reused = saved["seconds"]  # counted in the run's time as if trained here
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), args.lr)
+        ws.Trainer(model, optimizer, scheduler=_cosine(optimizer, args.relu_epochs * len(loader)), scheduler_per="batch",
+                   progress=False).fit(loader, args.relu_epochs)  # fmt: skip
+        relu_seconds = time.perf_counter() - started
+        if args.relu_cache:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state": model.state_dict(), "seconds": relu_seconds}, cached.with_suffix(".tmp"))
+            cached.with_suffix(".tmp").replace(cached)
     relu = ws.evaluate(model, test_loader)[1]
-    relu_seconds = time.perf_counter() - started
 
     # 2. Converted, at sharpness 0: without and with calibration on a few training batches.
     calibration = [x for _, (x, _) in zip(range(args.calibration_batches), loader, strict=False)]
@@ -133,13 +144,13 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         warnings.simplefilter("ignore")  # the head's and any smooth activation's notices
         cold = ws.spikify(copy.deepcopy(model), num_classes=10, key_width=args.key_width)
         warm = ws.spikify(copy.deepcopy(model), num_classes=10, key_width=args.key_width)
-        ws.calibrate(warm, calibration, percentile=args.percentile)
+        ws.calibrate(warm, calibration, percentile=args.percentile, levels=args.levels)
     cold_accuracy, warm_accuracy = ws.evaluate(cold, test_loader)[1], ws.evaluate(warm, test_loader)[1]
 
     record = {
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
         "sharpen_epochs": args.sharpen_epochs, "binary_epochs": args.binary_epochs, "finetune_dropout": args.finetune_dropout,
-        "distill": args.distill, "key_width": args.key_width, "relu": relu,
+        "distill": args.distill, "key_width": args.key_width, "levels": args.levels, "relu": relu,
         "converted": cold_accuracy, "calibrated": warm_accuracy, "binary": None, "fully_binary": False, "gap": None,
         "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
@@ -163,14 +174,15 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         else:
             binary = ws.evaluate(warm, test_loader)[1]
             record.update(binary=binary, fully_binary=result.fully_binary, gap=relu - binary)
-    return {**record, "seconds": round(time.perf_counter() - started)}
+    return {**record, "seconds": round(time.perf_counter() - started + reused)}
 
 
 def _setting(record: dict) -> tuple:
     """What makes two results comparable: everything but the seed (results written before a setting existed
     ran at its default)."""
     return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
-            record.get("key_width", 100), record.get("binary_epochs", 1), record.get("finetune_dropout", True))  # fmt: skip
+            record.get("key_width", 100), record.get("binary_epochs", 1), record.get("finetune_dropout", True),
+            record.get("levels", False))  # fmt: skip
 
 
 def _binary_cell(record: dict) -> str:
@@ -194,7 +206,8 @@ def table(paths: list[str]) -> str:
         extra = "".join([f", distilled {r['distill']:g}" if r.get("distill") else "",
                          f", {r['key_width']} outputs" if r.get("key_width", 100) != 100 else "",
                          f", binary for the last {r['binary_epochs']}" if r.get("binary_epochs", 1) != 1 else "",
-                         ", no dropout in fine-tuning" if not r.get("finetune_dropout", True) else ""])  # fmt: skip
+                         ", no dropout in fine-tuning" if not r.get("finetune_dropout", True) else "",
+                         ", one-bit levels" if r.get("levels") else ""])  # fmt: skip
         return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
                 f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {_binary_cell(r)} | "
                 f"{gap} | {r.get('seconds', 0)} s |")  # fmt: skip
@@ -229,7 +242,10 @@ def main() -> None:
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the ReLU network")
     parser.add_argument("--percentile", type=float, default=99.9, help="of each layer's activations: its scale")
+    parser.add_argument("--levels", action=argparse.BooleanOptionalAction, default=True,
+                        help="calibrate each layer's one-bit level too (--no-levels: spikes weigh the range)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--relu-cache", help="folder keeping each trained ReLU network, reused by later runs")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="runs/warm_start.jsonl", help="JSON lines, one per (data set, seed)")
     parser.add_argument("--table", nargs="+", metavar="JSONL", help="write the table of these results into "
