@@ -122,8 +122,9 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     # 1. The ordinary ReLU network, trained as its authors would (Adam, a cosine schedule); kept in --relu-cache
     # so that settings of the conversion can be compared on the same trained network without training it again.
     model, reused = _network(dataset), 0.0
-    cached = Path(args.relu_cache or ".") / f"{dataset}_{type(model).__name__}_seed{seed}_{args.relu_epochs}ep.pt"
-    if args.relu_cache and cached.exists():
+    name = f"{dataset}_{type(model).__name__}_seed{seed}_{args.relu_epochs}ep.pt"
+    cached = Path(args.relu_cache) / name if args.relu_cache else None
+    if cached and cached.exists():
         saved = torch.load(cached, weights_only=True)
         model.load_state_dict(saved["state"])
         relu_seconds = reused = saved["seconds"]  # counted in the run's time as if trained here
@@ -132,7 +133,7 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         ws.Trainer(model, optimizer, scheduler=_cosine(optimizer, args.relu_epochs * len(loader)), scheduler_per="batch",
                    progress=False).fit(loader, args.relu_epochs)  # fmt: skip
         relu_seconds = time.perf_counter() - started
-        if args.relu_cache:
+        if cached:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"state": model.state_dict(), "seconds": relu_seconds}, cached.with_suffix(".tmp"))
             cached.with_suffix(".tmp").replace(cached)

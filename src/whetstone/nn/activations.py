@@ -182,7 +182,7 @@ class SpikingActivation(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float32))
         self.register_buffer("level", torch.tensor(1.0, dtype=torch.float32))
         self._sharpness, self._binary = value, value >= 1.0
-        self._range = self._level = self._scale = 1.0
+        self._range = self._level = 1.0
         self.surrogate: float | None = None
         self.register_load_state_dict_post_hook(_refresh_sharpness_after_load)
         self.set_scale(scale)
@@ -196,18 +196,14 @@ class SpikingActivation(nn.Module):
         self.level.fill_(level)
         # The float32 values the buffers hold, read without them (a model on the meta device has no values).
         self._range, self._level = float(np.float32(value)), float(np.float32(level))
-        self._update_scale()
-
-    def _update_scale(self) -> None:
-        self._scale = (
-            self._range if self._level == self._range else self._range + (self._level - self._range) * self._sharpness
-        )
 
     @property
     def scale_value(self) -> float:
         """The scale in effect at the current sharpness as a Python float (no device sync): the range at
         sharpness 0, the level once binary, the line between them in between."""
-        return self._scale
+        if self._level == self._range:  # (exactly: the sum below may round)
+            return self._range
+        return self._range * (1.0 - self._sharpness) + self._level * self._sharpness  # exact at 0 and at 1
 
     @property
     def level_value(self) -> float:
@@ -218,7 +214,7 @@ class SpikingActivation(nn.Module):
     def membrane_threshold(self) -> float:
         """The pre-activation value at and above which the binary neuron fires: :attr:`scale_value` times
         ``spike_threshold`` (once binary: ``level * spike_threshold``)."""
-        return self._scale * self.spike_threshold
+        return self.scale_value * self.spike_threshold
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         state_dict.setdefault(prefix + "scale", torch.tensor(1.0))  # saved before layers had a scale: 1
@@ -230,7 +226,6 @@ class SpikingActivation(nn.Module):
         value = check_sharpness(value)
         self.sharpness.fill_(value)
         self._sharpness, self._binary = value, value >= 1.0
-        self._update_scale()
 
     def set_surrogate(self, value: float | None) -> None:
         """Let the layer learn once binary: at sharpness 1 its forward pass stays the exact step, but
@@ -259,9 +254,9 @@ class SpikingActivation(nn.Module):
         return f"sharpness={self._sharpness:.4g}{scale}{surrogate}"
 
     def forward(self, x: Tensor) -> Tensor:
-        scale: float | Tensor = self._scale
+        scale: float | Tensor = self.scale_value
         if self._level != self._range and torch.compiler.is_compiling():  # moves with the sharpness: a buffer
-            scale = self.scale + (self.level - self.scale) * self.sharpness
+            scale = self.scale * (1.0 - self.sharpness) + self.level * self.sharpness
         elif scale == 1.0:
             return self._activate(x)
         return self._activate(x / scale) * scale
@@ -279,7 +274,6 @@ def _refresh_sharpness_after_load(module: nn.Module, incompatible_keys: object) 
         if not 0.0 < value < math.inf:
             raise ValueError(f"loaded {name} of {type(module).__name__} must be a positive finite number, got {value}")
     module._range, module._level = float(module.scale), float(module.level)
-    module._update_scale()
 
 
 def _positive_float(value: object, name: str) -> float:
