@@ -121,6 +121,38 @@ def test_a_layers_scale_moves_from_its_range_to_its_one_bit_level_as_it_sharpens
     assert all(m.level_value == m.scale_value for m in ws.spiking_layers(plain))
 
 
+def test_a_calibrated_n_hot_head_is_a_thermometer_code_and_keeps_its_accuracy_once_binary(trained_relu, mini_test):
+    model, batches = trained_relu
+    x, y = mini_test
+    warm = ws.spikify(copy.deepcopy(model), num_classes=10, calibrate=batches).eval()
+    decoder = next(m for m in warm.modules() if isinstance(m, ws.SoftmaxDecode))
+    units = decoder.key.bool()  # (classes, width): 10 units per class
+    bias = warm.fc2.bias.detach()
+    steps = torch.stack([bias[row] - bias[row].mean() for row in units])
+    torch.testing.assert_close(steps, (torch.arange(10.0) - 4.5).expand(10, 10) / 10)  # one step of 1/10 apart
+    output = ws.spiking_layers(warm)[-1]
+    output.set_sharpness(1.0)  # only the output layer binary: its code alone decides
+    spikes: list[torch.Tensor] = []
+    handle = output.register_forward_hook(lambda module, inputs, result: spikes.append(result))
+    with torch_threads(1), torch.no_grad():
+        relu = (model(x).argmax(1) == y).float().mean().item()
+        binary = (warm(x).argmax(1) == y).float().mean().item()
+    handle.remove()
+    counts = spikes[0] @ decoder.key.t().float()  # each class's spike count, per image
+    top = counts.topk(2, dim=1).values
+    assert binary >= relu - 0.04, (relu, binary)  # copies firing together: 25% on this net (measured)
+    assert (top[:, 0] == top[:, 1]).float().mean() < 0.2  # copies: 78% of images tied
+    assert ((counts > 0) & (counts < 10)).any(1).float().mean() > 0.5  # counts between 0 and 10: a thermometer
+
+    cold = ws.spikify(copy.deepcopy(model), num_classes=10)
+    with torch.no_grad():
+        cold.fc2.weight[units[0]] += 0.01 * torch.randn(10, cold.fc2.weight.shape[1])  # class 0: no longer copies
+    ws.calibrate(cold, batches)
+    bias = cold.fc2.bias.detach()
+    assert torch.equal(bias[units[0]], bias[units[0]][:1].expand(10))  # units that differ are left as they are
+    assert len(set(bias[units[1]].tolist())) == 10
+
+
 @pytest.mark.parametrize("kind", ["half-normal", "exponential", "sparse"])
 def test_the_one_bit_level_is_the_best_one_bit_copy_of_the_values(kind):
     from whetstone.convert.calibration import _one_bit_level

@@ -17,7 +17,10 @@ the ReLU network; as one layer after another becomes binary, each is the best on
 
 The output layer must emit 0/1 for its decoder, so it is not scaled: the Linear that feeds it is mapped
 affinely instead, so that the best class's score lands inside the activation's linear range on the
-calibration data (the class order of the scores is kept, ties aside).
+calibration data (the class order of the scores is kept, ties aside). A class's N units of an N-hot head
+start as copies of its trained output, so once binary they would fire together (a count of 0 or N, and many
+ties between classes); their biases are spread evenly over the linear range instead, a thermometer code: the
+k-th unit fires once the score passes the k-th of N steps, so the class's spike count grows with its score.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
     except Exception:  # noqa: BLE001 - untraceable: no output layer or concatenation known, layers scaled alone
         graph = None
     modules = dict(model.named_modules())
-    output, head = _output_layer(graph, modules)
+    output, head, decoder = _output_layer(graph, modules)
     hidden = [layer for layer in layers if isinstance(layer, SpikingBReLU) and layer is not output]
     tops: dict[SpikingActivation, list[Tensor]] = {layer: [] for layer in hidden}
     bits: dict[SpikingActivation, list[Tensor]] = {layer: [] for layer in hidden}
@@ -92,7 +95,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
             level = ones[layer] if 0 < ones[layer] <= scale and math.isfinite(ones[layer]) else scale
             layer.set_scale(scale, level)
     if output is not None and head is not None:
-        _fit_head(model, batches, output, head, percentile)
+        _fit_head(model, batches, output, head, percentile, decoder)
     return model
 
 
@@ -132,35 +135,43 @@ def _concatenated(graph: torch.fx.Graph | None, modules: dict[str, nn.Module]) -
 
 def _output_layer(
     graph: torch.fx.Graph | None, modules: dict[str, nn.Module]
-) -> tuple[SpikingActivation | None, nn.Linear | nn.Conv2d | None]:
-    """The spiking layer that feeds the decoder, and the Linear (or Conv2d) that feeds it alone, if the
-    model is traced that way; ``(None, None)`` otherwise."""
+) -> tuple[SpikingActivation | None, nn.Linear | nn.Conv2d | None, SoftmaxDecode | None]:
+    """The spiking layer that feeds the decoder, the Linear (or Conv2d) that feeds it alone, and the decoder,
+    if the model is traced that way; ``None`` for each part that is not."""
     if graph is None:
-        return None, None
+        return None, None, None
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], SoftmaxDecode):
             continue
-        spike = node.args[0]
+        decoder, spike = modules[node.target], node.args[0]
         if not (isinstance(spike, torch.fx.Node) and spike.op == "call_module"):
-            return None, None
+            return None, None, decoder
         output = modules[spike.target]
         source = spike.args[0] if spike.args else None
         if not isinstance(output, SpikingActivation):
-            return None, None
+            return None, None, decoder
         if (
             isinstance(source, torch.fx.Node)
             and source.op == "call_module"
             and isinstance(modules[source.target], (nn.Linear, nn.Conv2d))
             and len(source.users) == 1
         ):
-            return output, modules[source.target]
-        return output, None
-    return None, None
+            return output, modules[source.target], decoder
+        return output, None, decoder
+    return None, None, None
 
 
-def _fit_head(model: nn.Module, batches: Iterable[Any], output: SpikingActivation, head: nn.Module, p: float) -> None:
+def _fit_head(
+    model: nn.Module,
+    batches: Iterable[Any],
+    output: SpikingActivation,
+    head: nn.Module,
+    p: float,
+    decoder: SoftmaxDecode | None,
+) -> None:
     """Map ``head``'s outputs affinely so that, on the data, the best score per sample lies above 0 and the
-    runner-up below 1 in (100 - p)% of cases: the activation's clip keeps their order."""
+    runner-up below 1 in (100 - p)% of cases: the activation's clip keeps their order. Then spread the units
+    of each class of ``decoder``'s key over that range (see the module docs)."""
     scores: list[Tensor] = []
 
     def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -185,6 +196,24 @@ def _fit_head(model: nn.Module, batches: Iterable[Any], output: SpikingActivatio
         if head.bias is None:
             head.bias = nn.Parameter(torch.zeros(head.weight.shape[0], device=head.weight.device))
         head.bias.mul_(gain).add_(shift)
+        if decoder is not None and decoder.width == head.weight.shape[0]:
+            head.bias.add_(_thermometer(decoder.key, head.weight.flatten(1), head.bias).to(head.bias))
+
+
+def _thermometer(key: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Per output unit, the offset of its bias that spreads a class's copies into a thermometer code: the n units
+    of a class get ``(2k + 1) / 2n - 1 / 2`` for k = 0..n-1, the midpoints of n equal steps over a width of 1
+    centred on 0. Only a class whose units are copies of one another (same weights and bias, as spikify makes
+    them) in a disjoint ``key`` (classes x width) is spread; every other unit's offset is 0."""
+    key = key.to(weight.device, torch.float32)
+    rank = key.cumsum(1) - 1  # a unit's index among its class's units, where the key has a 1
+    steps = key.sum(1, keepdim=True).clamp(min=1)
+    offsets = (((2 * rank + 1) / (2 * steps) - 0.5) * key).sum(0)
+    owner = key.argmax(0)
+    first = key.argmax(1)[owner]  # per unit, the first unit of its class
+    copy = (weight == weight[first]).all(1) & (bias == bias[first])
+    spread = key[:, copy].sum(1) == key.sum(1)  # per class: all its units are copies
+    return torch.where((key.sum(0) == 1) & spread[owner], offsets, torch.zeros_like(offsets))
 
 
 def _run(

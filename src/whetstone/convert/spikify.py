@@ -152,7 +152,8 @@ def spikify(
 
     With ``calibrate`` (a few batches of training inputs, or a DataLoader), a *trained* network keeps its
     accuracy: each spiking layer gets the range of its ReLU activations on that data and the spiking head the
-    range of its scores (:func:`~whetstone.convert.calibration.calibrate`). Without it, every layer clips at 1, which
+    range of its scores, each class's units spread over it as a thermometer code, so that once binary they do
+    not all fire together (:func:`~whetstone.convert.calibration.calibrate`). Without it, every layer clips at 1, which
     is right for a network trained from scratch but costs a trained one most of its accuracy.
     """
     if activation not in _SPIKING:
