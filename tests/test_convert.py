@@ -143,6 +143,7 @@ def test_spikify_gives_a_classifier_an_n_hot_spiking_head():
     assert head.weight.shape == (12, 8)
     owner = decoder.key.argmax(dim=0)
     assert torch.equal(head.weight, model[3].weight[owner])  # each unit starts as its class's row
+    torch.testing.assert_close(head.bias, model[3].bias[owner] + ws.thermometer_offsets(decoder.key))  # spread
     assert len(ws.spiking_layers(spiking)) == 2 and spiking(torch.rand(5, 1, 4, 4)).shape == (5, 4)
     ws.set_model_sharpness(spiking, 1.0)
     graph = ws.to_spiking_graph(spiking, (1, 4, 4))

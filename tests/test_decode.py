@@ -28,6 +28,15 @@ def test_key_seed_reproducible():
     assert not torch.equal(ws.key_generator(10, 100, seed=5), ws.key_generator(10, 100, seed=6))
 
 
+def test_thermometer_offsets_spread_each_class_over_a_width_of_one_and_leave_shared_units_alone():
+    key = ws.key_generator(4, 12, overlapping=False, seed=2)
+    offsets = ws.thermometer_offsets(key)
+    for row in key.bool():  # 3 units per class: the midpoints of 3 steps over [-0.5, 0.5]
+        torch.testing.assert_close(offsets[row], torch.tensor([-1 / 3, 0.0, 1 / 3]))
+    shared = torch.tensor([[1.0, 1, 0, 1], [0, 1, 1, 0]])  # unit 1 in both classes
+    torch.testing.assert_close(ws.thermometer_offsets(shared), torch.tensor([-1 / 3, 0.0, 0.25, 1 / 3]))
+
+
 @pytest.mark.parametrize(
     "args,message",
     [((10, 9), "width must be at least num_classes"), ((1, 10), "at least 2"), ((0, 10), "positive integer"),

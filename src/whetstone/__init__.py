@@ -20,7 +20,7 @@ from .graph.simulator import SimResult, simulate
 from .graph.spike_plot import plot_spikes
 from .models.zoo import Recipe, SpikingClassifier, create_model, list_models, register_model
 from .nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid, spiking_brelu, spiking_sigmoid
-from .nn.decode import SoftmaxDecode, key_generator
+from .nn.decode import SoftmaxDecode, key_generator, thermometer_offsets
 from .nn.losses import Classification, Distillation, Reconstruction, distillation_loss
 from .nn.quantization_aware import QuantizationAware, float_weights, quantize_weights
 from .nn.sharpen import (
@@ -107,5 +107,6 @@ __all__ = [
     "spiking_brelu",
     "spiking_layers",
     "spiking_sigmoid",
+    "thermometer_offsets",
     "to_spiking_graph",
 ]

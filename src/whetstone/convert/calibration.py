@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.activations import SpikingActivation, SpikingBReLU
-from ..nn.decode import SoftmaxDecode
+from ..nn.decode import SoftmaxDecode, thermometer_offsets
 from ..nn.sharpen import spiking_layers
 from ..nn.tracing import trace
 
@@ -169,9 +169,10 @@ def _fit_head(
     p: float,
     decoder: SoftmaxDecode | None,
 ) -> None:
-    """Map ``head``'s outputs affinely so that, on the data, the best score per sample lies above 0 and the
-    runner-up below 1 in (100 - p)% of cases: the activation's clip keeps their order. Then spread the units
-    of each class of ``decoder``'s key over that range (see the module docs)."""
+    """Map ``head``'s outputs affinely onto the activation's linear range. With ``decoder``, a class's score is
+    the mean of its units' inputs, and the best class's score on the data (its (100 - p)-th to p-th percentile)
+    is mapped onto the range, then the units of each class are spread over it (see the module docs). Without,
+    the best unit's input lies above 0 and the runner-up's below 1 in p% of cases: the clip keeps their order."""
     scores: list[Tensor] = []
 
     def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -181,11 +182,17 @@ def _fit_head(
     if not scores:
         return
     values = torch.cat(scores)
-    if values.shape[1] < 2:
+    coded = decoder is not None and decoder.width == values.shape[1]
+    if coded:
+        key = decoder.key.to(values)
+        best = (values @ key.t() / key.sum(1)).max(dim=1).values
+        low, high = _quantile(best, 100 - p), _quantile(best, p)
+    elif values.shape[1] >= 2:
+        top = values.topk(2, dim=1).values
+        best, runner_up = _quantile(top[:, 0], 100 - p), _quantile(top[:, 1], p)
+        low, high = min(best, runner_up), max(best, runner_up)
+    else:
         return
-    top = values.topk(2, dim=1).values
-    best, runner_up = _quantile(top[:, 0], 100 - p), _quantile(top[:, 1], p)
-    low, high = min(best, runner_up), max(best, runner_up)
     if not high > low:
         return
     gain = 1.0 / (high - low)
@@ -196,24 +203,20 @@ def _fit_head(
         if head.bias is None:
             head.bias = nn.Parameter(torch.zeros(head.weight.shape[0], device=head.weight.device))
         head.bias.mul_(gain).add_(shift)
-        if decoder is not None and decoder.width == head.weight.shape[0]:
-            head.bias.add_(_thermometer(decoder.key, head.weight.flatten(1), head.bias).to(head.bias))
+        if coded:
+            _spread_copies(head, decoder.key)
 
 
-def _thermometer(key: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Per output unit, the offset of its bias that spreads a class's copies into a thermometer code: the n units
-    of a class get ``(2k + 1) / 2n - 1 / 2`` for k = 0..n-1, the midpoints of n equal steps over a width of 1
-    centred on 0. Only a class whose units are copies of one another (same weights and bias, as spikify makes
-    them) in a disjoint ``key`` (classes x width) is spread; every other unit's offset is 0."""
+def _spread_copies(head: nn.Module, key: Tensor) -> None:
+    """Give the units of each class whose units have one weight row (copies, as spikify makes them) their
+    mean bias plus their :func:`~whetstone.nn.decode.thermometer_offsets`; other units are left as they are."""
+    weight, bias = head.weight.flatten(1), head.bias
     key = key.to(weight.device, torch.float32)
-    rank = key.cumsum(1) - 1  # a unit's index among its class's units, where the key has a 1
-    steps = key.sum(1, keepdim=True).clamp(min=1)
-    offsets = (((2 * rank + 1) / (2 * steps) - 0.5) * key).sum(0)
-    owner = key.argmax(0)
-    first = key.argmax(1)[owner]  # per unit, the first unit of its class
-    copy = (weight == weight[first]).all(1) & (bias == bias[first])
-    spread = key[:, copy].sum(1) == key.sum(1)  # per class: all its units are copies
-    return torch.where((key.sum(0) == 1) & spread[owner], offsets, torch.zeros_like(offsets))
+    owner, first = key.argmax(0), key.argmax(1)  # per unit its class; per class its first unit
+    same = (weight == weight[first[owner]]).all(1)
+    copies = (key @ same.float() == key.sum(1))[owner] & (key.sum(0) == 1)  # per unit: its class is all copies
+    mean = (key @ bias / key.sum(1))[owner]
+    bias.copy_(torch.where(copies, mean + thermometer_offsets(key).to(bias), bias))
 
 
 def _run(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.activations import SpikingActivation, SpikingBReLU, SpikingSigmoid
-from ..nn.decode import SoftmaxDecode, key_generator
+from ..nn.decode import SoftmaxDecode, key_generator, thermometer_offsets
 from ..nn.tracing import describe_call, reads_training, set_submodule, trace, why_untraceable
 from .calibration import calibrate as calibrate_scales
 from .forward_effects import dropped_statements
@@ -142,7 +142,8 @@ def spikify(
 
     With ``num_classes``, the classifier's final ``Linear(features, num_classes)`` becomes the N-hot
     spiking head the method needs: ``Linear(features, key_width)`` (default 10 units per class; each unit
-    starts from the weights of its class's row), a spiking activation, and a
+    starts from the weights of its class's row, the biases of a class's units spread over the activation's
+    linear range as a thermometer code), a spiking activation, and a
     :class:`~whetstone.SoftmaxDecode` with a disjoint key drawn from ``key_seed`` and a logit scale of one over
     the units per class (so the default ``Classification()`` loss trains it).
 
@@ -487,11 +488,11 @@ def _add_spiking_head(
     width = 10 * classes if width is None else width
     key = key_generator(classes, width, overlapping=False, seed=seed)
     head = nn.Linear(module.in_features, width, bias=module.bias is not None).to(module.weight.device)
-    with torch.no_grad():  # each unit starts as its class's output, so the trained features keep their meaning
-        owner = key.argmax(dim=0)
+    with torch.no_grad():  # each unit starts as its class's output, so the trained features keep their meaning,
+        owner = key.argmax(dim=0)  # its bias offset into a thermometer code: copies would fire together for ever
         head.weight.copy_(module.weight[owner])
         if module.bias is not None:
-            head.bias.copy_(module.bias[owner])
+            head.bias.copy_(module.bias[owner] + thermometer_offsets(key).to(head.bias))
     model.add_submodule(last.target, head)
     names = []
     for stem in (f"{last.target}_spike", "decoder"):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..utils.checks import positive_int, positive_number
 
-__all__ = ["SoftmaxDecode", "key_generator", "validate_key"]
+__all__ = ["SoftmaxDecode", "key_generator", "thermometer_offsets", "validate_key"]
 
 
 def key_generator(num_classes: int, width: int, overlapping: bool = True, seed: int | None = None) -> Tensor:
@@ -52,6 +52,19 @@ def key_generator(num_classes: int, width: int, overlapping: bool = True, seed: 
         units = torch.randperm(width, generator=generator)[: hot * num_classes].view(num_classes, hot)
         key.scatter_(1, units, 1.0)
     return key
+
+
+def thermometer_offsets(key: Tensor) -> Tensor:
+    """Per output unit of ``key`` (classes x width), the bias offset that makes a class's units a thermometer
+    code: the n units of a class get ``(2k + 1) / 2n - 1 / 2`` for k = 0..n-1, the midpoints of n equal steps
+    over a width of 1 (a spiking activation's linear range) centred on 0. Units of several classes get 0.
+
+    Units that compute the same score fire together once binary (a class's count is 0 or n); offset so, the
+    k-th fires once the score passes the k-th step, and the count grows with the score."""
+    key = validate_key(key)
+    rank = key.cumsum(1) - 1  # a unit's index among its class's units, where the key has a 1
+    offsets = (((2 * rank + 1) / (2 * key.sum(1, keepdim=True)) - 0.5) * key).sum(0)
+    return torch.where(key.sum(0) == 1, offsets, torch.zeros_like(offsets))
 
 
 def validate_key(key: Tensor) -> Tensor:
