@@ -2,6 +2,8 @@
 binary, its spikes weighing the layer's range (``calibrate(levels=False)``) or its one-bit level (the default).
 
 No training: each row is the test accuracy of the converted network with every other layer at sharpness 0.
+The last row makes the output layer binary, its units per class copies of the class's trained row (as they
+were before the thermometer code) or spread into a thermometer code (what ``calibrate`` gives them).
 
     python benchmarks/warm_start.py --datasets cifar10 --seeds 0 --sharpen-epochs 0 --relu-cache runs/relu_cache ...
     python benchmarks/one_bit_levels.py runs/relu_cache/cifar10_ResNet20_seed0_3ep.pt --data-dir DATA
@@ -63,6 +65,21 @@ def main() -> None:
             f"| {names[id(layer)]} | {layer.scale_value:.2f} | {layer.level_value:.2f} | {row[0]:.2%} | {row[1]:.2%} |",
             flush=True,
         )
+    row = []
+    decoder = next(m for m in calibrated.modules() if isinstance(m, ws.SoftmaxDecode))
+    head = next(n for n, m in reversed(list(calibrated.named_modules()))
+                if isinstance(m, torch.nn.Linear) and m.out_features == decoder.width)  # fmt: skip
+    for spread in (False, True):
+        variant = copy.deepcopy(calibrated)
+        if not spread:  # back to copies: every unit of a class at the class's mean bias
+            with torch.no_grad():
+                variant.get_submodule(head).bias.sub_(ws.thermometer_offsets(decoder.key))
+        ws.spiking_layers(variant)[-1].set_sharpness(1.0)
+        row.append(ws.evaluate(variant, test_batches)[1])
+    units = int(decoder.key.sum(1)[0])
+    print(
+        f"| output layer, {units} units per class | | | as copies: {row[0]:.2%} | as a thermometer code: {row[1]:.2%} |"
+    )
     print(f"\nMeasured on: {machine()}, the first {len(test_batches) * 1000} test images.")
 
 
