@@ -585,6 +585,19 @@ def test_nir_passes_nirs_checks_and_reads_back_to_the_same_network(converted, im
     assert isinstance(nir.read(tmp_path / f"{name}.nir"), nir.NIRGraph)
 
 
+def test_a_densenets_pooled_transition_quantizes_for_loihi_2_into_the_same_spikes(images):
+    """A transition's pooled output concatenated into the next block: its placement fuses into the layer before
+    the pooling, so no float layer is left behind a sum pooling where the integer weights compose."""
+    from whetstone.targets import get_target
+
+    _, _, graph = _converted("densenet")
+    assert not any(name.startswith("cat_") for name in (n.name for n in graph.nodes))  # no placement left
+    integer = get_target("loihi2").prepare(graph)  # refused before: composed weights were not integers
+    assert integer.metadata["quantized_bits"] == 8
+    spikes = ws.simulate(integer, images.numpy()).output_spikes
+    assert (spikes == ws.simulate(graph, images.numpy()).output_spikes).mean() > 0.99  # 8-bit: 99.8% measured
+
+
 def test_onnx_runtime_gives_pytorchs_class(converted, images, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="optional dependency 'onnxruntime' is not installed")
     from whetstone.export.onnx import write_onnx

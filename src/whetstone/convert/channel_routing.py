@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..graph.nodes import WEIGHTED_NODES, AffineNode, Conv2dNode, DeployError, GraphNode, SpikeNode, dense_weight
+from ..graph.nodes import (
+    WEIGHTED_NODES,
+    AffineNode,
+    Conv2dNode,
+    DeployError,
+    GraphNode,
+    SpikeNode,
+    SumPool2dNode,
+    dense_weight,
+)
 from ..nn.tracing import describe_call
 from .graph_term import Term
 
@@ -38,6 +47,9 @@ class ChannelRouting:
             raise DeployError(
                 f"{describe_call(fx_node)} concatenates along dimension {dim}; only channels (dim=1) deploy"
             )
+        if len(parts) == 1:  # torch.cat([x], 1), as a DenseNet's first layer of a block writes it, is x
+            self.alias[fx_node] = self.alias[parts[0]]
+            return
         stem, offset, terms = self._name(fx_node), 0, []
         for index, part in enumerate(parts):
             width = self._shape(part)[0]
@@ -151,35 +163,46 @@ class ChannelRouting:
     def _fuse_placements(self) -> None:
         """A placement whose input is a layer that feeds nothing else becomes part of that layer: its weights and
         bias written into the placed channels (zero elsewhere), repeated until none is left to fuse (a selection
-        of a shuffle of a concatenation becomes one layer). Placements of spikes stay (weight-1 synapses)."""
+        of a shuffle of a concatenation becomes one layer). So does a placement behind a sum pooling of such a
+        layer (a DenseNet transition's output), the pooling then over the whole's channels: a placement moves
+        channels, which commutes with pooling each channel. Placements of spikes stay (weight-1 synapses)."""
         while True:
             users: dict[str, int] = {node.name: 0 for node in self.nodes}
             for node in self.nodes:
                 for name in node.inputs:
                     users[name] += 1
-            candidates = (
-                (placement, self._graph_node(placement.inputs[0]))
-                for placement in self.nodes
-                if placement.name in self.placements
-            )
-            found = next(
-                (
-                    (placement, source)
-                    for placement, source in candidates
-                    if isinstance(source, WEIGHTED_NODES) and users[source.name] == 1 and source.name != self.output
-                ),
-                None,
-            )
+
+            def fusable(node: GraphNode, users: dict[str, int] = users) -> bool:
+                return isinstance(node, WEIGHTED_NODES) and users[node.name] == 1 and node.name != self.output
+
+            found = None
+            for placement in (node for node in self.nodes if node.name in self.placements):
+                source = self._graph_node(placement.inputs[0])
+                if fusable(source):
+                    found = placement, source, None
+                elif isinstance(source, SumPool2dNode) and users[source.name] == 1 and source.name != self.output:
+                    layer = self._graph_node(source.inputs[0])
+                    if fusable(layer) and isinstance(placement, Conv2dNode):
+                        found = placement, layer, source
+                if found is not None:
+                    break
             if found is None:
                 return
-            placement, source = found
+            placement, source, pool = found
             fused = _fused(placement, source)
+            if pool is not None:  # the layer keeps its own positions, before the pooling
+                fused = dataclasses.replace(fused, shape=(placement.shape[0], *source.shape[1:]))
             self.nodes[self.nodes.index(source)] = fused
             self.nodes.remove(placement)
+            result = fused.name
+            if pool is not None:  # the pooling now sums the whole's channels, which the placement filled
+                pooled = dataclasses.replace(pool, inputs=[fused.name], shape=(placement.shape[0], *pool.shape[1:]))
+                self.nodes[self.nodes.index(pool)] = pooled
+                result = pooled.name
             for node in self.nodes:
-                node.inputs = [fused.name if name == placement.name else name for name in node.inputs]
+                node.inputs = [result if name == placement.name else name for name in node.inputs]
             if self.output == placement.name:
-                self.output = fused.name
+                self.output = result
 
     def product(self, fx_node: torch.fx.Node) -> None:
         """``x * c`` or ``x / c`` with a positive constant ``c``: a scale, folded into the synapses (or threshold) that
