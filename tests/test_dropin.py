@@ -585,17 +585,29 @@ def test_nir_passes_nirs_checks_and_reads_back_to_the_same_network(converted, im
     assert isinstance(nir.read(tmp_path / f"{name}.nir"), nir.NIRGraph)
 
 
-def test_a_densenets_pooled_transition_quantizes_for_loihi_2_into_the_same_spikes(images):
-    """A transition's pooled output concatenated into the next block: its placement fuses into the layer before
-    the pooling, so no float layer is left behind a sum pooling where the integer weights compose."""
+@pytest.mark.parametrize("name", ["densenet", "channel-slice"])
+def test_routing_between_layers_is_fused_so_8_bit_synapses_compose_into_integers(name, images):
+    """A DenseNet transition's pooled output concatenated into the next block, and a channel slice of calibrated
+    spikes: the weight-only routing (a placement, a selection) fuses into the layer before the pooling or the
+    layer that reads it, so no float routing is left where a chip's integer weights compose."""
+    from whetstone.graph.connectivity import connectivity
+    from whetstone.targets.base import at_most_bits
+
+    _, _, graph = _converted(name)
+    assert not any(name.startswith("cat_") or name.endswith(".take") for name in (n.name for n in graph.nodes))
+    integer = at_most_bits(graph, 8)
+    for population in connectivity(integer):
+        for matrix in population.sources.values():
+            values = matrix.coalesce().values().numpy()
+            np.testing.assert_array_equal(values, np.round(values))  # before: a float routing times integers
+    spikes = ws.simulate(integer, images.numpy()).output_spikes
+    assert (spikes == ws.simulate(graph, images.numpy()).output_spikes).mean() > 0.99  # 8 bits: 99.8% measured
+
+
+def test_a_converted_densenet_is_held_by_loihi_2():
     from whetstone.targets import get_target
 
-    _, _, graph = _converted("densenet")
-    assert not any(name.startswith("cat_") for name in (n.name for n in graph.nodes))  # no placement left
-    integer = get_target("loihi2").prepare(graph)  # refused before: composed weights were not integers
-    assert integer.metadata["quantized_bits"] == 8
-    spikes = ws.simulate(integer, images.numpy()).output_spikes
-    assert (spikes == ws.simulate(graph, images.numpy()).output_spikes).mean() > 0.99  # 8-bit: 99.8% measured
+    assert get_target("loihi2").prepare(_converted("densenet")[2]).metadata["quantized_bits"] == 8
 
 
 def test_onnx_runtime_gives_pytorchs_class(converted, images, tmp_path):

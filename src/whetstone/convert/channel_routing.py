@@ -204,6 +204,43 @@ class ChannelRouting:
             if self.output == placement.name:
                 self.output = result
 
+    def _fuse_routing_into_readers(self) -> None:
+        """A placement or channel selection (weight-only synapses from each position to the same position) read
+        by one layer alone becomes part of that layer's weights, which then read the routed values themselves.
+        Left between the two, the routing's weights (a calibrated spike's scale) would compose with the layer's
+        after a chip's quantization, into weights that are not integers."""
+        while True:
+            users: dict[str, list[GraphNode]] = {node.name: [] for node in self.nodes}
+            for node in self.nodes:
+                for name in node.inputs:
+                    users[name].append(node)
+            found = next(
+                (
+                    (routing, users[routing.name][0])
+                    for routing in self.nodes
+                    if routing.name in self.placements
+                    and routing.name != self.output
+                    and len(users[routing.name]) == 1
+                    and users[routing.name][0].inputs == [routing.name]
+                    and _pointwise(routing, users[routing.name][0])
+                ),
+                None,
+            )
+            if found is None:
+                return
+            routing, reader = found
+            matrix = routing.weight.reshape(len(routing.weight), -1)  # (routed, source)
+            if isinstance(reader, AffineNode):
+                weight = reader.weight @ matrix
+                fused = dataclasses.replace(reader, inputs=list(routing.inputs), weight=weight.astype(np.float32))
+            else:
+                weight = np.einsum("okhw,kc->ochw", dense_weight(reader.weight, reader.groups), matrix)
+                fused = dataclasses.replace(
+                    reader, inputs=list(routing.inputs), weight=weight.astype(np.float32), groups=1
+                )
+            self.nodes[self.nodes.index(reader)] = fused
+            self.nodes.remove(routing)
+
     def product(self, fx_node: torch.fx.Node) -> None:
         """``x * c`` or ``x / c`` with a positive constant ``c``: a scale, folded into the synapses (or threshold) that
         read it. ``a * g`` of two spike trains (a squeeze-and-excitation gate: spikes times a per-channel spike):
@@ -300,3 +337,20 @@ def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
         return dataclasses.replace(layer, shape=placement.shape, weight=matrix @ layer.weight, bias=matrix @ layer.bias)
     fused = np.einsum("oc,cikl->oikl", matrix, dense_weight(layer.weight, layer.groups)).astype(np.float32)
     return dataclasses.replace(layer, shape=placement.shape, weight=fused, bias=matrix @ layer.bias, groups=1)
+
+
+def _pointwise(routing: GraphNode, reader: GraphNode) -> bool:
+    """Whether ``routing`` is weight-only synapses from each position to the same position (a 1x1 convolution
+    without bias, or a Linear without bias) into ``reader``, a layer of the same kind that can absorb it."""
+    if np.any(routing.bias):
+        return False
+    if isinstance(routing, AffineNode):
+        return isinstance(reader, AffineNode)
+    return (
+        isinstance(routing, Conv2dNode)
+        and isinstance(reader, Conv2dNode)
+        and routing.weight.shape[2:] == (1, 1)
+        and routing.groups == 1
+        and tuple(routing.stride) == (1, 1)
+        and tuple(routing.padding) == (0, 0)
+    )
