@@ -151,7 +151,7 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     record = {
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
         "sharpen_epochs": args.sharpen_epochs, "binary_epochs": args.binary_epochs, "finetune_dropout": args.finetune_dropout,
-        "distill": args.distill, "key_width": args.key_width, "levels": args.levels, "relu": relu,
+        "distill": args.distill, "key_width": args.key_width, "levels": args.levels, "head": "thermometer", "relu": relu,
         "converted": cold_accuracy, "calibrated": warm_accuracy, "binary": None, "fully_binary": False, "gap": None,
         "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
@@ -180,10 +180,10 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
 
 def _setting(record: dict) -> tuple:
     """What makes two results comparable: everything but the seed (results written before a setting existed
-    ran at its default)."""
+    ran at its default; before the thermometer head, a class's output units were copies)."""
     return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
             record.get("key_width", 100), record.get("binary_epochs", 1), record.get("finetune_dropout", True),
-            record.get("levels", False))  # fmt: skip
+            record.get("levels", False), record.get("head", "copies"))  # fmt: skip
 
 
 def _binary_cell(record: dict) -> str:
@@ -208,7 +208,8 @@ def table(paths: list[str]) -> str:
                          f", {r['key_width']} outputs" if r.get("key_width", 100) != 100 else "",
                          f", binary for the last {r['binary_epochs']}" if r.get("binary_epochs", 1) != 1 else "",
                          ", no dropout in fine-tuning" if not r.get("finetune_dropout", True) else "",
-                         ", one-bit levels" if r.get("levels") else ""])  # fmt: skip
+                         ", one-bit levels" if r.get("levels") else "",
+                         ", thermometer head" if r.get("head") == "thermometer" else ""])  # fmt: skip
         return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
                 f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {_binary_cell(r)} | "
                 f"{gap} | {r.get('seconds', 0)} s |")  # fmt: skip
