@@ -21,6 +21,7 @@ from ..graph.nodes import (
     GraphNode,
     SpikeNode,
     SumPool2dNode,
+    consumers,
     dense_weight,
 )
 from ..nn.tracing import describe_call
@@ -167,23 +168,16 @@ class ChannelRouting:
         layer (a DenseNet transition's output), the pooling then over the whole's channels: a placement moves
         channels, which commutes with pooling each channel. Placements of spikes stay (weight-1 synapses)."""
         while True:
-            users: dict[str, int] = {node.name: 0 for node in self.nodes}
-            for node in self.nodes:
-                for name in node.inputs:
-                    users[name] += 1
-
-            def fusable(node: GraphNode, users: dict[str, int] = users) -> bool:
-                return isinstance(node, WEIGHTED_NODES) and users[node.name] == 1 and node.name != self.output
-
+            users = consumers(self.nodes)
             found = None
             for placement in (node for node in self.nodes if node.name in self.placements):
                 source = self._graph_node(placement.inputs[0])
-                if fusable(source):
+                if isinstance(source, WEIGHTED_NODES) and self._read_once(source, users):
                     found = placement, source, None
-                elif isinstance(source, SumPool2dNode) and users[source.name] == 1 and source.name != self.output:
+                elif isinstance(source, SumPool2dNode) and self._read_once(source, users):
                     layer = self._graph_node(source.inputs[0])
-                    if fusable(layer) and isinstance(placement, Conv2dNode):
-                        found = placement, layer, source
+                    if isinstance(layer, WEIGHTED_NODES) and self._read_once(layer, users):
+                        found = (placement, layer, source) if isinstance(placement, Conv2dNode) else None
                 if found is not None:
                     break
             if found is None:
@@ -204,23 +198,23 @@ class ChannelRouting:
             if self.output == placement.name:
                 self.output = result
 
+    def _read_once(self, node: GraphNode, users: dict[str, list[GraphNode]]) -> bool:
+        """Whether ``node`` feeds one node alone and is not the network's output (so it may be fused away)."""
+        return len(users[node.name]) == 1 and node.name != self.output
+
     def _fuse_routing_into_readers(self) -> None:
         """A placement or channel selection (weight-only synapses from each position to the same position) read
         by one layer alone becomes part of that layer's weights, which then read the routed values themselves.
         Left between the two, the routing's weights (a calibrated spike's scale) would compose with the layer's
         after a chip's quantization, into weights that are not integers."""
         while True:
-            users: dict[str, list[GraphNode]] = {node.name: [] for node in self.nodes}
-            for node in self.nodes:
-                for name in node.inputs:
-                    users[name].append(node)
+            users = consumers(self.nodes)
             found = next(
                 (
                     (routing, users[routing.name][0])
                     for routing in self.nodes
                     if routing.name in self.placements
-                    and routing.name != self.output
-                    and len(users[routing.name]) == 1
+                    and self._read_once(routing, users)
                     and users[routing.name][0].inputs == [routing.name]
                     and _pointwise(routing, users[routing.name][0])
                 ),

@@ -280,11 +280,7 @@ class SpikingGraph:
 
     def consumers(self) -> dict[str, list[GraphNode]]:
         """For each node name, the nodes it feeds."""
-        users: dict[str, list[GraphNode]] = {n.name: [] for n in self.nodes}
-        for node in self.nodes:
-            for name in node.inputs:
-                users[name].append(node)
-        return users
+        return consumers(self.nodes)
 
     def decode(self, spikes: np.ndarray) -> np.ndarray:
         """Class scores: ``(2 spikes - 1) @ (2 key - 1)^T`` (integers, as float32), or the output layer's
@@ -310,6 +306,15 @@ class SpikingGraph:
         return "\n".join(lines)
 
     __repr__ = summary
+
+
+def consumers(nodes: list[GraphNode]) -> dict[str, list[GraphNode]]:
+    """For each name of ``nodes``, the nodes of ``nodes`` it feeds."""
+    users: dict[str, list[GraphNode]] = {n.name: [] for n in nodes}
+    for node in nodes:
+        for name in node.inputs:
+            users[name].append(node)
+    return users
 
 
 def dense_weight(weight: np.ndarray, groups: int) -> np.ndarray:
