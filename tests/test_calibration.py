@@ -156,6 +156,38 @@ def test_a_calibrated_n_hot_head_is_a_thermometer_code_and_keeps_its_accuracy_on
     torch.testing.assert_close(bias[units[1]] - bias[units[1]].mean(), (torch.arange(10.0) - 4.5) / 10)
 
 
+def test_calibrate_head_fits_a_fine_tuned_head_again_as_a_thermometer(trained_relu, mini_test):
+    model, batches = trained_relu
+    x, y = mini_test
+    warm = ws.spikify(copy.deepcopy(model), num_classes=10, calibrate=batches).eval()
+    units = next(m for m in warm.modules() if isinstance(m, ws.SoftmaxDecode)).key.bool()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # what fine-tuning does to a head: its units apart, its scores off the linear range
+        weight, bias = warm.fc2.weight, warm.fc2.bias
+        weight.mul_(3).add_(0.1 * weight.std() * torch.randn(weight.shape, generator=generator))
+        bias.add_(1.0 + 0.1 * torch.randn(bias.shape, generator=generator))
+    ws.spiking_layers(warm)[-1].set_sharpness(1.0)
+
+    def accuracy() -> float:
+        with torch_threads(1), torch.no_grad():
+            return (warm(x).argmax(1) == y).float().mean().item()
+
+    relu, before = (model(x).argmax(1) == y).float().mean().item(), accuracy()
+    assert ws.calibrate_head(warm, batches) is warm
+    after = accuracy()
+    assert before < 0.5 and after >= relu - 0.04, (relu, before, after)  # every unit firing: classes tied
+    for row in units:  # each class's units: one weight row, biases a thermometer's steps of 1/10
+        torch.testing.assert_close(warm.fc2.weight[row], warm.fc2.weight[row][:1].expand(10, -1))
+        torch.testing.assert_close(warm.fc2.bias[row] - warm.fc2.bias[row].mean(), (torch.arange(10.0) - 4.5) / 10)
+
+
+def test_calibrate_head_needs_an_n_hot_head():
+    with pytest.raises(ValueError, match=r"calibrate_head needs a model that ends in Linear \(or Conv2d\) -> spiking"):
+        ws.calibrate_head(ws.spikify(SmallNet()), [torch.rand(2, 1, 28, 28)])
+    with pytest.raises(ValueError, match=r"percentile must be a number in \(0, 100\], got 101"):
+        ws.calibrate_head(ws.spikify(SmallNet(), num_classes=10), [torch.rand(2, 1, 28, 28)], percentile=101)
+
+
 @pytest.mark.parametrize("kind", ["half-normal", "exponential", "sparse"])
 def test_the_one_bit_level_is_the_best_one_bit_copy_of_the_values(kind):
     from whetstone.convert.calibration import _one_bit_level

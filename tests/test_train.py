@@ -248,3 +248,69 @@ def test_training_from_python_logs_each_epoch_and_is_silent_when_asked(mini, cap
     finally:
         logger.setLevel(level)
     assert not capsys.readouterr().err
+
+
+def conv_bn_dropout():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5),
+                               ws.SpikingBReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))  # fmt: skip
+
+
+def test_reestimated_batchnorm_statistics_are_the_plain_average_over_the_batches(mini):
+    train_loader, _ = mini
+    model = conv_bn_dropout().train()
+    norm = model[1]
+    norm.momentum = 0.3
+    batches = [x for _, (x, _) in zip(range(3), train_loader, strict=False)]
+    torch.manual_seed(5)
+    assert ws.reestimate_batchnorm(model, batches + batches, max_batches=3) == 1
+    after = torch.rand(4)  # torch's RNG is where it was
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(4))
+    with torch.no_grad():
+        outputs = [model[0](x) for x in batches]
+    means = torch.stack([y.mean((0, 2, 3)) for y in outputs])
+    variances = torch.stack([y.var((0, 2, 3)) for y in outputs])  # unbiased, as batch norm keeps it
+    torch.testing.assert_close(norm.running_mean, means.mean(0))
+    torch.testing.assert_close(norm.running_var, variances.mean(0))
+    assert norm.momentum == 0.3 and model.training and norm.num_batches_tracked == 3
+    # The dropout after the batch norm ran in eval mode: a second estimate on the same batches is identical.
+    first = norm.running_var.clone()
+    ws.reestimate_batchnorm(model, [(x, None) for x in batches])
+    assert torch.equal(norm.running_var, first)
+
+
+def test_reestimating_batchnorm_errors_and_models_without_one(mini):
+    assert ws.reestimate_batchnorm(small_model(), []) == 0  # nothing to estimate: the batches are not read
+    with pytest.raises(ValueError, match="batches yielded nothing"):
+        ws.reestimate_batchnorm(conv_bn_dropout(), [])
+    with pytest.raises(ValueError, match="max_batches must be a positive integer, got 0"):
+        ws.reestimate_batchnorm(conv_bn_dropout(), [torch.zeros(2, 1, 28, 28)], max_batches=0)
+    with pytest.raises(ValueError, match="batchnorm_batches"):
+        ws.Trainer(small_model(), torch.optim.SGD(small_model().parameters(), 0.1), batchnorm_batches=-1)
+
+
+def test_binary_epochs_end_with_reestimated_batchnorm_and_train_as_before(mini):
+    train, _ = mini
+    augmented = ws.TensorLoader(train.images, train.labels, 128, shuffle=True, seed=0,
+                                transform=ws.data.loader.random_crop_flip(2))  # draws from torch's RNG  # fmt: skip
+
+    def fit(loader: ws.TensorLoader, batchnorm_batches: int) -> torch.nn.Module:
+        model = conv_bn_dropout()
+        ws.set_model_surrogate(model, 0.0)  # the binary second epoch trains, after the first epoch's estimate
+        trainer = ws.Trainer(model, torch.optim.Adam(model.parameters(), 1e-3), ws.SimpleSharpener(0, steps=1),
+                             progress=False, batchnorm_batches=batchnorm_batches)  # fmt: skip
+        trainer.fit(loader, epochs=2)
+        return model
+
+    estimated, averaged = fit(augmented, 4), fit(augmented, 0)
+    for name, value in averaged.state_dict().items():  # the same training: weights equal, statistics not
+        if "running" not in name and "num_batches" not in name:
+            assert torch.equal(estimated.state_dict()[name], value), name
+    assert not torch.allclose(estimated[1].running_var, averaged[1].running_var)
+    # The statistics kept are those of the final network over the first 4 training batches.
+    fixed = ws.TensorLoader(train.images, train.labels, 128)
+    model = fit(fixed, 4)
+    kept = model[1].running_mean.clone(), model[1].running_var.clone()
+    ws.reestimate_batchnorm(model, fixed, max_batches=4)
+    assert torch.equal(model[1].running_mean, kept[0]) and torch.equal(model[1].running_var, kept[1])

@@ -7,7 +7,7 @@ exactly 0 or 1.
 
 from importlib import metadata as _metadata
 
-from .convert.calibration import calibrate
+from .convert.calibration import calibrate, calibrate_head
 from .convert.graph_builder import check_deployable, to_spiking_graph
 from .convert.inference import for_inference
 from .convert.spikify import ConversionError, pool_before_spikes, spikify
@@ -38,6 +38,7 @@ from .nn.tracing import fold_batchnorm
 from .runs.build import build_run
 from .runs.config import ConfigError, RunConfig
 from .runs.restore import model_from_checkpoint
+from .training.batchnorm_statistics import reestimate_batchnorm
 from .training.callbacks import Callback
 from .training.checkpoint import load_checkpoint
 from .training.evaluation import binary_report, evaluate, is_fully_binary
@@ -80,6 +81,7 @@ __all__ = [
     "binary_report",
     "build_run",
     "calibrate",
+    "calibrate_head",
     "check_deployable",
     "create_model",
     "distillation_loss",
@@ -98,6 +100,7 @@ __all__ = [
     "pool_before_spikes",
     "quantize",
     "quantize_weights",
+    "reestimate_batchnorm",
     "register_model",
     "set_model_sharpness",
     "set_model_surrogate",

@@ -38,7 +38,7 @@ from ..nn.decode import SoftmaxDecode, thermometer_offsets
 from ..nn.sharpen import spiking_layers
 from ..nn.tracing import trace
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "calibrate_head"]
 
 
 def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9, levels: bool = True) -> nn.Module:
@@ -96,6 +96,36 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
             layer.set_scale(scale, level)
     if output is not None and head is not None:
         _fit_head(model, batches, output, head, percentile, decoder)
+    return model
+
+
+def calibrate_head(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9) -> nn.Module:
+    """Fit a converted model's N-hot output layer again, as :func:`calibrate` fits it at conversion; returns
+    ``model``, changed in place.
+
+    For the end of fine-tuning, once the hidden layers are binary: each class's units become copies of their
+    mean (weights and bias), the best class's score on ``batches`` is mapped onto the activation's linear
+    range and the units are spread over it as a thermometer code (see the module docs). Training moves a
+    class's units apart and off the range, so a head sharpened by training loses the order of the scores
+    that a fitted one keeps. Units that belong to several classes keep their weights. ``ValueError`` unless
+    the model ends in a spiking layer fed by one Linear (or Conv2d) alone and read by a decoder."""
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
+    output, head, decoder = _output_layer(trace(model).graph, dict(model.named_modules()))
+    if output is None or head is None or decoder is None:
+        raise ValueError(
+            "calibrate_head needs a model that ends in Linear (or Conv2d) -> spiking layer -> decoder, "
+            "as spikify(..., num_classes=...) makes it"
+        )
+    key = decoder.key.to(head.weight.device, torch.float32)
+    owner, single = key.argmax(0), key.sum(0) == 1  # per unit: its class, and whether it has only one
+    with torch.no_grad():
+        weight = head.weight.flatten(1)
+        rows = (key @ weight / key.sum(1, keepdim=True))[owner]
+        weight.copy_(torch.where(single[:, None], rows, weight))
+        if head.bias is not None:
+            head.bias.copy_(torch.where(single, (key @ head.bias / key.sum(1))[owner], head.bias))
+    _fit_head(model, batches, output, head, percentile, decoder)
     return model
 
 

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from ..nn.losses import Loss, as_loss
 from ..nn.quantization_aware import QuantizationAware
 from ..nn.sharpen import Sharpener, model_sharpness, spiking_layer_names
-from ..utils.checks import boolean, positive_int
+from ..utils.checks import boolean, int_at_least, positive_int
 from ..utils.files import raise_if_terminated
 from . import distributed
+from .batchnorm_statistics import reestimate_batchnorm
 from .callbacks import Callback, HistoryFiles, HistoryPlot, LogEpochs, ProgressBar, as_callback
 from .checkpoint import RunFolder, describe_load_error, save_checkpoint
 from .evaluation import binary_report, evaluate, is_fully_binary
@@ -112,6 +113,10 @@ class Trainer:
             sharpener, callbacks and the progress bar then see each window's mean loss (its last value until
             the next read-back), and a non-finite loss is caught at the end of its window. Totals, history
             and checkpoints are the same.
+        batchnorm_batches: once the sharpener is done, every epoch ends by re-estimating the batch norms' running
+            statistics of the binary network over this many training batches, before it is evaluated and saved
+            (:func:`~whetstone.training.batchnorm_statistics.reestimate_batchnorm`; the running averages lag a
+            network that changed all through the epoch). Training itself is unchanged; 0: never.
         compile: run the training step through ``torch.compile`` (inductor). A soft layer's sharpness is a
             graph input, so sharpening compiles one graph per pattern of binary layers (layers + 1 at most),
             not one per value; the first step of each pays the compilation.
@@ -148,6 +153,7 @@ class Trainer:
         compile: bool = False,
         sync_every: int = 1,
         scheduler_per: str = "epoch",
+        batchnorm_batches: int = 100,
     ) -> None:
         if scheduler_per not in ("epoch", "batch"):
             raise ValueError(f"scheduler_per must be 'epoch' or 'batch', got {scheduler_per!r}")
@@ -177,6 +183,7 @@ class Trainer:
             self.module.to(memory_format=torch.channels_last)
         self.compile = boolean(compile, "compile")
         self.sync_every = positive_int(sync_every, "sync_every")
+        self.batchnorm_batches = int_at_least(batchnorm_batches, "batchnorm_batches")
         self._compiled: tuple[nn.Module, Callable[[Tensor], Tensor]] | None = None  # (model, its compiled form)
         device = next(self.module.parameters(), torch.zeros(0)).device.type
         # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
@@ -233,7 +240,7 @@ class Trainer:
             if problem is not None:
                 self._roll_back(snapshot, problem)
                 continue
-            self._end_epoch(epoch, train_loss, train_accuracy, eval_loader, started)
+            self._end_epoch(epoch, train_loss, train_accuracy, train_loader, eval_loader, started)
             epoch, start_batch = self.position
         layers = binary_report(self.module, eval_loader if eval_loader is not None else train_loader)
         result = TrainResult(
@@ -315,10 +322,15 @@ class Trainer:
         return loss_value
 
     def _end_epoch(
-        self, epoch: int, train_loss: float, train_accuracy: float | None, eval_loader: Any, started: float
-    ) -> None:
+        self, epoch: int, train_loss: float, train_accuracy: float | None, train_loader: Any, eval_loader: Any,
+        started: float,
+    ) -> None:  # fmt: skip
         if self.sharpener is not None:
             self.sharpener.on_epoch_end(epoch, train_loss)
+            if (
+                self.batchnorm_batches and self.sharpener.done
+            ):  # binary: statistics of this network, not a lagging average
+                reestimate_batchnorm(self.module, train_loader, self.batchnorm_batches)
         if self.scheduler is not None and self.scheduler_per == "epoch":
             self.scheduler.step()
         record = EpochRecord(epoch, train_loss, train_accuracy, model_sharpness(self.module), 0.0, rollbacks=self.rollbacks,
