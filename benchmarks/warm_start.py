@@ -5,7 +5,10 @@ Per data set and seed it trains the ReLU network for a stated budget, then measu
 the ReLU network's accuracy; the converted network at sharpness 0 without and with calibration (what
 ``calibrate=`` keeps); after fine-tuning while sharpening, the fully binary network's accuracy (checked 0/1 on
 every unit) and its gap to the ReLU network. Results append to a JSON-lines file, one line per (data set,
-seed), so an interrupted run continues where it stopped.
+seed), so an interrupted run continues where it stopped. The binary network's batch-norm statistics are
+re-estimated on the un-augmented training images (``--no-update-bn``: the trainer's own); with ``--head-refit``
+only the hidden layers sharpen while training and the output layer is fitted as a thermometer code at the end
+(``ws.calibrate_head``).
 
     python benchmarks/warm_start.py --datasets mnist fashion-mnist --seeds 0 1 --threads 1 --data-dir DATA
     python benchmarks/warm_start.py --datasets cifar10 --relu-epochs 30 --sharpen-epochs 10 --data-dir DATA
@@ -111,6 +114,24 @@ def _cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
     )
 
 
+class HiddenSharpener(ws.SimpleSharpener):
+    """Bottom-up, a step every batch, the hidden layers only: the output layer stays soft while the network
+    learns, and is fitted as a thermometer code at the end (``ws.calibrate_head``)."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__(0, steps=steps, per="batch")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * (len(self.layers) - 1)
+
+    def _advance(self) -> None:
+        if self.step < self.total_steps:
+            self.step += 1
+            hidden = (len(self.layers) - 1) / len(self.layers)
+            ws.set_model_sharpness(self.model, hidden * self.step / self.total_steps)
+
+
 def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     train, test = ws.load_dataset(dataset, "train", args.data_dir), ws.load_dataset(dataset, "test", args.data_dir)
@@ -151,7 +172,8 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     record = {
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
         "sharpen_epochs": args.sharpen_epochs, "binary_epochs": args.binary_epochs, "finetune_dropout": args.finetune_dropout,
-        "distill": args.distill, "key_width": args.key_width, "levels": args.levels, "head": "thermometer", "relu": relu,
+        "distill": args.distill, "key_width": args.key_width, "levels": args.levels, "head": "thermometer",
+        "surrogate": args.surrogate, "head_refit": args.head_refit, "update_bn": args.update_bn, "relu": relu,
         "converted": cold_accuracy, "calibrated": warm_accuracy, "binary": None, "fully_binary": False, "gap": None,
         "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
@@ -162,10 +184,15 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
             for module in warm.modules():
                 if isinstance(module, nn.Dropout):
                     module.p = 0.0
-        ws.set_model_surrogate(warm, 0.0)
+        ws.set_model_surrogate(warm, args.surrogate)
         optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
         loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
-        trainer = ws.Trainer(warm, optimizer, ws.SimpleSharpener(0, steps=steps, per="batch"), loss,
+        if args.head_refit:
+            steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader) // (len(layers) - 1))
+            sharpener = HiddenSharpener(steps)
+        else:
+            sharpener = ws.SimpleSharpener(0, steps=steps, per="batch")
+        trainer = ws.Trainer(warm, optimizer, sharpener, loss,
                              scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
                              progress=False)  # fmt: skip
         try:
@@ -173,8 +200,22 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         except FloatingPointError as error:  # recorded as such: the figures before sharpening still count
             record["diverged"] = str(error)
         else:
-            binary = ws.evaluate(warm, test_loader)[1]
-            record.update(binary=binary, fully_binary=result.fully_binary, gap=relu - binary)
+            record["binary_before_bn_update"] = binary = ws.evaluate(warm, test_loader)[1]
+            clean = ws.TensorLoader.from_dataset(train, 500, shuffle=True, seed=seed)  # as deployed: not augmented
+            if args.update_bn:  # running statistics of the binary network, not an average over its sharpening
+                ws.reestimate_batchnorm(warm, clean, max_batches=len(clean))
+                binary = ws.evaluate(warm, test_loader)[1]
+            fully_binary = result.fully_binary
+            if args.head_refit:  # the hidden layers binary: the output layer fitted as a thermometer, then binary
+                record["binary_before_head_refit"] = binary
+                ws.calibrate_head(warm, [x for _, (x, _) in zip(range(10), clean, strict=False)])
+                layers[-1].set_sharpness(1.0)
+                binary = ws.evaluate(warm, test_loader)[1]
+                fully_binary = ws.is_fully_binary(warm, ws.binary_report(warm, test_loader))
+            record.update(binary=binary, fully_binary=fully_binary, gap=relu - binary)
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                torch.save(warm.state_dict(), Path(args.save) / f"{dataset}_seed{seed}_binary.pt")
     return {**record, "seconds": round(time.perf_counter() - started + reused)}
 
 
@@ -183,7 +224,8 @@ def _setting(record: dict) -> tuple:
     ran at its default; before the thermometer head, a class's output units were copies)."""
     return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
             record.get("key_width", 100), record.get("binary_epochs", 1), record.get("finetune_dropout", True),
-            record.get("levels", False), record.get("head", "copies"))  # fmt: skip
+            record.get("levels", False), record.get("head", "copies"), record.get("surrogate", 0.0),
+            record.get("update_bn", False), record.get("head_refit", False))  # fmt: skip
 
 
 def _binary_cell(record: dict) -> str:
@@ -209,7 +251,10 @@ def table(paths: list[str]) -> str:
                          f", binary for the last {r['binary_epochs']}" if r.get("binary_epochs", 1) != 1 else "",
                          ", no dropout in fine-tuning" if not r.get("finetune_dropout", True) else "",
                          ", one-bit levels" if r.get("levels") else "",
-                         ", thermometer head" if r.get("head") == "thermometer" else ""])  # fmt: skip
+                         ", thermometer head" if r.get("head") == "thermometer" else "",
+                         ", no surrogate gradient" if r.get("surrogate", 0.0) is None else "",
+                         ", batch-norm statistics re-estimated" if r.get("update_bn") else "",
+                         ", output layer fitted at the end" if r.get("head_refit") else ""])  # fmt: skip
         return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
                 f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {_binary_cell(r)} | "
                 f"{gap} | {r.get('seconds', 0)} s |")  # fmt: skip
@@ -225,6 +270,10 @@ def table(paths: list[str]) -> str:
             rows.append(row({**group[0], **mean, "fully_binary": all(r["fully_binary"] for r in group), "seconds": round(sum(r["seconds"] for r in group) / len(group))},
                             f"**mean of {len(group)}**"))  # fmt: skip
     return "\n".join(rows + ["", f"Measured on: {records[0]['machine']} per run." if records else ""])
+
+
+def _surrogate(text: str) -> float | None:
+    return None if text == "none" else float(text)
 
 
 def main() -> None:
@@ -246,6 +295,13 @@ def main() -> None:
     parser.add_argument("--percentile", type=float, default=99.9, help="of each layer's activations: its scale")
     parser.add_argument("--levels", action=argparse.BooleanOptionalAction, default=True,
                         help="calibrate each layer's one-bit level too (--no-levels: spikes weigh the range)")  # fmt: skip
+    parser.add_argument("--surrogate", type=_surrogate, default=0.0,
+                        help="binary layers' surrogate gradient while fine-tuning ('none': a step's own zero slope)")  # fmt: skip
+    parser.add_argument("--update-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-estimate batch-norm statistics of the binary network on the un-augmented training images")  # fmt: skip
+    parser.add_argument("--head-refit", action=argparse.BooleanOptionalAction, default=False,
+                        help="sharpen the hidden layers only; fit the output layer as a thermometer code at the end")  # fmt: skip
+    parser.add_argument("--save", help="folder for the binary network's state_dict")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--relu-cache", help="folder keeping each trained ReLU network, reused by later runs")
     parser.add_argument("--data-dir")
