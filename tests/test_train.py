@@ -282,8 +282,11 @@ def test_reestimated_batchnorm_statistics_are_the_plain_average_over_the_batches
 
 def test_reestimating_batchnorm_errors_and_models_without_one(mini):
     assert ws.reestimate_batchnorm(small_model(), []) == 0  # nothing to estimate: the batches are not read
+    model = conv_bn_dropout()
+    model[1].running_mean.fill_(0.25)
     with pytest.raises(ValueError, match="batches yielded nothing"):
-        ws.reestimate_batchnorm(conv_bn_dropout(), [])
+        ws.reestimate_batchnorm(model, [])
+    assert torch.equal(model[1].running_mean, torch.full((4,), 0.25))  # kept as they were
     with pytest.raises(ValueError, match="max_batches must be a positive integer, got 0"):
         ws.reestimate_batchnorm(conv_bn_dropout(), [torch.zeros(2, 1, 28, 28)], max_batches=0)
     with pytest.raises(ValueError, match="batchnorm_batches"):

@@ -39,13 +39,15 @@ def reestimate_batchnorm(
     on exactly as it would have. In a distributed run each process averages its own batches and the
     statistics are then averaged over the processes (the variance through the mean of squares), so every
     process holds the same. Returns the number of batch norms updated (0: ``model`` has none and nothing
-    ran). ``ValueError`` if ``batches`` is empty or ``max_batches`` is not a positive integer.
+    ran). ``ValueError`` if ``batches`` is empty (the statistics are left as they were) or ``max_batches`` is not
+    a positive integer.
     """
     max_batches = positive_int(max_batches, "max_batches")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
     training, momenta = model.training, [norm.momentum for norm in norms]
+    kept = [{name: buffer.clone() for name, buffer in norm.named_buffers()} for norm in norms]  # if nothing comes
     model.eval()
     for norm in norms:
         norm.reset_running_stats()
@@ -65,7 +67,10 @@ def reestimate_batchnorm(
             norm.momentum = momentum
         model.train(training)
     if seen == 0:
-        raise ValueError("batches yielded nothing: batch-norm statistics need at least one batch")
+        for norm, buffers in zip(norms, kept, strict=True):
+            for name, value in buffers.items():
+                getattr(norm, name).copy_(value)
+        raise ValueError("batches yielded nothing: batch-norm statistics need at least one batch (kept as they were)")
     if distributed.is_distributed():
         _average_over_ranks(norms)
     return len(norms)
