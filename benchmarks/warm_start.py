@@ -179,7 +179,8 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
     }  # fmt: skip
     if args.sharpen_epochs:  # 3. Fine-tune while sharpening, bottom-up a little every batch, then binary.
         layers = ws.spiking_layers(warm)
-        steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader) // len(layers))
+        sharpened = len(layers) - 1 if args.head_refit else len(layers)  # --head-refit: the output layer stays soft
+        steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader) // sharpened)
         if not args.finetune_dropout:  # binary units already quantize; dropping half of 128 of them is much noise
             for module in warm.modules():
                 if isinstance(module, nn.Dropout):
@@ -187,11 +188,7 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         ws.set_model_surrogate(warm, args.surrogate)
         optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
         loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
-        if args.head_refit:
-            steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader) // (len(layers) - 1))
-            sharpener = HiddenSharpener(steps)
-        else:
-            sharpener = ws.SimpleSharpener(0, steps=steps, per="batch")
+        sharpener = HiddenSharpener(steps) if args.head_refit else ws.SimpleSharpener(0, steps=steps, per="batch")
         trainer = ws.Trainer(warm, optimizer, sharpener, loss,
                              scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
                              progress=False)  # fmt: skip

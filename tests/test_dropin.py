@@ -594,7 +594,7 @@ def test_routing_between_layers_is_fused_so_8_bit_synapses_compose_into_integers
     from whetstone.targets.base import at_most_bits
 
     _, _, graph = _converted(name)
-    assert not any(name.startswith("cat_") or name.endswith(".take") for name in (n.name for n in graph.nodes))
+    assert not any(node.name.startswith("cat_") or node.name.endswith(".take") for node in graph.nodes)
     integer = at_most_bits(graph, 8)
     for population in connectivity(integer):
         for matrix in population.sources.values():

@@ -60,8 +60,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], percentile: float = 99.9
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
+    _check_percentile(percentile)
     layers = spiking_layers(model)
     try:
         graph: torch.fx.Graph | None = trace(model).graph
@@ -109,8 +108,7 @@ def calibrate_head(model: nn.Module, batches: Iterable[Any], percentile: float =
     class's units apart and off the range, so a head sharpened by training loses the order of the scores
     that a fitted one keeps. Units that belong to several classes keep their weights. ``ValueError`` unless
     the model ends in a spiking layer fed by one Linear (or Conv2d) alone and read by a decoder."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
+    _check_percentile(percentile)
     output, head, decoder = _output_layer(trace(model).graph, dict(model.named_modules()))
     if output is None or head is None or decoder is None:
         raise ValueError(
@@ -127,6 +125,11 @@ def calibrate_head(model: nn.Module, batches: Iterable[Any], percentile: float =
             head.bias.copy_(torch.where(single, (key @ head.bias / key.sum(1))[owner], head.bias))
     _fit_head(model, batches, output, head, percentile, decoder)
     return model
+
+
+def _check_percentile(percentile: object) -> None:
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
 
 
 #: Calls that pass spikes on as spikes (what a concatenation's parts may go through after their layer).
