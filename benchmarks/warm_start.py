@@ -6,7 +6,7 @@ the ReLU network's accuracy; the converted network at sharpness 0 without and wi
 ``calibrate=`` keeps); after fine-tuning while sharpening, the fully binary network's accuracy (checked 0/1 on
 every unit) and its gap to the ReLU network. Results append to a JSON-lines file, one line per (data set,
 seed), so an interrupted run continues where it stopped. The binary network's batch-norm statistics are
-re-estimated on the un-augmented training images (``--no-update-bn``: the trainer's own); with ``--head-refit``
+re-estimated over an epoch of the augmented training images (``--bn-statistics``); with ``--head-refit``
 only the hidden layers sharpen while training and the output layer is fitted as a thermometer code at the end
 (``ws.calibrate_head``).
 
@@ -114,22 +114,29 @@ def _cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
     )
 
 
-class HiddenSharpener(ws.SimpleSharpener):
-    """Bottom-up, a step every batch, the hidden layers only: the output layer stays soft while the network
-    learns, and is fitted as a thermometer code at the end (``ws.calibrate_head``)."""
+class RampSharpener(ws.Sharpener):
+    """Bottom-up, a step every batch, layer ``i`` of the ``n`` sharpened taking ``1 + (ramp - 1) * i / (n - 1)``
+    shares of the steps: with ``ramp > 1`` the upper layers get longer to adapt than the lower ones. With
+    ``hidden_only`` the output layer stays soft while the network learns, and is fitted as a thermometer
+    code at the end (``ws.calibrate_head``)."""
 
-    def __init__(self, steps: int) -> None:
-        super().__init__(0, steps=steps, per="batch")
+    def __init__(self, steps: int, ramp: float = 1.0, hidden_only: bool = False) -> None:
+        super().__init__()
+        self.steps, self.ramp, self.hidden_only, self.step = steps, ramp, hidden_only, 0
 
-    @property
-    def total_steps(self) -> int:
-        return self.steps * (len(self.layers) - 1)
-
-    def _advance(self) -> None:
-        if self.step < self.total_steps:
-            self.step += 1
-            hidden = (len(self.layers) - 1) / len(self.layers)
-            ws.set_model_sharpness(self.model, hidden * self.step / self.total_steps)
+    def on_batch_end(self, batch: int, loss: float) -> None:
+        super().on_batch_end(batch, loss)
+        sharpened = self.layers[:-1] if self.hidden_only else self.layers
+        if self.step >= self.steps or not sharpened:
+            return
+        self.step += 1
+        n = len(sharpened)
+        shares = [1 + (self.ramp - 1) * i / max(1, n - 1) for i in range(n)]
+        progress, start = sum(shares) * self.step / self.steps, 0.0
+        for layer, share in zip(sharpened, shares, strict=True):
+            done = self.step == self.steps or progress >= start + share
+            layer.set_sharpness(1.0 if done else min(1.0, max(0.0, (progress - start) / share)))
+            start += share
 
 
 def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
@@ -173,14 +180,13 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         "dataset": dataset, "seed": seed, "network": type(model).__name__, "relu_epochs": args.relu_epochs,
         "sharpen_epochs": args.sharpen_epochs, "binary_epochs": args.binary_epochs, "finetune_dropout": args.finetune_dropout,
         "distill": args.distill, "key_width": args.key_width, "levels": args.levels, "head": "thermometer",
-        "surrogate": args.surrogate, "head_refit": args.head_refit, "update_bn": args.update_bn, "relu": relu,
+        "surrogate": args.surrogate, "head_refit": args.head_refit, "ramp": args.ramp, "bn_statistics": args.bn_statistics, "relu": relu,
         "converted": cold_accuracy, "calibrated": warm_accuracy, "binary": None, "fully_binary": False, "gap": None,
         "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
     if args.sharpen_epochs:  # 3. Fine-tune while sharpening, bottom-up a little every batch, then binary.
         layers = ws.spiking_layers(warm)
-        sharpened = len(layers) - 1 if args.head_refit else len(layers)  # --head-refit: the output layer stays soft
-        steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader) // sharpened)
+        steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader))
         if not args.finetune_dropout:  # binary units already quantize; dropping half of 128 of them is much noise
             for module in warm.modules():
                 if isinstance(module, nn.Dropout):
@@ -188,7 +194,7 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         ws.set_model_surrogate(warm, args.surrogate)
         optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
         loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
-        sharpener = HiddenSharpener(steps) if args.head_refit else ws.SimpleSharpener(0, steps=steps, per="batch")
+        sharpener = RampSharpener(steps, args.ramp, hidden_only=args.head_refit)
         trainer = ws.Trainer(warm, optimizer, sharpener, loss,
                              scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
                              progress=False)  # fmt: skip
@@ -197,11 +203,19 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         except FloatingPointError as error:  # recorded as such: the figures before sharpening still count
             record["diverged"] = str(error)
         else:
-            record["binary_before_bn_update"] = binary = ws.evaluate(warm, test_loader)[1]
-            clean = ws.TensorLoader.from_dataset(train, 500, shuffle=True, seed=seed)  # as deployed: not augmented
-            if args.update_bn:  # running statistics of the binary network, not an average over its sharpening
-                ws.reestimate_batchnorm(warm, clean, max_batches=len(clean))
-                binary = ws.evaluate(warm, test_loader)[1]
+            # The binary network's batch-norm statistics, three ways, each measured; --bn-statistics picks the one
+            # that goes on: the trainer's running averages (over its last batches), or the average over a whole
+            # epoch of the final network on the augmented training images (what it trained on) or un-augmented ones.
+            clean = ws.TensorLoader.from_dataset(train, 500, shuffle=True, seed=seed)
+            variants = {}
+            for kind, batches in (("running", None), ("train", loader), ("clean", clean)):
+                variant = copy.deepcopy(warm)
+                if batches is not None:
+                    ws.reestimate_batchnorm(variant, batches, max_batches=len(batches))
+                record[f"binary_bn_{kind}"] = ws.evaluate(variant, test_loader)[1]
+                variants[kind] = variant
+            warm, layers = variants[args.bn_statistics], ws.spiking_layers(variants[args.bn_statistics])
+            binary = record[f"binary_bn_{args.bn_statistics}"]
             fully_binary = result.fully_binary
             if args.head_refit:  # the hidden layers binary: the output layer fitted as a thermometer, then binary
                 record["binary_before_head_refit"] = binary
@@ -222,7 +236,12 @@ def _setting(record: dict) -> tuple:
     return (record["dataset"], record["relu_epochs"], record["sharpen_epochs"], record.get("distill", 0.0),
             record.get("key_width", 100), record.get("binary_epochs", 1), record.get("finetune_dropout", True),
             record.get("levels", False), record.get("head", "copies"), record.get("surrogate", 0.0),
-            record.get("update_bn", False), record.get("head_refit", False))  # fmt: skip
+            _bn_statistics(record), record.get("head_refit", False), record.get("ramp", 1.0))  # fmt: skip
+
+
+def _bn_statistics(record: dict) -> str:
+    """Which batch-norm statistics the binary network was measured with (older results: a yes/no flag)."""
+    return record.get("bn_statistics") or ("clean" if record.get("update_bn") else "running")
 
 
 def _binary_cell(record: dict) -> str:
@@ -250,8 +269,10 @@ def table(paths: list[str]) -> str:
                          ", one-bit levels" if r.get("levels") else "",
                          ", thermometer head" if r.get("head") == "thermometer" else "",
                          ", no surrogate gradient" if r.get("surrogate", 0.0) is None else "",
-                         ", batch-norm statistics re-estimated" if r.get("update_bn") else "",
-                         ", output layer fitted at the end" if r.get("head_refit") else ""])  # fmt: skip
+                         {"running": "", "train": ", batch-norm statistics re-estimated on augmented images",
+                          "clean": ", batch-norm statistics re-estimated on un-augmented images"}[_bn_statistics(r)],
+                         ", output layer fitted at the end" if r.get("head_refit") else "",
+                         f", upper layers {r['ramp']:g}x the lower's sharpening time" if r.get("ramp", 1.0) != 1 else ""])  # fmt: skip
         return (f"| {r['dataset']} | {r['network']} | {r['relu_epochs']} + {r['sharpen_epochs']}{extra} | {seed} | "
                 f"{r['relu']:.2%} | {r['converted']:.2%} | {r['calibrated']:.2%} | {_binary_cell(r)} | "
                 f"{gap} | {r.get('seconds', 0)} s |")  # fmt: skip
@@ -267,6 +288,13 @@ def table(paths: list[str]) -> str:
             rows.append(row({**group[0], **mean, "fully_binary": all(r["fully_binary"] for r in group), "seconds": round(sum(r["seconds"] for r in group) / len(group))},
                             f"**mean of {len(group)}**"))  # fmt: skip
     return "\n".join(rows + ["", f"Measured on: {records[0]['machine']} per run." if records else ""])
+
+
+def _ramp(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number (1: every layer the same time), got {text!r}")
+    return value
 
 
 def _surrogate(text: str) -> float | None:
@@ -294,10 +322,13 @@ def main() -> None:
                         help="calibrate each layer's one-bit level too (--no-levels: spikes weigh the range)")  # fmt: skip
     parser.add_argument("--surrogate", type=_surrogate, default=0.0,
                         help="binary layers' surrogate gradient while fine-tuning ('none': a step's own zero slope)")  # fmt: skip
-    parser.add_argument("--update-bn", action=argparse.BooleanOptionalAction, default=True,
-                        help="re-estimate batch-norm statistics of the binary network on the un-augmented training images")  # fmt: skip
+    parser.add_argument("--bn-statistics", choices=["running", "train", "clean"], default="train",
+                        help="the binary network's batch-norm statistics: the trainer's running averages, or an epoch's "
+                             "average on the augmented (train) or un-augmented (clean) training images")  # fmt: skip
     parser.add_argument("--head-refit", action=argparse.BooleanOptionalAction, default=False,
                         help="sharpen the hidden layers only; fit the output layer as a thermometer code at the end")  # fmt: skip
+    parser.add_argument("--ramp", type=_ramp, default=1.0,
+                        help="the top sharpened layer's share of the sharpening time over the bottom one's (linear)")  # fmt: skip
     parser.add_argument("--save", help="folder for the binary network's state_dict")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--relu-cache", help="folder keeping each trained ReLU network, reused by later runs")
