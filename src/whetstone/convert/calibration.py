@@ -37,6 +37,7 @@ from ..nn.activations import SpikingActivation, SpikingBReLU
 from ..nn.decode import SoftmaxDecode, thermometer_offsets
 from ..nn.sharpen import spiking_layers
 from ..nn.tracing import trace
+from ..utils.checks import is_number
 
 __all__ = ["calibrate", "calibrate_head"]
 
@@ -128,7 +129,7 @@ def calibrate_head(model: nn.Module, batches: Iterable[Any], percentile: float =
 
 
 def _check_percentile(percentile: object) -> None:
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile <= 100:
+    if not is_number(percentile) or not 0 < percentile <= 100:
         raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}")
 
 

@@ -327,9 +327,7 @@ class Trainer:
     ) -> None:  # fmt: skip
         if self.sharpener is not None:
             self.sharpener.on_epoch_end(epoch, train_loss)
-            if (
-                self.batchnorm_batches and self.sharpener.done
-            ):  # binary: statistics of this network, not a lagging average
+            if self.batchnorm_batches and self.sharpener.done:  # binary: this network's statistics, not a lag
                 reestimate_batchnorm(self.module, train_loader, self.batchnorm_batches)
         if self.scheduler is not None and self.scheduler_per == "epoch":
             self.scheduler.step()
