@@ -114,29 +114,14 @@ def _cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
     )
 
 
-class RampSharpener(ws.Sharpener):
-    """Bottom-up, a step every batch, layer ``i`` of the ``n`` sharpened taking ``1 + (ramp - 1) * i / (n - 1)``
-    shares of the steps: with ``ramp > 1`` the upper layers get longer to adapt than the lower ones. With
-    ``hidden_only`` the output layer stays soft while the network learns, and is fitted as a thermometer
-    code at the end (``ws.calibrate_head``)."""
-
-    def __init__(self, steps: int, ramp: float = 1.0, hidden_only: bool = False) -> None:
-        super().__init__()
-        self.steps, self.ramp, self.hidden_only, self.step = steps, ramp, hidden_only, 0
-
-    def on_batch_end(self, batch: int, loss: float) -> None:
-        super().on_batch_end(batch, loss)
-        sharpened = self.layers[:-1] if self.hidden_only else self.layers
-        if self.step >= self.steps or not sharpened:
-            return
-        self.step += 1
-        n = len(sharpened)
-        shares = [1 + (self.ramp - 1) * i / max(1, n - 1) for i in range(n)]
-        progress, start = sum(shares) * self.step / self.steps, 0.0
-        for layer, share in zip(sharpened, shares, strict=True):
-            done = self.step == self.steps or progress >= start + share
-            layer.set_sharpness(1.0 if done else min(1.0, max(0.0, (progress - start) / share)))
-            start += share
+def _windows(num_layers: int, args: argparse.Namespace) -> list[tuple[float, float]]:
+    """Each spiking layer's sharpening window: bottom-up over the epochs before the binary ones, the upper
+    layers taking ``--ramp`` times the lower ones' time; with ``--head-refit`` the output layer stays soft while
+    the network learns (its window lies after the last epoch) and is fitted as a thermometer code at the end."""
+    sharpened = num_layers - 1 if args.head_refit else num_layers
+    stop = max(args.sharpen_epochs - args.binary_epochs, 1)
+    windows = ws.ramp_schedule(sharpened, 0, stop, args.ramp) if sharpened else []
+    return windows + [(args.sharpen_epochs, args.sharpen_epochs + 1)] * (num_layers - sharpened)
 
 
 def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
@@ -185,8 +170,6 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         "relu_seconds": round(relu_seconds), "machine": machine(),
     }  # fmt: skip
     if args.sharpen_epochs:  # 3. Fine-tune while sharpening, bottom-up a little every batch, then binary.
-        layers = ws.spiking_layers(warm)
-        steps = max(1, (args.sharpen_epochs - args.binary_epochs) * len(loader))
         if not args.finetune_dropout:  # binary units already quantize; dropping half of 128 of them is much noise
             for module in warm.modules():
                 if isinstance(module, nn.Dropout):
@@ -194,7 +177,7 @@ def run(dataset: str, seed: int, args: argparse.Namespace) -> dict:
         ws.set_model_surrogate(warm, args.surrogate)
         optimizer = torch.optim.Adam(warm.parameters(), args.finetune_lr)
         loss = ws.Distillation(model, weight=args.distill) if args.distill else None  # the ReLU network as teacher
-        sharpener = RampSharpener(steps, args.ramp, hidden_only=args.head_refit)
+        sharpener = ws.ScheduledSharpener(_windows(len(ws.spiking_layers(warm)), args))
         trainer = ws.Trainer(warm, optimizer, sharpener, loss,
                              scheduler=_cosine(optimizer, args.sharpen_epochs * len(loader)), scheduler_per="batch",
                              progress=False)  # fmt: skip

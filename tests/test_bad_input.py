@@ -99,6 +99,8 @@ CLI_CASES = [
     _cli("checkpoint every 0 batches", TRAIN + " --checkpoint-every 0", "--checkpoint-every must be an integer >= 1, got 0"),
     _cli("scheduled sharpener without a schedule", TRAIN + " --sharpener scheduled", "--schedule is needed by --sharpener scheduled"),
     _cli("malformed schedule", TRAIN + " --sharpener scheduled --schedule 0:2,x", "--schedule must look like '0:2,2:4'"),
+    _cli("schedule window stopping before it starts", TRAIN + " --sharpener scheduled --schedule 0:1,2:1.5",
+         "--schedule window 1 (2:1.5) must start at 0 or later and stop after it starts"),
     _cli("unknown sharpener", TRAIN + " --sharpener sharp", "argument --sharpener: invalid choice: 'sharp'"),
     _cli("unknown optimizer", TRAIN + " --optimizer lbfgs", "argument --optimizer: invalid choice: 'lbfgs'"),
     _cli("unknown device", TRAIN + " --device tpu", "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),

@@ -17,8 +17,7 @@ differ), the NIR file passes nir's structure check and reads back to the same gr
 
 from __future__ import annotations
 
-import itertools
-import warnings
+import argparse
 
 import numpy as np
 import pytest
@@ -872,20 +871,10 @@ def test_what_does_not_deploy_is_refused_in_one_line_naming_the_module_the_sourc
     assert "\n" not in str(raised.value)
 
 
-def test_the_warm_start_benchmark_gives_the_upper_layers_the_longer_share_of_the_sharpening_time():
-    ramp = _benchmark("warm_start").RampSharpener
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the head's notice
-        model = ws.spikify(nn.Sequential(*[m for _ in range(3) for m in (nn.Linear(4, 4), nn.ReLU())], nn.Linear(4, 3)),
-                           num_classes=3)  # fmt: skip
-    sharpener = ramp(12, ramp=3.0, hidden_only=True)  # shares 1, 2, 3 of 12 steps: 2, 4 and 6 steps per layer
-    sharpener.on_train_begin(model)
-    seen = []
-    for batch in range(14):
-        sharpener.on_batch_end(batch, 0.0)
-        seen.append(ws.model_sharpness(model))
-    assert [round(v, 6) for v in seen[0]] == [0.5, 0.0, 0.0, 0.0]
-    assert seen[1][:2] == [1.0, 0.0] and seen[5][:3] == [1.0, 1.0, 0.0]
-    assert [sum(0 < v < 1 for v in values[:3]) for values in seen].count(1) == 9  # 12 steps, 3 land on a boundary
-    assert seen[-1] == [1.0, 1.0, 1.0, 0.0]  # the hidden layers binary; the output layer left to calibrate_head
-    assert all(a <= b for before, after in itertools.pairwise(seen) for a, b in zip(before, after))
+def test_the_warm_start_benchmark_leaves_the_output_layer_to_calibrate_head():
+    windows = _benchmark("warm_start")._windows
+    args = argparse.Namespace(sharpen_epochs=10, binary_epochs=1, ramp=4.0, head_refit=True)
+    hidden, head = windows(20, args)[:-1], windows(20, args)[-1]
+    assert hidden == ws.ramp_schedule(19, 0, 9, 4.0) and head[0] >= 10  # the head's window after the last epoch
+    args.head_refit = False
+    assert windows(20, args) == ws.ramp_schedule(20, 0, 9, 4.0)

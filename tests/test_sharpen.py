@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -54,6 +56,18 @@ def drive(sharpener, model, epochs, batches, losses=None):
     return trajectory
 
 
+def drive_per_batch(sharpener, model, epochs, batches):
+    """The same, with the batches per epoch known from the start; return sharpness after each batch."""
+    sharpener.on_train_begin(model, batches_per_epoch=batches)
+    seen = []
+    for epoch in range(epochs):
+        for batch in range(batches):
+            sharpener.on_batch_end(batch, 1.0)
+            seen.append(ws.model_sharpness(model))
+        sharpener.on_epoch_end(epoch, 1.0)
+    return seen
+
+
 def test_simple_sharpener_per_epoch(net):
     sharpener = ws.SimpleSharpener(start_epoch=2, steps=2)
     trajectory = drive(sharpener, net, epochs=9, batches=3)
@@ -75,13 +89,7 @@ def test_simple_sharpener_uniform_and_per_batch(net):
 
 def test_scheduled_sharpener_linear_per_batch(net):
     sharpener = ws.ScheduledSharpener([(0, 2), (1, 3), (3, 4)])
-    sharpener.on_train_begin(net, batches_per_epoch=4)
-    seen = []
-    for epoch in range(4):
-        for batch in range(4):
-            sharpener.on_batch_end(batch, 1.0)
-            seen.append(ws.model_sharpness(net))
-        sharpener.on_epoch_end(epoch, 1.0)
+    seen = drive_per_batch(sharpener, net, epochs=4, batches=4)
     assert seen[0] == pytest.approx([0.125, 0, 0])
     assert seen[3] == pytest.approx([0.5, 0, 0])
     assert seen[5] == pytest.approx([0.75, 0.25, 0])
@@ -89,6 +97,40 @@ def test_scheduled_sharpener_linear_per_batch(net):
     assert seen[11] == [1.0, 1.0, 0.0]
     assert seen[13] == pytest.approx([1.0, 1.0, 0.5])
     assert sharpener.done
+
+
+def test_scheduled_sharpener_windows_within_an_epoch(net):
+    sharpener = ws.ScheduledSharpener([(0, 0.5), (0.5, 1.5), (1.5, 2)])
+    seen = drive_per_batch(sharpener, net, epochs=2, batches=4)
+    assert seen[0] == pytest.approx([0.5, 0, 0]) and seen[1] == [1.0, 0.0, 0.0]
+    assert seen[3] == pytest.approx([1.0, 0.5, 0]) and seen[5] == [1.0, 1.0, 0.0]
+    assert seen[6] == pytest.approx([1.0, 1.0, 0.5]) and sharpener.done
+
+
+def test_ramp_schedule_gives_the_upper_layers_the_longer_windows():
+    windows = ws.ramp_schedule(3, 0, 12, ramp=3.0)  # shares 1, 2, 3 of 12 epochs
+    assert windows == [(0, 2), (2, 6), (6, 12)]
+    assert ws.ramp_schedule(4, 1, 9) == [(1, 3), (3, 5), (5, 7), (7, 9)]  # ramp 1: even, as SimpleSharpener
+    assert ws.ramp_schedule(1, 0, 2.5, ramp=4.0) == [(0, 2.5)]
+    uneven = ws.ramp_schedule(19, 0, 9, ramp=4.0)
+    lengths = [stop - start for start, stop in uneven]
+    assert uneven[-1][1] == 9 and lengths[-1] == pytest.approx(4 * lengths[0])
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(uneven))  # consecutive: one layer sharpens at a time
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ws.ramp_schedule(0, 0, 1), "num_layers must be an integer >= 1, got 0"),
+        (lambda: ws.ramp_schedule(3, 2, 2), "stop_epoch must be > start_epoch"),
+        (lambda: ws.ramp_schedule(3, -1, 2), "start_epoch must be a finite number >= 0, got -1"),
+        (lambda: ws.ramp_schedule(3, 0, 2, ramp=0), "ramp must be a positive finite number, got 0"),
+        (lambda: ws.ScheduledSharpener([(0, float("nan"))]), r"schedule\[0\] stop_epoch must be a finite number"),
+    ],
+)
+def test_ramp_schedule_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 def test_scheduled_sharpener_learns_batches_per_epoch(net):

@@ -19,6 +19,7 @@ those hooks. Its progress is saved with ``state_dict()`` (the layers' sharpness 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import weakref
@@ -27,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from ..utils.checks import int_at_least, positive_number
+from ..utils.checks import int_at_least, non_negative_number, positive_number
 from .activations import SpikingActivation, check_sharpness, check_surrogate
 from .tracing import trace
 
@@ -37,6 +38,7 @@ __all__ = [
     "Sharpener",
     "SimpleSharpener",
     "model_sharpness",
+    "ramp_schedule",
     "set_model_sharpness",
     "set_model_surrogate",
     "sharpness_map",
@@ -138,6 +140,33 @@ def set_model_surrogate(model: nn.Module, value: float | None) -> None:
     check_surrogate(value)
     for layer in spiking_layers(model):
         layer.set_surrogate(value)
+
+
+def ramp_schedule(
+    num_layers: int, start_epoch: float, stop_epoch: float, ramp: float = 1.0
+) -> list[tuple[float, float]]:
+    """Bottom-up windows for :class:`ScheduledSharpener`: ``num_layers`` consecutive windows that fill
+    ``start_epoch .. stop_epoch``, layer ``i`` taking ``1 + (ramp - 1) * i / (num_layers - 1)`` shares.
+
+    ``ramp=1`` gives every layer the same time (what :class:`SimpleSharpener` does per batch); ``ramp=4``
+    gives the top layer four times the bottom one's, so the layers that turn binary last, above the most
+    binary layers, have longer to adapt. On a converted CIFAR-10 ResNet-20 (19 hidden spiking layers over 9
+    epochs) ``ramp=4`` ended 0.7-1.3 points above the even schedule (docs/results.md, issue 34).
+    """
+    num_layers = int_at_least(num_layers, "num_layers", minimum=1)
+    start, stop = non_negative_number(start_epoch, "start_epoch"), non_negative_number(stop_epoch, "stop_epoch")
+    if stop <= start:
+        raise ValueError(
+            f"stop_epoch must be > start_epoch, got start_epoch={start_epoch!r}, stop_epoch={stop_epoch!r}"
+        )
+    ramp = positive_number(ramp, "ramp")
+    shares = [1 + (ramp - 1) * i / max(1, num_layers - 1) for i in range(num_layers)]
+    unit, edges, total = (stop - start) / sum(shares), [start], 0.0
+    for share in shares:
+        total += share
+        edges.append(start + unit * total)
+    edges[-1] = stop  # exactly, whatever the rounding of the sum
+    return list(itertools.pairwise(edges))
 
 
 class Sharpener:
@@ -300,12 +329,13 @@ class ScheduledSharpener(Sharpener):
     """Sharpen each layer linearly, batch by batch, over an explicit window of epochs.
 
     ``schedule[i] = (start_epoch, stop_epoch)`` for spiking layer ``i``: the layer is at 0 before
-    ``start_epoch``, rises linearly over epochs ``start_epoch .. stop_epoch - 1`` and is exactly 1 from
-    the end of epoch ``stop_epoch - 1``. Without a known ``batches_per_epoch`` (see
-    :meth:`Sharpener.on_train_begin`) the first epoch moves only at its end.
+    ``start_epoch``, rises linearly until ``stop_epoch`` and is exactly 1 from there on. Windows may
+    start and stop within an epoch (``(0, 1.5)``: one and a half epochs); :func:`ramp_schedule` makes
+    consecutive windows that give the upper layers more time. Without a known ``batches_per_epoch``
+    (see :meth:`Sharpener.on_train_begin`) the first epoch moves only at its end.
     """
 
-    def __init__(self, schedule: Iterable[tuple[int, int]]) -> None:
+    def __init__(self, schedule: Iterable[tuple[float, float]]) -> None:
         super().__init__()
         windows = []
         for index, window in enumerate(schedule):
@@ -315,8 +345,8 @@ class ScheduledSharpener(Sharpener):
                 raise ValueError(
                     f"schedule[{index}] must be a (start_epoch, stop_epoch) pair, got {window!r}"
                 ) from None
-            int_at_least(start, f"schedule[{index}] start_epoch")
-            int_at_least(stop, f"schedule[{index}] stop_epoch")
+            non_negative_number(start, f"schedule[{index}] start_epoch")
+            non_negative_number(stop, f"schedule[{index}] stop_epoch")
             if stop <= start:
                 raise ValueError(f"schedule[{index}] must have stop_epoch > start_epoch, got ({start}, {stop})")
             windows.append((start, stop))

@@ -514,15 +514,32 @@ def resume_config(saved: RunConfig, given: Mapping[str, Any], folder: str) -> tu
     return saved.replace(**changes, out=str(folder)), sorted(changes)
 
 
-def parse_schedule(text: str) -> list[tuple[int, int]]:
-    """``"0:2,2:4,4:6"`` -> ``[(0, 2), (2, 4), (4, 6)]`` (one start:stop window per spiking layer)."""
+def parse_schedule(text: str) -> list[tuple[float, float]]:
+    """``"0:2,2:4,4:6"`` -> ``[(0, 2), (2, 4), (4, 6)]`` (one start:stop window per spiking layer, in
+    epochs; fractions allowed: ``"0:1.5,1.5:4"``)."""
     try:
-        windows = [tuple(int(part) for part in window.split(":")) for window in text.split(",")]
+        windows = [tuple(_epoch(part) for part in window.split(":")) for window in text.split(",")]
     except ValueError:
         windows = []
     if not windows or any(len(window) != 2 for window in windows):
         raise ConfigError("schedule", f"must look like '0:2,2:4' (start:stop epochs per layer), got {text!r}")
+    for index, (start, stop) in enumerate(windows):
+        if not 0 <= start < stop:
+            raise ConfigError(
+                "schedule", f"window {index} ({start}:{stop}) must start at 0 or later and stop after it starts"
+            )
     return windows  # type: ignore[return-value]
+
+
+def _epoch(text: str) -> float:
+    """An epoch of a schedule: an int where written as one (saved configs read back the same)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def parse_model_options(items: Sequence[str]) -> dict[str, Any]:

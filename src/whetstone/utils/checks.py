@@ -66,6 +66,13 @@ def positive_number(value: object, name: str) -> float:
     return float(value)
 
 
+def non_negative_number(value: object, name: str) -> float:
+    """``value`` as a float if it is a finite number >= 0 (an int or a float, not a bool)."""
+    if not is_number(value) or not 0 <= value < math.inf:  # also rejects NaN
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def is_number(value: object) -> bool:
     """Whether ``value`` is an int or a float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
