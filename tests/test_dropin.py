@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import whetstone as ws
+from whetstone.graph.nodes import SpikeNode
 from whetstone.nn.tracing import trace
 
 from conftest import assert_equal_where_decided, torch_threads
@@ -587,16 +588,23 @@ def test_nir_passes_nirs_checks_and_reads_back_to_the_same_network(converted, im
     assert isinstance(nir.read(tmp_path / f"{name}.nir"), nir.NIRGraph)
 
 
-@pytest.mark.parametrize("name", ["densenet", "channel-slice"])
+@pytest.mark.parametrize("name", ["densenet", "channel-slice", "shufflenet-v2"])
 def test_routing_between_layers_is_fused_so_8_bit_synapses_compose_into_integers(name, images):
     """A DenseNet transition's pooled output concatenated into the next block, and a channel slice of calibrated
     spikes: the weight-only routing (a placement, a selection) fuses into the layer before the pooling or the
-    layer that reads it, so no float routing is left where a chip's integer weights compose."""
+    layer that reads it, so no float routing is left where a chip's integer weights compose. A ShuffleNet unit's
+    split of a shuffled concatenation of two layers' spikes stays weight-1 synapses, each source's scale moved
+    into the convolution that reads them."""
     from whetstone.graph.connectivity import connectivity
     from whetstone.targets.base import at_most_bits
 
     _, _, graph = _converted(name)
-    assert not any(node.name.startswith("cat_") or node.name.endswith(".take") for node in graph.nodes)
+    if name == "shufflenet-v2":  # one routing from each spiking source to its reader, of weight 1
+        routings = [node for node in graph.nodes if ".take" in node.name or ".part" in node.name]
+        assert routings and all(set(np.unique(node.weight)) == {0.0, 1.0} for node in routings)
+        assert all(isinstance(graph.node(node.inputs[0]), SpikeNode) for node in routings)
+    else:
+        assert not any(node.name.startswith("cat_") or node.name.endswith(".take") for node in graph.nodes)
     integer = at_most_bits(graph, 8)
     for population in connectivity(integer):
         for matrix in population.sources.values():
@@ -606,10 +614,11 @@ def test_routing_between_layers_is_fused_so_8_bit_synapses_compose_into_integers
     assert (spikes == ws.simulate(graph, images.numpy()).output_spikes).mean() > 0.99  # 8 bits: 99.8% measured
 
 
-def test_a_converted_densenet_is_held_by_loihi_2():
+@pytest.mark.parametrize("name", ["densenet", "shufflenet-v2"])
+def test_a_converted_network_with_routed_channels_is_held_by_loihi_2(name):
     from whetstone.targets import get_target
 
-    assert get_target("loihi2").prepare(_converted("densenet")[2]).metadata["quantized_bits"] == 8
+    assert get_target("loihi2").prepare(_converted(name)[2]).metadata["quantized_bits"] == 8
 
 
 def test_onnx_runtime_gives_pytorchs_class(converted, images, tmp_path):

@@ -223,7 +223,7 @@ class ChannelRouting:
             if found is None:
                 return
             routing, reader = found
-            matrix = routing.weight.reshape(len(routing.weight), -1)  # (routed, source)
+            matrix = _matrix(routing)  # (routed, source)
             if isinstance(reader, AffineNode):
                 weight = reader.weight @ matrix
                 fused = dataclasses.replace(reader, inputs=list(routing.inputs), weight=weight.astype(np.float32))
@@ -234,6 +234,59 @@ class ChannelRouting:
                 )
             self.nodes[self.nodes.index(reader)] = fused
             self.nodes.remove(routing)
+
+    def _compose_routings(self) -> None:
+        """A routing read by a routing (a selection of a concatenation, a shuffle of a split) becomes one routing
+        from the first one's source: the product of their weights. The first stays only while others read it."""
+        while True:
+            by_name = {node.name: node for node in self.nodes}
+            found = next(
+                (
+                    (outer, by_name[outer.inputs[0]])
+                    for outer in self.nodes
+                    if outer.name in self.placements
+                    and len(outer.inputs) == 1
+                    and outer.inputs[0] in self.placements
+                    and outer.inputs[0] in by_name
+                    and _pointwise(by_name[outer.inputs[0]], outer)
+                    and _pointwise(outer, outer)
+                ),
+                None,
+            )
+            if found is None:
+                return
+            outer, inner = found
+            product = _matrix(outer) @ _matrix(inner)
+            shape = (len(product), product.shape[1], *outer.weight.shape[2:])
+            composed = dataclasses.replace(outer, inputs=list(inner.inputs), weight=product.reshape(shape))
+            self.nodes[self.nodes.index(outer)] = composed
+            if not consumers(self.nodes)[inner.name] and inner.name != self.output:
+                self.nodes.remove(inner)
+
+    def _move_routing_scales_into_readers(self) -> None:
+        """A layer that reads routings alone, each read by it alone, whose synapses into each of its input channels
+        all weigh one value (a calibrated spike's scale): that value moves into the layer's weights for the
+        channel and the routings keep weight 1. A ShuffleNet unit's convolution reads a split of a shuffled
+        concatenation of two layers' spikes, each with its own scale; left on the routings, the scales would
+        compose with a chip's integer weights into weights that are not integers."""
+        users = consumers(self.nodes)
+        by_name = {node.name: node for node in self.nodes}
+        for index, reader in enumerate(self.nodes):
+            if reader.name in self.placements or not isinstance(reader, WEIGHTED_NODES):
+                continue
+            routings = [by_name[name] for name in reader.inputs]
+            if not all(
+                r.name in self.placements and _pointwise(r, reader) and users[r.name] == [reader] for r in routings
+            ):
+                continue
+            matrices = [_matrix(routing) for routing in routings]  # (reader's input channels, source's)
+            scale = _one_value_per_row(matrices)
+            if scale is None or np.all(scale == 1.0):
+                continue
+            for routing, matrix in zip(routings, matrices, strict=True):
+                moved = (matrix / scale[:, None]).reshape(routing.weight.shape).astype(np.float32)
+                self.nodes[self.nodes.index(routing)] = dataclasses.replace(routing, weight=moved)
+            self.nodes[index] = dataclasses.replace(reader, weight=_scaled_inputs(reader, scale))
 
     def product(self, fx_node: torch.fx.Node) -> None:
         """``x * c`` or ``x / c`` with a positive constant ``c``: a scale, folded into the synapses (or threshold) that
@@ -331,6 +384,35 @@ def _fused(placement: GraphNode, layer: GraphNode) -> GraphNode:
         return dataclasses.replace(layer, shape=placement.shape, weight=matrix @ layer.weight, bias=matrix @ layer.bias)
     fused = np.einsum("oc,cikl->oikl", matrix, dense_weight(layer.weight, layer.groups)).astype(np.float32)
     return dataclasses.replace(layer, shape=placement.shape, weight=fused, bias=matrix @ layer.bias, groups=1)
+
+
+def _matrix(routing: GraphNode) -> np.ndarray:
+    """A pointwise routing's weights as a (routed, source) matrix."""
+    return routing.weight.reshape(len(routing.weight), -1)
+
+
+def _one_value_per_row(matrices: list[np.ndarray]) -> np.ndarray | None:
+    """The one nonzero value of each row across ``matrices`` (1 for a row without any), or None where a row
+    has two."""
+    values = np.ones(len(matrices[0]))
+    for row in range(len(values)):
+        nonzero = np.unique(np.concatenate([matrix[row][matrix[row] != 0] for matrix in matrices]))
+        if len(nonzero) > 1:
+            return None
+        if len(nonzero):
+            values[row] = nonzero[0]
+    return values
+
+
+def _scaled_inputs(layer: GraphNode, scale: np.ndarray) -> np.ndarray:
+    """``layer``'s weights with input channel (feature) ``c`` multiplied by ``scale[c]`` (grouped convolutions
+    too: each output channel reads its own group's inputs)."""
+    if isinstance(layer, AffineNode):
+        return (layer.weight * scale[None, :]).astype(np.float32)
+    out_channels, per_group = layer.weight.shape[:2]
+    group = np.arange(out_channels) // (out_channels // layer.groups)
+    columns = group[:, None] * per_group + np.arange(per_group)[None, :]
+    return (layer.weight * scale[columns][:, :, None, None]).astype(np.float32)
 
 
 def _pointwise(routing: GraphNode, reader: GraphNode) -> bool:
