@@ -588,6 +588,27 @@ def test_nir_passes_nirs_checks_and_reads_back_to_the_same_network(converted, im
     assert isinstance(nir.read(tmp_path / f"{name}.nir"), nir.NIRGraph)
 
 
+def test_the_synapses_chips_are_given_compute_what_the_simulator_does(converted, images):
+    """Loihi 2's program, the PyNN script and the fit reports read the graph as populations and their synapses
+    (``connectivity``). Run as such on the 8-bit graph, each spiking layer fires where the simulator's does. A
+    layer with a bias reading two populations (ShuffleNet's split of a concatenation) counted its bias twice."""
+    from whetstone.graph.connectivity import connectivity
+    from whetstone.targets.base import at_most_bits
+
+    graph = at_most_bits(converted[2], 8)
+    populations = connectivity(graph)
+    recorded = ws.simulate(graph, images.numpy(), record=tuple(p.name for p in populations)).recorded
+    spikes = {p.name: recorded[p.name][:, 0].reshape(len(images), -1) for p in populations}
+    fired = 0
+    for population in populations:
+        if population.reads_input:  # the encoder reads pixels: real-valued sums, the simulator's as given
+            continue
+        inputs = sum(matrix.to_dense().numpy() @ spikes[source].T for source, matrix in population.sources.items())
+        assert np.array_equal((inputs.T + population.bias >= population.threshold), spikes[population.name] == 1)
+        fired += int(spikes[population.name].sum())
+    assert fired > 0
+
+
 @pytest.mark.parametrize("name", ["densenet", "channel-slice", "shufflenet-v2"])
 def test_routing_between_layers_is_fused_so_8_bit_synapses_compose_into_integers(name, images):
     """A DenseNet transition's pooled output concatenated into the next block, and a channel slice of calibrated

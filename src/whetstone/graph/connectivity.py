@@ -102,12 +102,13 @@ def connectivity(graph: SpikingGraph) -> list[Population]:
 
 
 def _through(node: GraphNode, in_shape: tuple[int, ...], sources: _Reach) -> _Reach:
-    """``sources`` carried through a linear node: its matrix times each, its bias added."""
+    """``sources`` carried through a linear node: its matrix times each, its bias added once (a population's bias
+    is the sum over its sources: a layer reading two populations would otherwise count its own bias twice)."""
     linear, own_bias = _linear_map(node, in_shape)
-    return {
-        source: (_compose(linear, matrix), _apply(linear, bias) + own_bias)
-        for source, (matrix, bias) in sources.items()
-    }
+    carried: _Reach = {}
+    for index, (source, (matrix, bias)) in enumerate(sources.items()):
+        carried[source] = (_compose(linear, matrix), _apply(linear, bias) + (own_bias if index == 0 else 0.0))
+    return carried
 
 
 def _eye(size: int) -> torch.Tensor:
