@@ -635,7 +635,7 @@ def test_routing_between_layers_is_fused_so_8_bit_synapses_compose_into_integers
     assert (spikes == ws.simulate(graph, images.numpy()).output_spikes).mean() > 0.99  # 8 bits: 99.8% measured
 
 
-@pytest.mark.parametrize("name", ["densenet", "shufflenet-v2"])
+@pytest.mark.parametrize("name", ["densenet", "shufflenet-v2", "googlenet"])
 def test_a_converted_network_with_routed_channels_is_held_by_loihi_2(name):
     from whetstone.targets import get_target
 
