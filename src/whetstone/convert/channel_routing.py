@@ -161,6 +161,15 @@ class ChannelRouting:
             terms.append(Term(name))
         self.alias[fx_node] = terms
 
+    def settle_routings(self) -> None:
+        """Once the graph is complete: placements fused into the layers that compute their parts, chains of
+        routings composed into one, routings fused into the one layer that reads them, and the scales left on
+        routings moved into their readers; what stays is weight-1 synapses of spikes."""
+        self._fuse_placements()
+        self._compose_routings()
+        self._fuse_routing_into_readers()
+        self._move_routing_scales_into_readers()
+
     def _fuse_placements(self) -> None:
         """A placement whose input is a layer that feeds nothing else becomes part of that layer: its weights and
         bias written into the placed channels (zero elsewhere), repeated until none is left to fuse (a selection

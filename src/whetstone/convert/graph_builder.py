@@ -95,10 +95,7 @@ class _GraphBuilder(ChannelRouting, Pooling):
     def build(self) -> SpikingGraph:
         for fx_node in self.traced.graph.nodes:
             self._handler(fx_node)(fx_node)
-        self._fuse_placements()
-        self._compose_routings()
-        self._fuse_routing_into_readers()
-        self._move_routing_scales_into_readers()
+        self.settle_routings()
         if self.output is not None and self.readout == "membrane":
             self.key = torch.eye(int(np.prod(self._graph_node(self.output).shape)))
         if self.output is None or self.key is None:
