@@ -532,6 +532,40 @@ def test_pynn_script_runs_a_skip_connection_with_delays_and_needs_no_whetstone(m
         export(ws.to_spiking_graph(single, (1, 28, 28)), tmp_path / "single.py", "pynn")
 
 
+def test_pynn_script_splits_rows_longer_than_spynnakers_over_projections(mini_test, tmp_path):
+    """sPyNNaker holds one neuron's synapses in a projection as one row of at most 256: a source neuron with 600
+    targets (about 300 excitatory, 300 inhibitory) is written as two projections of each, which NEST runs as the
+    simulator does."""
+    _consumer("pynn")
+    from whetstone.targets import pynn, pynn_network
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), ws.SpikingBReLU(),
+                               torch.nn.Linear(16, 600), ws.SpikingBReLU(), torch.nn.Linear(600, 20), ws.SpikingBReLU())  # fmt: skip
+    model = ws.SpikingClassifier(body, ws.key_generator(10, 20, overlapping=False, seed=0)).eval()
+    with torch.no_grad():
+        for layer in (body[1], body[3], body[5]):
+            layer.weight.normal_(0.0, 0.4 if layer is not body[5] else 0.1)
+            layer.bias.fill_(0.1)
+    ws.set_model_sharpness(model, 1.0)
+    graph = get_target("pynn").prepare(ws.to_spiking_graph(model, (1, 28, 28)))
+    spec, arrays = pynn.network_of(graph)
+    network = {"spec": spec, "arrays": arrays}
+    split = [len(pynn_network.rows_within(cols, weights > 0)) for layer in spec["layers"]
+             for _, _, cols, weights in pynn_network.synapses(network, layer)]  # fmt: skip
+    assert max(split) == 2  # rows of about 300 excitatory synapses: 256 and the rest
+    for _, _, cols, weights in pynn_network.synapses(network, spec["layers"][0]):
+        for chosen in (weights > 0, weights < 0):
+            parts = pynn_network.rows_within(cols, chosen)
+            assert sorted(np.concatenate(parts or [np.zeros(0, int)])) == list(np.flatnonzero(chosen))  # each once
+            assert all(np.bincount(cols[part]).max() <= pynn_network.ROW for part in parts)
+    images = mini_test[0][:100].numpy()
+    simulated = ws.simulate(graph, images.reshape(-1, 1, 28, 28))
+    assert all(0.05 < layer.spikes / layer.units / 100 < 0.95 for layer in simulated.layers if layer.op == "spike")
+    np.testing.assert_array_equal(get_target("pynn").run(export(graph, tmp_path / "m.py", "pynn"), images),
+                                  simulated.output_spikes)  # fmt: skip
+
+
 def test_a_pynn_runs_time_limit_grows_with_its_synapses_and_images(monkeypatch, tmp_path):
     """NEST builds every synapse once per run of 500 images, then simulates each image: the drop-in ResNet-18
     (23.1 M synapses) took 331 s for 20 images, which must stay well inside its limit, while a small net's

@@ -20,7 +20,7 @@ Neurosci. 12:816, 2018 (each synapse a 32-bit word in SDRAM: 16-bit weight, dela
 beyond the synapse words is not counted, so the SDRAM check is a lower bound); sPyNNaker 7.4.1's source
 (``abstract_pynn_neuron_model.py``: 256 neurons per core by default; ``constants.py``: a synaptic row, the
 synapses from one neuron in one projection, holds at most 256, and a ``FromListConnector`` row of 897 was
-refused, measured). Where sPyNNaker is installed, the report also runs its own mapping (placement, routing,
+refused, measured: the script splits longer rows over several projections between the same populations). Where sPyNNaker is installed, the report also runs its own mapping (placement, routing,
 data generation) on a virtual SpiNN-5 board: the script's ``--map``, in a process of its own.
 """
 
@@ -165,8 +165,9 @@ def fit(graph: SpikingGraph) -> FitReport:
         report.checks.append(FitCheck(layer["name"], f"<= {NEURONS_PER_CORE} neurons per core",
                                       f"{layer['size']:,} neurons, {count:,} synapses -> {need} core(s)", True,
                                       SPYNNAKER))  # fmt: skip
+        split = f", written as {math.ceil(row / ROW_SYNAPSES)} projections" if row > ROW_SYNAPSES else ""
         report.checks.append(FitCheck(layer["name"], f"<= {ROW_SYNAPSES} synapses from one neuron per projection",
-                                      f"{row:,} (from {source})", row <= ROW_SYNAPSES, SPYNNAKER))  # fmt: skip
+                                      f"{row:,} (from {source}){split}", True, SPYNNAKER))  # fmt: skip
     chips = max(1, math.ceil(cores / CORES_PER_CHIP))
     report.checks.append(FitCheck("network", f"<= {CORES_PER_CHIP * CHIPS_PER_BOARD} application cores (a SpiNN-5 "
                                   f"board: {CHIPS_PER_BOARD} chips x {CORES_PER_CHIP})", f"{cores} cores on {chips} "
@@ -195,8 +196,8 @@ def fit(graph: SpikingGraph) -> FitReport:
 
 
 def _longest_row(into: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> tuple[int, str]:
-    """The most synapses one source neuron has in one projection (excitatory and inhibitory ones apart), and
-    the source."""
+    """The most synapses one source neuron has into a layer (excitatory and inhibitory ones apart), and the
+    source: the script splits a longer row over several projections (``pynn_network.rows_within``)."""
     rows = [(int(np.bincount(cols[chosen]).max(initial=0)), source) for source, _, cols, weights in into
             for chosen in (weights > 0, weights < 0)]  # fmt: skip
     return max(rows, default=(0, ""))

@@ -116,13 +116,25 @@ def build(sim, network: dict, images: np.ndarray) -> tuple[dict, float]:
         for source, rows, cols, weights in synapses(network, layer):
             delay = TIMESTEP * (layer["depth"] - depth[source])
             for receptor, chosen in (("excitatory", weights > 0), ("inhibitory", weights < 0)):
-                if chosen.any():
-                    connections = np.column_stack(
-                        [cols[chosen], rows[chosen], weights[chosen], np.full(chosen.sum(), delay)]
-                    )
+                for part in rows_within(cols, chosen):
+                    connections = np.column_stack([cols[part], rows[part], weights[part], np.full(len(part), delay)])
                     sim.Projection(populations[source], cells, sim.FromListConnector(connections), sim.StaticSynapse(),
                                    receptor_type=receptor)  # fmt: skip
     return populations, float(onsets[-1] + TIMESTEP * period) if len(images) else TIMESTEP
+
+
+def rows_within(cols: np.ndarray, chosen: np.ndarray) -> list[np.ndarray]:
+    """The ``chosen`` connections (their indices) as projections in which no source neuron ``cols`` has more
+    than ``ROW`` synapses: sPyNNaker holds a neuron's synapses in one projection as one row of at most ``ROW``
+    (a 5x5 convolution after pooling gives rows of 897); the k-th ``ROW`` of each row go to projection k."""
+    index = np.flatnonzero(chosen)
+    index = index[np.argsort(cols[index], kind="stable")]
+    if not len(index):
+        return []
+    sources = cols[index]
+    starts = np.flatnonzero(np.r_[True, sources[1:] != sources[:-1]])
+    rank = np.arange(len(index)) - np.repeat(starts, np.diff(np.r_[starts, len(index)]))
+    return [index[rank // ROW == k] for k in range(int(rank.max()) // ROW + 1)]
 
 
 def synapses(network: dict, layer: dict) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
