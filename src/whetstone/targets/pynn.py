@@ -20,8 +20,9 @@ Neurosci. 12:816, 2018 (each synapse a 32-bit word in SDRAM: 16-bit weight, dela
 beyond the synapse words is not counted, so the SDRAM check is a lower bound); sPyNNaker 7.4.1's source
 (``abstract_pynn_neuron_model.py``: 256 neurons per core by default; ``constants.py``: a synaptic row, the
 synapses from one neuron in one projection, holds at most 256, and a ``FromListConnector`` row of 897 was
-refused, measured: the script splits longer rows over several projections between the same populations). Where sPyNNaker is installed, the report also runs its own mapping (placement, routing,
-data generation) on a virtual SpiNN-5 board: the script's ``--map``, in a process of its own.
+refused, measured: the script splits longer rows over several projections between the same populations).
+Where sPyNNaker is installed, the report also runs its own mapping (placement, routing, data generation) on a
+virtual SpiNN-5 board: the script's ``--map``, in a process of its own.
 """
 
 from __future__ import annotations
