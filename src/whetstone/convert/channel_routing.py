@@ -257,8 +257,8 @@ class ChannelRouting:
                     and len(outer.inputs) == 1
                     and outer.inputs[0] in self.placements
                     and outer.inputs[0] in by_name
-                    and _pointwise(by_name[outer.inputs[0]], outer)
-                    and _pointwise(outer, outer)
+                    and _pointwise(by_name[outer.inputs[0]], outer)  # the inner one, into a node of its kind
+                    and _pointwise(outer, outer)  # and the outer one pointwise too
                 ),
                 None,
             )

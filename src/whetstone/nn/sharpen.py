@@ -161,10 +161,8 @@ def ramp_schedule(
         )
     ramp = positive_number(ramp, "ramp")
     shares = [1 + (ramp - 1) * i / max(1, num_layers - 1) for i in range(num_layers)]
-    unit, edges, total = (stop - start) / sum(shares), [start], 0.0
-    for share in shares:
-        total += share
-        edges.append(start + unit * total)
+    unit = (stop - start) / sum(shares)
+    edges = [start + unit * total for total in itertools.accumulate(shares, initial=0.0)]
     edges[-1] = stop  # exactly, whatever the rounding of the sum
     return list(itertools.pairwise(edges))
 
